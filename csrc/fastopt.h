@@ -1,0 +1,115 @@
+/*
+ * fastopt public C API.
+ *
+ * The C layer never allocates per step and never fails during a step: every
+ * argument is validated by the caller (fastopt/_core.pyx) before a kernel
+ * runs.  A kernel updates elements [begin, end) of one tensor, reading the
+ * per-step scalars that the host computed in double.
+ */
+#ifndef FASTOPT_H
+#define FASTOPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FO_MAX_STATE 4      /* state arrays per tensor (Adam+AMSGrad: m, v, vhat) */
+#define FO_NSCALARS 16      /* doubles per scalar row */
+#define FO_CHUNK 4096       /* elements per work-list chunk (16 KiB of float32) */
+#define FO_ALIGN 16         /* thread split points are multiples of this many elements */
+
+enum { FO_OK = 0, FO_ENOMEM = 1, FO_EINVAL = 2 };
+enum { FO_FLOAT32 = 0, FO_FLOAT64 = 1 };
+enum { FO_SIMD_BASELINE = 0, FO_SIMD_AVX2 = 1, FO_SIMD_AVX512 = 2, FO_SIMD_COUNT = 3 };
+
+/* Scalar slots shared by every kernel.  The gradient each kernel sees is
+ *   g' = clamp(g * GSCALE, -CLIP, CLIP) + L2 * w
+ * and the parameter is first scaled by DECAY (decoupled weight decay).
+ * FLAGS tells whether any of that is needed; kernels specialise on it. */
+enum {
+    FO_S_FLAGS = 0,     /* bit set of FO_F_* */
+    FO_S_GSCALE = 1,    /* maximize (-1), clipping factors, 1/accumulation */
+    FO_S_CLIP = 2,      /* clipvalue bound */
+    FO_S_L2 = 3,        /* coupled (torch) weight decay */
+    FO_S_DECAY = 4,     /* decoupled weight decay factor 1 - lr*wd */
+    FO_S_K = 5          /* first kernel-specific slot */
+};
+enum { FO_F_GSCALE = 1, FO_F_CLIP = 2, FO_F_L2 = 4, FO_F_DECAY = 8 };
+
+typedef struct {
+    void *param;
+    const void *grad;            /* NULL: this tensor is skipped this step */
+    void *state[FO_MAX_STATE];
+    int64_t size;
+    int32_t dtype;               /* FO_FLOAT32 or FO_FLOAT64 */
+    int32_t row;                 /* row of the scalar table used this step */
+} fo_tensor;
+
+typedef void (*fo_kernel_fn)(const fo_tensor *t, int64_t begin, int64_t end,
+                             const double *s);
+
+typedef struct {
+    const char *name;
+    int32_t nstate;
+    fo_kernel_fn fn[FO_SIMD_COUNT][2];   /* [simd][dtype] */
+} fo_kernel_info;
+
+typedef struct {
+    int32_t tensor;
+    int64_t begin, end;
+} fo_chunk;
+
+/* The work list: every tensor cut into chunks of at most FO_CHUNK elements.
+ * Built once per optimizer; only grad pointers and rows change per step. */
+typedef struct {
+    fo_tensor *tensors;
+    int32_t ntensors;
+    fo_chunk *chunks;
+    int64_t nchunks;
+    int64_t total;
+} fo_plan;
+
+/* Kernel registry, generated from registry.def. */
+#define FO_OPT(name, nstate) FO_KID_##name,
+enum {
+#include "registry.def"
+    FO_NKERNELS
+};
+#undef FO_OPT
+
+const fo_kernel_info *fo_kernel(int32_t id);
+
+int fo_plan_init(fo_plan *plan, fo_tensor *tensors, int32_t ntensors);
+void fo_plan_free(fo_plan *plan);
+
+/* One optimizer update over every tensor whose grad is set: a single
+ * parallel region (or none, for small work or nthreads <= 1). */
+void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthreads);
+
+/* Deterministic per-tensor sum of squares of the grads (or params when
+ * which == 1): partial sums per chunk, combined in chunk order, so the result
+ * does not depend on the thread count or the SIMD variant.  Tensors without a
+ * grad get 0.  out has ntensors doubles; scratch has nchunks doubles. */
+void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads);
+
+/* Number of non-finite grad elements per tensor (same determinism). */
+void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads);
+
+/* Runtime configuration. */
+int fo_simd_supported(int level);        /* CPU + OS + build support */
+int fo_simd_best(void);
+int fo_simd_get(void);
+int fo_simd_set(int level);              /* FO_EINVAL if unsupported */
+const char *fo_simd_name(int level);
+int fo_openmp(void);                     /* built with OpenMP? */
+int fo_max_threads(void);                /* omp_get_max_threads() or 1 */
+int64_t fo_parallel_threshold(void);
+void fo_set_parallel_threshold(int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

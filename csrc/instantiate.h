@@ -1,0 +1,43 @@
+/* Included by a kernel file (see kernel.h): instantiates its body for every
+ * dtype and SIMD variant and defines its registry entry fo_kernel_<name>. */
+#include "kernel.h"
+
+#define FO_T float
+#define FO_DT f32
+#define FO_SQRT sqrtf
+#define FO_FABS fabsf
+#include "variants.h"
+#undef FO_T
+#undef FO_DT
+#undef FO_SQRT
+#undef FO_FABS
+
+#define FO_T double
+#define FO_DT f64
+#define FO_SQRT sqrt
+#define FO_FABS fabs
+#include "variants.h"
+#undef FO_T
+#undef FO_DT
+#undef FO_SQRT
+#undef FO_FABS
+
+#define FO_STR_(x) #x
+#define FO_STR(x) FO_STR_(x)
+#define FO_ENTRY_(name, dt, var) fo_k_##name##_##dt##_##var
+#define FO_ENTRY(name, dt, var) FO_ENTRY_(name, dt, var)
+
+#if FO_X86_VARIANTS
+#define FO_X86_ENTRY(dt, var) FO_ENTRY(FO_KERNEL_NAME, dt, var)
+#else
+#define FO_X86_ENTRY(dt, var) FO_ENTRY(FO_KERNEL_NAME, dt, baseline)
+#endif
+
+const fo_kernel_info FO_CAT(fo_kernel_, FO_KERNEL_NAME) = {
+    FO_STR(FO_KERNEL_NAME), FO_KERNEL_NSTATE,
+    {
+        {FO_ENTRY(FO_KERNEL_NAME, f32, baseline), FO_ENTRY(FO_KERNEL_NAME, f64, baseline)},
+        {FO_X86_ENTRY(f32, avx2), FO_X86_ENTRY(f64, avx2)},
+        {FO_X86_ENTRY(f32, avx512), FO_X86_ENTRY(f64, avx512)},
+    },
+};

@@ -1,0 +1,83 @@
+/*
+ * Kernel template machinery.
+ *
+ * A kernel file (csrc/kernels/NAME.c) holds ONE loop body.  Its first lines
+ *
+ *     #ifndef FO_T
+ *     #define FO_KERNEL_FILE "kernels/NAME.c"
+ *     #define FO_KERNEL_NAME NAME
+ *     #define FO_KERNEL_NSTATE 3
+ *     #include "instantiate.h"
+ *     #else
+ *     ... body using FO_T, FO_FN(NAME) ...
+ *     #endif
+ *
+ * make instantiate.h include the same file again once per dtype (float,
+ * double) and SIMD variant (baseline, AVX2+FMA, AVX-512), each time with
+ * FO_T and FO_FN bound, so float32 and float64 can never drift apart.
+ * Variants differ only in the instruction set gcc may use to vectorise the
+ * plain C loop; with -ffp-contract=off they give bit-identical results.
+ */
+#ifndef FO_KERNEL_H
+#define FO_KERNEL_H
+
+#include <math.h>
+#include "fastopt.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__)
+#define FO_X86_VARIANTS 1
+#else
+#define FO_X86_VARIANTS 0
+#endif
+
+#define FO_CAT_(a, b) a##b
+#define FO_CAT(a, b) FO_CAT_(a, b)
+#define FO_CAT4_(a, b, c, d) fo_##a##_##b##_##c##_##d
+#define FO_CAT4(a, b, c, d) FO_CAT4_(a, b, c, d)
+
+/* fo_<name>_<dtype>_<variant> */
+#define FO_FN(name) FO_CAT4(k, name, FO_DT, FO_VAR)
+
+/* Common start of every kernel: typed pointers to [begin, end) and the
+ * shared scalars converted once to the element type. */
+#define FO_KERNEL_BEGIN                                                      \
+    FO_T *restrict w = (FO_T *)t->param + begin;                            \
+    const FO_T *restrict g = (const FO_T *)t->grad + begin;                 \
+    const int64_t n = end - begin;                                          \
+    const int flags = (int)s[FO_S_FLAGS];                                   \
+    const FO_T gscale = (FO_T)s[FO_S_GSCALE];                               \
+    const FO_T clip = (FO_T)s[FO_S_CLIP];                                   \
+    const FO_T l2 = (FO_T)s[FO_S_L2];                                       \
+    const FO_T decay = (FO_T)s[FO_S_DECAY];                                 \
+    (void)gscale; (void)clip; (void)l2; (void)decay
+
+#define FO_STATE(k) ((FO_T *restrict)t->state[k] + begin)
+
+/* The gradient and parameter a kernel works with, after the shared
+ * preprocessing.  Used inside the general (flags != 0) loop only; the plain
+ * loop reads g[i] and w[i] directly. */
+#define FO_PREP(gi, wi, i)                                                   \
+    FO_T wi = w[i];                                                          \
+    FO_T gi = g[i];                                                          \
+    if (flags & FO_F_GSCALE) gi = gi * gscale;                               \
+    if (flags & FO_F_CLIP) gi = gi < -clip ? -clip : (gi > clip ? clip : gi); \
+    if (flags & FO_F_L2) gi = gi + l2 * wi;                                  \
+    if (flags & FO_F_DECAY) wi = wi * decay
+
+/* Runs BODY (which reads gi, wi and writes w[i] and state) in a loop with
+ * no preprocessing when flags == 0, else in a loop with it. */
+#define FO_LOOP(BODY)                                                        \
+    if (flags == 0) {                                                        \
+        for (int64_t i = 0; i < n; i++) {                                    \
+            const FO_T gi = g[i];                                            \
+            const FO_T wi = w[i];                                            \
+            BODY                                                             \
+        }                                                                    \
+    } else {                                                                 \
+        for (int64_t i = 0; i < n; i++) {                                    \
+            FO_PREP(gi, wi, i);                                              \
+            BODY                                                             \
+        }                                                                    \
+    }
+
+#endif /* FO_KERNEL_H */

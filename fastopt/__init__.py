@@ -1,0 +1,23 @@
+"""fastopt: in-place optimizer updates for NumPy arrays on the CPU.
+
+>>> import numpy as np, fastopt as fo
+>>> w = np.zeros(4, dtype=np.float32)
+>>> opt = fo.Adam([w], learning_rate=1e-3)
+>>> opt.step([np.ones(4, dtype=np.float32)])
+>>> opt.iterations
+1
+"""
+from . import _core, schedules
+from ._info import _apply_env_simd, config, show_config
+from ._threads import get_num_threads, set_num_threads
+from ._version import __version__
+from .checkpoint import load, save
+from .optimizers import SGD, Adam, AdamW, Optimizer
+
+_apply_env_simd()
+
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "schedules",
+    "save", "load", "set_num_threads", "get_num_threads", "show_config", "config",
+    "__version__",
+]

@@ -1,0 +1,52 @@
+# Mirror of csrc/fastopt.h: the one C API shared by C users and Cython.
+from libc.stdint cimport int32_t, int64_t
+
+cdef extern from "fastopt.h" nogil:
+    enum:
+        FO_MAX_STATE
+        FO_NSCALARS
+        FO_CHUNK
+        FO_OK
+        FO_ENOMEM
+        FO_EINVAL
+        FO_FLOAT32
+        FO_FLOAT64
+        FO_SIMD_BASELINE
+        FO_SIMD_AVX2
+        FO_SIMD_AVX512
+        FO_SIMD_COUNT
+        FO_NKERNELS
+
+    ctypedef struct fo_tensor:
+        void *param
+        const void *grad
+        void *state[FO_MAX_STATE]
+        int64_t size
+        int32_t dtype
+        int32_t row
+
+    ctypedef struct fo_kernel_info:
+        const char *name
+        int32_t nstate
+
+    ctypedef struct fo_plan:
+        fo_tensor *tensors
+        int32_t ntensors
+        int64_t nchunks
+        int64_t total
+
+    const fo_kernel_info *fo_kernel(int32_t id)
+    int fo_plan_init(fo_plan *plan, fo_tensor *tensors, int32_t ntensors)
+    void fo_plan_free(fo_plan *plan)
+    void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthreads)
+    void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads)
+    void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
+    int fo_simd_supported(int level)
+    int fo_simd_best()
+    int fo_simd_get()
+    int fo_simd_set(int level)
+    const char *fo_simd_name(int level)
+    int fo_openmp()
+    int fo_max_threads()
+    int64_t fo_parallel_threshold()
+    void fo_set_parallel_threshold(int64_t n)

@@ -1,0 +1,405 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""fastopt's only compiled module.
+
+It validates every array before anything is written, caches raw pointers,
+releases the GIL and calls the C engine in ``csrc/``.  The C side cannot
+fail during a step, so all errors are raised here.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
+
+cnp.import_array()
+
+SIMD_NAMES = tuple(fo_simd_name(i).decode() for i in range(FO_SIMD_COUNT))
+KERNELS = {fo_kernel(i).name.decode(): i for i in range(FO_NKERNELS)}
+NSCALARS = FO_NSCALARS
+CHUNK = FO_CHUNK
+MAX_STATE = FO_MAX_STATE
+
+
+def simd_supported():
+    """Names of the SIMD variants this CPU (and this build) can run."""
+    return [SIMD_NAMES[i] for i in range(FO_SIMD_COUNT) if fo_simd_supported(i)]
+
+
+def simd_best():
+    return SIMD_NAMES[fo_simd_best()]
+
+
+def get_simd():
+    """Name of the SIMD variant the kernels use now."""
+    return SIMD_NAMES[fo_simd_get()]
+
+
+def set_simd(name):
+    """Force a SIMD variant: 'baseline', 'avx2', 'avx512' or 'auto'."""
+    if name == "auto":
+        fo_simd_set(fo_simd_best())
+        return
+    if name not in SIMD_NAMES:
+        raise ValueError(f"SIMD variant must be one of {', '.join(SIMD_NAMES)} or 'auto'; "
+                         f"got {name!r}")
+    if fo_simd_set(SIMD_NAMES.index(name)) != FO_OK:
+        raise ValueError(f"SIMD variant {name!r} is not supported on this CPU; "
+                         f"supported: {', '.join(simd_supported())}")
+
+
+def openmp():
+    """True when the C engine was built with OpenMP."""
+    return bool(fo_openmp())
+
+
+def max_threads():
+    """OpenMP's current default team size (honours OMP_NUM_THREADS and threadpoolctl)."""
+    return fo_max_threads()
+
+
+def parallel_threshold():
+    """Active elements below which a step runs on the calling thread only."""
+    return fo_parallel_threshold()
+
+
+def set_parallel_threshold(int64_t n):
+    fo_set_parallel_threshold(n)
+
+
+def kernel_nstate(str name):
+    return fo_kernel(KERNELS[name]).nstate
+
+
+cdef str _describe(obj):
+    if isinstance(obj, np.ndarray):
+        return f"a {obj.dtype} array of shape {obj.shape}"
+    return f"an object of type {type(obj).__name__}"
+
+
+cdef inline bint _native_float(cnp.ndarray a):
+    cdef int tn = cnp.PyArray_TYPE(a)
+    return (tn == cnp.NPY_FLOAT or tn == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(a)
+
+
+cdef class Engine:
+    """The arrays of one optimizer and the C work list over them.
+
+    ``Engine(kernel, params, states)``: ``params`` is a list of ndarrays that
+    are updated in place, ``states[i]`` the list of state arrays of
+    ``params[i]`` (each of the param's shape and dtype).  Per step:
+    ``set_grads(grads)`` validates and binds the gradients (raising before
+    anything is written), optional reductions read them, ``run(rows,
+    nthreads)`` applies the kernel with the scalar rows and unbinds them.
+    """
+    cdef fo_tensor *tensors
+    cdef fo_plan plan
+    cdef bint planned
+    cdef readonly int32_t n
+    cdef readonly int32_t kernel
+    cdef readonly list params
+    cdef readonly list states
+    cdef int *typenums
+    cdef int *ndims
+    cdef cnp.npy_intp *shapes
+    cdef int64_t *shape_at
+    cdef uintptr_t *rlo
+    cdef uintptr_t *rhi
+    cdef int32_t *rowner
+    cdef int64_t nranges
+    cdef const void **pending
+    cdef double *rows
+    cdef int64_t rows_cap
+    cdef int32_t max_row
+    cdef double *dscratch
+    cdef int64_t *iscratch
+    cdef list held
+
+    def __cinit__(self):
+        self.tensors = NULL
+        self.planned = False
+
+    def __init__(self, str kernel, list params, list states):
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; known: {sorted(KERNELS)}")
+        self.kernel = KERNELS[kernel]
+        cdef int32_t nstate_max = fo_kernel(self.kernel).nstate
+        cdef Py_ssize_t n = len(params), i, j, k, total_dims = 0
+        if len(states) != n:
+            raise ValueError(f"expected {n} state lists; got {len(states)}")
+        for i in range(n):
+            _check_param(params[i], i)
+            total_dims += cnp.PyArray_NDIM(<cnp.ndarray>params[i])
+            if len(states[i]) > nstate_max:
+                raise ValueError(f"kernel {kernel!r} takes at most {nstate_max} state arrays")
+        self.n = <int32_t>n
+        self.params = list(params)
+        self.states = [list(st) for st in states]
+        cdef Py_ssize_t ntot = n
+        for i in range(n):
+            ntot += len(self.states[i])
+        self.tensors = <fo_tensor *>_alloc(max(n, 1) * sizeof(fo_tensor))
+        self.typenums = <int *>_alloc(max(n, 1) * sizeof(int))
+        self.ndims = <int *>_alloc(max(n, 1) * sizeof(int))
+        self.shapes = <cnp.npy_intp *>_alloc(max(total_dims, 1) * sizeof(cnp.npy_intp))
+        self.shape_at = <int64_t *>_alloc((n + 1) * sizeof(int64_t))
+        self.pending = <const void **>_alloc(max(n, 1) * sizeof(void *))
+        self.rlo = <uintptr_t *>_alloc(max(ntot, 1) * sizeof(uintptr_t))
+        self.rhi = <uintptr_t *>_alloc(max(ntot, 1) * sizeof(uintptr_t))
+        self.rowner = <int32_t *>_alloc(max(ntot, 1) * sizeof(int32_t))
+        memset(self.tensors, 0, max(n, 1) * sizeof(fo_tensor))
+
+        cdef cnp.ndarray p, s
+        cdef int64_t at = 0
+        ranges = []
+        for i in range(n):
+            p = <cnp.ndarray>self.params[i]
+            self.typenums[i] = cnp.PyArray_TYPE(p)
+            self.ndims[i] = cnp.PyArray_NDIM(p)
+            self.shape_at[i] = at
+            for j in range(self.ndims[i]):
+                self.shapes[at] = cnp.PyArray_DIMS(p)[j]
+                at += 1
+            self.tensors[i].param = cnp.PyArray_DATA(p)
+            self.tensors[i].grad = NULL
+            self.tensors[i].size = cnp.PyArray_SIZE(p)
+            self.tensors[i].dtype = FO_FLOAT32 if self.typenums[i] == cnp.NPY_FLOAT else FO_FLOAT64
+            self.tensors[i].row = 0
+            if cnp.PyArray_NBYTES(p) > 0:
+                ranges.append((<uintptr_t>cnp.PyArray_DATA(p), cnp.PyArray_NBYTES(p), i, -1))
+            for k in range(len(self.states[i])):
+                s = <cnp.ndarray>self.states[i][k]
+                if (cnp.PyArray_TYPE(s) != self.typenums[i] or (<object>s).shape != (<object>p).shape
+                        or not cnp.PyArray_IS_C_CONTIGUOUS(s) or not cnp.PyArray_ISWRITEABLE(s)):
+                    raise ValueError(f"state {k} of params[{i}] must be a writeable C-contiguous "
+                                     f"array of the param's dtype and shape")
+                self.tensors[i].state[k] = cnp.PyArray_DATA(s)
+                if cnp.PyArray_NBYTES(s) > 0:
+                    ranges.append((<uintptr_t>cnp.PyArray_DATA(s), cnp.PyArray_NBYTES(s), i, k))
+        self.shape_at[n] = at
+        ranges.sort()
+        for k in range(1, len(ranges)):
+            a, b = ranges[k - 1], ranges[k]
+            if a[0] + a[1] > b[0]:
+                ia, ib = sorted((a[2], b[2]))
+                if a[3] < 0 and b[3] < 0:
+                    raise ValueError(
+                        f"params[{ia}] and params[{ib}] share memory (the same array passed twice, "
+                        f"or overlapping views of one buffer); pass each parameter once")
+                raise ValueError(f"optimizer state overlaps params[{ia}] or params[{ib}]")
+        self.nranges = len(ranges)
+        for k in range(self.nranges):
+            self.rlo[k] = ranges[k][0]
+            self.rhi[k] = ranges[k][0] + ranges[k][1]
+            self.rowner[k] = ranges[k][2]
+        if fo_plan_init(&self.plan, self.tensors, self.n) != FO_OK:
+            raise MemoryError("could not allocate the work list")
+        self.planned = True
+        self.dscratch = <double *>_alloc(max(self.plan.nchunks, 1) * sizeof(double))
+        self.iscratch = <int64_t *>_alloc(max(self.plan.nchunks, 1) * sizeof(int64_t))
+        self.rows_cap = 0
+        self.rows = NULL
+        self.max_row = 0
+        self.held = None
+
+    def __dealloc__(self):
+        if self.planned:
+            fo_plan_free(&self.plan)
+        free(self.tensors)
+        free(self.typenums)
+        free(self.ndims)
+        free(self.shapes)
+        free(self.shape_at)
+        free(self.pending)
+        free(self.rlo)
+        free(self.rhi)
+        free(self.rowner)
+        free(self.rows)
+        free(self.dscratch)
+        free(self.iscratch)
+
+    @property
+    def nchunks(self):
+        return self.plan.nchunks
+
+    @property
+    def total(self):
+        return self.plan.total
+
+    def set_rows(self, rows):
+        """Tensor i reads scalar row rows[i] from the next run on."""
+        if len(rows) != self.n:
+            raise ValueError(f"expected {self.n} row indices; got {len(rows)}")
+        cdef Py_ssize_t i
+        cdef int32_t r, mx = 0
+        for i in range(self.n):
+            r = rows[i]
+            if r < 0:
+                raise ValueError("row indices must be >= 0")
+            self.tensors[i].row = r
+            if r > mx:
+                mx = r
+        self.max_row = mx
+
+    cdef str _shape_str(self, Py_ssize_t i):
+        return str(tuple(int(self.shapes[k]) for k in range(self.shape_at[i], self.shape_at[i + 1])))
+
+    def set_grads(self, grads):
+        """Validate every grad, then bind them all.  Raises before binding
+        anything; returns the number of tensors with a grad."""
+        if not isinstance(grads, (list, tuple)):
+            grads = list(grads)
+        cdef Py_ssize_t ng = len(grads), i, k
+        if ng != self.n:
+            raise ValueError(f"expected {self.n} grads (one per parameter, in the order the "
+                             f"parameters were given; None skips one); got {ng}")
+        cdef cnp.ndarray a
+        cdef object g
+        cdef int nd
+        cdef uintptr_t lo, hi
+        cdef int64_t left, right, mid
+        cdef int active = 0
+        for i in range(self.n):
+            g = grads[i]
+            if g is None:
+                self.pending[i] = NULL
+                continue
+            if not cnp.PyArray_Check(g):
+                raise TypeError(f"grads[{i}]: expected a numpy.ndarray of dtype "
+                                f"{self.params[i].dtype} "
+                                f"and shape {self._shape_str(i)}; got {_describe(g)}")
+            a = <cnp.ndarray>g
+            if cnp.PyArray_TYPE(a) != self.typenums[i] or not cnp.PyArray_ISNOTSWAPPED(a):
+                raise TypeError(f"grads[{i}]: expected dtype {self.params[i].dtype} (the dtype of "
+                                f"params[{i}]); got {g.dtype!r}. Cast it with "
+                                f"g.astype(p.dtype) or compute the grad in the param's dtype")
+            nd = cnp.PyArray_NDIM(a)
+            if nd != self.ndims[i]:
+                raise ValueError(f"grads[{i}]: expected shape {self._shape_str(i)} (the shape of "
+                                 f"params[{i}]); got {g.shape}")
+            for k in range(nd):
+                if cnp.PyArray_DIMS(a)[k] != self.shapes[self.shape_at[i] + k]:
+                    raise ValueError(f"grads[{i}]: expected shape {self._shape_str(i)} (the shape "
+                                     f"of params[{i}]); got {g.shape}")
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+                raise ValueError(f"grads[{i}]: expected a C-contiguous array; got strides "
+                                 f"{g.strides}. Pass np.ascontiguousarray(g)")
+            if not cnp.PyArray_ISALIGNED(a):
+                raise ValueError(f"grads[{i}]: expected an aligned array; got a misaligned view. "
+                                 f"Pass g.copy()")
+            if cnp.PyArray_NBYTES(a) > 0 and self.nranges > 0:
+                lo = <uintptr_t>cnp.PyArray_DATA(a)
+                hi = lo + <uintptr_t>cnp.PyArray_NBYTES(a)
+                # last range starting below hi; ranges are disjoint and sorted
+                left = 0
+                right = self.nranges
+                while left < right:
+                    mid = (left + right) // 2
+                    if self.rlo[mid] < hi:
+                        left = mid + 1
+                    else:
+                        right = mid
+                if left > 0 and self.rhi[left - 1] > lo:
+                    k = self.rowner[left - 1]
+                    raise ValueError(f"grads[{i}] shares memory with params[{k}] or its optimizer "
+                                     f"state; an update would overwrite the gradient while reading "
+                                     f"it. Pass a separate gradient array")
+            self.pending[i] = cnp.PyArray_DATA(a)
+            active += 1
+        for i in range(self.n):
+            self.tensors[i].grad = self.pending[i]
+        self.held = list(grads)
+        return active
+
+    def clear_grads(self):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            self.tensors[i].grad = NULL
+        self.held = None
+
+    def run(self, rows, int nthreads):
+        """Apply the kernel to every bound tensor with the given scalar rows
+        (a sequence of sequences of floats), then unbind the grads."""
+        cdef Py_ssize_t nrows = len(rows), r, j, m
+        if nrows <= self.max_row:
+            self.clear_grads()
+            raise ValueError(f"{nrows} scalar rows given; tensors use row {self.max_row}")
+        if nrows * FO_NSCALARS > self.rows_cap:
+            self.rows = <double *>_realloc(self.rows, nrows * FO_NSCALARS * sizeof(double))
+            self.rows_cap = nrows * FO_NSCALARS
+        cdef double *dst
+        for r in range(nrows):
+            row = rows[r]
+            m = len(row)
+            if m > FO_NSCALARS:
+                self.clear_grads()
+                raise ValueError(f"a scalar row holds at most {FO_NSCALARS} values")
+            dst = self.rows + r * FO_NSCALARS
+            for j in range(m):
+                dst[j] = row[j]
+            for j in range(m, FO_NSCALARS):
+                dst[j] = 0.0
+        with nogil:
+            fo_step(&self.plan, self.kernel, self.rows, nthreads)
+        self.clear_grads()
+
+    def sumsq(self, int which, int nthreads):
+        """Per-tensor sum of squares of the bound grads (which=0) or of the
+        params (which=1), deterministic for any thread count."""
+        out = np.empty(self.n, dtype=np.float64)
+        cdef double[::1] o = out
+        cdef double dummy
+        with nogil:
+            fo_sumsq(&self.plan, which, &o[0] if self.n > 0 else &dummy, self.dscratch, nthreads)
+        return out
+
+    def nonfinite(self, int nthreads):
+        """Per-tensor count of NaN/Inf elements in the bound grads."""
+        out = np.empty(self.n, dtype=np.int64)
+        cdef int64_t[::1] o = out
+        cdef int64_t dummy
+        with nogil:
+            fo_count_nonfinite(&self.plan, &o[0] if self.n > 0 else &dummy, self.iscratch, nthreads)
+        return out
+
+
+cdef void *_alloc(size_t nbytes) except NULL:
+    cdef void *p = malloc(nbytes)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+cdef void *_realloc(void *old, size_t nbytes) except NULL:
+    cdef void *p = realloc(old, nbytes)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+def check_param(obj, Py_ssize_t i):
+    """Raise the error a parameter would get; used by the Python layer."""
+    _check_param(obj, i)
+
+
+cdef _check_param(obj, Py_ssize_t i):
+    if not isinstance(obj, np.ndarray):
+        raise TypeError(f"params[{i}]: expected a numpy.ndarray of float32 or float64; got "
+                        f"{_describe(obj)}. fastopt updates parameters in place and never "
+                        f"copies one: create the weights as ndarrays and pass those objects")
+    cdef cnp.ndarray a = <cnp.ndarray>obj
+    if not _native_float(a):
+        raise TypeError(f"params[{i}]: expected dtype float32 or float64 (native byte order); "
+                        f"got {obj.dtype!r}. Convert the weights once with "
+                        f"w = w.astype(np.float32) and keep using the new array")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"params[{i}]: expected a C-contiguous array; got a view with strides "
+                         f"{obj.strides} of shape {obj.shape}. Updating a copy would lose the update: "
+                         f"make the weights contiguous once (w = np.ascontiguousarray(w)) and "
+                         f"pass that array")
+    if not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"params[{i}]: the array is read-only; fastopt updates parameters in "
+                         f"place. Pass a writeable array (w.flags.writeable must be True)")
+    if not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"params[{i}]: the array is not aligned to its dtype; pass an aligned "
+                         f"copy and keep using it")

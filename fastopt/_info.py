@@ -1,0 +1,41 @@
+"""Build and runtime information."""
+import os
+
+from . import _core, _threads
+from ._version import __version__
+
+
+def config():
+    """Build and runtime facts as a dict (what :func:`show_config` prints)."""
+    return {
+        "version": __version__,
+        "openmp": _core.openmp(),
+        "simd": _core.get_simd(),
+        "simd_supported": _core.simd_supported(),
+        "threads": _threads.get_num_threads(),
+        "omp_max_threads": _core.max_threads(),
+        "parallel_threshold": _core.parallel_threshold(),
+        "kernels": sorted(_core.KERNELS),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def show_config():
+    """Print fastopt's version, OpenMP on/off, the SIMD variant in use and threads."""
+    c = config()
+    print(f"fastopt {c['version']}")
+    print(f"  OpenMP             : {'on' if c['openmp'] else 'OFF (serial build)'}")
+    print(f"  SIMD variant       : {c['simd']} (this CPU supports: {', '.join(c['simd_supported'])})")
+    print(f"  threads            : {c['threads']} (OpenMP default {c['omp_max_threads']}, "
+          f"{c['cpu_count']} CPUs)")
+    print(f"  parallel threshold : {c['parallel_threshold']} elements")
+    print(f"  kernels            : {', '.join(c['kernels'])}")
+
+
+def _apply_env_simd():
+    name = os.environ.get("FASTOPT_SIMD", "").strip().lower()
+    if name and name != "auto":
+        try:
+            _core.set_simd(name)
+        except ValueError as e:
+            raise ImportError(f"FASTOPT_SIMD={name}: {e}") from None

@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import _core
+
+
+@pytest.fixture(autouse=True)
+def _restore_runtime():
+    """Tests may force a SIMD variant, thread count or threshold; put them back."""
+    simd = _core.get_simd()
+    threshold = _core.parallel_threshold()
+    yield
+    _core.set_simd(simd)
+    _core.set_parallel_threshold(threshold)
+    fo.set_num_threads(None)
+
+
+SIMD_VARIANTS = _core.simd_supported()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,168 @@
+"""Every kernel path against the float64 reference, and bit-identity across
+thread counts, SIMD variants and the parallel/serial split."""
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import _core
+from fastopt.optimizers import REGISTRY
+
+import cases
+import reference
+from conftest import SIMD_VARIANTS
+
+SIZES = [0, 1, 7, 17, 1023, 65537]
+PAIRS = cases.expand()
+
+
+def lr_schedule(step):
+    """A learning rate that changes every step (where the conventions differ most)."""
+    return 0.01 * (0.93 ** step) * (1.0 + 0.3 * (step % 3))
+
+
+def build(case, convention, params, lr=lr_schedule, **extra):
+    name, kwargs, _ = case
+    return REGISTRY[name](params, learning_rate=lr, convention=convention, **kwargs, **extra)
+
+
+def reference_for(case, convention, opt, params):
+    name, kwargs, _ = case
+    options = {k: kwargs[k] for k in cases.OPTIONS if k in kwargs}
+
+    def hyper(step):
+        saved = opt.iterations
+        opt.iterations = step
+        try:
+            return opt.current_hyperparameters()
+        finally:
+            opt.iterations = saved
+
+    return reference.Reference(name, convention, params, hyper, **options)
+
+
+def make_problem(rng, sizes, dtype, nsteps):
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    grads = [[(rng.standard_normal(n) * 0.3).astype(dtype) for n in sizes]
+             for _ in range(nsteps)]
+    return params, grads
+
+
+def test_every_optimizer_has_a_reference_and_cases():
+    covered = {c[0] for c in cases.CASES}
+    for name, cls in REGISTRY.items():
+        assert name in covered, f"{name} has no entry in tests/cases.py"
+        for conv in ("keras", "torch"):
+            if conv in cls._hyper:
+                assert (name, conv) in reference.RULES, f"no reference for {name} ({conv})"
+
+
+def test_every_kernel_is_used():
+    used = {cls._kernel for cls in REGISTRY.values()}
+    assert used >= set(_core.KERNELS), f"kernels without an optimizer: {set(_core.KERNELS) - used}"
+
+
+def _tolerance(dtype):
+    return (1e-11, 1e-13) if dtype == np.float64 else (3e-5, 3e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
+def test_matches_reference(case, convention, dtype, rng):
+    params, grads = make_problem(rng, SIZES, dtype, nsteps=12)
+    opt = build(case, convention, params)
+    ref = reference_for(case, convention, opt, params)
+    for step_grads in grads:
+        ref.step(step_grads)
+        opt.step(step_grads)
+    rtol, atol = _tolerance(dtype)
+    for i, (w, r) in enumerate(zip(params, ref.w)):
+        np.testing.assert_allclose(w, r, rtol=rtol, atol=atol, err_msg=f"params[{i}]")
+
+
+@pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
+def test_matches_reference_with_skipped_grads(case, convention, rng):
+    """None grads: the param and its state stay put; torch counts steps per param."""
+    params, grads = make_problem(rng, [5, 33, 0, 8], np.float64, nsteps=8)
+    opt = build(case, convention, params)
+    ref = reference_for(case, convention, opt, params)
+    for s, step_grads in enumerate(grads):
+        step_grads = [None if (i + s) % 3 == 0 else g for i, g in enumerate(step_grads)]
+        ref.step(step_grads)
+        opt.step(step_grads)
+    for i, (w, r) in enumerate(zip(params, ref.w)):
+        np.testing.assert_allclose(w, r, rtol=1e-11, atol=1e-13, err_msg=f"params[{i}]")
+
+
+@pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
+def test_large_tensor_matches_reference(case, convention, rng):
+    params, grads = make_problem(rng, [10**6], np.float32, nsteps=3)
+    opt = build(case, convention, params)
+    ref = reference_for(case, convention, opt, params)
+    for step_grads in grads:
+        ref.step(step_grads)
+        opt.step(step_grads)
+    rtol, atol = _tolerance(np.float32)
+    np.testing.assert_allclose(params[0], ref.w[0], rtol=rtol, atol=atol)
+
+
+BIT_SIZES = [0, 1, 7, 17, 1023, 65537, 10**6]
+_PROBLEMS = {}
+
+
+def _trajectory(case, convention, dtype, simd, threads, threshold):
+    key = np.dtype(dtype).name
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = make_problem(np.random.default_rng(7), BIT_SIZES, dtype, nsteps=3)
+    params0, grads = _PROBLEMS[key]
+    params = [p.copy() for p in params0]
+    _core.set_simd(simd)
+    _core.set_parallel_threshold(threshold)
+    opt = build(case, convention, params, num_threads=threads)
+    for step_grads in grads:
+        opt.step(step_grads)
+    return params, [a for s in opt._state for a in s]
+
+
+# (threads, parallel threshold): serial, every split forced down to 16 elements, default
+SPLITS = [(1, 10**9), (2, 0), (3, 0), (4, None)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
+def test_bit_identical_across_threads_and_simd(case, convention, dtype):
+    default = _core.parallel_threshold()
+    base_w, base_s = _trajectory(case, convention, dtype, "baseline", 1, 10**9)
+    for simd in SIMD_VARIANTS:
+        for threads, threshold in SPLITS:
+            threshold = default if threshold is None else threshold
+            w, s = _trajectory(case, convention, dtype, simd, threads, threshold)
+            for a, b in zip(base_w + base_s, w + s):
+                assert np.array_equal(a, b), (simd, threads, threshold)
+
+
+def test_mixed_dtypes_in_one_optimizer(rng):
+    params = [rng.standard_normal(n).astype(dt) for n, dt in
+              [(100, np.float32), (3, np.float64), (40000, np.float32), (70000, np.float64)]]
+    ref_params = [p.copy() for p in params]
+    opt = fo.Adam(params, learning_rate=0.01)
+    singles = [fo.Adam([p], learning_rate=0.01) for p in ref_params]
+    for _ in range(4):
+        grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+        opt.step(grads)
+        for o, g in zip(singles, grads):
+            o.step([g])
+    for a, b in zip(params, ref_params):
+        assert np.array_equal(a, b)
+
+
+def test_multidimensional_and_zero_d_params(rng):
+    params = [rng.standard_normal((3, 4, 5)), np.array(2.0), np.zeros((0, 3))]
+    flat = [p.ravel().copy() for p in params]
+    opt = fo.SGD(params, learning_rate=0.1, momentum=0.5)
+    opt_flat = fo.SGD(flat, learning_rate=0.1, momentum=0.5)
+    for _ in range(3):
+        grads = [rng.standard_normal(p.shape) for p in params]
+        opt.step(grads)
+        opt_flat.step([g.ravel().copy() for g in grads])
+    for a, b in zip(params, flat):
+        assert np.array_equal(a.ravel(), b)
