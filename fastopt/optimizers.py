@@ -131,6 +131,7 @@ class Optimizer:
         for i, p in enumerate(flat):
             _core.check_param(p, i)
         self._params = flat
+        self._nparams = len(flat)
         self._group_of = np.repeat(np.arange(len(groups), dtype=np.int32),
                                    [len(g["params"]) for g in self.param_groups])
         self._state = []
@@ -140,10 +141,11 @@ class Optimizer:
                 self._state.append([self._init_state(name, p, group) for name in names])
         self._engine = _core.Engine(self._kernel, flat, self._state)
         self._engine.set_rows(self._group_of.tolist())
+        self._group_list = self._group_of.tolist()
         self._index = {id(p): i for i, p in enumerate(flat)}
         self.iterations = 0
         # torch convention: step count per parameter (None grads do not advance it)
-        self._steps = np.zeros(len(flat), dtype=np.int64)
+        self._steps = [0] * len(flat)
         self._uniform = True
         self._custom_rows = False
         self._hp_cache = {}
@@ -243,32 +245,21 @@ class Optimizer:
 
     def current_hyperparameters(self, group=0):
         """Hyper-parameters of a group as the next step will use them (schedules evaluated)."""
-        return self._evaluate(self.param_groups[group], self.iterations)
+        return dict(self._evaluate(self.param_groups[group], self.iterations)[0])
 
     # ---- the step -------------------------------------------------------
 
     def _evaluate(self, group, step):
-        """The group's hyper-parameters as floats (bools as bools) at ``step``.
+        """``(hp, shared)``: the group's hyper-parameters as floats (bools as
+        bools) at ``step`` and the five shared scalars.
 
         Constants are converted and checked once per edit of the group; only
         schedules are called per step."""
         cache = self._hp_cache.get(id(group))
         if cache is None or cache[0] is not group or cache[1] != group.version:
-            gi = next((k for k, g in enumerate(self.param_groups) if g is group), None)
-            where = f"param group {gi}: " if gi is not None else ""
-            self._check_hyper(group, where)
-            constants, scheduled = {}, []
-            for key, value in group.items():
-                if key == "params":
-                    continue
-                if key in self._bool_hyper:
-                    constants[key] = bool(value)
-                elif _is_schedule(value):
-                    scheduled.append((key, value))
-                else:
-                    constants[key] = float(value)
-            cache = (group, group.version, constants, scheduled)
-            self._hp_cache[id(group)] = cache
+            cache = self._cache_group(group)
+        if not cache[3]:
+            return cache[2], cache[4]
         hp = dict(cache[2])
         for key, fn in cache[3]:
             value = float(fn(step))
@@ -276,7 +267,28 @@ class Optimizer:
                 raise ValueError(f"{key} evaluated to {value!r} at step {step}; "
                                  f"hyper-parameters must be finite")
             hp[key] = value
-        return hp
+        if hp["learning_rate"] < 0:
+            raise ValueError(f"learning_rate evaluated to {hp['learning_rate']!r} at step "
+                             f"{step}; it must be >= 0")
+        return hp, self._shared(hp)
+
+    def _cache_group(self, group):
+        gi = next((k for k, g in enumerate(self.param_groups) if g is group), None)
+        self._check_hyper(group, f"param group {gi}: " if gi is not None else "")
+        constants, scheduled = {}, []
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if key in self._bool_hyper:
+                constants[key] = bool(value)
+            elif _is_schedule(value):
+                scheduled.append((key, value))
+            else:
+                constants[key] = float(value)
+        shared = None if scheduled else self._shared(constants)
+        cache = (group, group.version, constants, scheduled, shared)
+        self._hp_cache[id(group)] = cache
+        return cache
 
     def _shared(self, hp):
         """The five shared scalars: flags, gscale, clip, l2, decay."""
@@ -302,11 +314,8 @@ class Optimizer:
         return [float(flags), gscale, clip, l2, decay]
 
     def _row(self, group, t):
-        hp = self._evaluate(group, self.iterations)
-        if hp["learning_rate"] < 0:
-            raise ValueError(f"learning_rate evaluated to {hp['learning_rate']!r} at step "
-                             f"{self.iterations}; it must be >= 0")
-        return self._shared(hp) + self._scalars(hp, t, group)
+        hp, shared = self._evaluate(group, self.iterations)
+        return shared + self._scalars(hp, t, group)
 
     def step(self, grads):
         """Apply one update in place: ``grads[i]`` is the gradient of ``params[i]``
@@ -316,15 +325,18 @@ class Optimizer:
         with self._lock:
             engine = self._engine
             active = engine.set_grads(grads)
-            try:
-                if active:
-                    rows = self._step_rows(grads, active == len(self._params))
-                    engine.run(rows, self.num_threads or _threads.get_num_threads())
-            finally:
+            if active:
+                try:
+                    rows = self._step_rows(grads, active == self._nparams)
+                except BaseException:
+                    engine.clear_grads()
+                    raise
+                engine.run(rows, self.num_threads or _threads.get_num_threads())
+            else:
                 engine.clear_grads()
             if active and self.convention == "torch":
-                if active == len(self._params):
-                    self._steps += 1
+                if active == self._nparams:
+                    self._steps = [k + 1 for k in self._steps]
                 else:
                     for i, g in enumerate(grads):
                         if g is not None:
@@ -342,11 +354,11 @@ class Optimizer:
             if self.convention == "keras":
                 t = self.iterations + 1
                 return [self._row(g, t) for g in self.param_groups]
-            return [self._row(g, int(self._steps[i]) + 1 if i >= 0 else 1)
+            return [self._row(g, self._steps[i] + 1 if i >= 0 else 1)
                     for g, i in zip(self.param_groups, self._first)]
         keys, rows, mapping = {}, [], []
         for i, g in enumerate(grads):
-            key = (int(self._group_of[i]), int(self._steps[i]) + 1)
+            key = (self._group_list[i], self._steps[i] + 1)
             if key not in keys:
                 keys[key] = len(rows)
                 rows.append(self._row(self.param_groups[key[0]], key[1]))
@@ -356,8 +368,11 @@ class Optimizer:
         return rows
 
     def _steps_uniform(self):
-        return all(len(set(self._steps[self._group_of == gi].tolist())) <= 1
-                   for gi in range(len(self.param_groups)))
+        firsts = {}
+        for gi, k in zip(self._group_list, self._steps):
+            if firsts.setdefault(gi, k) != k:
+                return False
+        return True
 
     def apply_gradients(self, grads_and_vars):
         """Keras-style: ``opt.apply_gradients(zip(grads, params))``.
@@ -433,7 +448,7 @@ class Optimizer:
             "class": type(self).__name__,
             "config": self.get_config(),
             "iterations": int(self.iterations),
-            "steps": self._steps.copy(),
+            "steps": np.array(self._steps, dtype=np.int64),
             "shapes": [list(p.shape) for p in self._params],
             "dtypes": [p.dtype.str for p in self._params],
             "state": [[a.copy() for a in s] for s in self._state],
@@ -463,8 +478,8 @@ class Optimizer:
                     raise ValueError(f"params[{i}] state {k}: expected {a.dtype} {a.shape}; "
                                      f"got {b.dtype} {b.shape}")
         steps = np.asarray(sd["steps"], dtype=np.int64)
-        if steps.shape != self._steps.shape:
-            raise ValueError(f"steps: expected {self._steps.shape[0]} counts; got {steps.shape}")
+        if steps.shape != (len(self._steps),):
+            raise ValueError(f"steps: expected {len(self._steps)} counts; got {steps.shape}")
         iterations = int(sd["iterations"])
         if iterations < 0 or (steps < 0).any():
             raise ValueError("step counters must be >= 0")
@@ -473,7 +488,7 @@ class Optimizer:
         for mine, theirs in zip(self._state, state):
             for a, b in zip(mine, theirs):
                 np.copyto(a, b)
-        self._steps[:] = steps
+        self._steps = [int(k) for k in steps]
         self.iterations = iterations
         self._uniform = self._steps_uniform()
         _load_schedule_states(self, sched_states, schedules)
