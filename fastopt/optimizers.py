@@ -163,10 +163,10 @@ class Optimizer:
         self.param_groups = []
         self._overrides = []
         flat = []
-        names = []
+        pnames = []
         for gi, (plist, over) in enumerate(groups):
             over = {self._canonical(k): v for k, v in over.items()}
-            names.extend(_group_names(over, len(plist), gi))
+            pnames.extend(_group_names(over, len(plist), gi))
             for k in over:
                 if k not in defaults:
                     raise TypeError(f"param group {gi}: unknown hyper-parameter {k!r}; known: "
@@ -202,7 +202,7 @@ class Optimizer:
         sizes = [len(g["params"]) for g in self.param_groups]
         self._first = [int(sum(sizes[:k])) if sizes[k] else -1 for k in range(len(sizes))]
         self._lock = threading.Lock()
-        self._param_names = names
+        self._param_names = pnames
         self._wd_excluded = frozenset()
         self._init_options()
 
