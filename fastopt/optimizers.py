@@ -1485,7 +1485,7 @@ class Nadam(Optimizer):
     >>> opt = fo.Nadam([w], learning_rate=0.1, epsilon=0.0)
     >>> opt.step([np.array([1.0, -1.0])])
     >>> np.round(w, 6)
-    array([-0.1,  0.1])
+    array([-0.106279,  0.106279])
     """
 
     _kernel = "nadam"
