@@ -270,6 +270,12 @@ def markdown(meta, results, tgts, thresh):
               f"{meta['load_after']}",
               f"- {meta['reps']} rotating rounds per case, batches of about "
               f"{meta['batch_ms']} ms; medians; dtype {meta['dtype']}", ""]
+    busy = max((meta["load_before"] or [0])[0], (meta["load_after"] or [0])[0])
+    if busy > 0.5 * (m.get("logical_cpus") or 1):
+        lines += [f"**Warning: load average {busy} on {m.get('logical_cpus')} CPUs: other "
+                  f"processes competed for the CPUs during this run.  Multi-thread figures "
+                  f"(a parallel region waits for every thread to be scheduled) are not "
+                  f"representative; rerun on a quiet machine.**", ""]
     if tgts:
         lines += ["## Targets (2 threads, float32 Adam unless named)", "",
                   "| case | target | measured | |", "|---|---|---|---|"]

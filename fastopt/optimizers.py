@@ -382,8 +382,9 @@ class Optimizer:
                     rows.append(self._row(g, t))
             return rows
         keys, rows, mapping = {}, [], []
+        steps = self._steps
         for i, g in enumerate(grads):
-            key = (self._group_list[i], self._steps[i] + 1)
+            key = (self._group_list[i], steps[i] + 1)
             if key not in keys:
                 keys[key] = len(rows)
                 rows.append(self._row(self.param_groups[key[0]], key[1]))
