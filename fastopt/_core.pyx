@@ -312,30 +312,44 @@ cdef class Engine:
         self.held = list(grads)
         return active
 
-    def clear_grads(self):
+    cdef inline void _unbind(self):
         cdef Py_ssize_t i
         for i in range(self.n):
             self.tensors[i].grad = NULL
         self.held = None
 
+    def clear_grads(self):
+        self._unbind()
+
     cdef int _load_rows(self, rows) except -1:
         cdef Py_ssize_t nrows = len(rows), r, j, m
         if nrows <= self.max_row:
-            self.clear_grads()
+            self._unbind()
             raise ValueError(f"{nrows} scalar rows given; tensors use row {self.max_row}")
         if nrows * FO_NSCALARS > self.rows_cap:
             self.rows = <double *>_realloc(self.rows, nrows * FO_NSCALARS * sizeof(double))
             self.rows_cap = nrows * FO_NSCALARS
         cdef double *dst
+        cdef list lrow
         for r in range(nrows):
             row = rows[r]
             m = len(row)
             if m > FO_NSCALARS:
-                self.clear_grads()
+                self._unbind()
                 raise ValueError(f"a scalar row holds at most {FO_NSCALARS} values")
             dst = self.rows + r * FO_NSCALARS
-            for j in range(m):
-                dst[j] = row[j]
+            try:
+                if type(row) is list:
+                    # the per-step case: direct item access, no generic indexing
+                    lrow = <list>row
+                    for j in range(m):
+                        dst[j] = lrow[j]
+                else:
+                    for j in range(m):
+                        dst[j] = row[j]
+            except BaseException:
+                self._unbind()
+                raise
             for j in range(m, FO_NSCALARS):
                 dst[j] = 0.0
         return 0
@@ -346,7 +360,7 @@ cdef class Engine:
         self._load_rows(rows)
         with nogil:
             fo_step(&self.plan, self.kernel, self.rows, nthreads)
-        self.clear_grads()
+        self._unbind()
 
     def run_reduce(self, rows, int nthreads):
         """Run the kernel's reduction pass over every bound tensor (grads stay

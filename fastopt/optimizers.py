@@ -377,7 +377,9 @@ class Optimizer:
         """
         if self._general:
             return self._step_general(grads)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()     # not `with`: try/finally costs half as much per step
+        try:
             engine = self._engine
             active = engine.set_grads(grads)
             if active:
@@ -391,29 +393,53 @@ class Optimizer:
                 engine.clear_grads()
             if active and self.convention == "torch":
                 if active == self._nparams:
-                    self._steps = [k + 1 for k in self._steps]
+                    self._steps_bump += 1
                 else:
+                    steps = self._steps
                     for i, g in enumerate(grads):
                         if g is not None:
-                            self._steps[i] += 1
+                            steps[i] += 1
                     self._uniform = self._steps_uniform()
             self.iterations += 1
+        finally:
+            lock.release()
 
     def _step_rows(self, grads, all_active):
         """Scalar rows for this step: one per group, or (torch convention with
         per-parameter step counts that differ) one per (group, step) pair."""
-        if self.convention == "keras" or (all_active and self._uniform):
+        keras = self.convention == "keras"
+        if keras or (all_active and self._uniform):
             if self._custom_rows:
                 self._engine.set_rows(self._group_of.tolist())
                 self._custom_rows = False
-            if self.convention == "keras":
-                t = self.iterations + 1
-                return [self._row(g, t) for g in self.param_groups]
-            return [self._row(g, self._steps[i] + 1 if i >= 0 else 1)
-                    for g, i in zip(self.param_groups, self._first)]
+            groups = self.param_groups
+            if len(groups) == 1:
+                # one group (whose first param is params[0]): the common case
+                g = groups[0]
+                t = self.iterations + 1 if keras else self._steps_base[0] + self._steps_bump + 1
+                c = self._hp_cache.get(id(g))
+                if c is not None and c[4] is not None and c[0] is g and c[1] == g.version:
+                    return [c[4] + self._scalars(c[2], t, g)]
+                return [self._row(g, t)]
+            t = self.iterations + 1
+            if not keras:
+                base, bump = self._steps_base, self._steps_bump + 1
+            caches = self._hp_cache
+            rows = []
+            for g, i in zip(groups, self._first):
+                if not keras:
+                    t = base[i] + bump if i >= 0 else 1
+                # inline of _row for a group of constants whose cache is current
+                c = caches.get(id(g))
+                if c is not None and c[4] is not None and c[0] is g and c[1] == g.version:
+                    rows.append(c[4] + self._scalars(c[2], t, g))
+                else:
+                    rows.append(self._row(g, t))
+            return rows
         keys, rows, mapping = {}, [], []
+        steps = self._steps
         for i, g in enumerate(grads):
-            key = (self._group_list[i], self._steps[i] + 1)
+            key = (self._group_list[i], steps[i] + 1)
             if key not in keys:
                 keys[key] = len(rows)
                 rows.append(self._row(self.param_groups[key[0]], key[1]))
@@ -421,6 +447,22 @@ class Optimizer:
         self._engine.set_rows(mapping)
         self._custom_rows = True
         return rows
+
+    @property
+    def _steps(self):
+        """Per-parameter step counts (torch convention).  A step that updates
+        every parameter advances them all through one counter; the list is
+        brought up to date when read."""
+        if self._steps_bump:
+            bump = self._steps_bump
+            self._steps_base = [k + bump for k in self._steps_base]
+            self._steps_bump = 0
+        return self._steps_base
+
+    @_steps.setter
+    def _steps(self, value):
+        self._steps_base = value
+        self._steps_bump = 0
 
     def _steps_uniform(self):
         firsts = {}

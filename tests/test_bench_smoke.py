@@ -1,0 +1,98 @@
+"""The benchmark runs (tiny sizes, a few seconds) and writes what it promises.
+
+Structure only: timings on a shared CI machine mean nothing, so nothing here
+asserts a speed.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+
+pytestmark = pytest.mark.skipif(not RUN.exists(), reason="bench/ is not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # torch, when installed, would add seconds of import and fused-kernel
+    # warm-up; the smoke run checks the bench itself, so it leaves torch out
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, str(RUN), "--smoke", "--no-torch", "--no-plot",
+                        "--threshold", "--out", str(out), "--name", "smoke"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(out / "smoke.json") as f:
+        data = json.load(f)
+    return out, data, r.stdout
+
+
+def test_outputs_written(smoke):
+    out, data, stdout = smoke
+    assert (out / "smoke.md").exists()
+    assert "wrote" in stdout
+    assert set(data) == {"meta", "targets", "results", "threshold"}
+
+
+def test_every_case_every_implementation(smoke):
+    _, data, _ = smoke
+    res = data["results"]
+    opts = {r["optimizer"] for r in res}
+    assert opts == {"adam", "adamw", "sgd"}
+    cases = {r["case"] for r in res}
+    assert {"1e3", "4096", "resnet50[:12]"} <= cases
+    for opt in opts:
+        for case in cases:
+            for threads in (1, 2):
+                got = {r["impl"] for r in res if (r["optimizer"], r["case"], r["threads"])
+                       == (opt, case, threads)}
+                want = {"floor", "fastopt", "numpy"} | ({"fastopt_keras"} if opt == "adam"
+                                                        else set())
+                assert got == want, (opt, case, threads, got)
+    for r in res:
+        assert r["median_s"] > 0 and r["ns_per_element"] > 0
+        assert r["q1_s"] <= r["median_s"] <= r["q3_s"]
+        assert r["bytes_per_element"] == (28 if r["optimizer"] != "sgd" else 20)
+
+
+def test_targets_and_machine_reported(smoke):
+    out, data, _ = smoke
+    md = (out / "smoke.md").read_text()
+    assert "## Targets" in md and "load average" in md
+    kinds = {t["target"] for t in data["targets"]}
+    assert "<= 3 us per step (torch convention)" in kinds
+    assert "<= 3 us per step (keras convention)" in kinds
+    for t in data["targets"]:
+        assert isinstance(t["met"], bool) and t["value"] > 0
+    m = data["meta"]["machine"]
+    for key in ("numpy", "fastopt", "fastopt_simd", "logical_cpus"):
+        assert key in m
+    assert data["meta"]["load_before"] is None or len(data["meta"]["load_before"]) == 3
+
+
+def test_threshold_sweep_structure(smoke):
+    _, data, _ = smoke
+    th = data["threshold"]
+    assert set(th) == {"adam", "adamw", "sgd"}
+    for v in th.values():
+        assert [r["elements"] for r in v["rows"]] == [2 ** e for e in range(9, 13)]
+        assert v["crossover"] is None or v["crossover"] in [r["elements"] for r in v["rows"]]
+
+
+def test_implementations_agree():
+    """The bench refuses to time implementations that compute different updates."""
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import impls
+    finally:
+        sys.path.remove(str(RUN.parent))
+    for spec in impls.SPECS.values():
+        impls.check_agreement(spec, ["fastopt", "numpy"])
+    bad = impls.Spec("adam", 2, impls.SPECS["adam"].fastopt,
+                     lambda ps: impls.NumpyAdam(ps, lr=2e-3), None)
+    with pytest.raises(AssertionError, match="numpy disagrees with fastopt"):
+        impls.check_agreement(bad, ["fastopt", "numpy"])
