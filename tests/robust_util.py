@@ -157,7 +157,7 @@ atexit.register(_dump_tally)
 
 
 def rng_grads(rng, params, scale=0.3):
-    return [(rng.standard_normal(p.shape) * scale).astype(p.dtype) for p in params]
+    return [np.asarray(rng.standard_normal(p.shape) * scale, dtype=p.dtype) for p in params]
 
 
 __all__ = ["fo", "REGISTRY", "NAMES"]
