@@ -73,6 +73,7 @@ def test_rss_flat_over_refused_steps_and_checkpoints(tmp_path):
             try:
                 opt.step(bad[k % len(bad)])
             except (TypeError, ValueError):
+                TALLY["inputs_tried"] += 1
                 TALLY["failures_survived"] += 1
             else:
                 raise AssertionError("bad input accepted")
