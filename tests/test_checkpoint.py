@@ -261,9 +261,6 @@ def test_mismatched_checkpoints_refused(tmp_path):
     opt, params = _trained(tmp_path)
     opt.step([np.ones((4, 3)), np.ones(5)])
 
-    def meta_edit(fn):
-        return lambda m: fn(m)
-
     cases = [
         ("version", lambda m: m.update(checkpoint_version=2), None, "format version 2"),
         ("no-version", lambda m: m.pop("checkpoint_version"), None, "format version None"),

@@ -13,7 +13,6 @@ raises the budget and FASTOPT_FUZZ_RANDOM=1 draws new examples each run.
 import os
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -284,9 +283,3 @@ def test_fuzz_param_groups_and_setters(data):
         except CLEAN_ERRORS:
             assert_unchanged(snap, opt, [], f"{name} step {s}")
             TALLY["failures_survived"] += 1
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_fuzz_covers_every_optimizer(name):
-    # the sampled_from above draws from the registry; keep it non-trivial
-    assert CONVENTIONS[name], name
