@@ -43,6 +43,16 @@ static volatile int fo_forked = 0;
 
 static void fo_atfork_child(void) { fo_forked = 1; }
 
+/* Registered before the first parallel region of any entry point (step or
+ * reduction), once even when two threads make their first call together. */
+#ifdef FO_HAVE_ATFORK
+static pthread_once_t fo_once = PTHREAD_ONCE_INIT;
+static void fo_register_atfork(void) { pthread_atfork(NULL, NULL, fo_atfork_child); }
+static void fo_init_once(void) { pthread_once(&fo_once, fo_register_atfork); }
+#else
+static void fo_init_once(void) {}
+#endif
+
 int fo_simd_supported(int level)
 {
     if (level == FO_SIMD_BASELINE)
@@ -68,12 +78,9 @@ int fo_simd_best(void)
 
 int fo_simd_get(void)
 {
-    if (fo_simd_level < 0) {
+    fo_init_once();
+    if (fo_simd_level < 0)
         fo_simd_level = fo_simd_best();
-#ifdef FO_HAVE_ATFORK
-        pthread_atfork(NULL, NULL, fo_atfork_child);
-#endif
-    }
     return fo_simd_level;
 }
 
@@ -153,6 +160,7 @@ void fo_plan_free(fo_plan *plan)
 
 static int fo_team_size(int64_t work, int nthreads)
 {
+    fo_init_once();
     if (nthreads <= 1 || fo_forked || !fo_openmp() || work < fo_threshold)
         return 1;
     int64_t most = work / FO_ALIGN;

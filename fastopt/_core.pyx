@@ -248,8 +248,18 @@ cdef class Engine:
     def set_grads(self, grads):
         """Validate every grad, then bind them all.  Raises before binding
         anything; returns the number of tensors with a grad."""
+        if isinstance(grads, np.ndarray):
+            # iterating an ndarray would hand its rows out as grads of different parameters
+            raise TypeError(f"grads: expected a list of {self.n} gradients (one per parameter, "
+                            f"None skips one); got {_describe(grads)}. Wrap a single gradient "
+                            f"in a list: step([g])")
         if not isinstance(grads, (list, tuple)):
-            grads = list(grads)
+            try:
+                grads = list(grads)
+            except TypeError:
+                raise TypeError(f"grads: expected a list of {self.n} gradients (one per "
+                                f"parameter, None skips one); got {_describe(grads)}. Pass "
+                                f"a list in the order of the parameters") from None
         cdef Py_ssize_t ng = len(grads), i, k
         if ng != self.n:
             raise ValueError(f"expected {self.n} grads (one per parameter, in the order the "
@@ -268,20 +278,22 @@ cdef class Engine:
             if not cnp.PyArray_Check(g):
                 raise TypeError(f"grads[{i}]: expected a numpy.ndarray of dtype "
                                 f"{self.params[i].dtype} "
-                                f"and shape {self._shape_str(i)}; got {_describe(g)}")
+                                f"and shape {self._shape_str(i)}; got {_describe(g)}. Convert "
+                                f"it with np.asarray(g, dtype=np.{self.params[i].dtype})")
             a = <cnp.ndarray>g
             if cnp.PyArray_TYPE(a) != self.typenums[i] or not cnp.PyArray_ISNOTSWAPPED(a):
                 raise TypeError(f"grads[{i}]: expected dtype {self.params[i].dtype} (the dtype of "
                                 f"params[{i}]); got {g.dtype!r}. Cast it with "
                                 f"g.astype(p.dtype) or compute the grad in the param's dtype")
             nd = cnp.PyArray_NDIM(a)
-            if nd != self.ndims[i]:
-                raise ValueError(f"grads[{i}]: expected shape {self._shape_str(i)} (the shape of "
-                                 f"params[{i}]); got {g.shape}")
-            for k in range(nd):
+            bad_shape = nd != self.ndims[i]
+            for k in range(nd if not bad_shape else 0):
                 if cnp.PyArray_DIMS(a)[k] != self.shapes[self.shape_at[i] + k]:
-                    raise ValueError(f"grads[{i}]: expected shape {self._shape_str(i)} (the shape "
-                                     f"of params[{i}]); got {g.shape}")
+                    bad_shape = True
+            if bad_shape:
+                raise ValueError(f"grads[{i}]: expected shape {self._shape_str(i)} (the shape of "
+                                 f"params[{i}]); got {g.shape}. Pass the gradient of params[{i}] "
+                                 f"at index {i}: grads follow the order of the parameters")
             if not cnp.PyArray_IS_C_CONTIGUOUS(a):
                 raise ValueError(f"grads[{i}]: expected a C-contiguous array; got strides "
                                  f"{g.strides}. Pass np.ascontiguousarray(g)")

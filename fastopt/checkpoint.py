@@ -46,9 +46,11 @@ def save(path, optimizer, include_params=True):
     """Write ``optimizer``'s state (and its parameters unless
     ``include_params=False``) to ``path`` atomically."""
     path = os.fspath(path)
-    sd = optimizer.state_dict()
-    if include_params:
-        sd["params"] = [p.copy() for p in optimizer.params]
+    # one lock for state and params: a step from another thread cannot land between them
+    with optimizer._lock:
+        sd = optimizer.state_dict()
+        if include_params:
+            sd["params"] = [p.copy() for p in optimizer.params]
     arrays = {}
     meta = _encode(sd, arrays, "a")
     meta["checkpoint_version"] = FORMAT_VERSION
@@ -99,6 +101,8 @@ def read(path):
         meta = json.loads(arrays.pop(_META).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
     version = meta.pop("checkpoint_version", None)
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format version {version!r}; this fastopt reads "
@@ -114,16 +118,27 @@ def load(path, optimizer):
     ``path``.  Any mismatch raises and leaves optimizer and parameters as they were."""
     sd = read(path)
     params = sd.pop("params", None)
+    mine = optimizer.params
     if params is not None:
-        mine = optimizer.params
-        if len(params) != len(mine):
-            raise ValueError(f"{path}: checkpoint has {len(params)} params; the optimizer has "
-                             f"{len(mine)}")
+        if not isinstance(params, list) or len(params) != len(mine):
+            n = len(params) if isinstance(params, list) else type(params).__name__
+            raise ValueError(f"{path}: checkpoint has {n} params; the optimizer has "
+                             f"{len(mine)}. Build the optimizer over the parameters it was "
+                             f"saved with")
         for i, (p, q) in enumerate(zip(mine, params)):
+            if not isinstance(q, np.ndarray):
+                raise ValueError(f"{path}: params[{i}] in the checkpoint is not an array")
             if p.shape != q.shape or p.dtype != q.dtype:
                 raise ValueError(f"{path}: params[{i}] is {q.dtype} {q.shape} in the "
-                                 f"checkpoint, {p.dtype} {p.shape} in the optimizer")
-    optimizer.load_state_dict(sd)
-    if params is not None:
-        for p, q in zip(optimizer.params, params):
-            np.copyto(p, q)
+                                 f"checkpoint, {p.dtype} {p.shape} in the optimizer. Build "
+                                 f"the optimizer over the parameters it was saved with")
+    with optimizer._lock:
+        try:
+            apply = optimizer._check_state_dict(sd)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        # everything is checked: from here on nothing can fail half-way
+        apply()
+        if params is not None:
+            for p, q in zip(mine, params):
+                np.copyto(p, q)

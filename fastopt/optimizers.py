@@ -201,7 +201,9 @@ class Optimizer:
         self._hp_cache = {}
         sizes = [len(g["params"]) for g in self.param_groups]
         self._first = [int(sum(sizes[:k])) if sizes[k] else -1 for k in range(len(sizes))]
-        self._lock = threading.Lock()
+        # step, state_dict and load_state_dict are serialised: two threads stepping one
+        # optimizer apply their updates one after the other, and a checkpoint is never torn
+        self._lock = threading.RLock()
         self._param_names = pnames
         self._wd_excluded = frozenset()
         self._init_options()
@@ -244,7 +246,11 @@ class Optimizer:
                                                                  np.integer)):
                 raise TypeError(f"{where}{key} must be a float or a schedule (a callable "
                                 f"step -> float); got {value!r}")
-            if not math.isfinite(value):
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:   # an int beyond the float range
+                finite = False
+            if not finite:
                 raise ValueError(f"{where}{key} must be finite; got {value!r}")
         self._validate(hp, where)
 
@@ -323,6 +329,9 @@ class Optimizer:
         if hp["learning_rate"] < 0:
             raise ValueError(f"learning_rate evaluated to {hp['learning_rate']!r} at step "
                              f"{step}; it must be >= 0")
+        # a scheduled value gets the range checks of a constant one (beta_1 -> 1 would
+        # divide by zero in the bias correction, momentum > 1 would diverge silently)
+        self._validate(hp, f"schedule value at step {step}: ")
         return hp, self._shared(hp)
 
     def _cache_group(self, group):
@@ -667,8 +676,8 @@ class Optimizer:
     def _step_general(self, grads):
         """The step with options: skip_nonfinite, accumulation, clipping, weight-decay
         exclusion, two-pass kernels, EMA -- in Keras's order (spec §1.0)."""
-        if not isinstance(grads, (list, tuple)):
-            grads = list(grads)
+        if not isinstance(grads, (list, tuple, np.ndarray)) and hasattr(grads, "__iter__"):
+            grads = list(grads)   # a generator; anything else gets the engine's message
         with self._lock:
             engine = self._engine
             nthreads = self.num_threads or _threads.get_num_threads()
@@ -871,58 +880,106 @@ class Optimizer:
         """Everything needed to resume exactly: counters, state arrays (copies),
         config, and the counters of stateful schedules."""
         from . import schedules
-        return {
-            "format_version": 1,
-            "class": type(self).__name__,
-            "config": self.get_config(),
-            "iterations": int(self.iterations),
-            "steps": np.array(self._steps, dtype=np.int64),
-            "shapes": [list(p.shape) for p in self._params],
-            "dtypes": [p.dtype.str for p in self._params],
-            "state": [[a.copy() for a in s] for s in self._state],
-            "schedules": _schedule_states(self, schedules),
-            "extra": self._extra_state(),
-        }
+        with self._lock:
+            return {
+                "format_version": 1,
+                "class": type(self).__name__,
+                "config": self.get_config(),
+                "iterations": int(self.iterations),
+                "steps": np.array(self._steps, dtype=np.int64),
+                "shapes": [list(p.shape) for p in self._params],
+                "dtypes": [p.dtype.str for p in self._params],
+                "state": [[a.copy() for a in s] for s in self._state],
+                "schedules": _schedule_states(self, schedules),
+                "extra": self._extra_state(),
+            }
 
     def load_state_dict(self, sd):
-        """Restore :meth:`state_dict`.  Everything is checked first; a mismatch
-        raises and leaves the optimizer as it was."""
-        from . import schedules
+        """Restore :meth:`state_dict`.  Everything is checked first (format
+        version, class, convention, shapes, dtypes, counters, schedule state);
+        a mismatch raises ``ValueError`` and leaves the optimizer as it was."""
+        with self._lock:
+            apply = self._check_state_dict(sd)
+            apply()
+
+    def _check_state_dict(self, sd):
+        """Validate ``sd`` completely; return a function that applies it and cannot fail."""
         if not isinstance(sd, dict) or sd.get("format_version") != 1:
-            raise ValueError("not a fastopt optimizer state (format_version 1 expected)")
-        if sd.get("class") != type(self).__name__:
-            raise ValueError(f"state is of a {sd.get('class')} optimizer; this is a "
-                             f"{type(self).__name__}")
-        state = sd["state"]
-        if len(state) != len(self._state):
-            raise ValueError(f"state has {len(state)} parameters; this optimizer has "
-                             f"{len(self._state)}")
-        for i, (mine, theirs) in enumerate(zip(self._state, state)):
+            version = sd.get("format_version") if isinstance(sd, dict) else None
+            raise ValueError(f"not a fastopt optimizer state: format_version 1 expected, got "
+                             f"{version!r}. Pass the dict returned by state_dict()")
+        missing = [k for k in ("class", "iterations", "steps", "state") if k not in sd]
+        if missing:
+            raise ValueError(f"optimizer state is missing {missing}; it was not written by "
+                             f"state_dict() (or was edited)")
+        name = type(self).__name__
+        if sd["class"] != name:
+            raise ValueError(f"state is of a {sd['class']} optimizer; this is a {name}. Load it "
+                             f"into a {sd['class']} built over the same parameters")
+        conv = (sd.get("config") or {}).get("convention", self.convention)
+        if conv != self.convention:
+            raise ValueError(f"state is of a convention={conv!r} {name}; this one has "
+                             f"convention={self.convention!r}. Build the optimizer with "
+                             f"convention={conv!r} to resume it")
+        for key, mine in (("shapes", [list(p.shape) for p in self._params]),
+                          ("dtypes", [p.dtype.str for p in self._params])):
+            theirs = sd.get(key)
+            if theirs is None:
+                continue
+            theirs = [list(t) if key == "shapes" else t for t in theirs]
             if len(theirs) != len(mine):
-                raise ValueError(f"params[{i}]: state has {len(theirs)} arrays; expected "
+                raise ValueError(f"state has {len(theirs)} parameters; this optimizer has "
+                                 f"{len(mine)}. Build it over the parameters it was saved with")
+            for i, (a, b) in enumerate(zip(mine, theirs)):
+                if a != b:
+                    raise ValueError(f"params[{i}]: the state was saved for {key[:-1]} {b}; "
+                                     f"this optimizer's params[{i}] has {key[:-1]} {a}. Build "
+                                     f"it over the parameters it was saved with, in order")
+        state = sd["state"]
+        if not isinstance(state, (list, tuple)) or len(state) != len(self._state):
+            n = len(state) if isinstance(state, (list, tuple)) else type(state).__name__
+            raise ValueError(f"state has {n} parameters; this optimizer has "
+                             f"{len(self._state)}. Build it over the parameters it was saved "
+                             f"with")
+        for i, (mine, theirs) in enumerate(zip(self._state, state)):
+            if not isinstance(theirs, (list, tuple)) or len(theirs) != len(mine):
+                n = len(theirs) if isinstance(theirs, (list, tuple)) else type(theirs).__name__
+                raise ValueError(f"params[{i}]: state has {n} arrays; expected "
                                  f"{len(mine)} (were the optimizer options the same?)")
             for k, (a, b) in enumerate(zip(mine, theirs)):
                 b = np.asarray(b)
                 if b.shape != a.shape or b.dtype != a.dtype:
+                    got = f"{b.dtype} {b.shape}"
                     raise ValueError(f"params[{i}] state {k}: expected {a.dtype} {a.shape}; "
-                                     f"got {b.dtype} {b.shape}")
-        steps = np.asarray(sd["steps"], dtype=np.int64)
-        if steps.shape != (len(self._steps),):
-            raise ValueError(f"steps: expected {len(self._steps)} counts; got {steps.shape}")
-        iterations = int(sd["iterations"])
+                                     f"got {got}")
+        steps = np.asarray(sd["steps"])
+        if (steps.dtype.kind not in "iu" and steps.size) or steps.shape != (len(self._steps),):
+            got = f"{steps.dtype} {steps.shape}"
+            raise ValueError(f"steps: expected {len(self._steps)} integer counts; got {got}")
+        iterations = sd["iterations"]
+        if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations,
+                                                                      (int, np.integer)):
+            raise ValueError(f"iterations: expected an int; got {iterations!r}")
+        iterations = int(iterations)
         if iterations < 0 or (steps < 0).any():
             raise ValueError("step counters must be >= 0")
-        sched_states = sd.get("schedules", {})
+        sched_states = sd.get("schedules") or {}
+        if not isinstance(sched_states, dict):
+            raise ValueError(f"schedules: expected a dict; got {type(sched_states).__name__}")
         _check_schedule_states(self, sched_states)
         extra = self._check_extra_state(sd.get("extra", {}))
-        for mine, theirs in zip(self._state, state):
-            for a, b in zip(mine, theirs):
-                np.copyto(a, b)
-        self._steps = [int(k) for k in steps]
-        self.iterations = iterations
-        self._uniform = self._steps_uniform()
-        _load_schedule_states(self, sched_states, schedules)
-        self._load_extra_state(extra)
+
+        def apply():
+            for mine, theirs in zip(self._state, state):
+                for a, b in zip(mine, theirs):
+                    np.copyto(a, np.asarray(b))
+            self._steps = [int(k) for k in steps]
+            self.iterations = iterations
+            self._uniform = self._steps_uniform()
+            _load_schedule_states(self, sched_states)
+            self._load_extra_state(extra)
+
+        return apply
 
     def __repr__(self):
         n = sum(p.size for p in self._params)
@@ -1003,14 +1060,24 @@ def _schedule_states(opt, schedules):
 
 
 def _check_schedule_states(opt, states):
-    mine = {path for path, s in _iter_schedules(opt) if hasattr(s, "state_dict")}
-    extra = set(states) - mine
+    """Refuse schedule state that does not fit: loaded into a copy of each
+    schedule first, so a bad entry raises before anything is restored."""
+    import copy
+    mine = {path: s for path, s in _iter_schedules(opt) if hasattr(s, "state_dict")}
+    extra = set(states) - set(mine)
     if extra:
         raise ValueError(f"state carries schedule state for {sorted(extra)}, which this "
                          f"optimizer's hyper-parameters are not schedules for")
+    for path, sched in mine.items():
+        if path in states and hasattr(sched, "load_state_dict"):
+            try:
+                copy.deepcopy(sched).load_state_dict(states[path])
+            except (TypeError, ValueError, KeyError) as e:
+                raise ValueError(f"schedule state for {path} does not fit the schedule "
+                                 f"{type(sched).__name__}: {e}") from e
 
 
-def _load_schedule_states(opt, states, schedules):
+def _load_schedule_states(opt, states):
     for path, sched in _iter_schedules(opt):
         if path in states and hasattr(sched, "load_state_dict"):
             sched.load_state_dict(states[path])

@@ -405,7 +405,7 @@ def test_adagrad_initial_accumulator_and_ftrl_validation():
     with pytest.raises(ValueError, match="learning_rate must be > 0 for Ftrl"):
         fo.Ftrl([w], learning_rate=0.0)
     opt = fo.Ftrl([w], learning_rate=lambda s: 0.0)
-    with pytest.raises(ValueError, match="Ftrl needs it > 0"):
+    with pytest.raises(ValueError, match="step 0: learning_rate must be > 0 for Ftrl"):
         opt.step([np.ones(2)])
     assert opt.iterations == 0 and np.array_equal(w, [0.0, 0.0])
 

@@ -1,0 +1,165 @@
+"""Shared pieces of the robustness suites (bad input, fuzzing, checkpoints,
+threads, memory): building any registered optimizer generically, taking
+bit-exact snapshots of everything an optimizer owns, and tallying what was
+tried.
+
+Everything here iterates ``fastopt.optimizers.REGISTRY`` and probes options by
+construction, so optimizers and options added later are covered without
+editing these tests.
+"""
+import atexit
+import collections
+import json
+import os
+
+import numpy as np
+
+import fastopt as fo
+from fastopt.optimizers import REGISTRY
+
+NAMES = sorted(REGISTRY)
+
+
+def conventions(cls):
+    """The conventions ``cls`` supports, Keras first."""
+    out = []
+    for conv in ("keras", "torch"):
+        try:
+            cls([np.zeros(1)], convention=conv)
+        except ValueError:
+            continue
+        out.append(conv)
+    return out
+
+
+def default_convention(cls):
+    convs = conventions(cls)
+    assert convs, f"{cls.__name__} accepts neither convention"
+    return convs[0]
+
+
+def stateful_kwargs(cls, convention):
+    """Options that give ``cls`` optimizer state where its defaults have none
+    (SGD without momentum keeps nothing), so aliasing and snapshots are exercised."""
+    hyper = cls._hyper[convention]
+    if hyper.get("momentum") == 0.0:
+        return {"momentum": 0.9}
+    return {}
+
+
+def accepts(cls, convention, **options):
+    """True when ``cls`` can be built with ``options`` (features another version may lack)."""
+    try:
+        cls([np.zeros(2)], convention=convention, **options)
+    except TypeError:
+        return False
+    return True
+
+
+def build(name, params, convention=None, **kwargs):
+    cls = REGISTRY[name]
+    convention = convention or default_convention(cls)
+    kw = dict(stateful_kwargs(cls, convention))
+    kw.update(kwargs)
+    return cls(params, convention=convention, **kw)
+
+
+def float_hyper(cls, convention):
+    """Names of the float hyper-parameters of ``cls`` (bools excluded)."""
+    return [k for k, v in cls._hyper[convention].items()
+            if k not in cls._bool_hyper and not isinstance(v, bool)]
+
+
+# ---- snapshots ----------------------------------------------------------------
+
+def _freeze(obj):
+    """A comparable, bit-exact image of a state dict: arrays become
+    (dtype, shape, bytes); containers recurse; floats keep their bits."""
+    if isinstance(obj, np.ndarray):
+        return ("nd", obj.dtype.str, obj.shape, obj.tobytes())
+    if isinstance(obj, dict):
+        return ("d", tuple(sorted((str(k), _freeze(v)) for k, v in obj.items())))
+    if isinstance(obj, (list, tuple)):
+        return ("l", tuple(_freeze(v) for v in obj))
+    if isinstance(obj, float):
+        return ("f", np.float64(obj).tobytes())
+    if isinstance(obj, np.generic):
+        return ("g", obj.dtype.str, obj.tobytes())
+    if callable(getattr(obj, "state_dict", None)):   # stateful schedules
+        return ("s", type(obj).__name__, id(obj), _freeze(obj.state_dict()))
+    return ("o", repr(obj))
+
+
+# Attributes that cache or hold machinery rather than optimizer state.  The
+# per-parameter step counts are compared through ``opt._steps`` (their storage,
+# a list plus a pending increment, is normalised whenever they are read).
+_NOT_STATE = {"_engine", "_lock", "_hp_cache", "_index", "_steps_base", "_steps_bump"}
+
+
+def snapshot(opt, params=None):
+    """Everything the optimizer owns and everything it may write, bit for bit:
+    its parameters (and any extra arrays given), its state dict (state arrays,
+    counters, schedule state, config) and the public counters."""
+    arrays = [p.tobytes() for p in opt.params] + [p.tobytes() for p in (params or [])]
+    extra = {k: getattr(opt, k) for k in ("iterations", "skipped_steps") if hasattr(opt, k)}
+    # every attribute, so state that later versions keep (EMA copies, accumulators)
+    # is covered without naming it; plain-callable schedules make state_dict() refuse
+    owned = {k: v for k, v in vars(opt).items() if k not in _NOT_STATE}
+    return arrays, _freeze(owned), repr(extra), list(opt._steps)
+
+
+def snapshot_bytes(opt):
+    return sum(p.nbytes for p in opt.params) + sum(a.nbytes for s in opt._state for a in s)
+
+
+def assert_unchanged(before, opt, params=None, what=""):
+    after = snapshot(opt, params)
+    for k, (a, b) in enumerate(zip(before[0], after[0])):
+        assert a == b, f"{what}: params[{k}] changed by a refused call"
+    assert before[1] == after[1], f"{what}: optimizer state changed by a refused call"
+    assert before[2] == after[2], f"{what}: counters changed: {before[2]} -> {after[2]}"
+    assert before[3] == after[3], f"{what}: per-parameter step counts changed"
+    TALLY["bytes_checked"] += snapshot_bytes(opt)
+
+
+def assert_same_optimizer(a, b, what=""):
+    """Two optimizers hold bit-identical parameters and state."""
+    for k, (p, q) in enumerate(zip(a.params, b.params)):
+        assert p.dtype == q.dtype and p.tobytes() == q.tobytes(), f"{what}: params[{k}] differ"
+    sa = {k: v for k, v in vars(a).items() if k not in _NOT_STATE | {"param_groups"}}
+    sb = {k: v for k, v in vars(b).items() if k not in _NOT_STATE | {"param_groups"}}
+    for k in sa:
+        if k.startswith("_params"):
+            continue
+        assert _freeze(sa[k]) == _freeze(sb.get(k)), f"{what}: {k} differs"
+
+
+# ---- tallies --------------------------------------------------------------------
+# FASTOPT_TALLY=<file> makes each test process add what it tried to that JSON
+# file at exit (the figures quoted in the robustness report).
+
+TALLY = collections.Counter()
+
+
+def _dump_tally():
+    path = os.environ.get("FASTOPT_TALLY")
+    if not path or not TALLY:
+        return
+    try:
+        with open(path) as f:
+            total = collections.Counter(json.load(f))
+    except (OSError, ValueError):
+        total = collections.Counter()
+    total.update(TALLY)
+    with open(path, "w") as f:
+        json.dump(dict(total), f, indent=1, sort_keys=True)
+
+
+atexit.register(_dump_tally)
+
+
+def rng_grads(rng, params, scale=0.3):
+    return [np.asarray(rng.standard_normal(p.shape) * scale, dtype=p.dtype) for p in params]
+
+
+__all__ = ["fo", "REGISTRY", "NAMES"]

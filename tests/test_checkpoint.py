@@ -1,0 +1,356 @@
+"""Checkpoints (DESIGN.md §3-§4): atomic writes that survive SIGKILL, a format
+version, validation of everything before anything changes, refusal of
+truncated and foreign files, and exact resume in a new process for every
+optimizer, with schedules (plateau, 1cycle) and EMA where available.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import checkpoint, schedules
+
+import ckpt_worker
+from robust_util import TALLY, assert_unchanged, snapshot
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt_worker.py")
+CONFIGS = ckpt_worker.configurations()
+
+
+def _state_image(opt, params):
+    """Params, state arrays, counters and schedule state, bit for bit."""
+    sd = opt.state_dict()
+    return ([p.tobytes() for p in params],
+            [[a.tobytes() for a in s] for s in sd["state"]],
+            sd["iterations"], sd["steps"].tolist(), json.dumps(sd["schedules"], sort_keys=True))
+
+
+def _worker_env():
+    env = dict(os.environ)
+    # the child imports the same fastopt as this process (installed, or PYTHONPATH)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fo.__file__))] +
+        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+@pytest.fixture(scope="module")
+def resumed_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    out = subprocess.run([sys.executable, WORKER, "resume", str(d), "5"], cwd=str(d),
+                         env=_worker_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return d
+
+
+@pytest.mark.parametrize("cid", sorted(CONFIGS))
+def test_resume_in_a_new_process_is_bit_exact(cid, resumed_dir):
+    """N steps straight == k steps + save (another process) + load + N-k steps."""
+    cfg = CONFIGS[cid]
+    k, n = 5, ckpt_worker.NSTEPS
+    straight, p_straight, plateau = ckpt_worker.build(*cfg)
+    ckpt_worker.run(straight, p_straight, plateau, 0, n)
+
+    resumed, p_resumed, plateau_r = ckpt_worker.build(*cfg)
+    for p in p_resumed:
+        p[...] = 7.0   # the checkpoint must bring the params back too
+    fo.load(resumed_dir / f"{cid}.npz", resumed)
+    assert resumed.iterations == k
+    ckpt_worker.run(resumed, p_resumed, plateau_r, k, n)
+    assert _state_image(straight, p_straight) == _state_image(resumed, p_resumed), cid
+    if plateau is not None:
+        assert plateau.state_dict() == plateau_r.state_dict()
+        assert plateau.num_reports == n
+    TALLY["resumes_exact"] += 1
+
+
+def test_configurations_cover_the_registry():
+    names = {c[0] for c in CONFIGS.values()}
+    assert names == set(ckpt_worker.REGISTRY)
+    assert {c[2] for c in CONFIGS.values()} >= {"const", "plateau", "onecycle", "groups"}
+
+
+def test_plateau_reductions_happen_in_the_resume_scenario():
+    # the scenario must actually move the plateau scale, or the resume test proves little
+    opt, params, plateau = ckpt_worker.build("SGD", "keras", "plateau")
+    ckpt_worker.run(opt, params, plateau, 0, ckpt_worker.NSTEPS)
+    assert plateau.num_reductions >= 1 and plateau.scale < 1
+
+
+# ---- atomic writes under SIGKILL -----------------------------------------------------
+
+def test_sigkill_mid_write_leaves_a_valid_checkpoint(tmp_path):
+    """A writer saving a 32 MB checkpoint in a loop is killed at random moments;
+    the file always loads and is one of the versions written (w == iterations)."""
+    path = tmp_path / "ck.npz"
+    n = 8 * 1024 * 1024
+    w = np.zeros(n, dtype=np.float32)
+    opt = fo.SGD([w], learning_rate=1.0)
+    fo.save(path, opt)                  # version 0: the old file
+    rng = np.random.default_rng(99)
+    kills = 0
+    for round_ in range(5):
+        proc = subprocess.Popen([sys.executable, WORKER, "writer", str(path), str(n)],
+                                cwd=str(tmp_path), env=_worker_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # wait until it is writing (first version done), then kill at a random moment
+            first = proc.stdout.readline()
+            assert first.strip().isdigit(), proc.stderr.read()
+            time.sleep(float(rng.uniform(0.0, 0.4)))
+            proc.send_signal(signal.SIGKILL)
+            rest = proc.stdout.read()
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+            proc.stdout.close()
+            proc.stderr.close()
+        assert proc.returncode == -signal.SIGKILL
+        kills += 1
+        done = [int(first)] + [int(x) for x in rest.split()]
+        fresh_w = np.full(n, -5.0, dtype=np.float32)
+        fresh = fo.SGD([fresh_w], learning_rate=1.0)
+        fo.load(path, fresh)
+        it = fresh.iterations
+        # the last completed save, or the one whose rename landed just before the kill
+        assert it in (done[-1], done[-1] + 1), (it, done[-3:])
+        assert (fresh_w == np.float32(it)).all()
+        TALLY["sigkill_survived"] += 1
+    assert kills == 5
+    leftovers = [f for f in os.listdir(tmp_path) if f.startswith(".fastopt-")]
+    TALLY["temp_files_left_by_sigkill"] += len(leftovers)
+    for f in leftovers:         # a killed writer may leave its temp file; never the target
+        assert f.endswith(".tmp")
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "ck.npz"
+    w = np.ones(3)
+    opt = fo.SGD([w], momentum=0.5)
+    fo.save(path, opt)
+    old = path.read_bytes()
+    opt.step([np.ones(3)])
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        fo.save(path, opt)
+    assert path.read_bytes() == old
+    assert sorted(os.listdir(tmp_path)) == ["ck.npz"]
+
+
+# ---- validation on load: refuse, name the problem, change nothing -------------------
+
+def _trained(tmp_path, cls=fo.Adam, shapes=((4, 3), (5,)), **kw):
+    params = [np.linspace(-1, 1, int(np.prod(s))).reshape(s) for s in shapes]
+    opt = cls(params, **kw)
+    for k in range(3):
+        opt.step([np.full(p.shape, 0.1 * (k + 1)) for p in params])
+    return opt, params
+
+
+def _refuse(path, opt, params, pattern, exc=ValueError):
+    before = snapshot(opt, params)
+    with pytest.raises(exc, match=pattern):
+        fo.load(path, opt)
+    assert_unchanged(before, opt, params, f"load {path}")
+    TALLY["inputs_tried"] += 1
+    TALLY["failures_survived"] += 1
+
+
+def _rewrite(src, dst, edit_meta=None, edit_arrays=None):
+    """Copy a checkpoint, editing its metadata and/or arrays (a crafted foreign file)."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop(checkpoint._META).tobytes().decode())
+    if edit_meta:
+        edit_meta(meta)
+    if edit_arrays:
+        edit_arrays(arrays)
+    arrays[checkpoint._META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def test_checkpoint_carries_a_format_version(tmp_path):
+    opt, params = _trained(tmp_path)
+    fo.save(tmp_path / "a.npz", opt)
+    with np.load(tmp_path / "a.npz") as z:
+        meta = json.loads(z[checkpoint._META].tobytes().decode())
+    assert meta["checkpoint_version"] == checkpoint.FORMAT_VERSION
+    assert meta["format_version"] == 1 and meta["class"] == "Adam"
+
+
+def test_truncated_files_refused_and_nothing_changes(tmp_path):
+    src_opt, _ = _trained(tmp_path)
+    fo.save(tmp_path / "good.npz", src_opt)
+    data = (tmp_path / "good.npz").read_bytes()
+    opt, params = _trained(tmp_path)
+    opt.step([np.ones((4, 3)), np.ones(5)])   # differs from the file
+    cuts = sorted({0, 1, 3, 4, 30, 100, len(data) // 3, len(data) // 2, len(data) - 22,
+                   len(data) - 1})
+    for cut in cuts:
+        p = tmp_path / f"cut{cut}.npz"
+        p.write_bytes(data[:cut])
+        _refuse(p, opt, params, r"cut%d\.npz: .*(not a fastopt checkpoint|truncated|corrupt)" % cut)
+
+
+def test_corrupted_bytes_refused(tmp_path):
+    src_opt, _ = _trained(tmp_path)
+    fo.save(tmp_path / "good.npz", src_opt)
+    data = bytearray((tmp_path / "good.npz").read_bytes())
+    opt, params = _trained(tmp_path)
+    opt.step([np.ones((4, 3)), np.ones(5)])
+    rng = np.random.default_rng(5)
+    # flip bytes inside array payloads: the zip CRC catches them
+    with zipfile.ZipFile(tmp_path / "good.npz") as z:
+        infos = [i for i in z.infolist() if i.file_size > 100]
+    for k, info in enumerate(infos):
+        bad = bytearray(data)
+        pos = info.header_offset + 30 + len(info.filename) + info.extra.__len__() + \
+            int(rng.integers(80, info.file_size))
+        bad[pos] ^= 0xFF
+        p = tmp_path / f"flip{k}.npz"
+        p.write_bytes(bytes(bad))
+        _refuse(p, opt, params, r"unreadable or truncated|corrupt|CRC")
+
+
+def test_foreign_files_refused(tmp_path):
+    opt, params = _trained(tmp_path)
+    foreign = {
+        "empty.npz": b"",
+        "text.npz": b"hello, this is not a checkpoint\n",
+        "random.npz": np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+    }
+    for name, blob in foreign.items():
+        (tmp_path / name).write_bytes(blob)
+        _refuse(tmp_path / name, opt, params, "not a fastopt checkpoint|truncated")
+    np.savez(tmp_path / "plain.npz", a=np.ones(3), b=np.zeros(2))
+    _refuse(tmp_path / "plain.npz", opt, params, "no metadata")
+    np.save(tmp_path / "single.npy", np.ones(3))
+    _refuse(tmp_path / "single.npy", opt, params, "not a fastopt checkpoint")
+    np.savez(tmp_path / "pickled.npz", **{checkpoint._META: np.array([{"a": 1}], dtype=object)})
+    _refuse(tmp_path / "pickled.npz", opt, params, "unreadable|corrupt")
+    with zipfile.ZipFile(tmp_path / "zip.npz", "w") as z:
+        z.writestr("readme.txt", "just a zip")
+    _refuse(tmp_path / "zip.npz", opt, params, "not a fastopt checkpoint|no metadata")
+    np.savez(tmp_path / "notjson.npz",
+             **{checkpoint._META: np.frombuffer(b"{not json", dtype=np.uint8)})
+    _refuse(tmp_path / "notjson.npz", opt, params, "corrupt checkpoint metadata")
+    np.savez(tmp_path / "list.npz", **{checkpoint._META: np.frombuffer(b"[1, 2]", dtype=np.uint8)})
+    _refuse(tmp_path / "list.npz", opt, params, "corrupt checkpoint metadata")
+    with pytest.raises(FileNotFoundError):
+        fo.load(tmp_path / "missing.npz", opt)
+
+
+def test_mismatched_checkpoints_refused(tmp_path):
+    """Class, convention, shapes, dtypes, counts, counters, schedule state: each
+    mismatch is named and leaves optimizer and params as they were."""
+    src, _ = _trained(tmp_path)
+    good = tmp_path / "good.npz"
+    fo.save(good, src)
+    opt, params = _trained(tmp_path)
+    opt.step([np.ones((4, 3)), np.ones(5)])
+
+    cases = [
+        ("version", lambda m: m.update(checkpoint_version=2), None, "format version 2"),
+        ("no-version", lambda m: m.pop("checkpoint_version"), None, "format version None"),
+        ("state-version", lambda m: m.update(format_version=7), None, "format_version 1"),
+        ("class", lambda m: m.update({"class": "SGD"}), None, "is of a SGD optimizer"),
+        ("convention", lambda m: m["config"].update(convention="torch"), None,
+         "convention='torch'"),
+        ("iterations-float", lambda m: m.update(iterations=2.5), None, "iterations"),
+        ("iterations-negative", lambda m: m.update(iterations=-1), None, ">= 0"),
+        ("missing-steps", lambda m: m.pop("steps"), None, "missing"),
+        ("shapes", lambda m: m.update(shapes=[[3, 4], [5]]), None, r"params\[0\].*shape"),
+        ("dtypes", lambda m: m.update(dtypes=["<f8", "<f4"]), None, r"params\[1\].*dtype"),
+        ("schedule-extra", lambda m: m.update(schedules={"defaults.learning_rate": {}}), None,
+         "schedule state"),
+        ("missing-array", None, lambda a: a.pop(next(k for k in a if "state" in k)),
+         "missing array"),
+        ("state-shape", None,
+         lambda a: a.update({next(k for k in a if "state" in k): np.zeros(7)}),
+         r"params\[0\] state 0"),
+        ("state-dtype", None,
+         lambda a: a.update({k: a[k].astype(np.float32) for k in list(a) if "/state/1/" in k}),
+         r"params\[1\] state"),
+        ("steps-negative", None, lambda a: a.update({k: -a[k] - 1 for k in list(a)
+                                                     if k.endswith("/steps")}), ">= 0"),
+        ("param-shape", None, lambda a: a.update({k: np.zeros(9) for k in list(a)
+                                                  if k.endswith("params/1")}), r"params\[1\]"),
+    ]
+    for cid, em, ea, pattern in cases:
+        p = _rewrite(good, tmp_path / f"{cid}.npz", em, ea)
+        _refuse(p, opt, params, pattern)
+    # a whole checkpoint of another optimizer / other shapes / other convention
+    for cid, (cls, shapes, kw) in {
+            "other-class": (fo.SGD, ((4, 3), (5,)), {"momentum": 0.9}),
+            "other-shapes": (fo.Adam, ((3, 4), (5,)), {}),
+            "other-count": (fo.Adam, ((4, 3),), {}),
+            "other-dtype": (fo.Adam, ((4, 3), (5,)), {"convention": "keras"}),
+            "other-convention": (fo.Adam, ((4, 3), (5,)), {"convention": "torch"}),
+            "amsgrad": (fo.Adam, ((4, 3), (5,)), {"amsgrad": True})}.items():
+        o, ps = _trained(tmp_path, cls, shapes, **kw)
+        if cid == "other-dtype":
+            ps32 = [p.astype(np.float32) for p in ps]
+            o = fo.Adam(ps32)
+        fo.save(tmp_path / f"{cid}.npz", o)
+        _refuse(tmp_path / f"{cid}.npz", opt, params, r"params\[|optimizer|convention|arrays")
+
+
+def test_bad_schedule_state_refused_before_anything_changes(tmp_path):
+    plateau = schedules.ReduceOnPlateau(0.01, patience=0)
+    w = np.ones(4)
+    opt = fo.SGD([w], learning_rate=plateau, momentum=0.9)
+    opt.step([np.ones(4)])
+    plateau.report(1.0)
+    plateau.report(2.0)
+    fo.save(tmp_path / "good.npz", opt)
+    opt.step([np.ones(4)])
+    plateau.report(0.5)
+
+    def bad_scale(m):
+        m["schedules"]["defaults.learning_rate"]["scale"] = -1.0
+
+    def unknown_key(m):
+        m["schedules"]["defaults.learning_rate"]["bogus"] = 1
+
+    for cid, edit in (("scale", bad_scale), ("key", unknown_key)):
+        p = _rewrite(tmp_path / "good.npz", tmp_path / f"{cid}.npz", edit)
+        before_sched = plateau.state_dict()
+        _refuse(p, opt, [w], "schedule state")
+        assert plateau.state_dict() == before_sched
+
+
+def test_load_state_dict_validates_like_load(tmp_path):
+    opt, params = _trained(tmp_path)
+    sd = opt.state_dict()
+    other, other_params = _trained(tmp_path, shapes=((4, 3), (6,)))
+    before = snapshot(other, other_params)
+    for bad in (None, {}, dict(sd, format_version=2), dict(sd, iterations="3"),
+                dict(sd, state=sd["state"][:1]), dict(sd, steps=np.zeros(5, np.int64)), sd):
+        with pytest.raises(ValueError):
+            other.load_state_dict(bad)
+        assert_unchanged(before, other, other_params, "load_state_dict")
+        TALLY["inputs_tried"] += 1
+        TALLY["failures_survived"] += 1
+
+
+def test_save_without_params_and_lists_in_state_dict(tmp_path):
+    opt, params = _trained(tmp_path)
+    fo.save(tmp_path / "noparams.npz", opt, include_params=False)
+    other, other_params = _trained(tmp_path)
+    for p in other_params:
+        p[...] = 3.0
+    fo.load(tmp_path / "noparams.npz", other)
+    assert all((p == 3.0).all() for p in other_params)     # params untouched
+    assert _state_image(opt, params)[1:] == _state_image(other, other_params)[1:]

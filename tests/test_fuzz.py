@@ -1,0 +1,285 @@
+"""Hypothesis-driven fuzzing of the public API: random optimizers, conventions,
+shapes, dtypes, strides, aliasing, hyper-parameters and options.
+
+Every call either applies a correct update or raises a clean ``TypeError`` /
+``ValueError`` with nothing changed.  "Correct" is checked two ways: bit for
+bit against a twin optimizer fed canonical (fresh, contiguous) copies of the
+same accepted inputs, and, for tame hyper-parameters, against the float64
+reference of ``tests/reference.py``.
+
+Examples are derandomized so CI is reproducible; FASTOPT_FUZZ_EXAMPLES=n
+raises the budget and FASTOPT_FUZZ_RANDOM=1 draws new examples each run.
+"""
+import os
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastopt.optimizers import REGISTRY
+
+import reference
+from robust_util import (NAMES, TALLY, assert_same_optimizer, assert_unchanged, conventions,
+                         float_hyper, snapshot)
+
+EXAMPLES = int(os.environ.get("FASTOPT_FUZZ_EXAMPLES", "120"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize=os.environ.get("FASTOPT_FUZZ_RANDOM", "") in ("", "0"),
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+CONVENTIONS = {name: conventions(REGISTRY[name]) for name in NAMES}
+WILD = [0.0, 1.0, 2.0, -0.1, -1e-300, 1e300, float("nan"), float("inf"), float("-inf"), 1e-30]
+CLEAN_ERRORS = (TypeError, ValueError)
+
+shapes = st.one_of(
+    st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
+    st.sampled_from([(40000,), (3, 12289)]),     # above the parallel threshold: a team runs
+)
+
+# "none" is weighted so most examples reach a step and most steps are accepted
+PARAM_DEFECTS = ["none"] * 40 + ["float16", "int64", "complex", "byteswap", "sliced",
+                                 "transposed", "readonly", "duplicate", "list", "misaligned"]
+GRAD_DEFECTS = (["none"] * 60 + ["skip", "readonly", "view-in-buffer"] * 3 +
+                ["float16", "int32", "other-float", "byteswap", "shape", "0-d", "sliced",
+                 "fortran", "misaligned", "alias-param", "alias-state", "list"])
+LIST_DEFECTS = ["none"] * 30 + ["short", "long", "ndarray", "tuple", "generator"]
+
+
+def _misaligned(shape, dtype):
+    n = int(np.prod(shape))
+    raw = np.zeros(n * np.dtype(dtype).itemsize + 1, dtype=np.uint8)
+    return raw[1:].view(dtype).reshape(shape)
+
+
+def make_param(data, shape, dtype, defect, earlier):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="param seed"))
+    p = np.asarray(rng.standard_normal(shape), dtype=dtype)   # 0-d stays an ndarray
+    if defect == "float16":
+        return p.astype(np.float16)
+    if defect == "int64":
+        return p.astype(np.int64)
+    if defect == "complex":
+        return p.astype(np.complex64)
+    if defect == "byteswap":
+        return p.astype(p.dtype.newbyteorder())
+    if defect == "sliced":
+        return np.repeat(p[..., None], 2, -1)[..., 0]
+    if defect == "transposed":
+        return np.ascontiguousarray(p.T).T
+    if defect == "readonly":
+        p.flags.writeable = False
+        return p
+    if defect == "duplicate" and earlier:
+        return earlier[-1]
+    if defect == "list":
+        return p.tolist()
+    if defect == "misaligned":
+        a = _misaligned(shape, dtype)
+        a[...] = p
+        return a
+    return p
+
+
+def make_grad(data, p, state, defect):
+    """A grad for param ``p`` with a possible defect; the 'clean' counterpart
+    (what the optimizer must have used when it accepts it) is returned too."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="grad seed"))
+    scale = data.draw(st.sampled_from([0.3, 1e-3, 50.0]), label="grad scale")
+    g = np.asarray(rng.standard_normal(p.shape) * scale, dtype=p.dtype)
+    if data.draw(st.booleans(), label="zeros in grad") and g.size:
+        g.reshape(-1)[::3] = 0
+    clean = g.copy()
+    if defect == "skip":
+        return None, None
+    if defect == "readonly":
+        g.flags.writeable = False
+    elif defect == "view-in-buffer":
+        buf = np.zeros(g.size + 16, dtype=g.dtype)
+        v = buf[8:8 + g.size].reshape(g.shape)
+        v[...] = g
+        g = v
+    elif defect == "float16":
+        g = g.astype(np.float16)
+    elif defect == "int32":
+        g = g.astype(np.int32)
+    elif defect == "other-float":
+        g = g.astype(np.float64 if p.dtype == np.float32 else np.float32)
+    elif defect == "byteswap":
+        g = g.astype(g.dtype.newbyteorder())
+    elif defect == "shape":
+        g = np.zeros(p.size + 1, p.dtype)
+    elif defect == "0-d":
+        g = np.array(1.0, p.dtype) if p.ndim else np.zeros(1, p.dtype)
+    elif defect == "sliced":
+        g = np.repeat(g[..., None], 2, -1)[..., 0]
+    elif defect == "fortran":
+        g = np.asfortranarray(g) if g.ndim > 1 else np.asfortranarray(np.stack([g, g]))[0]
+    elif defect == "misaligned":
+        a = _misaligned(p.shape, p.dtype)
+        a[...] = g
+        g = a
+    elif defect == "alias-param":
+        g = p
+    elif defect == "alias-state":
+        g = state[-1] if state else p
+    elif defect == "list":
+        g = g.tolist()
+    return g, clean
+
+
+def draw_hyper(data, cls, conv):
+    """Keyword arguments and whether they are all 'tame' (reference-comparable)."""
+    kw, tame = {}, True
+    for key in float_hyper(cls, conv):
+        default = cls._hyper[conv][key]
+        how = data.draw(st.sampled_from(["default"] * 4 + ["scaled"] * 3 + ["wild"]), label=key)
+        if how == "scaled":
+            u = data.draw(st.floats(0.05, 1.0), label=f"{key} factor")
+            kw[key] = default * u if default else 0.9 * u
+        elif how == "wild":
+            kw[key] = data.draw(st.sampled_from(WILD), label=f"{key} value")
+            tame = False
+    for key in cls._bool_hyper:
+        if key in cls._hyper[conv]:
+            kw[key] = data.draw(st.booleans(), label=key)
+    kw["maximize"] = data.draw(st.booleans(), label="maximize")
+    clip = data.draw(st.sampled_from([None] * 6 + [0.5, 1e-3, 0.0, -1.0, float("nan")]),
+                     label="clipvalue")
+    if clip is not None:
+        kw["clipvalue"] = clip
+        tame = tame and clip > 0
+    wd = data.draw(st.sampled_from([None] * 5 + [0.01, 0.1, -0.1, float("nan")]), label="wd")
+    if wd is not None:
+        kw["weight_decay"] = wd
+        tame = tame and wd >= 0
+    if conv == "torch" and data.draw(st.booleans(), label="decoupled"):
+        kw["decoupled_weight_decay"] = True
+    kw["num_threads"] = data.draw(st.sampled_from([None, 1, 2, 3]), label="threads")
+    return kw, tame
+
+
+def _reference_for(name, conv, opt, params, kw):
+    if (name, conv) not in reference.RULES:
+        return None
+    hp = opt.current_hyperparameters()
+    options = {k: kw[k] for k in ("maximize", "clipvalue", "decoupled_weight_decay") if k in kw}
+    return reference.Reference(name, conv, params, lambda step: hp, **options)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_public_api(data):
+    name = data.draw(st.sampled_from(NAMES), label="optimizer")
+    cls = REGISTRY[name]
+    conv = data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
+    n = data.draw(st.integers(0, 4), label="nparams")
+    params = []
+    for i in range(n):
+        shape = data.draw(shapes, label=f"shape{i}")
+        dtype = data.draw(st.sampled_from([np.float32, np.float64]), label=f"dtype{i}")
+        defect = data.draw(st.sampled_from(PARAM_DEFECTS), label=f"param defect{i}")
+        params.append(make_param(data, shape, dtype, defect, params))
+    kw, tame = draw_hyper(data, cls, conv)
+    given_arrays = [p for p in params if isinstance(p, np.ndarray)]
+    before = [(p.dtype.str, p.shape, p.tobytes()) for p in given_arrays]
+    TALLY["inputs_tried"] += 1
+    try:
+        opt = cls(params, convention=conv, **kw)
+    except CLEAN_ERRORS:
+        assert before == [(p.dtype.str, p.shape, p.tobytes()) for p in given_arrays]
+        TALLY["failures_survived"] += 1
+        return
+    twin_params = [p.copy() for p in params]
+    twin = cls(twin_params, convention=conv, **kw)
+    ref = _reference_for(name, conv, opt, params, kw) if tame else None
+    nsteps = data.draw(st.integers(1, 4), label="steps")
+    for s in range(nsteps):
+        grads, clean = [], []
+        for i, p in enumerate(params):
+            defect = data.draw(st.sampled_from(GRAD_DEFECTS), label=f"step{s} grad defect{i}")
+            g, c = make_grad(data, p, opt._state[i], defect)
+            grads.append(g)
+            clean.append(c)
+        ldefect = data.draw(st.sampled_from(LIST_DEFECTS), label=f"step{s} list defect")
+        call = grads
+        if ldefect == "short":
+            call = grads[:-1]
+        elif ldefect == "long":
+            call = grads + [None]
+        elif ldefect == "ndarray":
+            call = grads[0] if grads and isinstance(grads[0], np.ndarray) else np.zeros(n + 1)
+        elif ldefect == "tuple":
+            call = tuple(grads)
+        elif ldefect == "generator":
+            call = (g for g in grads)
+        snap = snapshot(opt)
+        TALLY["inputs_tried"] += 1
+        try:
+            opt.step(call)
+        except CLEAN_ERRORS:
+            assert_unchanged(snap, opt, [], f"{name}/{conv} step {s}")
+            TALLY["failures_survived"] += 1
+            continue
+        twin.step(clean)
+        assert_same_optimizer(opt, twin, f"{name}/{conv} step {s}")
+        TALLY["updates_verified"] += 1
+        if ref is not None:
+            ref.step(clean)
+    if ref is not None:
+        TALLY["reference_checked"] += 1
+        with np.errstate(all="ignore"):
+            for i, (w, r) in enumerate(zip(params, ref.w)):
+                if r.size == 0 or not np.isfinite(r).all():
+                    continue
+                rtol, atol = (1e-9, 1e-12) if w.dtype == np.float64 else (3e-4, 3e-5)
+                np.testing.assert_allclose(w, r, rtol=rtol, atol=atol * max(1.0, np.abs(r).max()),
+                                           err_msg=f"{name}/{conv} params[{i}] {kw}")
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_param_groups_and_setters(data):
+    """Param groups with random overrides and learning-rate edits between steps:
+    invalid values are refused (at construction or at the next step) with nothing
+    changed; valid ones match a twin built directly with the final values."""
+    name = data.draw(st.sampled_from(NAMES), label="optimizer")
+    cls = REGISTRY[name]
+    conv = data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
+    keys = float_hyper(cls, conv)
+    ngroups = data.draw(st.integers(1, 3), label="groups")
+    groups = []
+    for gi in range(ngroups):
+        size = data.draw(st.integers(0, 2), label=f"group{gi} size")
+        plist = [np.linspace(-1, 1, 3 + k).astype(np.float32) for k in range(size)]
+        over = {}
+        for key in data.draw(st.lists(st.sampled_from(keys), max_size=2, unique=True),
+                             label=f"group{gi} keys"):
+            over[key] = data.draw(st.sampled_from([cls._hyper[conv][key], 0.5 * cls._hyper[conv][key]]
+                                                  + WILD[:4]), label=f"group{gi} {key}")
+        groups.append(dict(over, params=plist))
+    TALLY["inputs_tried"] += 1
+    try:
+        opt = cls(groups, convention=conv)
+    except CLEAN_ERRORS:
+        TALLY["failures_survived"] += 1
+        return
+    params = opt.params
+    rng = np.random.default_rng(data.draw(st.integers(0, 1000), label="seed"))
+    for s in range(3):
+        lr = data.draw(st.sampled_from([None, 0.001, 0.0, -1.0, float("nan")]), label=f"lr{s}")
+        if lr is not None:
+            snap = snapshot(opt)
+            TALLY["inputs_tried"] += 1
+            try:
+                opt.learning_rate = lr
+            except CLEAN_ERRORS:
+                assert_unchanged(snap, opt, [], f"{name} lr={lr}")
+                TALLY["failures_survived"] += 1
+        grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+        snap = snapshot(opt)
+        TALLY["inputs_tried"] += 1
+        try:
+            opt.step(grads)
+        except CLEAN_ERRORS:
+            assert_unchanged(snap, opt, [], f"{name} step {s}")
+            TALLY["failures_survived"] += 1

@@ -1,0 +1,377 @@
+"""Threads and processes (DESIGN.md §4): deterministic reductions for any
+thread count and SIMD variant, the GIL released during kernels, threadpoolctl
+and OMP_NUM_THREADS honoured, fork after use, and concurrent use of ONE
+optimizer serialised (never torn, never corrupted).
+"""
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import _core
+from fastopt.optimizers import REGISTRY
+
+from conftest import SIMD_VARIANTS
+from robust_util import NAMES, TALLY, accepts, build, default_convention
+
+SPLITS = [(1, 10**9), (2, 0), (4, 0), (2, None), (4, None)]   # (threads, threshold)
+
+
+# ---- determinism of the reductions -------------------------------------------------
+
+def _reduction_problem(dtype):
+    rng = np.random.default_rng(21)
+    sizes = [0, 1, 7, 4097, 65537, 10**6]
+    params = [(rng.standard_normal(n) * 3).astype(dtype) for n in sizes]
+    grads = [(rng.standard_normal(n) * 1e3).astype(dtype) for n in sizes]
+    grads[3][[5, 4096]] = [np.nan, np.inf]
+    grads[5][[0, 123456, 999999]] = [-np.inf, np.nan, np.nan]
+    return params, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reductions_bit_identical_across_threads_and_simd(dtype):
+    """Global norm and finite checks: the same bits for 1, 2, 4 threads, every
+    split point and every SIMD variant (fixed-order chunk partials)."""
+    params, grads = _reduction_problem(dtype)
+    opt = fo.SGD(params, learning_rate=0.0)
+    eng = opt._engine
+    default = _core.parallel_threshold()
+    results = set()
+    for simd in SIMD_VARIANTS:
+        _core.set_simd(simd)
+        for threads, threshold in SPLITS:
+            _core.set_parallel_threshold(default if threshold is None else threshold)
+            eng.set_grads(grads)
+            try:
+                key = (eng.sumsq(0, threads).tobytes(), eng.sumsq(1, threads).tobytes(),
+                       eng.nonfinite(threads).tobytes())
+            finally:
+                eng.clear_grads()
+            results.add(key)
+            TALLY["reductions_compared"] += 1
+    assert len(results) == 1
+    sq_g, sq_p, nonfinite = (np.frombuffer(k, t) for k, t in
+                             zip(results.pop(), (np.float64, np.float64, np.int64)))
+    assert nonfinite.tolist() == [int((~np.isfinite(g)).sum()) for g in grads]
+    with np.errstate(invalid="ignore", over="ignore"):
+        expect_p = [float(np.sum(p.astype(np.float64) ** 2)) for p in params]
+    np.testing.assert_allclose(sq_p, expect_p, rtol=1e-12)
+    assert np.isnan(sq_g[3]) and np.isnan(sq_g[5]) and sq_g[0] == 0.0
+
+
+def _option_sets(cls, conv):
+    """Reduction-driven options this version has (global_clipnorm, clipnorm,
+    skip_nonfinite); Lamb's trust ratios reduce whatever the options."""
+    out = [opts for opts in ({"global_clipnorm": 1.0}, {"clipnorm": 0.5},
+                             {"skip_nonfinite": True}) if accepts(cls, conv, **opts)]
+    if cls.__name__ == "Lamb":
+        out.append({})
+    return out
+
+
+REDUCING = [(name, opts) for name in NAMES
+            for opts in _option_sets(REGISTRY[name], default_convention(REGISTRY[name]))]
+
+
+@pytest.mark.skipif(not REDUCING, reason="no optimizer option reduces over tensors in this version")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("name", "opts"), REDUCING,
+                         ids=[f"{n}-{','.join(o) or 'default'}" for n, o in REDUCING])
+def test_reducing_options_bit_identical_across_threads_and_simd(name, opts, dtype):
+    rng = np.random.default_rng(22)
+    sizes = [7, 65537, 10**6]
+    params0 = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    steps = [[(rng.standard_normal(n) * 2).astype(dtype) for n in sizes] for _ in range(3)]
+    steps[1][2][17] = np.nan          # exercises skip_nonfinite where present
+    default = _core.parallel_threshold()
+    images = set()
+    for simd in SIMD_VARIANTS:
+        _core.set_simd(simd)
+        for threads, threshold in SPLITS:
+            _core.set_parallel_threshold(default if threshold is None else threshold)
+            params = [p.copy() for p in params0]
+            opt = build(name, params, num_threads=threads, **opts)
+            for g in steps:
+                opt.step(g)
+            images.add(tuple(p.tobytes() for p in params) +
+                       tuple(a.tobytes() for s in opt._state for a in s))
+    assert len(images) == 1
+
+
+# ---- the GIL --------------------------------------------------------------------------
+
+def _big_adam(n, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    return fo.Adam([w], num_threads=1), w, g
+
+
+def _python_progress_during(call, repeats=8):
+    """For each of ``repeats`` calls, how many times another Python thread ran in
+    the middle half of the call.  The sampler yields the GIL after every sample,
+    so the calling thread never waits for it: a call that holds the GIL sees 0."""
+    intervals, samples, stop = [], [], threading.Event()
+
+    def sampler():
+        while not stop.is_set():
+            samples.append(time.perf_counter())
+            time.sleep(0)
+
+    t = threading.Thread(target=sampler)
+    t.start()
+    try:
+        time.sleep(0.01)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            call()
+            intervals.append((t0, time.perf_counter()))
+    finally:
+        stop.set()
+        t.join()
+    s = np.array(samples)
+    return [int(((s > a + (b - a) / 4) & (s < b - (b - a) / 4)).sum()) for a, b in intervals]
+
+
+def test_gil_released_during_kernels():
+    """While one thread is inside a kernel, another runs Python code.  The control
+    (list.sort, which holds the GIL throughout) shows the probe sees a held GIL."""
+    opt, _, g = _big_adam(4_000_000, 1)
+    opt.step([g])                      # first touch of the state pages
+    big = np.random.default_rng(0).integers(0, 10**9, 300_000).tolist()
+    control = _python_progress_during(lambda: sorted(big), repeats=4)
+    assert control == [0] * 4, control
+    for attempt in range(3):
+        progress = _python_progress_during(lambda: opt.step([g]))
+        covered = sum(k > 0 for k in progress)
+        if covered >= len(progress) // 2:
+            break
+    TALLY["gil_probe_kernels_with_concurrent_python"] += covered
+    assert covered >= len(progress) // 2, progress
+
+
+def _two_optimizers_wall(concurrent, n=1 << 16, steps=300):
+    (o1, _, g1), (o2, _, g2) = _big_adam(n, 2), _big_adam(n, 3)
+    o1.step([g1])
+    o2.step([g2])
+
+    def work(o, g):
+        for _ in range(steps):
+            o.step([g])
+
+    t0 = time.perf_counter()
+    if concurrent:
+        ts = [threading.Thread(target=work, args=a) for a in ((o1, g1), (o2, g2))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    else:
+        work(o1, g1)
+        work(o2, g2)
+    return time.perf_counter() - t0
+
+
+def test_two_threads_two_optimizers_speed_up(record_property):
+    """Two Python threads stepping two optimizers (num_threads=1 each, in-cache
+    tensors so the kernels are compute-bound) overlap: the concurrent wall time
+    is reported as a ratio of the sequential one (~0.5-0.6 on 2 idle cores).
+    The bound (best of 5 < 0.9) is asserted only when the machine is not already
+    busy (1-minute load below half the CPUs); otherwise the figure is reported
+    and the test skips, since other processes make any timing meaningless."""
+    ncpu = os.cpu_count() or 1
+    if ncpu < 2:
+        pytest.skip("needs 2 CPUs")
+    ratios = []
+    for _ in range(5):
+        seq = _two_optimizers_wall(False)
+        con = _two_optimizers_wall(True)
+        ratios.append(con / seq)
+        if ratios[-1] < 0.75:
+            break
+    best = min(ratios)
+    record_property("concurrent_over_sequential", best)
+    TALLY["gil_speedup_ratio_x1000"] = int(best * 1000)
+    report = (f"two threads / sequential wall time: {best:.2f} (tries: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}; load {os.getloadavg()[0]:.1f} "
+              f"on {ncpu} CPUs)")
+    print("\n" + report)
+    if best >= 0.9 and os.getloadavg()[0] > ncpu / 2:
+        pytest.skip("machine busy, speed-up not asserted: " + report)
+    assert best < 0.9, report
+
+
+def test_two_threads_two_optimizers_correct():
+    """Concurrent steps on different optimizers give exactly the serial results."""
+    def trajectory(concurrent):
+        opts = [_big_adam(300_000, s) for s in (4, 5)]
+        for o, _, _ in opts:
+            o.num_threads = 2
+
+        def work(o, g):
+            for k in range(20):
+                o.step([g * np.float32(1 + k % 3)])
+
+        if concurrent:
+            ts = [threading.Thread(target=work, args=(o, g)) for o, _, g in opts]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+        else:
+            for o, _, g in opts:
+                work(o, g)
+        return [w.tobytes() for _, w, _ in opts]
+
+    _core.set_parallel_threshold(0)     # both threads open parallel regions at once
+    assert trajectory(True) == trajectory(False)
+
+
+# ---- thread-count controls ------------------------------------------------------------
+
+def test_threadpoolctl_limits_are_honoured():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not _core.openmp():
+        pytest.skip("serial build")
+    info = threadpoolctl.threadpool_info()
+    assert any(i["user_api"] == "openmp" for i in info), info
+    for limit in (1, 2, 3):
+        with threadpoolctl.threadpool_limits(limits=limit, user_api="openmp"):
+            assert _core.max_threads() == limit
+            assert fo.get_num_threads() == limit
+            w = np.zeros(70000)
+            fo.SGD([w], learning_rate=1.0).step([np.ones(70000)])
+            assert (w == -1.0).all()
+    fo.set_num_threads(1)     # an explicit setting wins over the OpenMP default
+    with threadpoolctl.threadpool_limits(limits=2, user_api="openmp"):
+        assert fo.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("n", ["1", "3"])
+def test_omp_num_threads_is_the_default(n):
+    env = dict(os.environ, OMP_NUM_THREADS=n)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(fo.__file__))] +
+                                        [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                         if p])
+    out = subprocess.run([sys.executable, "-c",
+                          "import fastopt as fo; print(fo.get_num_threads())"],
+                         env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    expect = n if _core.openmp() else "1"
+    assert out.stdout.strip() == expect
+
+
+# ---- fork ------------------------------------------------------------------------------
+
+def _child_trajectory(seed):
+    """Runs in a forked child: multi-threaded steps over a tensor above the threshold."""
+    _core.set_parallel_threshold(0)
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(200_000)
+    opt = fo.Adam([w], num_threads=2)
+    for _ in range(5):
+        opt.step([rng.standard_normal(200_000)])
+    return w.tobytes()
+
+
+def test_fork_after_use_works_in_the_child():
+    """The parent has run parallel regions (libgomp's pool exists); a child forked
+    afterwards steps without hanging and gets the parent's bits."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    _core.set_parallel_threshold(0)
+    warm = np.zeros(200_000)
+    fo.SGD([warm], learning_rate=1.0, num_threads=2).step([np.ones(200_000)])
+    fo.SGD([warm], learning_rate=1.0).step([np.ones(200_000)])   # default threads too
+    expected = [_child_trajectory(s) for s in (1, 2, 3)]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        got = pool.map_async(_child_trajectory, (1, 2, 3)).get(timeout=120)
+    assert got == expected
+    # the parent keeps its parallel pool after forking
+    assert _child_trajectory(4) == _child_trajectory(4)
+    TALLY["forked_children_ok"] += 3
+
+
+# ---- one optimizer, two threads ----------------------------------------------------------
+
+def test_concurrent_steps_on_one_optimizer_are_serialised():
+    """Two threads stepping the SAME optimizer: every update lands whole, in some
+    serial order.  The order is recorded by the learning-rate schedule (evaluated
+    under the step lock) and replayed serially: the bits must agree."""
+    n, per_thread = 200_000, 60
+    rng = np.random.default_rng(6)
+    w0 = rng.standard_normal(n).astype(np.float32)
+    grads = {name: rng.standard_normal(n).astype(np.float32) for name in ("a", "b")}
+    order = []
+
+    def recording_lr(step):
+        order.append(threading.current_thread().name)
+        return 1e-3
+
+    w = w0.copy()
+    opt = fo.Adam([w], learning_rate=recording_lr, num_threads=2)
+    barrier = threading.Barrier(2)
+
+    def work(name):
+        barrier.wait()
+        for _ in range(per_thread):
+            opt.step([grads[name]])
+
+    ts = [threading.Thread(target=work, args=(name,), name=name) for name in grads]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert opt.iterations == 2 * per_thread
+    assert sorted(order) == ["a"] * per_thread + ["b"] * per_thread
+    switches = sum(x != y for x, y in zip(order, order[1:]))
+    TALLY["concurrent_order_switches"] += switches
+
+    w_serial = w0.copy()
+    serial = fo.Adam([w_serial], learning_rate=1e-3, num_threads=2)
+    for name in order:
+        serial.step([grads[name]])
+    assert w.tobytes() == w_serial.tobytes()
+    for a, b in zip(opt._state[0], serial._state[0]):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_checkpoint_while_another_thread_steps_is_never_torn(tmp_path):
+    """fo.save takes the step lock: params and counters in a file always match
+    (w == iterations for SGD with lr 1 and grad -1)."""
+    n = 300_000
+    w = np.zeros(n, dtype=np.float32)
+    opt = fo.SGD([w], learning_rate=1.0)
+    minus_one = np.full(n, -1.0, dtype=np.float32)
+    stop = threading.Event()
+
+    def stepper():
+        while not stop.is_set():
+            opt.step([minus_one])
+
+    t = threading.Thread(target=stepper)
+    t.start()
+    try:
+        seen = set()
+        for k in range(15):
+            path = tmp_path / f"ck{k}.npz"
+            fo.save(path, opt)
+            sd = fo.checkpoint.read(path)
+            it = sd["iterations"]
+            assert (sd["params"][0] == np.float32(it)).all(), it
+            seen.add(it)
+            other = fo.SGD([np.zeros(n, dtype=np.float32)], learning_rate=1.0)
+            fo.load(path, other)
+            assert (other.params[0] == np.float32(it)).all()
+    finally:
+        stop.set()
+        t.join()
+    assert len(seen) > 1        # the stepper really ran in between
