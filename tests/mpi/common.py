@@ -7,6 +7,9 @@ of two ranks does ((g0 + g1) / 2), so data-parallel runs must match it bit
 for bit; the "global" reference takes the gradient of the whole batch at once
 (another summation order), which they match to rounding.
 """
+import json
+import os
+
 import numpy as np
 
 import fastopt as fo
@@ -71,20 +74,38 @@ F4 = ["float32"] * 4
 MIXED = ["float32", "float64", "float32", "float64"]
 
 # name -> (class, kwargs, dtypes, options); options: groups, none (skip
-# params[1] on some steps), flat (params and grads from flat_arrays)
+# params[1] on some steps), flat (params and grads from flat_arrays), edit (the
+# user rescales params[0] between two steps), pairs (apply_gradients)
 CASES = {
-    "sgd_keras_nesterov": (fo.SGD, dict(learning_rate=0.05, momentum=0.9, nesterov=True), F8, {}),
+    "sgd_keras_nesterov": (fo.SGD, dict(learning_rate=0.05, momentum=0.9, nesterov=True), F8,
+                           {"pairs": True}),
     "sgd_torch_none": (fo.SGD, dict(convention="torch", learning_rate=0.05, momentum=0.9,
                                     dampening=0.1, weight_decay=1e-3), F8, {"none": True}),
-    "adam_keras_amsgrad": (fo.Adam, dict(learning_rate=0.02, amsgrad=True), F8, {}),
+    "adam_keras_amsgrad": (fo.Adam, dict(learning_rate=0.02, amsgrad=True), F8, {"edit": True}),
     "adam_torch_groups_none": (fo.Adam, dict(convention="torch", learning_rate=0.02), F8,
                                {"groups": True, "none": True}),
     "adamw_torch_schedule_f32": (fo.AdamW, dict(
         convention="torch", learning_rate=schedules.ExponentialDecay(0.02, 4, 0.5),
         clipvalue=0.5), F4, {}),
     "adamw_keras_mixed": (fo.AdamW, dict(learning_rate=0.02, weight_decay=0.01), MIXED, {}),
-    "adam_keras_flat": (fo.Adam, dict(learning_rate=0.02), F8, {"flat": True}),
+    "adam_keras_flat": (fo.Adam, dict(learning_rate=0.02), F8, {"flat": True, "edit": True}),
 }
+
+# A model large enough that the shard alignment is negligible: state bytes per rank.
+MEMORY_SHAPES = [(1000, 1000), (1000,), (1000, 10), (10,)]
+
+
+def edit(params, step, options):
+    """What a user may do between steps (on every rank): change the weights."""
+    if options.get("edit") and step == 6:
+        params[0] *= 0.5
+
+
+def apply(opt, grads, params, options):
+    if options.get("pairs"):
+        opt.apply_gradients(zip(grads, params))
+    else:
+        opt.step(grads)
 
 
 def params_arg(params, options):
@@ -111,6 +132,7 @@ def run_reference(name, world, mode):
     opt = cls(params_arg(params, options), **kwargs)
     losses = []
     for t in range(STEPS):
+        edit(params, t, options)
         if mode == "global":
             loss, grads = grads_for(params, X[t], Y[t], t, options)
         else:
@@ -127,9 +149,16 @@ def run_reference(name, world, mode):
                     acc += parts[r][1][i]
                 grads.append(acc / world)
         losses.append(loss)
-        opt.step(grads)
+        apply(opt, grads, params, options)
     return params, losses
 
 
 def state_bytes(opt):
     return int(sum(a.nbytes for s in opt.state for a in s.values()))
+
+
+def report(directory, rank, obj):
+    """Write one rank's findings as JSON (not to stdout, where the launcher may
+    interleave the ranks' long lines)."""
+    with open(os.path.join(directory, f"result.rank{rank}.json"), "w") as f:
+        json.dump(obj, f)
