@@ -349,3 +349,24 @@ def test_load_with_another_world_size_refused(checkpoint_run, tmp_path):
     assert "saved by 2 ranks; this run has 1" in results[0]["error"]
     assert "load_consolidated" in results[0]["error"]
     assert results[0]["iterations"] == 0
+
+
+# ---- the example ------------------------------------------------------------------
+
+@needs_mpi
+def test_example_matches_single_process():
+    script = os.path.join(os.path.dirname(HERE), "examples", "mpi_train.py")
+    if not os.path.exists(script):
+        pytest.skip("examples/ is not in this checkout")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    cmd = [_launcher(), "-n", str(WORLD), sys.executable, script, "--steps", "60"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    losses = [float(line.split("final loss ")[1].split()[0]) for line in lines
+              if "final loss" in line]
+    rel = float(proc.stdout.split("relative difference ")[1].split(")")[0])
+    assert len(losses) == 2 and rel <= 1e-12, proc.stdout
+    assert losses[0] == losses[1], proc.stdout     # printed to 12 significant digits
