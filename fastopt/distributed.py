@@ -806,9 +806,9 @@ class ShardedOptimizer:
     def _check_shard_file(self, prefix, manifest):
         if manifest["world_size"] != self.world_size:
             raise ValueError(f"{prefix}: saved by {manifest['world_size']} ranks; this run has "
-                             f"{self.world_size}. To resume with a different world size, consolidate it "
-                             f"(python -m fastopt.distributed consolidate) and use "
-                             f"load_consolidated")
+                             f"{self.world_size}. To resume with a different world size, "
+                             f"consolidate it (python -m fastopt.distributed consolidate) "
+                             f"and use load_consolidated")
         if manifest["class"] != type(self.optimizer).__name__:
             raise ValueError(f"{prefix}: checkpoint of a {manifest['class']} optimizer; this "
                              f"is a {type(self.optimizer).__name__}")

@@ -316,7 +316,11 @@ def test_consolidated_checkpoint_loads_into_plain_optimizer(checkpoint_run, tmp_
     trajectory as the sharded run (rank-order gradients: bit for bit)."""
     directory, _, arrays = checkpoint_run
     out = tmp_path / "single.npz"
-    assert dist._main(["consolidate", str(directory / "ckpt"), str(out)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "fastopt.distributed", "consolidate",
+                           str(directory / "ckpt"), str(out)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "merged from 2 ranks" in proc.stdout and not proc.stderr, proc.stderr
     cls, kwargs, dtypes, options = common.CASES[CKPT_CASE]
     params = common.init(dtypes, seed=7)
     opt = cls(common.params_arg(params, options), **kwargs)
@@ -340,6 +344,8 @@ def test_consolidate_refuses_a_torn_checkpoint(checkpoint_run, tmp_path):
     with pytest.raises(ValueError, match="belongs to a different save"):
         dist.consolidate(str(directory / "mixed" / "ckpt"), str(tmp_path / "x.npz"))
     assert not (tmp_path / "x.npz").exists()
+    assert dist._main(["consolidate", str(directory / "mixed" / "ckpt"),
+                       str(tmp_path / "x.npz")]) == 1
 
 
 @needs_mpi
