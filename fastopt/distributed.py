@@ -222,7 +222,10 @@ def _first_difference(values, label):
                 lines.append(f"rank {r} passed {len(v)} {label}; rank 0 passed {len(ref)}")
                 continue
             i = next(k for k, (a, b) in enumerate(zip(v, ref)) if a != b)
-            lines.append(f"rank {r}: {label}[{i}] is {v[i]}; on rank 0 it is {ref[i]}")
+            if label is None:
+                lines.append(f"rank {r}: {v[i]}; on rank 0: {ref[i]}")
+            else:
+                lines.append(f"rank {r}: {label}[{i}] is {v[i]}; on rank 0 it is {ref[i]}")
         else:
             lines.append(f"rank {r}: {v}; on rank 0: {ref}")
     return "\n".join(lines)
@@ -478,7 +481,48 @@ class ShardedOptimizer:
     """
 
     def __init__(self, opt_class, params, comm, **kwargs):
-        MPI = _mpi()
+        self._MPI = _mpi()
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.world_size = comm.Get_size()
+        self._lock = threading.Lock()
+        # Build locally, then agree: a rank that fails (or holds different
+        # parameters) must not leave the others waiting in a collective.
+        failure, signature, values = None, 0, 0
+        try:
+            self._build(opt_class, params, kwargs)
+            signature = _hash64(repr(self._signature()))
+            values = _hash_arrays(self._params)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+            failure = e
+        try:
+            table = _agree(comm, [failure is not None, signature, values],
+                           None if failure is None else f"{type(failure).__name__}: {failure}",
+                           "ShardedOptimizer()")
+        except ValueError:
+            if failure is not None:
+                raise failure from None
+            raise
+        _mismatch(comm, table, 1, self._signature(),
+                  lambda v: _first_difference(v, None),
+                  "ShardedOptimizer(): ranks passed different parameters or options;")
+        _mismatch(comm, table, 2, None,
+                  lambda v: "the parameter values differ between ranks; give every rank the "
+                            "same initial weights (same seed, or comm.Bcast(w, root=0) for "
+                            "each w) before building the optimizer",
+                  "ShardedOptimizer():")
+
+    def _signature(self):
+        """What must be equal on every rank: class, parameter layout, options
+        (threads may differ)."""
+        cfg = {k: v for k, v in self.get_config().items() if k != "num_threads"}
+        params = [f"params[{i}] {np.dtype(d)} {s}" for i, (s, d) in
+                  enumerate(zip(self._shapes, self._dtypes))]
+        return [f"class {type(self.optimizer).__name__}", f"{len(params)} params",
+                *params, f"group sizes {self._group_sizes}",
+                *(f"{k}={v!r}" for k, v in sorted(cfg.items()))]
+
+    def _build(self, opt_class, params, kwargs):
         if isinstance(opt_class, str):
             if opt_class not in REGISTRY:
                 raise ValueError(f"unknown optimizer {opt_class!r}; known: "
@@ -497,10 +541,6 @@ class ShardedOptimizer:
                 raise ValueError(f"ShardedOptimizer does not support {key}: it {why}, but a "
                                  f"rank holds only a shard of each gradient. Use clipvalue, "
                                  f"or allreduce_gradients with a plain optimizer")
-        self.comm = comm
-        self.rank = comm.Get_rank()
-        self.world_size = comm.Get_size()
-        self._MPI = MPI
 
         groups = Optimizer._split_groups(params)
         flat = []
@@ -519,7 +559,8 @@ class ShardedOptimizer:
 
         self.buckets = _layout(self._shapes, self._dtypes, self.world_size)
         self._flat, self._master, self._send, self._recv = [], [], [], []
-        for b in self.buckets:
+        offset_of = {}
+        for bi, b in enumerate(self.buckets):
             dtype = np.dtype(b["dtype"])
             tensors = [flat[i] for i in b["tensors"]]
             view = _flat_view(tensors, dtype)
@@ -528,6 +569,7 @@ class ShardedOptimizer:
                 view = _aligned_empty(b["total"], dtype)
                 for i, off in zip(b["tensors"], b["offsets"]):
                     view[off:off + flat[i].size] = flat[i].reshape(-1)
+            offset_of.update(zip(b["tensors"], b["offsets"]))
             self._flat.append(view)
             self._master.append(master)
             self._send.append(None)
@@ -537,9 +579,8 @@ class ShardedOptimizer:
         self._pieces = _pieces(self.buckets, self._shapes, self.rank)
         piece_params, piece_grads = [], []
         for i, bi, start, n in self._pieces:
-            b = self.buckets[bi]
-            at = b["offsets"][b["tensors"].index(i)] + start
-            lo = b["bounds"][self.rank]
+            at = offset_of[i] + start
+            lo = self.buckets[bi]["bounds"][self.rank]
             piece_params.append(self._flat[bi][at:at + n])
             piece_grads.append(self._recv[bi][at - lo:at - lo + n])
         self._piece_grads = piece_grads
@@ -551,7 +592,6 @@ class ShardedOptimizer:
                                                if group_of[piece[0]] == gi])
                             for gi, (_, over) in enumerate(groups)]
         self.optimizer = opt_class(inner_params, **kwargs)
-        self._lock = threading.Lock()
 
     # ---- attributes ----------------------------------------------------------
 
@@ -914,6 +954,13 @@ class ShardedOptimizer:
         sd["shapes"] = [[n] for _, _, _, n in self._pieces]
         sd["dtypes"] = [self._dtypes[i] for i, _, _, _ in self._pieces]
         return sd, pieces_params
+
+
+def _hash_arrays(arrays):
+    h = hashlib.blake2b(digest_size=8)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return int.from_bytes(h.digest(), "little", signed=True)
 
 
 def _check_disjoint(params):

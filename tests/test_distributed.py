@@ -258,6 +258,30 @@ def test_bad_input_on_one_rank_fails_every_rank(errors, case, rank, index):
 
 
 @needs_mpi
+@pytest.mark.parametrize("case,fragments", [
+    ("build_shape", ["rank 1: params[1] float64 (11,); on rank 0: params[1] float64 (10,)"]),
+    ("build_values", ["parameter values differ between ranks", "comm.Bcast"]),
+    ("build_option", ["rank 1: beta_1=0.8; on rank 0: beta_1=0.9"]),
+])
+def test_construction_mismatch_fails_every_rank(errors, case, fragments):
+    for r in range(WORLD):
+        msg = errors[r][case]
+        assert msg is not None and msg.startswith("ValueError: ShardedOptimizer()"), msg
+        assert all(f in msg for f in fragments), msg
+
+
+@needs_mpi
+def test_construction_error_on_one_rank_reaches_every_rank(errors):
+    assert errors[0]["build_bad_kwarg"].startswith("TypeError: ")      # its own error
+    assert "bogus" in errors[0]["build_bad_kwarg"]
+    assert errors[1]["build_bad_kwarg"].startswith("ValueError: ")     # told about rank 0
+    assert "rank 0: TypeError" in errors[1]["build_bad_kwarg"]
+    assert "bogus" in errors[1]["build_bad_kwarg"]
+    assert errors[0]["build_threads_may_differ"] is None
+    assert errors[1]["build_threads_may_differ"] is None
+
+
+@needs_mpi
 def test_steps_work_after_refused_ones(errors):
     for r in range(WORLD):
         assert errors[r]["sharded_ok_after_errors"]["error"] is None

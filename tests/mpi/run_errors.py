@@ -84,6 +84,24 @@ attempt("allreduce_readonly", lambda: allreduce_gradients(g, comm), g)
 g = [a.copy() for a in grads]
 attempt("allreduce_ok_after_errors", lambda: allreduce_gradients(g, comm), [])
 
+def build(name, params, **kwargs):
+    try:
+        ShardedOptimizer(fo.Adam, params, comm, **kwargs)
+        results[name] = None
+    except (ValueError, TypeError) as e:
+        results[name] = f"{type(e).__name__}: {e}"
+
+
+wrong_shape = common.init(common.F8)
+if rank == 1:
+    wrong_shape[1] = np.zeros(11)
+build("build_shape", wrong_shape)
+other_values = common.init(common.F8, seed=1 + rank)
+build("build_values", other_values)
+build("build_option", common.init(common.F8), **({"beta_1": 0.8} if rank == 1 else {}))
+build("build_bad_kwarg", common.init(common.F8), **({"bogus": 1.0} if rank == 0 else {}))
+build("build_threads_may_differ", common.init(common.F8), num_threads=1 + rank)
+
 for key, cls, kwargs in [("refuse_clipnorm", fo.Adam, {"clipnorm": 1.0}),
                          ("refuse_global_clipnorm", fo.SGD, {"global_clipnorm": 1.0}),
                          ("refuse_lamb", type("Lamb", (fo.Adam,), {}), {})]:
