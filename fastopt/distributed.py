@@ -461,6 +461,13 @@ class ShardedOptimizer:
     buffer unless they are views of one buffer.  Your arrays are always the
     objects that hold the result.
 
+    **Agreement.**  Construction checks that every rank passed the same
+    class, options, parameter layout and initial values; every step first
+    exchanges 32 bytes per rank (one Allgather) so that all ranks agree
+    their gradients are valid, ``None`` at the same places, and that
+    hyper-parameters and step counts match.  Any disagreement raises the
+    same ``ValueError`` on every rank before data moves.
+
     Attributes
     ----------
     optimizer : Optimizer
@@ -800,7 +807,8 @@ class ShardedOptimizer:
         The manifest is written last and names a save id that every rank file
         carries, so a crash during a save leaves a checkpoint that
         :meth:`load` and :func:`consolidate` refuse (naming the stale file),
-        never a silently mixed one.
+        never a silently mixed one.  Rank files are replaced in place, so to
+        always keep one loadable checkpoint alternate between two paths.
         """
         prefix = os.fspath(path)
         save_id = self.comm.bcast(uuid.uuid4().hex if self.rank == 0 else None, root=0)
