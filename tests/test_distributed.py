@@ -47,7 +47,9 @@ def _launcher():
 
 
 def _skip_reason():
-    if importlib.util.find_spec("mpi4py") is None:
+    try:
+        import mpi4py  # noqa: F401  (the package only: MPI starts on "from mpi4py import MPI")
+    except ImportError:
         return "mpi4py is not installed (pip install '.[mpi]')"
     if _launcher() is None:
         return "no MPI launcher (mpiexec/mpirun) found (pip install '.[mpi]')"
