@@ -461,6 +461,14 @@ class ShardedOptimizer:
     buffer unless they are views of one buffer.  Your arrays are always the
     objects that hold the result.
 
+    **Memory per rank** for :math:`N` parameter elements of :math:`s`
+    bytes and :math:`k` state arrays (Adam: 2): state :math:`kNs/R` (plain
+    data parallelism: :math:`kNs`), plus the received gradient shard
+    :math:`Ns/R`, plus :math:`Ns` for the master copy and :math:`Ns` for the
+    gradient send buffer unless parameters and gradients come from
+    :func:`flat_arrays`.  :meth:`state_nbytes` and :meth:`buffer_nbytes`
+    report both.  Allocate with :func:`flat_arrays` to get the saving.
+
     **Agreement.**  Construction checks that every rank passed the same
     class, options, parameter layout and initial values; every step first
     exchanges 32 bytes per rank (one Allgather) so that all ranks agree
