@@ -75,7 +75,9 @@ def mpirun(script, directory, *args, n=WORLD):
     cmd = [_launcher(), "-n", str(n), sys.executable, os.path.join(SCRIPTS, script), directory,
            *args]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        # cwd outside the source tree: the ranks must import the installed fastopt
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                              cwd=directory)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT} s (a hang?)\n"
                     f"stdout: {e.stdout}\nstderr: {e.stderr}")
@@ -344,7 +346,7 @@ def test_consolidated_checkpoint_loads_into_plain_optimizer(checkpoint_run, tmp_
     out = tmp_path / "single.npz"
     proc = subprocess.run([sys.executable, "-m", "fastopt.distributed", "consolidate",
                            str(directory / "ckpt"), str(out)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "merged from 2 ranks" in proc.stdout and not proc.stderr, proc.stderr
     cls, kwargs, dtypes, options = common.CASES[CKPT_CASE]
@@ -386,7 +388,7 @@ def test_load_with_another_world_size_refused(checkpoint_run, tmp_path):
 # ---- the example ------------------------------------------------------------------
 
 @needs_mpi
-def test_example_matches_single_process():
+def test_example_matches_single_process(tmp_path):
     script = os.path.join(os.path.dirname(HERE), "examples", "mpi_train.py")
     if not os.path.exists(script):
         pytest.skip("examples/ is not in this checkout")
@@ -394,7 +396,8 @@ def test_example_matches_single_process():
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1")
     cmd = [_launcher(), "-n", str(WORLD), sys.executable, script, "--steps", "60"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     losses = [float(line.split("final loss ")[1].split()[0]) for line in lines
