@@ -1,0 +1,407 @@
+"""fastopt.distributed: data-parallel training and the sharded optimizer.
+
+The MPI tests launch ``mpiexec -n 2 python tests/mpi/<script>.py`` (one
+launch per script, shared by the tests that read its output) with a timeout,
+so a hang fails fast instead of stalling the suite.  They are skipped, with the
+reason, when mpi4py or an MPI launcher is missing (``pip install ".[mpi]"``).
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import distributed as dist
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.join(HERE, "mpi")
+WORLD = 2
+TIMEOUT = 120
+
+
+def _load_common():
+    spec = importlib.util.spec_from_file_location("_fastopt_mpi_common",
+                                                  os.path.join(SCRIPTS, "common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _load_common()
+
+
+def _launcher():
+    if os.environ.get("FASTOPT_MPIEXEC"):
+        return os.environ["FASTOPT_MPIEXEC"]
+    # The MPI wheels install mpiexec next to the interpreter; a venv's bin/ may
+    # not be on PATH when its pytest is run by full path.
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+def _skip_reason():
+    try:
+        import mpi4py  # noqa: F401  (the package only: MPI starts on "from mpi4py import MPI")
+    except ImportError:
+        return "mpi4py is not installed (pip install '.[mpi]')"
+    if _launcher() is None:
+        return "no MPI launcher (mpiexec/mpirun) found (pip install '.[mpi]')"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+def mpirun(script, directory, *args, n=WORLD):
+    """Run ``script directory *args`` on ``n`` ranks; return {rank: report}
+    from the ``result.rank<k>.json`` files the ranks wrote into ``directory``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1",
+               # Open MPI refuses root and more ranks than cores unless told;
+               # MPICH ignores these.
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    directory = str(directory)
+    for name in os.listdir(directory):
+        if name.startswith("result.rank"):
+            os.unlink(os.path.join(directory, name))
+    cmd = [_launcher(), "-n", str(n), sys.executable, os.path.join(SCRIPTS, script), directory,
+           *args]
+    try:
+        # cwd outside the source tree: the ranks must import the installed fastopt
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                              cwd=directory)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT} s (a hang?)\n"
+                    f"stdout: {e.stdout}\nstderr: {e.stderr}")
+    assert proc.returncode == 0, (f"{' '.join(cmd)} failed ({proc.returncode})\n"
+                                  f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+    results = {}
+    for rank in range(n):
+        path = os.path.join(directory, f"result.rank{rank}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results[rank] = json.load(f)
+    return results
+
+
+def _single_threaded_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+# ---- without MPI: the layout and the flat buffers ------------------------------
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("total,itemsize", [(0, 4), (1, 8), (15, 4), (16, 4), (103, 8),
+                                            (1000, 4), (65537, 8)])
+def test_shard_bounds_balanced_aligned(total, itemsize, world):
+    b = dist._shard_bounds(total, world, itemsize)
+    unit = dist.ALIGN // itemsize
+    assert b[0] == 0 and b[-1] == total and len(b) == world + 1
+    assert all(x <= y for x, y in zip(b, b[1:]))
+    assert all(x % unit == 0 for x in b[:-1])
+    sizes = np.diff(b)
+    assert sizes.max() - sizes.min() <= 2 * unit or total < world * unit
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_pieces_cover_every_element_once(world):
+    shapes = [(5, 7), (0,), (3,), (40, 2), (1,), (0, 4), (9,)]
+    dtypes = ["<f4", "<f8", "<f4", "<f4", "<f8", "<f8", "<f8"]
+    buckets = dist._layout(shapes, dtypes, world)
+    seen = [np.zeros(int(np.prod(s)), dtype=int) for s in shapes]
+    owners = [0] * len(shapes)
+    for rank in range(world):
+        for i, bi, start, n in dist._pieces(buckets, shapes, rank):
+            assert buckets[bi]["dtype"] == dtypes[i]
+            seen[i][start:start + n] += 1
+            owners[i] += 1
+    assert all((s == 1).all() for s in seen)
+    assert all(k >= 1 for k in owners)     # zero-size tensors too (their step counts)
+
+
+def test_flat_arrays_are_views_of_one_aligned_buffer():
+    arrays = dist.flat_arrays([(3, 4), (5,), (), (2, 2)], np.float64)
+    assert [a.shape for a in arrays] == [(3, 4), (5,), (), (2, 2)]
+    assert arrays[0].ctypes.data % dist.ALIGN == 0
+    flat = dist._flat_view(arrays, np.dtype(np.float64))
+    assert flat is not None and flat.size == 12 + 5 + 1 + 4
+    flat[...] = np.arange(flat.size)
+    assert arrays[1][0] == 12 and arrays[3][1, 1] == 21
+    assert dist._flat_view([arrays[0], arrays[2]], np.dtype(np.float64)) is None  # a gap
+    assert dist._flat_view([np.zeros(3), np.zeros(3)], np.dtype(np.float64)) is None
+    with pytest.raises(TypeError, match="float32 or float64"):
+        dist.flat_arrays([(2,)], np.int32)
+
+
+def test_clear_error_without_mpi4py(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ImportError, match=r"pip install 'fastopt\[mpi\]'"):
+        dist.allreduce_gradients([np.zeros(2)], object())
+
+
+# ---- two ranks: trajectories -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def equivalence(tmp_path_factory):
+    if _skip_reason():
+        pytest.skip(_skip_reason())
+    directory = tmp_path_factory.mktemp("mpi")
+    out = directory / "equivalence.npz"
+    mpirun("run_equivalence.py", directory, str(out))
+    with np.load(out) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes())
+    return arrays, meta
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(common.CASES))
+def test_sharded_equals_data_parallel_bitwise(equivalence, name):
+    arrays, _ = equivalence
+    for i in range(len(common.SHAPES)):
+        ref = arrays[f"{name}/dp/rank0/p{i}"]
+        for rank in range(WORLD):
+            for mode in ("dp", "sharded"):
+                got = arrays[f"{name}/{mode}/rank{rank}/p{i}"]
+                assert got.dtype == ref.dtype
+                assert np.array_equal(got, ref), f"{mode} rank {rank} params[{i}]"
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(common.CASES))
+def test_matches_single_process_rank_order_bitwise(equivalence, name):
+    """Same summation order as the MPI sum of two ranks: identical bits."""
+    arrays, _ = equivalence
+    with _single_threaded_blas():
+        params, losses = common.run_reference(name, WORLD, "rank-order")
+    for i, p in enumerate(params):
+        for mode in ("dp", "sharded"):
+            assert np.array_equal(arrays[f"{name}/{mode}/rank0/p{i}"], p), f"{mode} params[{i}]"
+    assert np.array_equal(arrays[f"{name}/sharded/rank0/losses"], np.array(losses))
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", [n for n, c in common.CASES.items()
+                                  if set(c[2]) == {"float64"}])
+def test_matches_single_process_global_batch(equivalence, name):
+    """The whole batch's gradient in one process: another summation order, so
+    float64 agreement to rounding (1e-12 relative)."""
+    arrays, _ = equivalence
+    with _single_threaded_blas():
+        params, losses = common.run_reference(name, WORLD, "global")
+    for i, p in enumerate(params):
+        got = arrays[f"{name}/sharded/rank0/p{i}"]
+        assert np.max(np.abs(got - p)) <= 1e-12 * np.max(np.abs(p)), f"params[{i}]"
+    np.testing.assert_allclose(arrays[f"{name}/sharded/rank0/losses"], losses, rtol=1e-12)
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(common.CASES))
+def test_state_bytes_split_over_ranks(equivalence, name):
+    _, meta = equivalence
+    full = meta[f"{name}/dp"][0]["state_nbytes"]
+    shards = [m["state_nbytes"] for m in meta[f"{name}/sharded"]]
+    assert sum(shards) == full and all(s < full for s in shards), shards
+    assert all(m["iterations"] == common.STEPS for m in meta[f"{name}/sharded"])
+
+
+@needs_mpi
+def test_state_bytes_per_rank_is_one_over_world(equivalence):
+    _, meta = equivalence
+    full = meta["memory/plain"]
+    shards = [m["state_nbytes"] for m in meta["memory/sharded"]]
+    assert full == 2 * 4 * sum(int(np.prod(s)) for s in common.MEMORY_SHAPES)   # Adam m, v
+    assert sum(shards) == full
+    for s in shards:    # shard starts are 64-byte aligned: off by < 64 bytes per state array
+        assert abs(s - full / WORLD) < 2 * 64, shards
+
+
+# ---- two ranks: errors ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def errors(tmp_path_factory):
+    if _skip_reason():
+        pytest.skip(_skip_reason())
+    results = mpirun("run_errors.py", tmp_path_factory.mktemp("errors"))
+    assert sorted(results) == list(range(WORLD))
+    return results
+
+
+@needs_mpi
+@pytest.mark.parametrize("case,rank,index", [
+    ("sharded_shape", 1, "grads[2]: expected shape (10, 3)"),
+    ("sharded_dtype", 0, "grads[1]: expected dtype float64"),
+    ("sharded_count", 1, "expected 4 grads"),
+    ("sharded_none_mismatch", 0, "grads are None at indices [3]"),
+    ("sharded_hyper_mismatch", 1, "'learning_rate': 0.5"),
+    ("allreduce_shape", 1, "grads[1] is float64 (7,)"),
+    ("allreduce_dtype", 1, "grads[0]"),
+    ("allreduce_readonly", 1, "grads[2]: the array is read-only"),
+])
+def test_bad_input_on_one_rank_fails_every_rank(errors, case, rank, index):
+    for r in range(WORLD):
+        got = errors[r][case]
+        assert got["error"] is not None, f"rank {r} did not raise for {case}"
+        assert "refused on every rank; nothing was changed" in got["error"]
+        assert f"rank {rank}: " in got["error"] and index in got["error"], got["error"]
+        assert got["unchanged"], f"rank {r}: {case} changed params, state or grads"
+    assert errors[0][case]["error"] == errors[1][case]["error"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("case,fragments", [
+    ("build_shape", ["rank 1: params[1] float64 (11,); on rank 0: params[1] float64 (10,)"]),
+    ("build_values", ["parameter values differ between ranks", "comm.Bcast"]),
+    ("build_option", ["rank 1: beta_1=0.8; on rank 0: beta_1=0.9"]),
+])
+def test_construction_mismatch_fails_every_rank(errors, case, fragments):
+    for r in range(WORLD):
+        msg = errors[r][case]
+        assert msg is not None and msg.startswith("ValueError: ShardedOptimizer()"), msg
+        assert all(f in msg for f in fragments), msg
+
+
+@needs_mpi
+def test_construction_error_on_one_rank_reaches_every_rank(errors):
+    assert errors[0]["build_bad_kwarg"].startswith("TypeError: ")      # its own error
+    assert "bogus" in errors[0]["build_bad_kwarg"]
+    assert errors[1]["build_bad_kwarg"].startswith("ValueError: ")     # told about rank 0
+    assert "rank 0: TypeError" in errors[1]["build_bad_kwarg"]
+    assert "bogus" in errors[1]["build_bad_kwarg"]
+    assert errors[0]["build_threads_may_differ"] is None
+    assert errors[1]["build_threads_may_differ"] is None
+
+
+@needs_mpi
+def test_steps_work_after_refused_ones(errors):
+    for r in range(WORLD):
+        assert errors[r]["sharded_ok_after_errors"]["error"] is None
+        assert errors[r]["allreduce_ok_after_errors"]["error"] is None
+        assert errors[r]["iterations"] == [1, 2]
+
+
+@needs_mpi
+@pytest.mark.parametrize("case,option", [("refuse_clipnorm", "clipnorm"),
+                                         ("refuse_global_clipnorm", "global_clipnorm"),
+                                         ("refuse_lamb", "Lamb")])
+def test_non_elementwise_options_refused(errors, case, option):
+    msg = errors[0][case]
+    assert msg is not None and option in msg
+
+
+# ---- two ranks: checkpoints ---------------------------------------------------------
+
+CKPT_CASE = "adam_torch_groups_none"    # param groups, None grads, torch step counts
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory):
+    if _skip_reason():
+        pytest.skip(_skip_reason())
+    directory = tmp_path_factory.mktemp("ckpt")
+    results = mpirun("run_checkpoint.py", directory, CKPT_CASE)
+    with np.load(directory / "result.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return directory, results, arrays
+
+
+@needs_mpi
+def test_resume_from_sharded_checkpoint_bitwise(checkpoint_run):
+    _, _, arrays = checkpoint_run
+    for r in range(WORLD):
+        for i in range(len(common.SHAPES)):
+            a = arrays[f"rank{r}/A/p{i}"]
+            assert np.array_equal(arrays[f"rank{r}/B/p{i}"], a), f"load: rank {r} params[{i}]"
+            assert np.array_equal(arrays[f"rank{r}/C/p{i}"], a), \
+                f"load_consolidated: rank {r} params[{i}]"
+
+
+@needs_mpi
+def test_torn_checkpoint_refused_on_every_rank(checkpoint_run):
+    _, results, _ = checkpoint_run
+    for r in range(WORLD):
+        assert "belongs to a different save" in results[r]["torn_error"]
+        assert "rank 1: " in results[r]["torn_error"]
+        assert results[r]["torn_unchanged"]
+
+
+@needs_mpi
+def test_consolidated_checkpoint_loads_into_plain_optimizer(checkpoint_run, tmp_path):
+    """consolidate -> fo.load into a single-process optimizer -> the same
+    trajectory as the sharded run (rank-order gradients: bit for bit)."""
+    directory, _, arrays = checkpoint_run
+    out = tmp_path / "single.npz"
+    proc = subprocess.run([sys.executable, "-m", "fastopt.distributed", "consolidate",
+                           str(directory / "ckpt"), str(out)],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "merged from 2 ranks" in proc.stdout and not proc.stderr, proc.stderr
+    cls, kwargs, dtypes, options = common.CASES[CKPT_CASE]
+    params = common.init(dtypes, seed=7)
+    opt = cls(common.params_arg(params, options), **kwargs)
+    fo.load(str(out), opt)
+    assert opt.iterations == 5
+    X, Y = common.data()
+    with _single_threaded_blas():
+        for t in range(5, common.STEPS):
+            parts = [common.grads_for(params, common.part(X[t], r, WORLD),
+                                      common.part(Y[t], r, WORLD), t, options)[1]
+                     for r in range(WORLD)]
+            grads = [None if g0 is None else (g0 + g1) / WORLD for g0, g1 in zip(*parts)]
+            opt.step(grads)
+    for i, p in enumerate(params):
+        assert np.array_equal(p, arrays[f"rank0/A/p{i}"]), f"params[{i}]"
+
+
+@needs_mpi
+def test_consolidate_refuses_a_torn_checkpoint(checkpoint_run, tmp_path):
+    directory, _, _ = checkpoint_run
+    with pytest.raises(ValueError, match="belongs to a different save"):
+        dist.consolidate(str(directory / "mixed" / "ckpt"), str(tmp_path / "x.npz"))
+    assert not (tmp_path / "x.npz").exists()
+    assert dist._main(["consolidate", str(directory / "mixed" / "ckpt"),
+                       str(tmp_path / "x.npz")]) == 1
+
+
+@needs_mpi
+def test_load_with_another_world_size_refused(checkpoint_run, tmp_path):
+    directory, _, _ = checkpoint_run
+    results = mpirun("run_load.py", tmp_path, str(directory / "ckpt"), CKPT_CASE, n=1)
+    assert "saved by 2 ranks; this run has 1" in results[0]["error"]
+    assert "load_consolidated" in results[0]["error"]
+    assert results[0]["iterations"] == 0
+
+
+# ---- the example ------------------------------------------------------------------
+
+@needs_mpi
+def test_example_matches_single_process(tmp_path):
+    script = os.path.join(os.path.dirname(HERE), "examples", "mpi_train.py")
+    if not os.path.exists(script):
+        pytest.skip("examples/ is not in this checkout")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    cmd = [_launcher(), "-n", str(WORLD), sys.executable, script, "--steps", "60"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    losses = [float(line.split("final loss ")[1].split()[0]) for line in lines
+              if "final loss" in line]
+    rel = float(proc.stdout.split("relative difference ")[1].split(")")[0])
+    assert len(losses) == 2 and rel <= 1e-12, proc.stdout
+    assert losses[0] == losses[1], proc.stdout     # printed to 12 significant digits
