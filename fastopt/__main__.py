@@ -4,22 +4,7 @@ import time
 import numpy as np
 
 import fastopt as fo
-
-
-def numpy_adam(p, g, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-7, tmp=None):
-    """The best plain-NumPy Adam: in-place ufuncs with one scratch buffer."""
-    np.multiply(m, b1, out=m)
-    np.multiply(g, 1 - b1, out=tmp)
-    np.add(m, tmp, out=m)
-    np.multiply(v, b2, out=v)
-    np.multiply(g, g, out=tmp)
-    np.multiply(tmp, 1 - b2, out=tmp)
-    np.add(v, tmp, out=v)
-    np.sqrt(v, out=tmp)
-    np.add(tmp, eps, out=tmp)
-    np.divide(m, tmp, out=tmp)
-    np.multiply(tmp, lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t), out=tmp)
-    np.subtract(p, tmp, out=p)
+from fastopt._numpy_ref import numpy_adam
 
 
 def _median_time(fn, repeat):
