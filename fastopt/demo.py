@@ -172,7 +172,7 @@ class _Progress:
         self.bar = None
         if not disable:
             try:
-                from tqdm.auto import tqdm
+                tqdm = importlib.import_module("tqdm.auto").tqdm
             except ImportError:
                 tqdm = None
             if tqdm is not None:
@@ -402,7 +402,7 @@ def rosenbrock_paths(steps, start=ROSENBROCK_START):
 
 COLUMNS = ("run", "train loss", "train acc", "val loss", "val acc", "wall s",
            "in step() ms: fastopt / NumPy", "µs per step: fastopt / NumPy", "speed-up",
-           "max |w - w_np|")
+           "max Δw vs NumPy")
 
 
 def table_rows(runs):
@@ -441,9 +441,8 @@ def format_table(opt_runs, sched_runs):
 
 def _pyplot():
     matplotlib = _require("matplotlib", "matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    matplotlib.use("Agg")   # files only; works without a display
+    return importlib.import_module("matplotlib.pyplot")
 
 
 def plot_curves(runs, title, path):
@@ -598,7 +597,7 @@ def main(argv=None):
     print()
     print(f"wall s: training time with fastopt (the NumPy twin's steps excluded). in step(): "
           f"total time\nof all {info['epochs'] * info['steps_per_epoch']} updates; µs per "
-          f"step: medians; speed-up: NumPy median / fastopt median.\nmax |w - w_np|: largest "
+          f"step: medians; speed-up: NumPy median / fastopt median.\nmax Δw vs NumPy: largest "
           f"difference between fastopt's weights and the NumPy twin's after training.")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table + "\n")
