@@ -284,6 +284,39 @@ void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int 
         out[plan->chunks[c].tensor] += scratch[c];
 }
 
+void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
+                    double *scratch, int nthreads)
+{
+    const fo_kernel_info *k = fo_kernel(kernel);
+    const int simd = fo_simd_get();
+    const fo_reduce_fn f32 = k->reduce[simd][FO_FLOAT32], f64 = k->reduce[simd][FO_FLOAT64];
+    for (int32_t i = 0; i < plan->ntensors * FO_NRED; i++)
+        out[i] = 0.0;
+    if (f32 == NULL || f64 == NULL)
+        return;
+    const int64_t nc = plan->nchunks;
+    const int team = fo_team_size(fo_active_chunk_elems(plan, 0), nthreads);
+    (void)team;
+    /* Chunks, not the element split of fo_step: each chunk's sums are a fixed
+     * function of its elements, whichever thread runs it. */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
+#endif
+    for (int64_t c = 0; c < nc; c++) {
+        const fo_chunk *ch = &plan->chunks[c];
+        const fo_tensor *t = &plan->tensors[ch->tensor];
+        double *acc = scratch + c * FO_NRED;
+        for (int j = 0; j < FO_NRED; j++)
+            acc[j] = 0.0;
+        if (t->grad != NULL)
+            (t->dtype == FO_FLOAT32 ? f32 : f64)(t, ch->begin, ch->end,
+                                                 rows + (int64_t)t->row * FO_NSCALARS, acc);
+    }
+    for (int64_t c = 0; c < nc; c++)
+        for (int j = 0; j < FO_NRED; j++)
+            out[plan->chunks[c].tensor * FO_NRED + j] += scratch[c * FO_NRED + j];
+}
+
 void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
 {
     const int64_t nc = plan->nchunks;

@@ -20,6 +20,7 @@ extern "C" {
 #define FO_NSCALARS 16      /* doubles per scalar row */
 #define FO_CHUNK 4096       /* elements per work-list chunk (16 KiB of float32) */
 #define FO_ALIGN 16         /* thread split points are multiples of this many elements */
+#define FO_NRED 2           /* partial sums a reduction pass returns per chunk (Lamb: |w|^2, |r|^2) */
 
 enum { FO_OK = 0, FO_ENOMEM = 1, FO_EINVAL = 2 };
 enum { FO_FLOAT32 = 0, FO_FLOAT64 = 1 };
@@ -51,10 +52,16 @@ typedef struct {
 typedef void (*fo_kernel_fn)(const fo_tensor *t, int64_t begin, int64_t end,
                              const double *s);
 
+/* A reduction pass: updates [begin, end) like a kernel and adds FO_NRED sums
+ * over those elements to acc (acc starts at zero for every chunk). */
+typedef void (*fo_reduce_fn)(const fo_tensor *t, int64_t begin, int64_t end,
+                             const double *s, double *acc);
+
 typedef struct {
     const char *name;
     int32_t nstate;
     fo_kernel_fn fn[FO_SIMD_COUNT][2];   /* [simd][dtype] */
+    fo_reduce_fn reduce[FO_SIMD_COUNT][2];   /* NULL unless the kernel has a reduction pass */
 } fo_kernel_info;
 
 typedef struct {
@@ -94,6 +101,15 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
  * does not depend on the thread count or the SIMD variant.  Tensors without a
  * grad get 0.  out has ntensors doubles; scratch has nchunks doubles. */
 void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads);
+
+/* The kernel's reduction pass over every tensor whose grad is set (Lamb's
+ * first pass: moments, decay and the per-tensor norms its second pass needs).
+ * Each chunk's FO_NRED sums are combined per tensor in chunk order, so out
+ * (ntensors x FO_NRED doubles, 0 for tensors without a grad) does not depend
+ * on the thread count or the SIMD variant.  scratch has FO_NRED*nchunks
+ * doubles.  Does nothing for a kernel without a reduction pass. */
+void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
+                    double *scratch, int nthreads);
 
 /* Number of non-finite grad elements per tensor (same determinism). */
 void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads);

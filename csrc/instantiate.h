@@ -6,21 +6,25 @@
 #define FO_DT f32
 #define FO_SQRT sqrtf
 #define FO_FABS fabsf
+#define FO_POW powf
 #include "variants.h"
 #undef FO_T
 #undef FO_DT
 #undef FO_SQRT
 #undef FO_FABS
+#undef FO_POW
 
 #define FO_T double
 #define FO_DT f64
 #define FO_SQRT sqrt
 #define FO_FABS fabs
+#define FO_POW pow
 #include "variants.h"
 #undef FO_T
 #undef FO_DT
 #undef FO_SQRT
 #undef FO_FABS
+#undef FO_POW
 
 #define FO_STR_(x) #x
 #define FO_STR(x) FO_STR_(x)
@@ -33,6 +37,24 @@
 #define FO_X86_ENTRY(dt, var) FO_ENTRY(FO_KERNEL_NAME, dt, baseline)
 #endif
 
+#ifdef FO_KERNEL_REDUCE
+#define FO_RENTRY_(name, dt, var) fo_kr_##name##_##dt##_##var
+#define FO_RENTRY(name, dt, var) FO_RENTRY_(name, dt, var)
+#if FO_X86_VARIANTS
+#define FO_X86_RENTRY(dt, var) FO_RENTRY(FO_KERNEL_NAME, dt, var)
+#else
+#define FO_X86_RENTRY(dt, var) FO_RENTRY(FO_KERNEL_NAME, dt, baseline)
+#endif
+#define FO_REDUCE_TABLE                                                          \
+    {                                                                            \
+        {FO_RENTRY(FO_KERNEL_NAME, f32, baseline), FO_RENTRY(FO_KERNEL_NAME, f64, baseline)}, \
+        {FO_X86_RENTRY(f32, avx2), FO_X86_RENTRY(f64, avx2)},                     \
+        {FO_X86_RENTRY(f32, avx512), FO_X86_RENTRY(f64, avx512)},                 \
+    }
+#else
+#define FO_REDUCE_TABLE {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}}
+#endif
+
 const fo_kernel_info FO_CAT(fo_kernel_, FO_KERNEL_NAME) = {
     FO_STR(FO_KERNEL_NAME), FO_KERNEL_NSTATE,
     {
@@ -40,4 +62,5 @@ const fo_kernel_info FO_CAT(fo_kernel_, FO_KERNEL_NAME) = {
         {FO_X86_ENTRY(f32, avx2), FO_X86_ENTRY(f64, avx2)},
         {FO_X86_ENTRY(f32, avx512), FO_X86_ENTRY(f64, avx512)},
     },
+    FO_REDUCE_TABLE,
 };

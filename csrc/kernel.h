@@ -37,6 +37,8 @@
 
 /* fo_<name>_<dtype>_<variant> */
 #define FO_FN(name) FO_CAT4(k, name, FO_DT, FO_VAR)
+/* the reduction pass of a kernel that has one (FO_KERNEL_REDUCE defined) */
+#define FO_RFN(name) FO_CAT4(kr, name, FO_DT, FO_VAR)
 
 /* Common start of every kernel: typed pointers to [begin, end) and the
  * shared scalars converted once to the element type. */

@@ -6,6 +6,7 @@ cdef extern from "fastopt.h" nogil:
         FO_MAX_STATE
         FO_NSCALARS
         FO_CHUNK
+        FO_NRED
         FO_OK
         FO_ENOMEM
         FO_EINVAL
@@ -39,6 +40,8 @@ cdef extern from "fastopt.h" nogil:
     int fo_plan_init(fo_plan *plan, fo_tensor *tensors, int32_t ntensors)
     void fo_plan_free(fo_plan *plan)
     void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthreads)
+    void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
+                        double *scratch, int nthreads)
     void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads)
     void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
     int fo_simd_supported(int level)

@@ -18,6 +18,7 @@ SIMD_NAMES = tuple(fo_simd_name(i).decode() for i in range(FO_SIMD_COUNT))
 KERNELS = {fo_kernel(i).name.decode(): i for i in range(FO_NKERNELS)}
 NSCALARS = FO_NSCALARS
 CHUNK = FO_CHUNK
+NRED = FO_NRED
 MAX_STATE = FO_MAX_STATE
 
 
@@ -195,7 +196,7 @@ cdef class Engine:
         if fo_plan_init(&self.plan, self.tensors, self.n) != FO_OK:
             raise MemoryError("could not allocate the work list")
         self.planned = True
-        self.dscratch = <double *>_alloc(max(self.plan.nchunks, 1) * sizeof(double))
+        self.dscratch = <double *>_alloc(max(self.plan.nchunks, 1) * FO_NRED * sizeof(double))
         self.iscratch = <int64_t *>_alloc(max(self.plan.nchunks, 1) * sizeof(int64_t))
         self.rows_cap = 0
         self.rows = NULL
@@ -317,9 +318,7 @@ cdef class Engine:
             self.tensors[i].grad = NULL
         self.held = None
 
-    def run(self, rows, int nthreads):
-        """Apply the kernel to every bound tensor with the given scalar rows
-        (a sequence of sequences of floats), then unbind the grads."""
+    cdef int _load_rows(self, rows) except -1:
         cdef Py_ssize_t nrows = len(rows), r, j, m
         if nrows <= self.max_row:
             self.clear_grads()
@@ -339,9 +338,41 @@ cdef class Engine:
                 dst[j] = row[j]
             for j in range(m, FO_NSCALARS):
                 dst[j] = 0.0
+        return 0
+
+    def run(self, rows, int nthreads):
+        """Apply the kernel to every bound tensor with the given scalar rows
+        (a sequence of sequences of floats), then unbind the grads."""
+        self._load_rows(rows)
         with nogil:
             fo_step(&self.plan, self.kernel, self.rows, nthreads)
         self.clear_grads()
+
+    def run_reduce(self, rows, int nthreads):
+        """Run the kernel's reduction pass over every bound tensor (grads stay
+        bound for the elementwise pass that follows); returns an (n, NRED)
+        float64 array of per-tensor sums, deterministic for any thread count."""
+        self._load_rows(rows)
+        out = np.zeros((self.n, FO_NRED), dtype=np.float64)
+        cdef double[:, ::1] o = out
+        cdef double dummy
+        with nogil:
+            fo_step_reduce(&self.plan, self.kernel, self.rows,
+                           &o[0, 0] if self.n > 0 else &dummy, self.dscratch, nthreads)
+        return out
+
+    def run_params(self, rows, int nthreads):
+        """Apply a kernel that reads only params and state (no grad) to every
+        tensor: each is marked active for this call."""
+        cdef Py_ssize_t i
+        self._load_rows(rows)
+        for i in range(self.n):
+            self.tensors[i].grad = self.tensors[i].param
+        try:
+            with nogil:
+                fo_step(&self.plan, self.kernel, self.rows, nthreads)
+        finally:
+            self.clear_grads()
 
     def sumsq(self, int which, int nthreads):
         """Per-tensor sum of squares of the bound grads (which=0) or of the

@@ -7,6 +7,7 @@ double, and hand those and the gradients to :class:`fastopt._core.Engine`,
 which validates every gradient before anything is written.
 """
 import math
+import re
 import threading
 
 import numpy as np
@@ -66,6 +67,47 @@ class Optimizer:
     ``_hyper`` (per-convention defaults of their float and bool
     hyper-parameters), ``_state_names(group)`` and ``_scalars(hp, t, group)``
     (the kernel-specific scalars for one group at its 1-based step ``t``).
+
+    Options every optimizer takes (keyword-only), applied per update in
+    Keras 3's order: (1) ``skip_nonfinite``, (2) gradient accumulation,
+    (3) clipping, (4) weight decay, (5) the update, (6) the moving average.
+
+    Parameters
+    ----------
+    convention : {"keras", "torch"}
+        Whose formulas and defaults to reproduce (Keras 3 or torch.optim).
+    weight_decay : float or schedule
+        Keras: decoupled ``w <- w - lr*wd*w`` before the update.  torch: coupled
+        L2 ``g <- g + wd*w`` unless ``decoupled_weight_decay=True``.  See
+        :meth:`exclude_from_weight_decay`.
+    decoupled_weight_decay : bool
+        Force decoupled (True) or coupled L2 (False) weight decay.
+    maximize : bool
+        Ascend instead of descend (gradients negated; torch's option).
+    clipnorm : float
+        Per parameter: ``g <- g * clipnorm / max(||g||_2, clipnorm)``.
+    global_clipnorm : float
+        ``g_i <- g_i * c * min(1/||G||, 1/c)`` with ``||G||`` the norm over all
+        grads of the step (one deterministic reduction); a non-finite ``||G||``
+        turns every grad into NaN, as in Keras.
+    clipvalue : float
+        ``g <- clip(g, -clipvalue, clipvalue)``.  At most one of the three clips.
+    use_ema, ema_momentum, ema_overwrite_frequency : bool, float, int
+        Keep ``avg <- m*avg + (1-m)*w`` of every parameter after each step
+        (``m = 0`` until the first update has been applied, so the average
+        starts as a copy); every ``ema_overwrite_frequency`` updates copy the
+        averages into the parameters; :meth:`finalize` copies them at the end.
+    gradient_accumulation_steps : int
+        ``k >= 2``: calls accumulate ``acc += g``; every k-th call applies
+        ``(g + acc)/k`` and resets.  ``iterations`` (bias corrections, EMA) counts
+        updates.  Schedules are evaluated at the number of calls in the keras
+        convention (Keras 3 does this) and at the number of updates in the
+        torch convention (a torch loop steps its scheduler per update).
+    skip_nonfinite : bool
+        A step whose grads hold NaN or Inf changes nothing (parameters, state,
+        counters) and is counted in ``skipped_steps``.
+    num_threads : int
+        Threads for this optimizer (default: :func:`fastopt.get_num_threads`).
     """
 
     _kernel: "str | None" = None
@@ -75,12 +117,16 @@ class Optimizer:
 
     def __init__(self, params, *, convention="keras", weight_decay=None,
                  decoupled_weight_decay=None, maximize=False, clipvalue=None,
-                 num_threads=None, name=None, **hyper):
+                 num_threads=None, name=None, clipnorm=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
+                 gradient_accumulation_steps=None, skip_nonfinite=False, **hyper):
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be 'keras' or 'torch'; got {convention!r}")
         if convention not in self._hyper:
-            raise ValueError(f"{type(self).__name__} has no torch.optim counterpart; "
-                             f"use convention='keras'")
+            (only,) = self._hyper
+            library = {"keras": "Keras 3", "torch": "torch.optim"}
+            raise ValueError(f"{type(self).__name__} exists in {library[only]} only, so it has no "
+                             f"{convention!r} convention; use convention={only!r}")
         self.convention = convention
         self.name = name or type(self).__name__.lower()
         defaults = dict(self._hyper[convention])
@@ -108,6 +154,8 @@ class Optimizer:
                                         not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None; got {num_threads!r}")
         self.num_threads = num_threads
+        self._set_options(clipnorm, global_clipnorm, use_ema, ema_momentum,
+                          ema_overwrite_frequency, gradient_accumulation_steps, skip_nonfinite)
         self._defaults = defaults
         self._check_hyper(defaults, "")
 
@@ -115,8 +163,10 @@ class Optimizer:
         self.param_groups = []
         self._overrides = []
         flat = []
+        names = []
         for gi, (plist, over) in enumerate(groups):
             over = {self._canonical(k): v for k, v in over.items()}
+            names.extend(_group_names(over, len(plist), gi))
             for k in over:
                 if k not in defaults:
                     raise TypeError(f"param group {gi}: unknown hyper-parameter {k!r}; known: "
@@ -152,6 +202,9 @@ class Optimizer:
         sizes = [len(g["params"]) for g in self.param_groups]
         self._first = [int(sum(sizes[:k])) if sizes[k] else -1 for k in range(len(sizes))]
         self._lock = threading.Lock()
+        self._param_names = names
+        self._wd_excluded = frozenset()
+        self._init_options()
 
     # ---- construction helpers -------------------------------------------
 
@@ -322,6 +375,8 @@ class Optimizer:
         (``None`` leaves that parameter and its state untouched).  Every grad is
         checked before anything is written; on error nothing changes.
         """
+        if self._general:
+            return self._step_general(grads)
         with self._lock:
             engine = self._engine
             active = engine.set_grads(grads)
@@ -374,6 +429,335 @@ class Optimizer:
                 return False
         return True
 
+    # ---- optimizer-wide options (Keras order, spec §1.0) -------------------
+
+    _needs_general = False   # the optimizer itself needs the general step (Nadam, Lamb)
+    _two_pass = False        # the kernel has a reduction pass (Lamb)
+    #: Registry kernels that serve options rather than one optimizer.
+    _aux_kernels = ("ema",)
+
+    def _set_options(self, clipnorm, global_clipnorm, use_ema, ema_momentum,
+                     ema_overwrite_frequency, gradient_accumulation_steps, skip_nonfinite):
+        clips = [k for k, v in (("clipnorm", clipnorm), ("global_clipnorm", global_clipnorm),
+                                ("clipvalue", self.clipvalue)) if v is not None]
+        if len(clips) > 1:
+            raise ValueError(f"only one of clipnorm, global_clipnorm and clipvalue may be set; "
+                             f"got {', '.join(clips)}")
+        for key, value in (("clipnorm", clipnorm), ("global_clipnorm", global_clipnorm)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float, np.floating,
+                                                                     np.integer)):
+                    raise TypeError(f"{key} must be a positive float or None; got {value!r}")
+                if not (value > 0 and math.isfinite(value)):
+                    raise ValueError(f"{key} must be a positive finite float; got {value!r}")
+        self.clipnorm = None if clipnorm is None else float(clipnorm)
+        self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
+        if not isinstance(use_ema, (bool, np.bool_)):
+            raise TypeError(f"use_ema must be a bool; got {use_ema!r}")
+        if (isinstance(ema_momentum, bool) or not isinstance(ema_momentum, (int, float,
+                                                                            np.floating))
+                or not 0.0 <= ema_momentum <= 1.0):
+            raise ValueError(f"ema_momentum must be a float in [0, 1]; got {ema_momentum!r}")
+        for key, value, low in (("ema_overwrite_frequency", ema_overwrite_frequency, 1),
+                                ("gradient_accumulation_steps", gradient_accumulation_steps, 2)):
+            if value is not None and (isinstance(value, bool) or
+                                      not isinstance(value, (int, np.integer)) or value < low):
+                raise ValueError(f"{key} must be an int >= {low} or None; got {value!r}")
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise TypeError(f"skip_nonfinite must be a bool; got {skip_nonfinite!r}")
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = float(ema_momentum)
+        self.ema_overwrite_frequency = (None if ema_overwrite_frequency is None
+                                        else int(ema_overwrite_frequency))
+        self.gradient_accumulation_steps = (None if gradient_accumulation_steps is None
+                                            else int(gradient_accumulation_steps))
+        self.skip_nonfinite = bool(skip_nonfinite)
+
+    def _init_options(self):
+        """State of the options; decides whether steps take the general path."""
+        #: Steps refused by ``skip_nonfinite`` (nothing changed, not counted in iterations).
+        self.skipped_steps = 0
+        # calls to step(); differs from iterations only with gradient accumulation
+        self._micro = 0
+        self._accum = ([np.zeros_like(p) for p in self._params]
+                       if self.gradient_accumulation_steps else None)
+        self._ema = None
+        self._ema_engine = None
+        if self.use_ema:
+            # copies, so finalize() before any step leaves the weights as they are
+            self._ema = [p.copy() for p in self._params]
+            self._ema_engine = _core.Engine("ema", self._params, [[a] for a in self._ema])
+        self._update_general()
+
+    def _update_general(self):
+        if not getattr(self, "_general", False):
+            self._micro = self.iterations
+        self._general = bool(self._needs_general or self.clipnorm is not None
+                             or self.global_clipnorm is not None or self.use_ema
+                             or self.gradient_accumulation_steps or self.skip_nonfinite
+                             or self._wd_excluded)
+
+    @property
+    def micro_steps(self):
+        """Calls to :meth:`step` that were applied or accumulated (equals
+        ``iterations`` unless ``gradient_accumulation_steps`` is set)."""
+        return self._micro if self._general else self.iterations
+
+    @property
+    def averages(self):
+        """The moving averages of the parameters (``use_ema=True``), live arrays."""
+        if self._ema is None:
+            raise AttributeError("averages exist only with use_ema=True")
+        return list(self._ema)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exclude parameters from weight decay (decoupled or coupled).
+
+        ``var_list``: parameters, matched by identity.  ``var_names``: strings
+        (regular expressions); a parameter is excluded when any of them
+        ``re.search``-matches its name.  Names come from param groups
+        (``{"params": [...], "name": "bias"}`` names every param of the group,
+        ``"names": [...]`` one name each).  Each call replaces the previous
+        exclusion; call with no arguments to clear it.  Takes effect at the
+        next step.
+        """
+        excluded = set()
+        for k, v in enumerate(var_list or ()):
+            i = self._index.get(id(v))
+            if i is None or self._params[i] is not v:
+                raise ValueError(f"var_list[{k}] is not a parameter of this optimizer; pass "
+                                 f"the same array objects as at construction")
+            excluded.add(i)
+        if var_names:
+            if isinstance(var_names, str):
+                raise TypeError("var_names must be a list of strings; got a single string: "
+                                f"pass [{var_names!r}]")
+            pattern = re.compile("|".join(sorted(set(var_names))))
+            for i, n in enumerate(self._param_names):
+                if n is not None and pattern.search(n) is not None:
+                    excluded.add(i)
+        with self._lock:
+            self._wd_excluded = frozenset(excluded)
+            self._update_general()
+
+    def finalize(self):
+        """Copy the moving averages into the parameters (``use_ema=True``; a
+        no-op otherwise).  Keras calls this ``finalize_variable_values``."""
+        if self._ema is None:
+            return
+        with self._lock:
+            for p, a in zip(self._params, self._ema):
+                np.copyto(p, a)
+
+    finalize_variable_values = finalize
+
+    def _options_config(self):
+        return {"clipnorm": self.clipnorm, "global_clipnorm": self.global_clipnorm,
+                "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
+                "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                "skip_nonfinite": self.skip_nonfinite}
+
+    def _group_names_config(self, gi):
+        start = int(sum(len(g["params"]) for g in self.param_groups[:gi]))
+        names = self._param_names[start:start + len(self.param_groups[gi]["params"])]
+        return {"names": list(names)} if any(n is not None for n in names) else {}
+
+    def _extra_state(self):
+        """Counters and arrays of the options (and of subclasses) for state_dict."""
+        out = {"micro_steps": int(self.micro_steps), "skipped_steps": int(self.skipped_steps)}
+        if self._ema is not None:
+            out["ema"] = [a.copy() for a in self._ema]
+        if self._accum is not None:
+            out["accumulators"] = [a.copy() for a in self._accum]
+        return out
+
+    def _check_extra_state(self, extra):
+        """Validate the ``extra`` entry of a state dict; returns it normalised."""
+        if not isinstance(extra, dict):
+            raise ValueError("state 'extra' must be a dict")
+        out = {"micro_steps": int(extra.get("micro_steps", 0)),
+               "skipped_steps": int(extra.get("skipped_steps", 0))}
+        if out["micro_steps"] < 0 or out["skipped_steps"] < 0:
+            raise ValueError("step counters must be >= 0")
+        for key, mine in (("ema", self._ema), ("accumulators", self._accum)):
+            theirs = extra.get(key)
+            if mine is None:
+                if theirs is not None:
+                    raise ValueError(f"state has {key} but this optimizer keeps none (were the "
+                                     f"optimizer options the same?)")
+                continue
+            if theirs is None or len(theirs) != len(mine):
+                raise ValueError(f"state lacks the {len(mine)} {key} arrays this optimizer "
+                                 f"keeps (were the optimizer options the same?)")
+            arrays = []
+            for i, (a, b) in enumerate(zip(mine, theirs)):
+                b = np.asarray(b)
+                if b.shape != a.shape or b.dtype != a.dtype:
+                    raise ValueError(f"params[{i}] {key}: expected {a.dtype} {a.shape}; got "
+                                     f"{b.dtype} {b.shape}")
+                arrays.append(b)
+            out[key] = arrays
+        return out
+
+    def _load_extra_state(self, extra):
+        self._micro = extra["micro_steps"]
+        self.skipped_steps = extra["skipped_steps"]
+        for key, mine in (("ema", self._ema), ("accumulators", self._accum)):
+            if mine is not None:
+                for a, b in zip(mine, extra[key]):
+                    np.copyto(a, b)
+
+    # hooks of the general step (Nadam keeps momentum-schedule products)
+
+    def _begin_update(self, sched_step):
+        """Called before the rows of an update are built; must not change state."""
+
+    def _row_key(self, i):
+        return ()
+
+    def _scalars_at(self, hp, t, group, i, key):
+        return self._scalars(hp, t, group)
+
+    def _commit_update(self, grads, keys):
+        """Called after an update was applied."""
+
+    def _step_general(self, grads):
+        """The step with options: skip_nonfinite, accumulation, clipping, weight-decay
+        exclusion, two-pass kernels, EMA -- in Keras's order (spec §1.0)."""
+        if not isinstance(grads, (list, tuple)):
+            grads = list(grads)
+        with self._lock:
+            engine = self._engine
+            nthreads = self.num_threads or _threads.get_num_threads()
+            active = engine.set_grads(grads)
+            try:
+                if self.skip_nonfinite and active and engine.nonfinite(nthreads).any():
+                    self.skipped_steps += 1
+                    return
+                k = self.gradient_accumulation_steps
+                updates_before = self.iterations
+                if k and (self._micro + 1) % k:
+                    engine.clear_grads()
+                    for a, g in zip(self._accum, grads):
+                        if g is not None:
+                            np.add(a, g, out=a)
+                else:
+                    sched_step = (self._micro if k and self.convention == "keras"
+                                  else self.iterations)
+                    self._begin_update(sched_step)
+                    rows, mapping, keys = self._plan_rows(grads, sched_step) if active else \
+                        ([], None, None)
+                    # nothing has changed up to here: every error above leaves all as it was
+                    if k:
+                        engine.clear_grads()
+                        eff = [None] * self._nparams
+                        for i, (a, g) in enumerate(zip(self._accum, grads)):
+                            if g is not None:
+                                np.add(g, a, out=a)
+                                np.divide(a, k, out=a)
+                                eff[i] = a
+                        if active:
+                            engine.set_grads(eff)
+                    if active:
+                        self._apply_rows(rows, mapping, grads, nthreads)
+                    if k:
+                        for a in self._accum:
+                            a.fill(0)
+                    self._commit_update(grads, keys)
+                    if self.convention == "torch" and active:
+                        for i, g in enumerate(grads):
+                            if g is not None:
+                                self._steps[i] += 1
+                        self._uniform = self._steps_uniform()
+                    self.iterations += 1
+                if self._ema_engine is not None:
+                    mu = self.ema_momentum if updates_before else 0.0
+                    freq = self.ema_overwrite_frequency
+                    over = 1.0 if freq and (updates_before + 1) % freq == 0 else 0.0
+                    self._ema_engine.run_params([[0.0, 1.0, 0.0, 0.0, 1.0, mu, 1.0 - mu, over]],
+                                                nthreads)
+                self._micro += 1
+            finally:
+                engine.clear_grads()
+
+    def _plan_rows(self, grads, sched_step):
+        """Scalar rows of one update and the row of each tensor, before clipping.
+        Rows are shared by tensors of one group at one step (and one exclusion
+        state); evaluating them raises before anything is written."""
+        keras = self.convention == "keras"
+        t_keras = self.iterations + 1
+        excluded = self._wd_excluded
+        cache, rows = {}, []
+        mapping = [0] * self._nparams
+        keys = [None] * self._nparams
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            gi = self._group_list[i]
+            t = t_keras if keras else self._steps[i] + 1
+            key = (gi, t, i in excluded) + self._row_key(i)
+            r = cache.get(key)
+            if r is None:
+                group = self.param_groups[gi]
+                hp, shared = self._evaluate(group, sched_step)
+                row = list(shared) + list(self._scalars_at(hp, t, group, i, key))
+                if key[2]:
+                    row[0] = float(int(row[0]) & ~(_F_DECAY | _F_L2))
+                    row[3], row[4] = 0.0, 1.0
+                r = cache[key] = len(rows)
+                rows.append(row)
+            mapping[i] = r
+            keys[i] = key
+        return rows, mapping, keys
+
+    def _apply_rows(self, rows, mapping, grads, nthreads):
+        """Clip (per-tensor or global factor in the GSCALE slot), then run the kernel."""
+        engine = self._engine
+        if self.clipnorm is not None:
+            c = self.clipnorm
+            norms = np.sqrt(engine.sumsq(0, nthreads))
+            for i, g in enumerate(grads):
+                if g is None:
+                    continue
+                nrm = float(norms[i])
+                # c/max(norm, c), NaN-propagating: NaN norms give NaN, inf gives 0
+                f = 1.0 if nrm <= c else c / nrm
+                if f != 1.0:
+                    row = list(rows[mapping[i]])
+                    row[0] = float(int(row[0]) | _F_GSCALE)
+                    row[1] *= f
+                    mapping[i] = len(rows)
+                    rows.append(row)
+        elif self.global_clipnorm is not None:
+            c = self.global_clipnorm
+            total = math.sqrt(math.fsum(engine.sumsq(0, nthreads).tolist()))
+            # Keras: c * min(1/norm, 1/c), turned into NaN when the norm is not finite
+            inv = 1.0 / total if total > 0 else math.inf
+            f = c * min(inv, 1.0 / c) + (total - total)
+            for row in rows:
+                row[0] = float(int(row[0]) | _F_GSCALE)
+                row[1] *= f
+        engine.set_rows(mapping)
+        self._custom_rows = True
+        if not self._two_pass:
+            engine.run(rows, nthreads)
+            return
+        sums = engine.run_reduce(rows, nthreads)
+        rows2, mapping2 = [], [0] * self._nparams
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            wn, rn = math.sqrt(sums[i, 0]), math.sqrt(sums[i, 1])
+            phi = wn / rn if wn > 0 and rn > 0 else 1.0
+            row = list(rows[mapping[i]])
+            row[0] = 0.0
+            row[self._phi_slot] *= phi
+            mapping2[i] = len(rows2)
+            rows2.append(row)
+        engine.set_rows(mapping2)
+        engine.run(rows2, nthreads)
+
     def apply_gradients(self, grads_and_vars):
         """Keras-style: ``opt.apply_gradients(zip(grads, params))``.
 
@@ -406,13 +790,15 @@ class Optimizer:
                "decoupled_weight_decay": self.decoupled_weight_decay,
                "maximize": self.maximize, "clipvalue": self.clipvalue,
                "num_threads": self.num_threads}
+        cfg.update(self._options_config())
         for key, value in self._defaults.items():
             cfg[key] = _config_value(value, schedules)
-        if len(self.param_groups) > 1 or any(self._overrides):
+        if (len(self.param_groups) > 1 or any(self._overrides)
+                or any(n is not None for n in self._param_names)):
             cfg["param_groups"] = [
                 dict({k: _config_value(v, schedules) for k, v in over.items()},
-                     size=len(group["params"]))
-                for group, over in zip(self.param_groups, self._overrides)]
+                     size=len(group["params"]), **self._group_names_config(gi))
+                for gi, (group, over) in enumerate(zip(self.param_groups, self._overrides))]
         return cfg
 
     @classmethod
@@ -453,6 +839,7 @@ class Optimizer:
             "dtypes": [p.dtype.str for p in self._params],
             "state": [[a.copy() for a in s] for s in self._state],
             "schedules": _schedule_states(self, schedules),
+            "extra": self._extra_state(),
         }
 
     def load_state_dict(self, sd):
@@ -485,6 +872,7 @@ class Optimizer:
             raise ValueError("step counters must be >= 0")
         sched_states = sd.get("schedules", {})
         _check_schedule_states(self, sched_states)
+        extra = self._check_extra_state(sd.get("extra", {}))
         for mine, theirs in zip(self._state, state):
             for a, b in zip(mine, theirs):
                 np.copyto(a, b)
@@ -492,6 +880,7 @@ class Optimizer:
         self.iterations = iterations
         self._uniform = self._steps_uniform()
         _load_schedule_states(self, sched_states, schedules)
+        self._load_extra_state(extra)
 
     def __repr__(self):
         n = sum(p.size for p in self._params)
@@ -501,6 +890,27 @@ class Optimizer:
 
 
 # ---- helpers ---------------------------------------------------------------
+
+def _group_names(over, size, gi):
+    """Parameter names given by a param group ("name" for all, "names" one each)."""
+    name = over.pop("name", None)
+    names = over.pop("names", None)
+    if names is None:
+        names = over.pop("param_names", None)
+    if name is not None and names is not None:
+        raise ValueError(f"param group {gi}: give either 'name' or 'names', not both")
+    if names is not None:
+        names = list(names)
+        if len(names) != size:
+            raise ValueError(f"param group {gi}: 'names' has {len(names)} entries for {size} "
+                             f"params")
+    else:
+        names = [name] * size
+    for n in names:
+        if n is not None and not isinstance(n, str):
+            raise TypeError(f"param group {gi}: parameter names must be strings; got {n!r}")
+    return names
+
 
 def _nonneg(hp, key, where):
     v = hp.get(key)
@@ -793,5 +1203,758 @@ class AdamW(Adam):
                          **kwargs)
 
 
+def _betas(beta_1, beta_2, betas):
+    if betas is not None:
+        if beta_1 is not None or beta_2 is not None:
+            raise TypeError("pass either betas=(b1, b2) or beta_1/beta_2, not both")
+        beta_1, beta_2 = betas
+    return beta_1, beta_2
+
+
+def _not_scheduled(hp, key, where):
+    if _is_schedule(hp.get(key)):
+        raise TypeError(f"{where}{key} sets the initial state and cannot be a schedule; "
+                        f"pass a float")
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad: per-element learning rates from the sum of squared gradients.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Keras default 1e-3, torch default 1e-2.  ``lr`` is an alias.
+    initial_accumulator_value : float
+        Starting value of the accumulator: Keras 0.1, torch 0.
+    epsilon : float
+        Keras 1e-7 inside the square root; torch 1e-10 outside it.  ``eps``
+        is an alias.
+    lr_decay : float or schedule
+        torch convention only: ``lr_t = lr / (1 + (t - 1)*lr_decay)``.
+    convention : {"keras", "torch"}
+        Keras 3 or torch.optim formulas and defaults.
+    **kwargs
+        The options of :class:`Optimizer` (weight decay, clipping, EMA, ...).
+
+    Notes
+    -----
+    ::
+
+        acc <- acc + g^2
+        keras: w <- w - lr * g / sqrt(acc + eps)
+        torch: w <- w - lr/(1 + (t-1)*lr_decay) * g / (sqrt(acc) + eps)
+
+    torch's first step is ``lr*sign(g)`` (accumulator 0); Keras's is
+    ``lr*g/sqrt(0.1 + g^2)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.Adagrad([w], learning_rate=0.1, convention="torch")
+    >>> opt.step([np.array([2.0, -0.5])])
+    >>> w
+    array([-0.1,  0.1])
+    """
+
+    _kernel = "adagrad"
+    _hyper = {
+        "keras": {"learning_rate": 1e-3, "initial_accumulator_value": 0.1, "epsilon": 1e-7},
+        "torch": {"learning_rate": 1e-2, "initial_accumulator_value": 0.0, "epsilon": 1e-10,
+                  "lr_decay": 0.0},
+    }
+
+    def __init__(self, params, learning_rate=None, initial_accumulator_value=None,
+                 epsilon=None, *, lr_decay=None, convention="keras", **kwargs):
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         initial_accumulator_value=initial_accumulator_value,
+                         epsilon=epsilon, lr_decay=lr_decay, **kwargs)
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _not_scheduled(hp, "initial_accumulator_value", where)
+        _nonneg(hp, "initial_accumulator_value", where)
+        _nonneg(hp, "epsilon", where)
+        _nonneg(hp, "lr_decay", where)
+
+    def _init_state(self, name, p, group):
+        return np.full_like(p, group["initial_accumulator_value"])
+
+    def _state_names(self, group):
+        return ("accumulator",)
+
+    def _scalars(self, hp, t, group):
+        lr, eps = hp["learning_rate"], hp["epsilon"]
+        if self.convention == "keras":
+            return [lr, eps, 0.0]
+        return [lr / (1.0 + (t - 1) * hp["lr_decay"]), 0.0, eps]
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop, with optional momentum and the centered variant.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Keras default 1e-3, torch default 1e-2.  ``lr`` is an alias.
+    rho : float or schedule
+        Decay of the mean square: Keras 0.9, torch 0.99.  ``alpha`` (torch's
+        name) is an alias.
+    momentum : float or schedule
+        Momentum factor (default 0: no momentum buffer).
+    epsilon : float
+        Keras 1e-7 inside the square root; torch 1e-8 outside it.
+    centered : bool
+        Normalise by the variance estimate ``v - mg^2`` instead of ``v``.
+    convention : {"keras", "torch"}
+        Keras 3 or torch.optim formulas and defaults.
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    ::
+
+        v  <- rho*v + (1 - rho)*g^2
+        mg <- rho*mg + (1 - rho)*g                 (centered)
+        s   = max(v - mg^2, 0) if centered else v
+        keras: q = g / sqrt(s + eps);   m <- momentum*m + lr*q;  w <- w - m
+        torch: q = g / (sqrt(s) + eps); m <- momentum*m + q;     w <- w - lr*m
+        (without momentum: w <- w - lr*q)
+
+    ``v - mg^2`` can round below zero; it is clamped at 0 (Keras's inner eps
+    hides this, torch's sqrt gives NaN).  With momentum and a changing
+    learning rate the conventions differ: Keras keeps the learning rate inside
+    the buffer, torch applies the current one to the whole buffer.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.RMSprop([w], learning_rate=0.01, epsilon=0.0)
+    >>> opt.step([np.array([1.0, -1.0])])
+    >>> np.round(w, 6)
+    array([-0.031623,  0.031623])
+    """
+
+    _kernel = "rmsprop"
+    _hyper = {
+        "keras": {"learning_rate": 1e-3, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
+                  "centered": False},
+        "torch": {"learning_rate": 1e-2, "rho": 0.99, "momentum": 0.0, "epsilon": 1e-8,
+                  "centered": False},
+    }
+    _bool_hyper = ("centered",)
+
+    def __init__(self, params, learning_rate=None, rho=None, momentum=None, epsilon=None,
+                 centered=None, *, alpha=None, convention="keras", **kwargs):
+        if alpha is not None:
+            if rho is not None:
+                raise TypeError("pass either rho or alpha (its torch name), not both")
+            rho = alpha
+        super().__init__(params, convention=convention, learning_rate=learning_rate, rho=rho,
+                         momentum=momentum, epsilon=epsilon, centered=centered, **kwargs)
+
+    @staticmethod
+    def _canonical(key):
+        key = _ALIASES.get(key, key)
+        return "rho" if key == "alpha" else key
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _unit(hp, "rho", where, closed=True)
+        _unit(hp, "momentum", where, closed=True)
+        _nonneg(hp, "epsilon", where)
+
+    def _state_names(self, group):
+        mom = group["momentum"]
+        names = ("v", "mg") if group["centered"] else ("v",)
+        return names + ("momentum",) if _is_schedule(mom) or mom != 0 else names
+
+    def _scalars(self, hp, t, group):
+        lr, rho, eps = hp["learning_rate"], hp["rho"], hp["epsilon"]
+        mom = self._state_names(group)[-1] == "momentum"
+        if self.convention == "keras":
+            e_in, e_out, a_in, a_out = eps, 0.0, lr, 1.0
+        else:
+            e_in, e_out, a_in, a_out = 0.0, eps, 1.0, lr
+        return [lr, rho, 1.0 - rho, e_in, e_out, hp["momentum"], a_in, a_out,
+                1.0 if hp["centered"] else 0.0, 1.0 if mom else 0.0]
+
+
+class Adamax(Optimizer):
+    r"""Adamax: Adam with the infinity norm.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Keras default 1e-3, torch default 2e-3.  ``lr`` is an alias.
+    beta_1, beta_2 : float or schedule
+        0.9 and 0.999.  ``betas=(b1, b2)`` is accepted.
+    epsilon : float
+        Keras 1e-7 added after the max; torch 1e-8 inside the max.
+    convention : {"keras", "torch"}
+        Keras 3 or torch.optim formulas and defaults.
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    ::
+
+        m <- m + (1 - beta_1)*(g - m)
+        keras: u <- max(beta_2*u, |g|);        w <- w - lr/(1 - beta_1^t) * m/(u + eps)
+        torch: u <- max(beta_2*u, |g| + eps);  w <- w - lr/(1 - beta_1^t) * m/u
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.Adamax([w], learning_rate=0.1, epsilon=0.0)
+    >>> opt.step([np.array([0.5, -2.0])])
+    >>> w
+    array([-0.1,  0.1])
+    """
+
+    _kernel = "adamax"
+    _hyper = {
+        "keras": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+        "torch": {"learning_rate": 2e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8},
+    }
+
+    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
+                 betas=None, convention="keras", **kwargs):
+        beta_1, beta_2 = _betas(beta_1, beta_2, betas)
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **kwargs)
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _unit(hp, "beta_1", where)
+        _unit(hp, "beta_2", where)
+        _nonneg(hp, "epsilon", where)
+
+    def _state_names(self, group):
+        return ("m", "u")
+
+    def _scalars(self, hp, t, group):
+        b1, b2, eps = hp["beta_1"], hp["beta_2"], hp["epsilon"]
+        a = hp["learning_rate"] / (1.0 - b1 ** t)
+        e_in, e_out = (0.0, eps) if self.convention == "keras" else (eps, 0.0)
+        return [a, 1.0 - b1, b2, e_in, e_out]
+
+
+def _nadam_mu(hp, t):
+    return hp["beta_1"] * (1.0 - 0.5 * 0.96 ** (t * hp["momentum_decay"]))
+
+
+class Nadam(Optimizer):
+    r"""Nadam: Adam with Nesterov momentum and a momentum schedule.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Keras default 1e-3, torch default 2e-3.  ``lr`` is an alias.
+    beta_1, beta_2 : float or schedule
+        0.9 and 0.999.  ``betas=(b1, b2)`` is accepted.
+    epsilon : float
+        Keras 1e-7, torch 1e-8; both add it to ``sqrt(v/(1 - beta_2^t))``.
+    momentum_decay : float or schedule
+        ``psi`` of the momentum schedule ``mu_t = beta_1*(1 - 0.5*0.96^(t*psi))``.
+        Keras 3 (default 1.0) uses ``0.96^t``; torch's default 0.004 is also
+        the Keras 2 / tf.keras schedule (``schedule_decay``).
+    convention : {"keras", "torch"}
+        Keras 3 or torch.optim formulas and defaults.
+    **kwargs
+        The options of :class:`Optimizer` (torch: ``decoupled_weight_decay``).
+
+    Notes
+    -----
+    With ``P_t = mu_1 * ... * mu_t``::
+
+        m <- m + (1 - beta_1)*(g - m)
+        v <- beta_2*v + (1 - beta_2)*g^2
+        w <- w - lr * (mu_{t+1}/(1 - P_t*mu_{t+1}) * m + (1 - mu_t)/(1 - P_t) * g)
+                  / (sqrt(v/(1 - beta_2^t)) + eps)
+
+    Keras keeps one product ``P`` per optimizer (per param group here),
+    advanced once per update even for parameters without a grad; torch keeps
+    one per parameter, advanced when that parameter is stepped.  Both are
+    kept in double on the host (torch keeps a float32 tensor unless the
+    default dtype is float64).  The per-parameter products make a step cost a
+    little Python work per parameter.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.Nadam([w], learning_rate=0.1, epsilon=0.0)
+    >>> opt.step([np.array([1.0, -1.0])])
+    >>> np.round(w, 6)
+    array([-0.1,  0.1])
+    """
+
+    _kernel = "nadam"
+    _hyper = {
+        "keras": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                  "momentum_decay": 1.0},
+        "torch": {"learning_rate": 2e-3, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8,
+                  "momentum_decay": 4e-3},
+    }
+    _needs_general = True
+
+    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
+                 momentum_decay=None, betas=None, convention="keras", **kwargs):
+        beta_1, beta_2 = _betas(beta_1, beta_2, betas)
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         momentum_decay=momentum_decay, **kwargs)
+        if self.convention == "keras":
+            self._products = [1.0] * len(self.param_groups)
+        else:
+            self._products = [1.0] * self._nparams
+        self._pending = None
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _unit(hp, "beta_1", where)
+        _unit(hp, "beta_2", where)
+        _nonneg(hp, "epsilon", where)
+        _nonneg(hp, "momentum_decay", where)
+
+    def _state_names(self, group):
+        return ("m", "v")
+
+    def _scalars(self, hp, t, group):
+        raise NotImplementedError("Nadam's scalars depend on its momentum products; "
+                                  "see _scalars_at")
+
+    def _begin_update(self, sched_step):
+        if self.convention == "keras":
+            t = self.iterations + 1
+            pending = []
+            for gi, group in enumerate(self.param_groups):
+                hp, _ = self._evaluate(group, sched_step)
+                u_t = _nadam_mu(hp, t)
+                pending.append((u_t, _nadam_mu(hp, t + 1), self._products[gi] * u_t))
+            self._pending = pending
+        else:
+            self._pending = {}
+
+    def _row_key(self, i):
+        return () if self.convention == "keras" else (self._products[i],)
+
+    def _scalars_at(self, hp, t, group, i, key):
+        lr = hp["learning_rate"]
+        if self.convention == "keras":
+            u_t, u_t1, prod = self._pending[key[0]]
+        else:
+            u_t, u_t1 = _nadam_mu(hp, t), _nadam_mu(hp, t + 1)
+            prod = self._products[i] * u_t
+            self._pending[key] = prod
+        b2 = hp["beta_2"]
+        return [lr * u_t1 / (1.0 - prod * u_t1), lr * (1.0 - u_t) / (1.0 - prod),
+                1.0 / math.sqrt(1.0 - b2 ** t), hp["epsilon"], 1.0 - hp["beta_1"], b2, 1.0 - b2]
+
+    def _commit_update(self, grads, keys):
+        if self.convention == "keras":
+            self._products = [p for _, _, p in self._pending]
+        elif keys is not None:
+            for i, key in enumerate(keys):
+                if key is not None:
+                    self._products[i] = self._pending[key]
+        self._pending = None
+
+    def _extra_state(self):
+        out = super()._extra_state()
+        out["momentum_products"] = np.array(self._products, dtype=np.float64)
+        return out
+
+    def _check_extra_state(self, extra):
+        out = super()._check_extra_state(extra)
+        prods = np.asarray(extra.get("momentum_products", ()), dtype=np.float64)
+        if prods.shape != (len(self._products),):
+            raise ValueError(f"momentum_products: expected {len(self._products)} values; got "
+                             f"shape {prods.shape}")
+        out["momentum_products"] = [float(x) for x in prods]
+        return out
+
+    def _load_extra_state(self, extra):
+        super()._load_extra_state(extra)
+        self._products = list(extra["momentum_products"])
+
+
+class Adadelta(Optimizer):
+    r"""Adadelta: unit-corrected steps from running averages of g^2 and of the steps.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Keras default 1e-3, torch default 1.0.  ``lr`` is an alias.
+    rho : float or schedule
+        Decay rate: Keras 0.95, torch 0.9.
+    epsilon : float
+        Keras 1e-7, torch 1e-6 (inside both square roots in both).
+    convention : {"keras", "torch"}
+        Keras 3 or torch.optim defaults and weight decay (the formulas agree).
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    ::
+
+        Eg  <- rho*Eg + (1 - rho)*g^2
+        d    = sqrt(Edx + eps) / sqrt(Eg + eps) * g
+        Edx <- rho*Edx + (1 - rho)*d^2
+        w   <- w - lr*d
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(1)
+    >>> opt = fo.Adadelta([w], learning_rate=1.0, rho=0.5, epsilon=1.0)
+    >>> opt.step([np.array([1.0])])
+    >>> np.round(w, 6)
+    array([-0.816497])
+    """
+
+    _kernel = "adadelta"
+    _hyper = {
+        "keras": {"learning_rate": 1e-3, "rho": 0.95, "epsilon": 1e-7},
+        "torch": {"learning_rate": 1.0, "rho": 0.9, "epsilon": 1e-6},
+    }
+
+    def __init__(self, params, learning_rate=None, rho=None, epsilon=None, *,
+                 convention="keras", **kwargs):
+        super().__init__(params, convention=convention, learning_rate=learning_rate, rho=rho,
+                         epsilon=epsilon, **kwargs)
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _unit(hp, "rho", where, closed=True)
+        _nonneg(hp, "epsilon", where)
+
+    def _state_names(self, group):
+        return ("accumulated_grad", "accumulated_delta")
+
+    def _scalars(self, hp, t, group):
+        rho = hp["rho"]
+        return [hp["learning_rate"], rho, 1.0 - rho, hp["epsilon"]]
+
+
+class Lion(Optimizer):
+    r"""Lion (evolved sign momentum), Keras 3; torch.optim has no Lion.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-3.  ``lr`` is an alias.
+    beta_1, beta_2 : float or schedule
+        Interpolation factor of the step direction (0.9) and momentum decay (0.99).
+    convention : {"keras"}
+        Only Keras has Lion; ``"torch"`` raises ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (weight decay is decoupled).
+
+    Notes
+    -----
+    ::
+
+        w <- w - lr * sign(beta_1*m + (1 - beta_1)*g)
+        m <- beta_2*m + (1 - beta_2)*g
+
+    ``sign(0) = 0``: where the interpolation is exactly zero the element does
+    not move (as Keras, optax and bitsandbytes; DeepSpeed's CPU Lion takes a
+    full step there).  A NaN propagates.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(3)
+    >>> opt = fo.Lion([w], learning_rate=0.1)
+    >>> opt.step([np.array([2.0, -1e-3, 0.0])])
+    >>> w
+    array([-0.1,  0.1,  0. ])
+    """
+
+    _kernel = "lion"
+    _hyper = {"keras": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.99}}
+
+    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, *, betas=None,
+                 convention="keras", **kwargs):
+        beta_1, beta_2 = _betas(beta_1, beta_2, betas)
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, **kwargs)
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _unit(hp, "beta_1", where, closed=True)
+        _unit(hp, "beta_2", where, closed=True)
+
+    def _state_names(self, group):
+        return ("momentum",)
+
+    def _scalars(self, hp, t, group):
+        b1, b2 = hp["beta_1"], hp["beta_2"]
+        return [hp["learning_rate"], b1, 1.0 - b1, b2, 1.0 - b2]
+
+
+class Lamb(Optimizer):
+    r"""Lamb: Adam's direction scaled by a per-tensor trust ratio (Keras 3).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-3.  ``lr`` is an alias.
+    beta_1, beta_2 : float or schedule
+        0.9 and 0.999.
+    epsilon : float
+        1e-7, added to the bias-corrected ``sqrt(v)``.
+    convention : {"keras"}
+        Only Keras has Lamb; ``"torch"`` raises ValueError.
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    ::
+
+        m <- m + (1 - beta_1)*(g - m);   v <- v + (1 - beta_2)*(g^2 - v)
+        r  = (m/(1 - beta_1^t)) / (sqrt(v/(1 - beta_2^t)) + eps)
+        phi = ||w||_2/||r||_2 over the whole array if both are > 0, else 1
+        w <- w - lr*phi*r
+
+    As in Keras, weight decay is the optimizer-wide decoupled decay applied
+    before the update (so ``||w||`` is of the decayed weights), not the
+    paper's ``r + wd*w`` inside the trust ratio.  The norms are computed by
+    a deterministic reduction (double accumulation in a fixed order): the
+    result does not depend on the thread count.  Two passes over memory.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.array([3.0, 4.0])
+    >>> opt = fo.Lamb([w], learning_rate=0.1, epsilon=0.0)
+    >>> opt.step([np.array([1.0, 1.0])])
+    >>> np.round(w, 6)
+    array([2.646447, 3.646447])
+    """
+
+    _kernel = "lamb"
+    _hyper = {"keras": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999,
+                        "epsilon": 1e-7}}
+    _needs_general = True
+    _two_pass = True
+    _phi_slot = 5 + 6
+
+    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
+                 betas=None, convention="keras", **kwargs):
+        beta_1, beta_2 = _betas(beta_1, beta_2, betas)
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **kwargs)
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _unit(hp, "beta_1", where)
+        _unit(hp, "beta_2", where)
+        _nonneg(hp, "epsilon", where)
+
+    def _state_names(self, group):
+        return ("m", "v")
+
+    def _scalars(self, hp, t, group):
+        b1, b2 = hp["beta_1"], hp["beta_2"]
+        return [1.0 / (1.0 - b1 ** t), 1.0 / math.sqrt(1.0 - b2 ** t), hp["epsilon"],
+                1.0 - b1, b2, 1.0 - b2, hp["learning_rate"]]
+
+
+class Ftrl(Optimizer):
+    r"""FTRL-proximal ("follow the regularized leader"), Keras 3.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-3; must be > 0.  ``lr`` is an alias.
+    learning_rate_power : float
+        ``<= 0`` (default -0.5).
+    initial_accumulator_value : float
+        Starting value of ``n`` (0.1), ``>= 0``.
+    l1_regularization_strength, l2_regularization_strength : float or schedule
+        ``l1`` and ``l2`` (0).
+    l2_shrinkage_regularization_strength : float or schedule
+        ``l2s`` (0): an L2 penalty in the gradient only.
+    beta : float or schedule
+        0.
+    convention : {"keras"}
+        Only Keras has Ftrl; ``"torch"`` raises ValueError.
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    With ``p = -learning_rate_power``::
+
+        n' = n + g^2
+        z <- z + (g + 2*l2s*w) - (n'^p - n^p)/lr * w
+        w <- (clip(z, -l1, l1) - z) / (n'^p/lr + 2*l2 + beta/lr)
+        n <- n'
+
+    The weight is recomputed, not incremented: it is exactly 0 where
+    ``|z| <= l1``.  ``p = 0.5`` (the default) uses a square root.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.Ftrl([w], learning_rate=0.1, l1_regularization_strength=0.5)
+    >>> opt.step([np.array([1.0, -0.25])])
+    >>> np.round(w, 6)
+    array([-0.047673,  0.      ])
+    """
+
+    _kernel = "ftrl"
+    _hyper = {"keras": {"learning_rate": 1e-3, "learning_rate_power": -0.5,
+                        "initial_accumulator_value": 0.1, "l1_regularization_strength": 0.0,
+                        "l2_regularization_strength": 0.0,
+                        "l2_shrinkage_regularization_strength": 0.0, "beta": 0.0}}
+
+    def __init__(self, params, learning_rate=None, learning_rate_power=None,
+                 initial_accumulator_value=None, l1_regularization_strength=None,
+                 l2_regularization_strength=None, l2_shrinkage_regularization_strength=None,
+                 beta=None, *, convention="keras", **kwargs):
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         learning_rate_power=learning_rate_power,
+                         initial_accumulator_value=initial_accumulator_value,
+                         l1_regularization_strength=l1_regularization_strength,
+                         l2_regularization_strength=l2_regularization_strength,
+                         l2_shrinkage_regularization_strength=(
+                             l2_shrinkage_regularization_strength),
+                         beta=beta, **kwargs)
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        lr = hp.get("learning_rate")
+        if lr is not None and not _is_schedule(lr) and lr <= 0:
+            raise ValueError(f"{where}learning_rate must be > 0 for Ftrl (it divides by it); "
+                             f"got {lr!r}")
+        _not_scheduled(hp, "initial_accumulator_value", where)
+        _not_scheduled(hp, "learning_rate_power", where)
+        p = hp.get("learning_rate_power")
+        if p is not None and p > 0:
+            raise ValueError(f"{where}learning_rate_power must be <= 0; got {p!r}")
+        for key in ("initial_accumulator_value", "l1_regularization_strength",
+                    "l2_regularization_strength", "l2_shrinkage_regularization_strength",
+                    "beta"):
+            _nonneg(hp, key, where)
+
+    def _init_state(self, name, p, group):
+        if name == "accumulator":
+            return np.full_like(p, group["initial_accumulator_value"])
+        return np.zeros_like(p)
+
+    def _state_names(self, group):
+        return ("accumulator", "linear")
+
+    def _scalars(self, hp, t, group):
+        lr = hp["learning_rate"]
+        if not lr > 0:
+            raise ValueError(f"learning_rate evaluated to {lr!r}; Ftrl needs it > 0")
+        p = -hp["learning_rate_power"]
+        mode = 1.0 if p == 0.5 else (2.0 if p == 0.0 else 0.0)
+        return [1.0 / lr, p, hp["l1_regularization_strength"],
+                2.0 * hp["l2_regularization_strength"] + hp["beta"] / lr,
+                2.0 * hp["l2_shrinkage_regularization_strength"], mode]
+
+
+class RAdam(Optimizer):
+    r"""RAdam: Adam with the variance of the adaptive rate rectified (torch.optim).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-3.  ``lr`` is an alias.
+    beta_1, beta_2 : float or schedule
+        0.9 and 0.999.  ``betas=(b1, b2)`` is accepted.
+    epsilon : float
+        1e-8, added to ``sqrt(v)`` (before the bias correction, as torch does).
+    convention : {"torch"}
+        The default: only torch.optim has RAdam; ``"keras"`` raises ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (``decoupled_weight_decay``).
+
+    Notes
+    -----
+    With ``rho_inf = 2/(1 - beta_2) - 1`` and
+    ``rho_t = rho_inf - 2*t*beta_2^t/(1 - beta_2^t)``::
+
+        m <- m + (1 - beta_1)*(g - m);   v <- beta_2*v + (1 - beta_2)*g^2
+        rho_t > 5:  r_t = sqrt((rho_t-4)(rho_t-2)rho_inf / ((rho_inf-4)(rho_inf-2)rho_t))
+                    w <- w - lr*r_t*sqrt(1 - beta_2^t)/(1 - beta_1^t) * m/(sqrt(v) + eps)
+        otherwise:  w <- w - lr/(1 - beta_1^t) * m
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.RAdam([w], learning_rate=0.1)
+    >>> opt.step([np.array([1.0, -3.0])])
+    >>> np.round(w, 6)
+    array([-0.1,  0.3])
+    """
+
+    _kernel = "radam"
+    _hyper = {"torch": {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999,
+                        "epsilon": 1e-8}}
+
+    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
+                 betas=None, convention="torch", **kwargs):
+        beta_1, beta_2 = _betas(beta_1, beta_2, betas)
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **kwargs)
+
+    def _validate(self, hp, where):
+        super()._validate(hp, where)
+        _unit(hp, "beta_1", where)
+        _unit(hp, "beta_2", where)
+        _nonneg(hp, "epsilon", where)
+
+    def _state_names(self, group):
+        return ("m", "v")
+
+    def _scalars(self, hp, t, group):
+        lr, b1, b2 = hp["learning_rate"], hp["beta_1"], hp["beta_2"]
+        bc1 = 1.0 - b1 ** t
+        bc2 = 1.0 - b2 ** t
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_t = rho_inf - 2.0 * t * b2 ** t / bc2
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                             / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            a, rectified = lr * rect * math.sqrt(bc2) / bc1, 1.0
+        else:
+            a, rectified = lr / bc1, 0.0
+        return [a, hp["epsilon"], 1.0 - b1, b2, 1.0 - b2, rectified]
+
+
 #: Every public optimizer class by name; tests iterate over it.
-REGISTRY = {cls.__name__: cls for cls in (SGD, Adam, AdamW)}
+REGISTRY = {cls.__name__: cls for cls in (SGD, Adam, AdamW, Adagrad, RMSprop, Adamax, Nadam,
+                                          Adadelta, Lion, Lamb, Ftrl, RAdam)}
