@@ -108,6 +108,31 @@ class Optimizer:
         counters) and is counted in ``skipped_steps``.
     num_threads : int
         Threads for this optimizer (default: :func:`fastopt.get_num_threads`).
+
+    Notes
+    -----
+    Before its own rule every optimizer transforms, per parameter ``w`` with
+    gradient ``g``: ``g <- -g`` (``maximize``), the clip, then weight decay
+    (decoupled ``w <- w*(1 - lr*wd)`` or coupled ``g <- g + wd*w``).
+    Scheduled hyper-parameters are evaluated at ``iterations`` (the first
+    update sees step 0).
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> W, b = np.ones((2, 2)), np.zeros(2)
+    >>> opt = fo.SGD([{"params": [W], "learning_rate": 0.1},
+    ...               {"params": [b], "learning_rate": 0.5}])
+    >>> opt.apply_gradients([(np.ones(2), b)])     # Keras style; W is skipped
+    >>> b, opt.iterations
+    (array([-0.5, -0.5]), 1)
+    >>> sd = opt.state_dict()
+    >>> opt.step([np.ones((2, 2)), np.ones(2)])     # torch style: grads in order
+    >>> W
+    array([[0.9, 0.9],
+           [0.9, 0.9]])
+    >>> opt.load_state_dict(sd); opt.iterations    # counters and state, not weights
+    1
     """
 
     _kernel: "str | None" = None
