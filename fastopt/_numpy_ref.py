@@ -96,7 +96,8 @@ def numpy_adamax(p, g, m, u, t, lr, b1, b2, eps, tmp):
 
 def numpy_nadam(p, g, m, v, t, lr, b1, b2, eps, u_t, u_t1, u_prod, u_prod1, tmp, tmp2):
     """Keras 3 Nadam; ``u_t``, ``u_t1``, ``u_prod`` (product of ``u_1..u_t``)
-    and ``u_prod1 = u_prod*u_t1`` are the optimizer-wide momentum cache::
+    and ``u_prod1 = u_prod*u_t1`` are the optimizer-wide momentum cache
+    (``u_t = b1*(1 - 0.5*0.96^(t*momentum_decay))``, momentum_decay 1 in Keras 3)::
 
         m += (1-b1)*(g-m);  v += (1-b2)*(g^2-v)
         p -= lr * (u_t1*m/(1-u_prod1) + (1-u_t)*g/(1-u_prod)) / (sqrt(v/(1-b2^t)) + eps)
@@ -201,8 +202,9 @@ class NumpyOptimizer:
                 for p, g, (m, u), (tmp, _) in zip(self.params, grads, self.state, self.scratch):
                     numpy_adamax(p, g, m, u, t, lr, b1, b2, eps, tmp)
             else:
-                u_t = b1 * (1 - 0.5 * math.pow(0.96, t))
-                u_t1 = b1 * (1 - 0.5 * math.pow(0.96, t + 1))
+                psi = self._hp("momentum_decay") if "momentum_decay" in self.hyper else 1.0
+                u_t = b1 * (1 - 0.5 * math.pow(0.96, t * psi))
+                u_t1 = b1 * (1 - 0.5 * math.pow(0.96, (t + 1) * psi))
                 self._u_prod *= u_t
                 u_prod1 = self._u_prod * u_t1
                 for p, g, (m, v), (tmp, tmp2) in zip(self.params, grads, self.state,

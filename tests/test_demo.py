@@ -133,6 +133,7 @@ TWINS = [
     ("Adam", {"learning_rate": schedules.ExponentialDecay(0.01, 10, 0.5)}),
     ("Adamax", {"learning_rate": 0.01}),
     ("Nadam", {"learning_rate": 0.01}),
+    ("Nadam", {"learning_rate": 0.01, "momentum_decay": 0.004}),
 ]
 
 
@@ -162,3 +163,16 @@ def test_numpy_twin_refuses_options_it_does_not_implement():
                                                           "weight_decay": 0.01})
     with pytest.raises(ValueError, match="kind must be one of"):
         _numpy_ref.NumpyOptimizer("lion", [np.zeros(2)], {})
+
+
+def test_readme_set_up_commands():
+    """The README's first command runs the demo, its second the tests, each one pasteable line."""
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    if not os.path.exists(readme):
+        pytest.skip("README.md is not beside the tests")
+    text = open(readme, encoding="utf-8").read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    assert blocks[0].strip() == 'pip install ".[demo]" && python -m fastopt.demo'
+    assert blocks[1].strip() == 'pip install ".[test]" && pytest'
+    for name in re.findall(r"\]\((docs/[^)]+\.png)\)", text):
+        assert os.path.exists(os.path.join(os.path.dirname(readme), name)), name
