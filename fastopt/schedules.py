@@ -379,17 +379,17 @@ class Schedule:
     Examples
     --------
     >>> from fastopt import schedules
-    >>> @schedules.register
-    ... class Halving(schedules.Schedule):
+    >>> class HalveEachStep(schedules.Schedule):
     ...     def __init__(self, lr0):
     ...         self.lr0 = lr0
     ...     def _compute(self, t):
     ...         return self.lr0 / 2 ** t
     ...     def _config(self):
     ...         return {"lr0": self.lr0}
-    >>> Halving(1.0)(3)
-    0.125
-    >>> schedules.deserialize(schedules.serialize(Halving(0.5)))(1)
+    >>> s = HalveEachStep(1.0)
+    >>> s(3), s.get_config()
+    (0.125, {'lr0': 1.0})
+    >>> (s * 0.5)(1)                   # composes with the built-ins
     0.25
     """
 
