@@ -188,10 +188,10 @@ class Optimizer:
         self.param_groups = []
         self._overrides = []
         flat = []
-        names = []
+        pnames = []
         for gi, (plist, over) in enumerate(groups):
             over = {self._canonical(k): v for k, v in over.items()}
-            names.extend(_group_names(over, len(plist), gi))
+            pnames.extend(_group_names(over, len(plist), gi))
             for k in over:
                 if k not in defaults:
                     raise TypeError(f"param group {gi}: unknown hyper-parameter {k!r}; known: "
@@ -227,7 +227,7 @@ class Optimizer:
         sizes = [len(g["params"]) for g in self.param_groups]
         self._first = [int(sum(sizes[:k])) if sizes[k] else -1 for k in range(len(sizes))]
         self._lock = threading.Lock()
-        self._param_names = names
+        self._param_names = pnames
         self._wd_excluded = frozenset()
         self._init_options()
 
@@ -1524,7 +1524,7 @@ class Nadam(Optimizer):
     >>> opt = fo.Nadam([w], learning_rate=0.1, epsilon=0.0)
     >>> opt.step([np.array([1.0, -1.0])])
     >>> np.round(w, 6)
-    array([-0.1,  0.1])
+    array([-0.106279,  0.106279])
     """
 
     _kernel = "nadam"

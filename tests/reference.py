@@ -61,6 +61,142 @@ def adam_torch(w, g, st, hp, t):
     return w - (hp["learning_rate"] / bc1) * st["m"] / denom
 
 
+def adagrad_keras(w, g, st, hp, t):
+    st["acc"] = st["acc"] + g * g
+    return w - hp["learning_rate"] * g / np.sqrt(st["acc"] + hp["epsilon"])
+
+
+def adagrad_torch(w, g, st, hp, t):
+    clr = hp["learning_rate"] / (1 + (t - 1) * hp["lr_decay"])
+    st["acc"] = st["acc"] + g * g
+    return w - clr * g / (np.sqrt(st["acc"]) + hp["epsilon"])
+
+
+def rmsprop_keras(w, g, st, hp, t):
+    rho, lr = hp["rho"], hp["learning_rate"]
+    st["v"] = rho * st["v"] + (1 - rho) * g * g
+    if "mg" in st:
+        st["mg"] = rho * st["mg"] + (1 - rho) * g
+        den = np.maximum(st["v"] - st["mg"] ** 2, 0.0) + hp["epsilon"]
+    else:
+        den = st["v"] + hp["epsilon"]
+    inc = lr * g / np.sqrt(den)
+    if "mom" in st:
+        st["mom"] = hp["momentum"] * st["mom"] + inc
+        return w - st["mom"]
+    return w - inc
+
+
+def rmsprop_torch(w, g, st, hp, t):
+    alpha, lr = hp["rho"], hp["learning_rate"]
+    st["v"] = alpha * st["v"] + (1 - alpha) * g * g
+    if "mg" in st:
+        st["mg"] = st["mg"] + (1 - alpha) * (g - st["mg"])
+        avg = np.sqrt(np.maximum(st["v"] - st["mg"] ** 2, 0.0))
+    else:
+        avg = np.sqrt(st["v"])
+    avg = avg + hp["epsilon"]
+    if "mom" in st:
+        st["mom"] = hp["momentum"] * st["mom"] + g / avg
+        return w - lr * st["mom"]
+    return w - lr * g / avg
+
+
+def adamax_keras(w, g, st, hp, t):
+    b1 = hp["beta_1"]
+    st["m"] = st["m"] + (1 - b1) * (g - st["m"])
+    st["u"] = np.maximum(hp["beta_2"] * st["u"], np.abs(g))
+    return w - hp["learning_rate"] * st["m"] / ((1 - b1 ** t) * (st["u"] + hp["epsilon"]))
+
+
+def adamax_torch(w, g, st, hp, t):
+    b1 = hp["beta_1"]
+    st["m"] = st["m"] + (1 - b1) * (g - st["m"])
+    st["u"] = np.maximum(hp["beta_2"] * st["u"], np.abs(g) + hp["epsilon"])
+    return w - (hp["learning_rate"] / (1 - b1 ** t)) * st["m"] / st["u"]
+
+
+def _nadam_mu(hp, t):
+    return hp["beta_1"] * (1 - 0.5 * 0.96 ** (t * hp["momentum_decay"]))
+
+
+def nadam_keras(w, g, st, hp, t):
+    # hp["_u_product"]: the optimizer-wide product, already advanced for this step
+    b1, b2 = hp["beta_1"], hp["beta_2"]
+    u_t, u_t1 = _nadam_mu(hp, t), _nadam_mu(hp, t + 1)
+    u_prod = hp["_u_product"]
+    u_prod1 = u_prod * u_t1
+    st["m"] = st["m"] + (g - st["m"]) * (1 - b1)
+    st["v"] = st["v"] + (g * g - st["v"]) * (1 - b2)
+    m_hat = u_t1 * st["m"] / (1 - u_prod1) + (1 - u_t) * g / (1 - u_prod)
+    v_hat = st["v"] / (1 - b2 ** t)
+    return w - m_hat * hp["learning_rate"] / (np.sqrt(v_hat) + hp["epsilon"])
+
+
+def nadam_torch(w, g, st, hp, t):
+    b1, b2, lr = hp["beta_1"], hp["beta_2"], hp["learning_rate"]
+    mu, mu_next = _nadam_mu(hp, t), _nadam_mu(hp, t + 1)
+    st["mu_product"] *= mu
+    st["m"] = st["m"] + (1 - b1) * (g - st["m"])
+    st["v"] = b2 * st["v"] + (1 - b2) * g * g
+    denom = np.sqrt(st["v"] / (1 - b2 ** t)) + hp["epsilon"]
+    w = w - lr * (1 - mu) / (1 - st["mu_product"]) * g / denom
+    return w - lr * mu_next / (1 - st["mu_product"] * mu_next) * st["m"] / denom
+
+
+def adadelta(w, g, st, hp, t):
+    rho, eps = hp["rho"], hp["epsilon"]
+    st["eg"] = rho * st["eg"] + (1 - rho) * g * g
+    delta = np.sqrt(st["edx"] + eps) / np.sqrt(st["eg"] + eps) * g
+    st["edx"] = rho * st["edx"] + (1 - rho) * delta * delta
+    return w - hp["learning_rate"] * delta
+
+
+def lion_keras(w, g, st, hp, t):
+    b1, b2 = hp["beta_1"], hp["beta_2"]
+    w = w - hp["learning_rate"] * np.sign(b1 * st["m"] + (1 - b1) * g)
+    st["m"] = b2 * st["m"] + (1 - b2) * g
+    return w
+
+
+def lamb_keras(w, g, st, hp, t):
+    b1, b2 = hp["beta_1"], hp["beta_2"]
+    st["m"] = st["m"] + (g - st["m"]) * (1 - b1)
+    st["v"] = st["v"] + (g * g - st["v"]) * (1 - b2)
+    r = (st["m"] / (1 - b1 ** t)) / (np.sqrt(st["v"] / (1 - b2 ** t)) + hp["epsilon"])
+    wn, rn = np.linalg.norm(w), np.linalg.norm(r)
+    phi = wn / rn if wn > 0 and rn > 0 else 1.0
+    return w - hp["learning_rate"] * phi * r
+
+
+def ftrl_keras(w, g, st, hp, t):
+    lr, p = hp["learning_rate"], -hp["learning_rate_power"]
+    l2 = hp["l2_regularization_strength"] + hp["beta"] / (2 * lr)
+    l1 = hp["l1_regularization_strength"]
+    g_shrunk = g + 2 * hp["l2_shrinkage_regularization_strength"] * w
+    n_new = st["n"] + g * g
+    st["z"] = st["z"] + g_shrunk - (n_new ** p - st["n"] ** p) / lr * w
+    quad = n_new ** p / lr + 2 * l2
+    st["n"] = n_new
+    return (np.clip(st["z"], -l1, l1) - st["z"]) / quad
+
+
+def radam_torch(w, g, st, hp, t):
+    b1, b2, lr = hp["beta_1"], hp["beta_2"], hp["learning_rate"]
+    st["m"] = st["m"] + (1 - b1) * (g - st["m"])
+    st["v"] = b2 * st["v"] + (1 - b2) * g * g
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    m_hat = st["m"] / bc1
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2 ** t / bc2
+    if rho_t > 5:
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                         / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        adaptive = math.sqrt(bc2) / (np.sqrt(st["v"]) + hp["epsilon"])
+        return w - m_hat * lr * adaptive * rect
+    return w - m_hat * lr
+
+
 RULES = {
     ("SGD", "keras"): sgd_keras,
     ("SGD", "torch"): sgd_torch,
@@ -68,6 +204,20 @@ RULES = {
     ("Adam", "torch"): adam_torch,
     ("AdamW", "keras"): adam_keras,
     ("AdamW", "torch"): adam_torch,
+    ("Adagrad", "keras"): adagrad_keras,
+    ("Adagrad", "torch"): adagrad_torch,
+    ("RMSprop", "keras"): rmsprop_keras,
+    ("RMSprop", "torch"): rmsprop_torch,
+    ("Adamax", "keras"): adamax_keras,
+    ("Adamax", "torch"): adamax_torch,
+    ("Nadam", "keras"): nadam_keras,
+    ("Nadam", "torch"): nadam_torch,
+    ("Adadelta", "keras"): adadelta,
+    ("Adadelta", "torch"): adadelta,
+    ("Lion", "keras"): lion_keras,
+    ("Lamb", "keras"): lamb_keras,
+    ("Ftrl", "keras"): ftrl_keras,
+    ("RAdam", "torch"): radam_torch,
 }
 
 
@@ -81,6 +231,27 @@ def initial_state(name, hp, w):
         if hp["amsgrad"]:
             st["vhat"] = z.copy()
         return st
+    if name == "Adagrad":
+        return {"acc": np.full_like(w, hp["initial_accumulator_value"])}
+    if name == "RMSprop":
+        st = {"v": z.copy()}
+        if hp["centered"]:
+            st["mg"] = z.copy()
+        if hp["momentum"] != 0 or hp.get("_momentum_scheduled"):
+            st["mom"] = z.copy()
+        return st
+    if name == "Adamax":
+        return {"m": z.copy(), "u": z.copy()}
+    if name == "Nadam":
+        return {"m": z.copy(), "v": z.copy(), "mu_product": 1.0}
+    if name == "Adadelta":
+        return {"eg": z.copy(), "edx": z.copy()}
+    if name == "Lion":
+        return {"m": z.copy()}
+    if name in ("Lamb", "RAdam"):
+        return {"m": z.copy(), "v": z.copy()}
+    if name == "Ftrl":
+        return {"n": np.full_like(w, hp["initial_accumulator_value"]), "z": z.copy()}
     raise KeyError(f"no reference state for {name}")
 
 
@@ -91,40 +262,96 @@ class Reference:
 
     ``hyper(step)`` returns the evaluated hyper-parameters at the 0-based
     step (a schedule's view); options are keyword arguments as in fastopt.
+    Per call, in Keras 3's order (spec §1.0): refuse non-finite grads
+    (``skip_nonfinite``), accumulate (``gradient_accumulation_steps``), clip
+    (``clipnorm`` / ``global_clipnorm``, then per element maximize and
+    ``clipvalue``), weight decay (except the indices in ``exclude``), the rule,
+    then the moving average (``use_ema``).
     """
 
     def __init__(self, name, convention, params, hyper, *, maximize=False, clipvalue=None,
-                 decoupled_weight_decay=None):
+                 decoupled_weight_decay=None, clipnorm=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
+                 gradient_accumulation_steps=None, skip_nonfinite=False, exclude=()):
         self.name = name
         self.convention = convention
         self.rule = RULES[(name, convention)]
         self.hyper = hyper
         self.maximize = maximize
         self.clipvalue = clipvalue
+        self.clipnorm = clipnorm
+        self.global_clipnorm = global_clipnorm
         if decoupled_weight_decay is None:
             decoupled_weight_decay = convention == "keras" or name == "AdamW"
         self.decoupled = decoupled_weight_decay
+        self.exclude = set(exclude)
         self.w = [np.array(p, dtype=np.float64) for p in params]
         hp0 = hyper(0)
         self.state = [initial_state(name, hp0, w) for w in self.w]
         self.iterations = 0
+        self.micro = 0
+        self.skipped = 0
         self.steps = [0] * len(self.w)
+        self.u_product = 1.0
+        self.k = gradient_accumulation_steps
+        self.acc = [np.zeros_like(w) for w in self.w] if self.k else None
+        self.use_ema = use_ema
+        self.ema_momentum = ema_momentum
+        self.ema_freq = ema_overwrite_frequency
+        self.skip_nonfinite = skip_nonfinite
+        self.avg = [w.copy() for w in self.w] if use_ema else None
 
     def step(self, grads):
-        hp = self.hyper(self.iterations)
+        grads = [None if g is None else np.array(g, dtype=np.float64) for g in grads]
+        if self.skip_nonfinite and any(g is not None and not np.isfinite(g).all()
+                                       for g in grads):
+            self.skipped += 1
+            return
+        updates_before = self.iterations
+        if self.k and (self.micro + 1) % self.k:
+            for a, g in zip(self.acc, grads):
+                if g is not None:
+                    a += g
+        else:
+            self._update(grads)
+        if self.use_ema:
+            mom = self.ema_momentum if updates_before else 0.0
+            for i, w in enumerate(self.w):
+                self.avg[i] = mom * self.avg[i] + (1 - mom) * w
+            if self.ema_freq and (updates_before + 1) % self.ema_freq == 0:
+                self.w = [a.copy() for a in self.avg]
+        self.micro += 1
+
+    def _update(self, grads):
+        sched = self.micro if self.k and self.convention == "keras" else self.iterations
+        hp = dict(self.hyper(sched))
+        if self.k:
+            grads = [None if g is None else (g + a) / self.k for g, a in zip(grads, self.acc)]
+            for a in self.acc:
+                a[...] = 0
+        if self.clipnorm is not None:
+            c = self.clipnorm
+            grads = [None if g is None else g * c / max(np.linalg.norm(g), c) for g in grads]
+        if self.global_clipnorm is not None:
+            c = self.global_clipnorm
+            norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads if g is not None))
+            scale = c * min(1 / norm if norm > 0 else math.inf, 1 / c)
+            grads = [None if g is None else g * scale for g in grads]
+        if self.name == "Nadam" and self.convention == "keras":
+            self.u_product *= _nadam_mu(hp, self.iterations + 1)
+            hp["_u_product"] = self.u_product
         for i, g in enumerate(grads):
             if g is None:
                 continue
             self.steps[i] += 1
             t = self.iterations + 1 if self.convention == "keras" else self.steps[i]
-            g = np.array(g, dtype=np.float64)
             w = self.w[i]
             if self.maximize:
                 g = -g
             if self.clipvalue is not None:
                 g = np.clip(g, -self.clipvalue, self.clipvalue)
             wd = hp.get("weight_decay", 0.0)
-            if wd:
+            if wd and i not in self.exclude:
                 if self.decoupled:
                     w = w * (1 - hp["learning_rate"] * wd)
                 else:

@@ -21,7 +21,7 @@
 #else
 
 #define FTRL_BODY(POWN, POWNN)                                               \
-    FO_T ni = acc[i];                                                          \
+    FO_T ni = acc[i];                                                        \
     FO_T nn = ni + gi * gi;                                                  \
     FO_T pn = POWNN;                                                         \
     FO_T po = POWN;                                                          \
