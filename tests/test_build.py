@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -26,9 +27,11 @@ def test_best_simd_is_default():
 
 
 def _run(code, **env):
+    """Run code in a fresh interpreter OUTSIDE the source tree (so it imports
+    the installed package, as the tests do)."""
     full = dict(os.environ, **env)
     return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tempfile.gettempdir())
 
 
 @pytest.mark.parametrize("variant", _core.simd_supported())

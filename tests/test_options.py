@@ -408,3 +408,8 @@ def test_adagrad_initial_accumulator_and_ftrl_validation():
     with pytest.raises(ValueError, match="Ftrl needs it > 0"):
         opt.step([np.ones(2)])
     assert opt.iterations == 0 and np.array_equal(w, [0.0, 0.0])
+
+
+def test_every_optimizer_is_exported():
+    for name in REGISTRY:
+        assert getattr(fo, name) is REGISTRY[name] and name in fo.__all__, name
