@@ -176,3 +176,51 @@ def test_readme_set_up_commands():
     assert blocks[1].strip() == 'pip install ".[test]" && pytest'
     for name in re.findall(r"\]\((docs/[^)]+\.png)\)", text):
         assert os.path.exists(os.path.join(os.path.dirname(readme), name)), name
+
+
+def _checkout_without_extension(tmp_path):
+    """A copy of fastopt's Python files laid out like a source checkout, no compiled module."""
+    src = os.path.dirname(fo.__file__)
+    pkg = tmp_path / "fastopt"
+    pkg.mkdir()
+    for name in os.listdir(src):
+        if name.endswith(".py"):
+            (pkg / name).write_bytes(open(os.path.join(src, name), "rb").read())
+    return tmp_path
+
+
+def _env_with_first_on_path(root):
+    path = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+
+
+def test_python_m_in_a_checkout_uses_the_installed_package(tmp_path):
+    """The README runs ``python -m fastopt.demo`` in the source directory, where
+    the unbuilt source package comes first on sys.path."""
+    root = _checkout_without_extension(tmp_path)
+    r = subprocess.run([sys.executable, "-c", "import fastopt, fastopt.demo; "
+                        "print(fastopt.__file__); print(fastopt.demo.__file__); "
+                        "print(fastopt.Adam.__module__)"],
+                       cwd=root, capture_output=True, text=True, timeout=120,
+                       env=_env_with_first_on_path(root))
+    assert r.returncode == 0, r.stderr
+    init, demo_file, module = r.stdout.split()
+    assert init == fo.__file__ and os.path.dirname(demo_file) == os.path.dirname(fo.__file__)
+    assert module == "fastopt.optimizers"
+    r = subprocess.run([sys.executable, "-m", "fastopt.demo", "--help"], cwd=root,
+                       capture_output=True, text=True, timeout=120,
+                       env=_env_with_first_on_path(root))
+    assert r.returncode == 0 and "--quick" in r.stdout, r.stderr
+
+
+def test_checkout_without_any_build_says_how_to_install(tmp_path):
+    root = _checkout_without_extension(tmp_path)
+    code = ("import sys, os, numpy; "
+            "sys.path[:] = [p for p in sys.path "
+            "if not os.path.isdir(os.path.join(p or '.', 'fastopt'))]; "
+            f"sys.path.insert(0, {str(root)!r}); import fastopt")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    assert "ImportError: fastopt was imported from the source checkout" in r.stderr
+    assert "pip install ." in r.stderr
