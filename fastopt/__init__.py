@@ -7,7 +7,12 @@
 >>> opt.iterations
 1
 """
-from . import _core, schedules
+try:
+    from . import _core
+except ImportError as _error:     # a source checkout without the built extension
+    from ._checkout import use_installed_copy
+    _core = use_installed_copy(__file__, _error)._core
+from . import schedules
 from ._info import _apply_env_simd, config, show_config
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__

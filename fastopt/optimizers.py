@@ -108,11 +108,36 @@ class Optimizer:
         counters) and is counted in ``skipped_steps``.
     num_threads : int
         Threads for this optimizer (default: :func:`fastopt.get_num_threads`).
+
+    Notes
+    -----
+    Before its own rule every optimizer transforms, per parameter ``w`` with
+    gradient ``g``: ``g <- -g`` (``maximize``), the clip, then weight decay
+    (decoupled ``w <- w*(1 - lr*wd)`` or coupled ``g <- g + wd*w``).
+    Scheduled hyper-parameters are evaluated at ``iterations`` (the first
+    update sees step 0).
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> W, b = np.ones((2, 2)), np.zeros(2)
+    >>> opt = fo.SGD([{"params": [W], "learning_rate": 0.1},
+    ...               {"params": [b], "learning_rate": 0.5}])
+    >>> opt.apply_gradients([(np.ones(2), b)])     # Keras style; W is skipped
+    >>> b, opt.iterations
+    (array([-0.5, -0.5]), 1)
+    >>> sd = opt.state_dict()
+    >>> opt.step([np.ones((2, 2)), np.ones(2)])     # torch style: grads in order
+    >>> W
+    array([[0.9, 0.9],
+           [0.9, 0.9]])
+    >>> opt.load_state_dict(sd); opt.iterations    # counters and state, not weights
+    1
     """
 
-    _kernel = None
-    _hyper = {"keras": {}, "torch": {}}
-    _bool_hyper = ()
+    _kernel: "str | None" = None
+    _hyper: "dict[str, dict[str, float | bool]]" = {"keras": {}, "torch": {}}
+    _bool_hyper: "tuple[str, ...]" = ()
     _decoupled_always = False
 
     def __init__(self, params, *, convention="keras", weight_decay=None,
@@ -1269,9 +1294,23 @@ class Adam(Optimizer):
 class AdamW(Adam):
     r"""Adam with decoupled weight decay.
 
-    Keras: ``weight_decay`` default 0.004; torch: 0.01.  Before the Adam update
-    ``w <- w*(1 - lr*weight_decay)`` (the scheduled lr).  Other parameters and
-    the math are those of :class:`Adam`.
+    Parameters
+    ----------
+    params, learning_rate, beta_1, beta_2, epsilon, amsgrad, convention
+        As :class:`Adam`.
+    weight_decay : float or schedule
+        Keras default 0.004; torch default 0.01.  Always decoupled.
+
+    Notes
+    -----
+    Before the Adam update (see :class:`Adam` for its math and the epsilon
+    placement of each convention)::
+
+        w <- w * (1 - lr*weight_decay)          (lr = the scheduled rate)
+
+    The Adam update is computed from ``g``, not from the decayed ``w``; as in
+    both Keras and torch, the decay is multiplied by the scheduled learning
+    rate, not by a separate schedule multiplier.
 
     Examples
     --------

@@ -375,6 +375,22 @@ class Schedule:
     ``_get_closed_form_lr``; unlike torch schedulers a schedule never reads or
     writes the optimizer, so the order of resuming/constructing does not
     matter.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> class HalveEachStep(schedules.Schedule):
+    ...     def __init__(self, lr0):
+    ...         self.lr0 = lr0
+    ...     def _compute(self, t):
+    ...         return self.lr0 / 2 ** t
+    ...     def _config(self):
+    ...         return {"lr0": self.lr0}
+    >>> s = HalveEachStep(1.0)
+    >>> s(3), s.get_config()
+    (0.125, {'lr0': 1.0})
+    >>> (s * 0.5)(1)                   # composes with the built-ins
+    0.25
     """
 
     def __call__(self, step):
@@ -513,6 +529,13 @@ class Constant(Schedule):
     -----
     optax ``constant_schedule``; torch's ``ConstantLR`` (a temporary factor) is
     ``PiecewiseConstant([total_iters], [factor*lr, lr])``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.Constant(0.01)
+    >>> s(0), s(10**9)
+    (0.01, 0.01)
     """
 
     def __init__(self, value):
@@ -541,6 +564,13 @@ class Lambda(Schedule):
     ``Lambda`` cannot be serialized (``get_config``/:func:`serialize` raise
     ``TypeError``): for checkpoints write a :class:`Schedule` subclass and
     :func:`register` it.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.Lambda(lambda t: 0.1 / (t + 1))
+    >>> s(0), s(4)
+    (0.1, 0.02)
     """
 
     def __init__(self, fn):
@@ -580,6 +610,13 @@ class PowerDecay(Schedule):
     For ``c = 1`` this is Keras ``InverseTimeDecay(lr0, s, 1.0)`` and the
     Keras 2 ``decay=1/s`` optimizer argument; torch:
     ``LambdaLR(lambda t: (1 + t/s) ** -c)``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.PowerDecay(0.01, decay_steps=100)
+    >>> s(0), s(100), s(300)
+    (0.01, 0.005, 0.0025)
     """
 
     def __init__(self, initial_learning_rate, decay_steps, power=1.0):
@@ -619,6 +656,16 @@ class ExponentialDecay(Schedule):
     -----
     Keras ``ExponentialDecay`` (Keras requires ``decay_rate``; here it defaults
     to 0.1), torch ``ExponentialLR(gamma=decay_rate ** (1/decay_steps))``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.ExponentialDecay(0.01, decay_steps=100, decay_rate=0.1)
+    >>> [round(s(t), 6) for t in (0, 50, 100, 200)]
+    [0.01, 0.003162, 0.001, 0.0001]
+    >>> s = schedules.ExponentialDecay(0.01, 100, 0.1, staircase=True)
+    >>> [round(s(t), 6) for t in (0, 99, 100)]
+    [0.01, 0.01, 0.001]
     """
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate=0.1,
@@ -662,6 +709,13 @@ class InverseTimeDecay(Schedule):
     -----
     Keras ``InverseTimeDecay`` (same formula); :class:`PowerDecay` with
     ``power=1`` and ``decay_steps = decay_steps/decay_rate``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.InverseTimeDecay(0.01, decay_steps=10, decay_rate=0.5)
+    >>> [round(s(t), 6) for t in (0, 10, 20)]
+    [0.01, 0.006667, 0.005]
     """
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate,
@@ -712,6 +766,13 @@ class PiecewiseConstant(Schedule):
     later: ``PiecewiseConstantDecay([3, 6], [1, .5, .1])`` gives ``.5`` at
     steps 4..6, ours gives it at steps 3..5 (use ``switch="after"`` for the
     Keras row).
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.PiecewiseConstant([100, 150], [0.1, 0.01, 0.001])
+    >>> [s(t) for t in (0, 99, 100, 149, 150)]
+    [0.1, 0.1, 0.01, 0.01, 0.001]
     """
 
     def __init__(self, boundaries, values, switch="at"):
@@ -765,6 +826,13 @@ class PolynomialDecay(Schedule):
     -----
     Keras ``PolynomialDecay``; torch ``PolynomialLR(total_iters=D, power)`` is
     ``end_learning_rate=0``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.PolynomialDecay(0.1, decay_steps=100, end_learning_rate=0.0)
+    >>> [round(s(t), 6) for t in (0, 50, 100, 1000)]
+    [0.1, 0.05, 0.0, 0.0]
     """
 
     def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=1e-4,
@@ -832,6 +900,13 @@ class CosineDecay(Schedule):
     Keras ``CosineDecay``; torch ``CosineAnnealingLR(T_max=D, eta_min=alpha*lr0)``
     for ``t <= D``, but torch is not clamped past ``T_max`` (it rises again),
     this schedule stays at its final value.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.CosineDecay(0.1, decay_steps=100)
+    >>> [round(s(t), 6) for t in (0, 50, 100)]
+    [0.1, 0.05, 0.0]
     """
 
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0,
@@ -898,6 +973,13 @@ class CosineDecayRestarts(Schedule):
     The cycle index is computed with a logarithm as in Keras and then
     corrected so that floating-point round-off never puts a step in the wrong
     cycle.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.CosineDecayRestarts(0.1, first_decay_steps=10)
+    >>> [round(s(t), 6) for t in (0, 5, 10, 20)]
+    [0.1, 0.05, 0.1, 0.05]
     """
 
     def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0,
@@ -970,6 +1052,13 @@ class LinearWarmup(Schedule):
     optax ``linear_schedule``/``warmup_constant_schedule``; Keras has the ramp
     only inside ``CosineDecay(warmup_target=...)``.  The ramp may also go
     down (``target < start``).
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.LinearWarmup(10, target=0.1)
+    >>> [round(s(t), 6) for t in (0, 5, 10, 50)]
+    [0.0, 0.05, 0.1, 0.1]
     """
 
     def __init__(self, warmup_steps, target=None, start=0.0, after=None):
@@ -1016,6 +1105,13 @@ class StepDecay(Schedule):
     -----
     torch ``StepLR`` closed form; Keras ``ExponentialDecay(lr0, step_size,
     gamma, staircase=True)``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.StepDecay(0.1, step_size=30)
+    >>> [round(s(t), 6) for t in (0, 29, 30, 60)]
+    [0.1, 0.1, 0.01, 0.001]
     """
 
     def __init__(self, initial_learning_rate, step_size, gamma=0.1):
@@ -1052,6 +1148,13 @@ class MultiStepDecay(Schedule):
     Notes
     -----
     torch ``MultiStepLR`` closed form (switch AT the milestone).
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.MultiStepDecay(0.1, milestones=[30, 80])
+    >>> [round(s(t), 6) for t in (0, 30, 80)]
+    [0.1, 0.01, 0.001]
     """
 
     def __init__(self, initial_learning_rate, milestones, gamma=0.1):
@@ -1113,6 +1216,13 @@ class CyclicLR(Schedule):
     -----
     torch ``CyclicLR`` (no custom ``scale_fn``; the schedule does not write
     the optimizer).  Keras has none.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.CyclicLR(0.001, 0.01, step_size_up=10)
+    >>> [round(s(t), 6) for t in (0, 5, 10, 15, 20)]
+    [0.001, 0.0055, 0.01, 0.0055, 0.001]
     """
 
     def __init__(self, base_lr, max_lr, step_size_up=2000, step_size_down=None,
@@ -1181,6 +1291,13 @@ class CyclicMomentum(CyclicLR):
     -----
     torch ``CyclicLR(cycle_momentum=True)`` writes this to ``momentum`` /
     ``betas[0]``.  Usually obtained as ``CyclicLR(...).momentum``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> m = schedules.CyclicMomentum(0.8, 0.9, step_size_up=10)
+    >>> [round(m(t), 6) for t in (0, 10, 20)]
+    [0.9, 0.8, 0.9]
     """
 
     def _compute(self, t):
@@ -1245,6 +1362,20 @@ class OneCycle(Schedule):
     by zero.  optax ``linear_onecycle_schedule`` is a similar three-phase
     linear shape with its own phase fractions (``pct_final``).  Keras has no
     1cycle.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> from fastopt import schedules
+    >>> s = schedules.OneCycle(max_lr=0.1, total_steps=1000)
+    >>> [round(s(t), 6) for t in (0, 449, 898)]
+    [0.004, 0.1, 0.004]
+    >>> f"{s(999):.1e}", f"{s(10**6):.1e}"   # max_lr/div_factor/final_div_factor, then held
+    ('4.0e-07', '4.0e-07')
+    >>> [round(s.momentum(t), 6) for t in (0, 449, 898, 999)]
+    [0.95, 0.85, 0.95, 0.95]
+    >>> w = np.zeros(3)
+    >>> opt = fo.SGD([w], learning_rate=s, momentum=s.momentum)
     """
 
     def __init__(self, max_lr, total_steps, pct_start=None, anneal="linear",
@@ -1343,6 +1474,13 @@ class OneCycleMomentum(OneCycle):
     -----
     torch ``OneCycleLR(cycle_momentum=True)`` writes this to ``momentum`` /
     ``betas[0]``.  Usually obtained as ``OneCycle(...).momentum``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> m = schedules.OneCycle(0.1, 100).momentum
+    >>> [round(m(t), 4) for t in (0, 44, 88)]
+    [0.95, 0.85, 0.95]
     """
 
     def _compute(self, t):
@@ -1416,6 +1554,17 @@ class ReduceOnPlateau(Schedule):
     Unlike the Keras callback, this works with any base schedule (Keras raises
     TypeError when the lr is a schedule).  State: ``best``, ``wait``,
     ``cooldown_counter``, ``scale``, ``num_reports``, ``num_reductions``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> from fastopt import schedules
+    >>> s = schedules.ReduceOnPlateau(0.01, factor=0.5, patience=2)
+    >>> opt = fo.SGD([np.zeros(3)], learning_rate=s)
+    >>> [s.report(val_loss) for val_loss in (1.0, 0.9, 0.95, 0.93)]
+    [False, False, False, True]
+    >>> opt.current_hyperparameters()["learning_rate"], s.num_reductions
+    (0.005, 1)
     """
 
     def __init__(self, base=1.0, mode="min", factor=0.1, patience=10,
@@ -1607,6 +1756,14 @@ class Sequential(Schedule):
     -----
     torch ``SequentialLR(schedulers, milestones)`` (restart semantics, closed
     form; also correct for a milestone at 0), optax ``join_schedules``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> warm = schedules.LinearWarmup(10, target=0.1)
+    >>> s = schedules.Sequential([warm, schedules.CosineDecay(0.1, 100)], boundaries=[10])
+    >>> [round(s(t), 6) for t in (0, 5, 10, 60, 110)]
+    [0.0, 0.05, 0.1, 0.05, 0.0]
     """
 
     def __init__(self, schedules, boundaries):
@@ -1652,6 +1809,13 @@ class Product(Schedule):
     multiplicative factors), e.g. ``PiecewiseConstant([2], [.5, 1]) *
     ExponentialDecay(1, 1, .9)`` = ``ChainedScheduler(ConstantLR(.5, 2),
     ExponentialLR(.9))``; optax multiplies schedules the same way.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.ExponentialDecay(0.1, 10, 0.5) * 2
+    >>> type(s).__name__, [round(s(t), 6) for t in (0, 10)]
+    ('Product', [0.2, 0.1])
     """
 
     def __init__(self, *factors):
