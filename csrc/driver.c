@@ -17,12 +17,19 @@
 #define FO_HAVE_ATFORK 1
 #endif
 
-#define FO_OPT(name, nstate) extern const fo_kernel_info fo_kernel_##name;
+#define FO_OPT(name, nstate, cost) extern const fo_kernel_info fo_kernel_##name;
 #include "registry.def"
 #undef FO_OPT
 
 static const fo_kernel_info *const fo_kernels[FO_NKERNELS] = {
-#define FO_OPT(name, nstate) &fo_kernel_##name,
+#define FO_OPT(name, nstate, cost) &fo_kernel_##name,
+#include "registry.def"
+#undef FO_OPT
+};
+
+/* Work per element relative to SGD (registry.def), for the threshold. */
+static const int64_t fo_costs[FO_NKERNELS] = {
+#define FO_OPT(name, nstate, cost) cost,
 #include "registry.def"
 #undef FO_OPT
 };
@@ -35,8 +42,10 @@ const fo_kernel_info *fo_kernel(int32_t id)
 /* ---- configuration -------------------------------------------------- */
 
 static int fo_simd_level = -1;
-/* Below this many active elements a step runs on the calling thread: waking
- * a team costs more than it saves (measured by bench/run.py). */
+/* Below this much work (active elements times the kernel's cost) a step runs
+ * on the calling thread: waking a team costs more than it saves.  Measured
+ * with bench/run.py --threshold: SGD needs 32768 elements to gain from 2
+ * threads, Adam (cost 2) 16384. */
 static int64_t fo_threshold = 32768;
 /* libgomp's thread pool does not survive fork(); a child process runs serial. */
 static volatile int fo_forked = 0;
@@ -158,12 +167,12 @@ void fo_plan_free(fo_plan *plan)
     memset(plan, 0, sizeof(*plan));
 }
 
-static int fo_team_size(int64_t work, int nthreads)
+static int fo_team_size(int64_t elems, int64_t cost, int nthreads)
 {
     fo_init_once();
-    if (nthreads <= 1 || fo_forked || !fo_openmp() || work < fo_threshold)
+    if (nthreads <= 1 || fo_forked || !fo_openmp() || elems * cost < fo_threshold)
         return 1;
-    int64_t most = work / FO_ALIGN;
+    int64_t most = elems / FO_ALIGN;
     return most < nthreads ? (int)(most > 1 ? most : 1) : nthreads;
 }
 
@@ -208,7 +217,7 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
             active += plan->tensors[i].size;
     if (active == 0)
         return;
-    const int team = fo_team_size(active, nthreads);
+    const int team = fo_team_size(active, fo_costs[kernel], nthreads);
     if (team <= 1) {
         fo_run_part(plan, f32, f64, rows, active, 0, 1);
         return;
@@ -268,7 +277,7 @@ static int64_t fo_active_chunk_elems(const fo_plan *plan, int which)
 void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads)
 {
     const int64_t nc = plan->nchunks;
-    const int team = fo_team_size(fo_active_chunk_elems(plan, which), nthreads);
+    const int team = fo_team_size(fo_active_chunk_elems(plan, which), 1, nthreads);
     (void)team;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
@@ -303,7 +312,7 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
     if (f32 == NULL || f64 == NULL)
         return;
     const int64_t nc = plan->nchunks;
-    const int team = fo_team_size(fo_active_chunk_elems(plan, 0), nthreads);
+    const int team = fo_team_size(fo_active_chunk_elems(plan, 0), fo_costs[kernel], nthreads);
     (void)team;
     /* Chunks, not the element split of fo_step: each chunk's sums are a fixed
      * function of its elements, whichever thread runs it. */
@@ -328,7 +337,7 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
 void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
 {
     const int64_t nc = plan->nchunks;
-    const int team = fo_team_size(fo_active_chunk_elems(plan, 0), nthreads);
+    const int team = fo_team_size(fo_active_chunk_elems(plan, 0), 1, nthreads);
     (void)team;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)

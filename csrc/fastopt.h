@@ -80,7 +80,7 @@ typedef struct {
 } fo_plan;
 
 /* Kernel registry, generated from registry.def. */
-#define FO_OPT(name, nstate) FO_KID_##name,
+#define FO_OPT(name, nstate, cost) FO_KID_##name,
 enum {
 #include "registry.def"
     FO_NKERNELS

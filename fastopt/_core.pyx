@@ -60,7 +60,8 @@ def max_threads():
 
 
 def parallel_threshold():
-    """Active elements below which a step runs on the calling thread only."""
+    """Work below which a step runs on the calling thread only: active elements
+    times the kernel's cost (SGD 1, kernels with a divide or square root 2)."""
     return fo_parallel_threshold()
 
 

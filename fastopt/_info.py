@@ -28,7 +28,8 @@ def show_config():
     print(f"  SIMD variant       : {c['simd']} (this CPU supports: {', '.join(c['simd_supported'])})")
     print(f"  threads            : {c['threads']} (OpenMP default {c['omp_max_threads']}, "
           f"{c['cpu_count']} CPUs)")
-    print(f"  parallel threshold : {c['parallel_threshold']} elements")
+    print(f"  parallel threshold : {c['parallel_threshold']} elements for SGD, "
+          f"{c['parallel_threshold'] // 2} for Adam-like kernels")
     print(f"  kernels            : {', '.join(c['kernels'])}")
 
 
