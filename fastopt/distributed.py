@@ -35,6 +35,7 @@ last by rank 0; :func:`consolidate` (or ``python -m fastopt.distributed
 consolidate <path> <out.npz>``) turns them into a single-process checkpoint
 that :func:`fastopt.load` accepts.
 """
+import contextlib
 import hashlib
 import json
 import math
@@ -403,6 +404,8 @@ class _StateView:
 
     def __init__(self, sd, params):
         self._sd, self.params = sd, params
+        # save() holds the optimizer's lock while it copies; a snapshot needs none
+        self._lock = contextlib.nullcontext()
 
     def state_dict(self):
         return self._sd
