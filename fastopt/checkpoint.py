@@ -42,24 +42,15 @@ def _decode(obj, arrays):
     return obj
 
 
-def save(path, optimizer, include_params=True):
-    """Write ``optimizer``'s state (and its parameters unless
-    ``include_params=False``) to ``path`` atomically."""
-    path = os.fspath(path)
-    # one lock for state and params: a step from another thread cannot land between them
-    with optimizer._lock:
-        sd = optimizer.state_dict()
-        if include_params:
-            sd["params"] = [p.copy() for p in optimizer.params]
-    arrays = {}
-    meta = _encode(sd, arrays, "a")
-    meta["checkpoint_version"] = FORMAT_VERSION
-    arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+def write_atomic(path, mode, write):
+    """Create or replace ``path`` atomically: ``write(f)`` fills a temporary file
+    in the same directory, which is fsync'ed and renamed over ``path`` (then the
+    directory is fsync'ed).  A crash leaves the old file or the new one."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastopt-", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -79,6 +70,22 @@ def save(path, optimizer, include_params=True):
         pass
     finally:
         os.close(dfd)
+
+
+def save(path, optimizer, include_params=True):
+    """Write ``optimizer``'s state (and its parameters unless
+    ``include_params=False``) to ``path`` atomically."""
+    path = os.fspath(path)
+    # one lock for state and params: a step from another thread cannot land between them
+    with optimizer._lock:
+        sd = optimizer.state_dict()
+        if include_params:
+            sd["params"] = [p.copy() for p in optimizer.params]
+    arrays = {}
+    meta = _encode(sd, arrays, "a")
+    meta["checkpoint_version"] = FORMAT_VERSION
+    arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    write_atomic(path, "wb", lambda f: np.savez(f, **arrays))
 
 
 def read(path):

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 import uuid
 
@@ -1010,30 +1009,7 @@ def _check_shard_meta(file, shard, manifest, rank):
 
 
 def _write_json_atomic(path, obj):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastopt-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    _checkpoint.write_atomic(path, "w", lambda f: json.dump(obj, f, indent=1))
 
 
 def read_manifest(path):

@@ -1052,6 +1052,13 @@ def _unit(hp, key, where, closed=False):
         raise ValueError(f"{where}{key} must be in {interval}; got {v!r}")
 
 
+def _check_moments(hp, where):
+    """The hyper-parameters of the Adam family: two decay rates and an epsilon."""
+    _unit(hp, "beta_1", where)
+    _unit(hp, "beta_2", where)
+    _nonneg(hp, "epsilon", where)
+
+
 def _config_value(value, schedules):
     if _is_schedule(value):
         return schedules.serialize(value)
@@ -1272,9 +1279,7 @@ class Adam(Optimizer):
 
     def _validate(self, hp, where):
         super()._validate(hp, where)
-        _unit(hp, "beta_1", where)
-        _unit(hp, "beta_2", where)
-        _nonneg(hp, "epsilon", where)
+        _check_moments(hp, where)
 
     def _state_names(self, group):
         return ("m", "v", "vhat") if group["amsgrad"] else ("m", "v")
@@ -1570,9 +1575,7 @@ class Adamax(Optimizer):
 
     def _validate(self, hp, where):
         super()._validate(hp, where)
-        _unit(hp, "beta_1", where)
-        _unit(hp, "beta_2", where)
-        _nonneg(hp, "epsilon", where)
+        _check_moments(hp, where)
 
     def _state_names(self, group):
         return ("m", "u")
@@ -1659,9 +1662,7 @@ class Nadam(Optimizer):
 
     def _validate(self, hp, where):
         super()._validate(hp, where)
-        _unit(hp, "beta_1", where)
-        _unit(hp, "beta_2", where)
-        _nonneg(hp, "epsilon", where)
+        _check_moments(hp, where)
         _nonneg(hp, "momentum_decay", where)
 
     def _state_names(self, group):
@@ -1904,9 +1905,7 @@ class Lamb(Optimizer):
 
     def _validate(self, hp, where):
         super()._validate(hp, where)
-        _unit(hp, "beta_1", where)
-        _unit(hp, "beta_2", where)
-        _nonneg(hp, "epsilon", where)
+        _check_moments(hp, where)
 
     def _state_names(self, group):
         return ("m", "v")
@@ -2067,9 +2066,7 @@ class RAdam(Optimizer):
 
     def _validate(self, hp, where):
         super()._validate(hp, where)
-        _unit(hp, "beta_1", where)
-        _unit(hp, "beta_2", where)
-        _nonneg(hp, "epsilon", where)
+        _check_moments(hp, where)
 
     def _state_names(self, group):
         return ("m", "v")
