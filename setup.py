@@ -11,11 +11,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import types
+from concurrent.futures import ThreadPoolExecutor
 from glob import glob
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 BASE_FLAGS = ["-std=c99", "-O3", "-fno-math-errno", "-ffp-contract=off", "-fvisibility=hidden"]
 OPENMP_FLAGS = ["-fopenmp"]
@@ -72,6 +75,31 @@ def build_flags():
     return BASE_FLAGS + OPENMP_FLAGS, OPENMP_FLAGS
 
 
+def _compile_in_parallel(self, sources, output_dir=None, macros=None, include_dirs=None,
+                         debug=0, extra_preargs=None, extra_postargs=None, depends=None):
+    """CCompiler.compile, one source file per CPU at a time: the kernels are
+    compiled for several SIMD variants each, so a serial build is slow."""
+    macros, objects, extra_postargs, pp_opts, build = self._setup_compile(
+        output_dir, macros, include_dirs, sources, depends, extra_postargs)
+    cc_args = self._get_cc_args(pp_opts, debug, extra_preargs)
+
+    def one(obj):
+        if obj in build:
+            src, ext = build[obj]
+            self._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, objects))
+    return objects
+
+
+class ParallelBuildExt(build_ext):
+    def build_extensions(self):
+        if hasattr(self.compiler, "_setup_compile") and hasattr(self.compiler, "_compile"):
+            self.compiler.compile = types.MethodType(_compile_in_parallel, self.compiler)
+        super().build_extensions()
+
+
 compile_args, link_args = build_flags()
 
 ext = Extension(
@@ -84,4 +112,4 @@ ext = Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=cythonize([ext], language_level=3))
+setup(ext_modules=cythonize([ext], language_level=3), cmdclass={"build_ext": ParallelBuildExt})

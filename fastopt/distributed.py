@@ -241,7 +241,7 @@ def _describe(g):
 
 # ---- plain data parallelism ---------------------------------------------------
 
-_buffers = {}
+_buffers: "dict[str, np.ndarray]" = {}
 _buffers_lock = threading.Lock()
 
 
