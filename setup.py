@@ -2,7 +2,7 @@
 
 OpenMP is found by compiling, linking and running a tiny program.  Without it
 the build warns loudly and goes serial; FASTOPT_REQUIRE_OPENMP=1 turns that
-into an error.  No -march=native: SIMD variants are compiled side by side
+into an error.  The wheel is not tuned to the build machine: SIMD variants are compiled side by side
 and chosen at run time (csrc/variants.h).
 """
 import os
