@@ -16,20 +16,10 @@ import numpy as np
 import fastopt as fo
 from fastopt import schedules
 from fastopt.optimizers import REGISTRY
+from robust_util import conventions
 
 SHAPES = [(5, 3), (7,), (2, 2, 2)]
 NSTEPS = 12
-
-
-def _conventions(cls):
-    out = []
-    for conv in ("keras", "torch"):
-        try:
-            cls([np.zeros(1)], convention=conv)
-        except ValueError:
-            continue
-        out.append(conv)
-    return out
 
 
 def _accepts(cls, conv, **options):
@@ -46,7 +36,7 @@ def configurations():
     out = {}
     for name in sorted(REGISTRY):
         cls = REGISTRY[name]
-        for conv in _conventions(cls):
+        for conv in conventions(cls):
             variants = ["const", "plateau", "onecycle", "groups"]
             if _accepts(cls, conv, use_ema=True):
                 variants.append("ema")
