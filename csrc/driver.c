@@ -52,8 +52,10 @@ static volatile int fo_forked = 0;
 
 static void fo_atfork_child(void) { fo_forked = 1; }
 
-/* Registered before the first parallel region of any entry point (step or
- * reduction), once even when two threads make their first call together. */
+/* Registered when the module loads (fo_init), not at fastopt's first parallel
+ * region: the libgomp fastopt links may be shared with other libraries, and a
+ * fork after one of them ran a team must still make the child serial.  Once,
+ * even when two threads make their first call together. */
 #ifdef FO_HAVE_ATFORK
 static pthread_once_t fo_once = PTHREAD_ONCE_INIT;
 static void fo_register_atfork(void) { pthread_atfork(NULL, NULL, fo_atfork_child); }
@@ -61,6 +63,8 @@ static void fo_init_once(void) { pthread_once(&fo_once, fo_register_atfork); }
 #else
 static void fo_init_once(void) {}
 #endif
+
+void fo_init(void) { fo_init_once(); }
 
 int fo_simd_supported(int level)
 {
@@ -167,11 +171,23 @@ void fo_plan_free(fo_plan *plan)
     memset(plan, 0, sizeof(*plan));
 }
 
+/* Most threads per available processor a team may have.  libgomp exits the
+ * process when it cannot create a team's threads, so a request far beyond the
+ * machine (num_threads=1000) is cut down instead of being passed on. */
+#define FO_THREADS_PER_PROC 4
+
 static int fo_team_size(int64_t elems, int64_t cost, int nthreads)
 {
     fo_init_once();
     if (nthreads <= 1 || fo_forked || !fo_openmp() || elems * cost < fo_threshold)
         return 1;
+#ifdef _OPENMP
+    const int64_t procs = omp_get_num_procs(), limit = omp_get_thread_limit();
+    if (nthreads > procs * FO_THREADS_PER_PROC)
+        nthreads = (int)(procs * FO_THREADS_PER_PROC);
+    if (nthreads > limit)
+        nthreads = (int)limit;
+#endif
     int64_t most = elems / FO_ALIGN;
     return most < nthreads ? (int)(most > 1 ? most : 1) : nthreads;
 }
@@ -248,6 +264,39 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
 
 static double fo_sumsq_f32(const void *p, int64_t n) { FO_SUMSQ_BODY(float) }
 static double fo_sumsq_f64(const void *p, int64_t n) { FO_SUMSQ_BODY(double) }
+
+/* Norm of one whole tensor, scaled by its largest magnitude so that a sum of
+ * squares beyond DBL_MAX (float64 elements near 1e155) still gives the finite
+ * norm.  Serial and in element order: deterministic.  Only called when the
+ * plain sum of squares overflowed, so speed does not matter here. */
+#define FO_NORM_SCALED_BODY(T)                                               \
+    const T *x = (const T *)p;                                               \
+    double m = 0.0, s = 0.0;                                                 \
+    for (int64_t i = 0; i < n; i++) {                                        \
+        double a = fabs((double)x[i]);                                       \
+        if (!(a <= m) && m == m)                                             \
+            m = a; /* a NaN, once seen, stays */                             \
+    }                                                                        \
+    if (m == 0.0 || !(m <= DBL_MAX))                                         \
+        return m;                                                            \
+    for (int64_t i = 0; i < n; i++) {                                        \
+        double r = (double)x[i] / m;                                         \
+        s += r * r;                                                          \
+    }                                                                        \
+    return m * sqrt(s);
+
+static double fo_norm_scaled_f32(const void *p, int64_t n) { FO_NORM_SCALED_BODY(float) }
+static double fo_norm_scaled_f64(const void *p, int64_t n) { FO_NORM_SCALED_BODY(double) }
+
+double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which)
+{
+    const fo_tensor *t = &plan->tensors[tensor];
+    const void *base = which == 1 ? (const void *)t->param : t->grad;
+    if (base == NULL)
+        return 0.0;
+    return t->dtype == FO_FLOAT32 ? fo_norm_scaled_f32(base, t->size)
+                                  : fo_norm_scaled_f64(base, t->size);
+}
 
 static int64_t fo_nonfinite_f32(const float *p, int64_t n)
 {

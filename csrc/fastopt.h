@@ -59,7 +59,10 @@ typedef void (*fo_reduce_fn)(const fo_tensor *t, int64_t begin, int64_t end,
 
 typedef struct {
     const char *name;
-    int32_t nstate;
+    int32_t nstate;                      /* most state arrays the kernel can read */
+    /* State arrays the kernel reads with this scalar row (Adam reads vhat only
+     * with amsgrad): the host checks a tensor has them before every step. */
+    int32_t (*nstate_used)(const double *s);
     fo_kernel_fn fn[FO_SIMD_COUNT][2];   /* [simd][dtype] */
     fo_reduce_fn reduce[FO_SIMD_COUNT][2];   /* NULL unless the kernel has a reduction pass */
 } fo_kernel_info;
@@ -102,6 +105,11 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
  * grad get 0.  out has ntensors doubles; scratch has nchunks doubles. */
 void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads);
 
+/* Norm of one tensor's grad (which == 0) or param (which == 1), computed with
+ * scaling so that it is finite whenever the elements are, even where the plain
+ * sum of squares overflows a double.  Serial; for the rare overflow case. */
+double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which);
+
 /* The kernel's reduction pass over every tensor whose grad is set (Lamb's
  * first pass: moments, decay and the per-tensor norms its second pass needs).
  * Each chunk's FO_NRED sums are combined per tensor in chunk order, so out
@@ -113,6 +121,10 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
 
 /* Number of non-finite grad elements per tensor (same determinism). */
 void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads);
+
+/* Call once when the library loads: registers the fork handler that makes a
+ * child process run serially (libgomp's threads do not survive fork). */
+void fo_init(void);
 
 /* Runtime configuration. */
 int fo_simd_supported(int level);        /* CPU + OS + build support */

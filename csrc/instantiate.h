@@ -55,8 +55,17 @@
 #define FO_REDUCE_TABLE {{NULL, NULL}, {NULL, NULL}, {NULL, NULL}}
 #endif
 
+/* A kernel whose state depends on its scalars defines FO_KERNEL_NSTATE_USED(s). */
+#ifndef FO_KERNEL_NSTATE_USED
+#define FO_KERNEL_NSTATE_USED(s) ((void)(s), FO_KERNEL_NSTATE)
+#endif
+static int32_t FO_CAT(fo_nstate_used_, FO_KERNEL_NAME)(const double *s)
+{
+    return (int32_t)(FO_KERNEL_NSTATE_USED(s));
+}
+
 const fo_kernel_info FO_CAT(fo_kernel_, FO_KERNEL_NAME) = {
-    FO_STR(FO_KERNEL_NAME), FO_KERNEL_NSTATE,
+    FO_STR(FO_KERNEL_NAME), FO_KERNEL_NSTATE, FO_CAT(fo_nstate_used_, FO_KERNEL_NAME),
     {
         {FO_ENTRY(FO_KERNEL_NAME, f32, baseline), FO_ENTRY(FO_KERNEL_NAME, f64, baseline)},
         {FO_X86_ENTRY(f32, avx2), FO_X86_ENTRY(f64, avx2)},

@@ -29,6 +29,7 @@ cdef extern from "fastopt.h" nogil:
     ctypedef struct fo_kernel_info:
         const char *name
         int32_t nstate
+        int32_t (*nstate_used)(const double *s)
 
     ctypedef struct fo_plan:
         fo_tensor *tensors
@@ -43,6 +44,8 @@ cdef extern from "fastopt.h" nogil:
     void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
                         double *scratch, int nthreads)
     void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads)
+    double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which)
+    void fo_init()
     void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
     int fo_simd_supported(int level)
     int fo_simd_best()

@@ -13,6 +13,15 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
 cnp.import_array()
+# The fork handler is registered at import, before any library can start a
+# libgomp team in this process (see fo_init in csrc/driver.c).
+fo_init()
+
+# A param, a state array or a bound grad must keep these flags for as long as
+# the kernel may touch it.
+cdef int _REQUIRED_FLAGS = (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED |
+                            cnp.NPY_ARRAY_WRITEABLE)
+_MaskedArray = np.ma.MaskedArray
 
 SIMD_NAMES = tuple(fo_simd_name(i).decode() for i in range(FO_SIMD_COUNT))
 KERNELS = {fo_kernel(i).name.decode(): i for i in range(FO_NKERNELS)}
@@ -93,10 +102,26 @@ cdef class Engine:
     ``set_grads(grads)`` validates and binds the gradients (raising before
     anything is written), optional reductions read them, ``run(rows,
     nthreads)`` applies the kernel with the scalar rows and unbinds them.
+
+    The Engine caches raw pointers, so before each step it checks that every
+    param and state array still has the buffer, size, dtype and flags it had
+    when bound (a ``resize(refcheck=False)``, ``__setstate__`` or a param made
+    read-only since is refused), and that every tensor has the state arrays
+    the kernel reads with this step's scalars.  It cannot see two mappings of
+    one file as the same memory: a grad that aliases its param through a
+    second ``np.memmap`` of the same file is not detected.
     """
     cdef fo_tensor *tensors
+    cdef const fo_kernel_info *info
     cdef fo_plan plan
     cdef bint planned
+    cdef int32_t *nstates
+    cdef list arrays            # every param and state array, in the order of adata
+    cdef void **adata           # the buffer, size and dtype each had when bound
+    cdef int64_t *asize
+    cdef int *atype
+    cdef int32_t *aowner        # params[i] that array j belongs to
+    cdef int32_t *aslot         # -1: the param itself; k: its state array k
     cdef readonly int32_t n
     cdef readonly int32_t kernel
     cdef readonly list params
@@ -125,7 +150,8 @@ cdef class Engine:
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; known: {sorted(KERNELS)}")
         self.kernel = KERNELS[kernel]
-        cdef int32_t nstate_max = fo_kernel(self.kernel).nstate
+        self.info = fo_kernel(self.kernel)
+        cdef int32_t nstate_max = self.info.nstate
         cdef Py_ssize_t n = len(params), i, j, k, total_dims = 0
         if len(states) != n:
             raise ValueError(f"expected {n} state lists; got {len(states)}")
@@ -133,7 +159,8 @@ cdef class Engine:
             _check_param(params[i], i)
             total_dims += cnp.PyArray_NDIM(<cnp.ndarray>params[i])
             if len(states[i]) > nstate_max:
-                raise ValueError(f"kernel {kernel!r} takes at most {nstate_max} state arrays")
+                raise ValueError(f"kernel {kernel!r} takes at most {nstate_max} state arrays; "
+                                 f"params[{i}] has {len(states[i])}")
         self.n = <int32_t>n
         self.params = list(params)
         self.states = [list(st) for st in states]
@@ -149,7 +176,14 @@ cdef class Engine:
         self.rlo = <uintptr_t *>_alloc(max(ntot, 1) * sizeof(uintptr_t))
         self.rhi = <uintptr_t *>_alloc(max(ntot, 1) * sizeof(uintptr_t))
         self.rowner = <int32_t *>_alloc(max(ntot, 1) * sizeof(int32_t))
+        self.nstates = <int32_t *>_alloc(max(n, 1) * sizeof(int32_t))
+        self.adata = <void **>_alloc(max(ntot, 1) * sizeof(void *))
+        self.asize = <int64_t *>_alloc(max(ntot, 1) * sizeof(int64_t))
+        self.atype = <int *>_alloc(max(ntot, 1) * sizeof(int))
+        self.aowner = <int32_t *>_alloc(max(ntot, 1) * sizeof(int32_t))
+        self.aslot = <int32_t *>_alloc(max(ntot, 1) * sizeof(int32_t))
         memset(self.tensors, 0, max(n, 1) * sizeof(fo_tensor))
+        self.arrays = []
 
         cdef cnp.ndarray p, s
         cdef int64_t at = 0
@@ -167,15 +201,21 @@ cdef class Engine:
             self.tensors[i].size = cnp.PyArray_SIZE(p)
             self.tensors[i].dtype = FO_FLOAT32 if self.typenums[i] == cnp.NPY_FLOAT else FO_FLOAT64
             self.tensors[i].row = 0
+            self.nstates[i] = <int32_t>len(self.states[i])
+            self._track(p, i, -1)
             if cnp.PyArray_NBYTES(p) > 0:
                 ranges.append((<uintptr_t>cnp.PyArray_DATA(p), cnp.PyArray_NBYTES(p), i, -1))
             for k in range(len(self.states[i])):
-                s = <cnp.ndarray>self.states[i][k]
-                if (cnp.PyArray_TYPE(s) != self.typenums[i] or (<object>s).shape != (<object>p).shape
-                        or not cnp.PyArray_IS_C_CONTIGUOUS(s) or not cnp.PyArray_ISWRITEABLE(s)):
-                    raise ValueError(f"state {k} of params[{i}] must be a writeable C-contiguous "
-                                     f"array of the param's dtype and shape")
+                s = self.states[i][k]
+                if (not isinstance(s, np.ndarray) or cnp.PyArray_TYPE(s) != self.typenums[i]
+                        or (<object>s).shape != (<object>p).shape
+                        or not cnp.PyArray_ISNOTSWAPPED(s)
+                        or (cnp.PyArray_FLAGS(s) & _REQUIRED_FLAGS) != _REQUIRED_FLAGS):
+                    raise ValueError(f"state {k} of params[{i}] must be a writeable, aligned, "
+                                     f"C-contiguous ndarray of the param's dtype (native byte "
+                                     f"order) and shape; got {_describe(s)}")
                 self.tensors[i].state[k] = cnp.PyArray_DATA(s)
+                self._track(s, i, k)
                 if cnp.PyArray_NBYTES(s) > 0:
                     ranges.append((<uintptr_t>cnp.PyArray_DATA(s), cnp.PyArray_NBYTES(s), i, k))
         self.shape_at[n] = at
@@ -204,10 +244,76 @@ cdef class Engine:
         self.max_row = 0
         self.held = None
 
+    cdef void _track(self, cnp.ndarray a, Py_ssize_t owner, Py_ssize_t slot):
+        cdef Py_ssize_t j = len(self.arrays)
+        self.arrays.append(a)
+        self.adata[j] = cnp.PyArray_DATA(a)
+        self.asize[j] = cnp.PyArray_SIZE(a)
+        self.atype[j] = cnp.PyArray_TYPE(a)
+        self.aowner[j] = <int32_t>owner
+        self.aslot[j] = <int32_t>slot
+
+    cdef int _check_arrays(self) except -1:
+        """Refuse the step if a bound array changed since it was bound: the
+        kernel would write through a stale pointer (use after free) or into
+        an array its owner made read-only."""
+        cdef Py_ssize_t j
+        cdef cnp.ndarray a
+        for j in range(len(self.arrays)):
+            a = <cnp.ndarray>self.arrays[j]
+            if (cnp.PyArray_DATA(a) != self.adata[j] or cnp.PyArray_SIZE(a) != self.asize[j]
+                    or cnp.PyArray_TYPE(a) != self.atype[j] or not cnp.PyArray_ISNOTSWAPPED(a)
+                    or (cnp.PyArray_FLAGS(a) & _REQUIRED_FLAGS) != _REQUIRED_FLAGS):
+                raise ValueError(self._changed_message(j))
+        return 0
+
+    cdef str _changed_message(self, Py_ssize_t j):
+        cdef cnp.ndarray a = <cnp.ndarray>self.arrays[j]
+        cdef Py_ssize_t i = self.aowner[j]
+        what = (f"params[{i}]" if self.aslot[j] < 0
+                else f"state array {self.aslot[j]} of params[{i}]")
+        if not cnp.PyArray_ISWRITEABLE(a):
+            return (f"{what} was made read-only after the optimizer was built, and fastopt "
+                    f"updates it in place. Make it writeable again (a.flags.writeable = True), "
+                    f"or build a new optimizer; nothing was changed")
+        if cnp.PyArray_DATA(a) != self.adata[j] or cnp.PyArray_SIZE(a) != self.asize[j]:
+            return (f"{what} no longer holds the memory the optimizer was built over: it was "
+                    f"resized or given a new buffer in place (resize(refcheck=False), "
+                    f"__setstate__) and writing to the old one would corrupt memory. Build a "
+                    f"new optimizer over the array as it is now; nothing was changed")
+        return (f"{what} changed dtype, byte order or layout in place since the optimizer was "
+                f"built (expected an aligned C-contiguous native "
+                f"{np.dtype(np.float32 if self.atype[j] == cnp.NPY_FLOAT else np.float64)} "
+                f"array; got {_describe(a)}, strides {(<object>a).strides}). Restore it, or build a new "
+                f"optimizer; nothing was changed")
+
+    cdef int _check_state_counts(self) except -1:
+        """Every tensor that is stepped has the state arrays its kernel reads
+        with the tensor's scalar row (a kernel never sees a missing array)."""
+        cdef Py_ssize_t i
+        cdef int32_t need
+        for i in range(self.n):
+            if self.tensors[i].grad == NULL:
+                continue
+            need = self.info.nstate_used(self.rows + <int64_t>self.tensors[i].row * FO_NSCALARS)
+            if need > self.nstates[i]:
+                self._unbind()
+                raise ValueError(f"params[{i}]: kernel {self.info.name.decode()!r} reads {need} "
+                                 f"state arrays with this step's hyper-parameters; "
+                                 f"{self.nstates[i]} were bound. A hyper-parameter that decides "
+                                 f"the state changed after construction: build a new optimizer")
+        return 0
+
     def __dealloc__(self):
         if self.planned:
             fo_plan_free(&self.plan)
         free(self.tensors)
+        free(self.nstates)
+        free(self.adata)
+        free(self.asize)
+        free(self.atype)
+        free(self.aowner)
+        free(self.aslot)
         free(self.typenums)
         free(self.ndims)
         free(self.shapes)
@@ -229,18 +335,22 @@ cdef class Engine:
         return self.plan.total
 
     def set_rows(self, rows):
-        """Tensor i reads scalar row rows[i] from the next run on."""
+        """Tensor i reads scalar row rows[i] from the next run on.  All indices
+        are checked before any is stored."""
+        rows = list(rows)
         if len(rows) != self.n:
             raise ValueError(f"expected {self.n} row indices; got {len(rows)}")
         cdef Py_ssize_t i
-        cdef int32_t r, mx = 0
+        cdef int32_t mx = 0
         for i in range(self.n):
             r = rows[i]
-            if r < 0:
-                raise ValueError("row indices must be >= 0")
-            self.tensors[i].row = r
-            if r > mx:
-                mx = r
+            if (isinstance(r, bool) or not isinstance(r, (int, np.integer))
+                    or not 0 <= r < 2**31):
+                raise ValueError(f"row indices must be ints in [0, 2**31); rows[{i}] is {r!r}")
+        for i in range(self.n):
+            self.tensors[i].row = rows[i]
+            if self.tensors[i].row > mx:
+                mx = self.tensors[i].row
         self.max_row = mx
 
     cdef str _shape_str(self, Py_ssize_t i):
@@ -254,13 +364,16 @@ cdef class Engine:
             raise TypeError(f"grads: expected a list of {self.n} gradients (one per parameter, "
                             f"None skips one); got {_describe(grads)}. Wrap a single gradient "
                             f"in a list: step([g])")
-        if not isinstance(grads, (list, tuple)):
-            try:
-                grads = list(grads)
-            except TypeError:
-                raise TypeError(f"grads: expected a list of {self.n} gradients (one per "
-                                f"parameter, None skips one); got {_describe(grads)}. Pass "
-                                f"a list in the order of the parameters") from None
+        # One private list: the objects checked are the ones kept alive and read
+        # by the kernel, whatever the caller's sequence does on indexing, and
+        # whatever it does to its own list while the GIL is released.
+        try:
+            grads = list(grads)
+        except TypeError:
+            raise TypeError(f"grads: expected a list of {self.n} gradients (one per "
+                            f"parameter, None skips one); got {_describe(grads)}. Pass "
+                            f"a list in the order of the parameters") from None
+        self._check_arrays()
         cdef Py_ssize_t ng = len(grads), i, k
         if ng != self.n:
             raise ValueError(f"expected {self.n} grads (one per parameter, in the order the "
@@ -281,6 +394,10 @@ cdef class Engine:
                                 f"{self.params[i].dtype} "
                                 f"and shape {self._shape_str(i)}; got {_describe(g)}. Convert "
                                 f"it with np.asarray(g, dtype=np.{self.params[i].dtype})")
+            if type(g) is not np.ndarray and isinstance(g, _MaskedArray):
+                raise TypeError(f"grads[{i}]: a masked array; fastopt reads the data under the "
+                                f"mask too. Pass g.filled(0) (masked entries then add nothing) "
+                                f"or a plain ndarray")
             a = <cnp.ndarray>g
             if cnp.PyArray_TYPE(a) != self.typenums[i] or not cnp.PyArray_ISNOTSWAPPED(a):
                 raise TypeError(f"grads[{i}]: expected dtype {self.params[i].dtype} (the dtype of "
@@ -322,8 +439,18 @@ cdef class Engine:
             active += 1
         for i in range(self.n):
             self.tensors[i].grad = self.pending[i]
-        self.held = list(grads)
+        self.held = grads
         return active
+
+    def check(self):
+        """Raise if a bound param or state array changed since it was bound
+        (what set_grads and run_params check before each step)."""
+        self._check_arrays()
+
+    @property
+    def bound(self):
+        """The grads bound by the last set_grads (the Engine's own list), or None."""
+        return self.held
 
     cdef inline void _unbind(self):
         cdef Py_ssize_t i
@@ -371,6 +498,7 @@ cdef class Engine:
         """Apply the kernel to every bound tensor with the given scalar rows
         (a sequence of sequences of floats), then unbind the grads."""
         self._load_rows(rows)
+        self._check_state_counts()
         with nogil:
             fo_step(&self.plan, self.kernel, self.rows, nthreads)
         self._unbind()
@@ -380,6 +508,7 @@ cdef class Engine:
         bound for the elementwise pass that follows); returns an (n, NRED)
         float64 array of per-tensor sums, deterministic for any thread count."""
         self._load_rows(rows)
+        self._check_state_counts()
         out = np.zeros((self.n, FO_NRED), dtype=np.float64)
         cdef double[:, ::1] o = out
         cdef double dummy
@@ -392,10 +521,12 @@ cdef class Engine:
         """Apply a kernel that reads only params and state (no grad) to every
         tensor: each is marked active for this call."""
         cdef Py_ssize_t i
+        self._check_arrays()
         self._load_rows(rows)
         for i in range(self.n):
             self.tensors[i].grad = self.tensors[i].param
         try:
+            self._check_state_counts()
             with nogil:
                 fo_step(&self.plan, self.kernel, self.rows, nthreads)
         finally:
@@ -409,6 +540,19 @@ cdef class Engine:
         cdef double dummy
         with nogil:
             fo_sumsq(&self.plan, which, &o[0] if self.n > 0 else &dummy, self.dscratch, nthreads)
+        return out
+
+    def norms(self, int which, int nthreads):
+        """Per-tensor 2-norm of the bound grads (which=0) or of the params
+        (which=1): ``sqrt(sumsq)``, except where the sum of squares overflowed
+        with finite elements (float64 near 1e155), which is recomputed with
+        scaling so that the norm stays finite."""
+        out = np.sqrt(self.sumsq(which, nthreads))
+        cdef double[::1] o = out
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            if o[i] == np.inf:
+                o[i] = fo_norm_scaled(&self.plan, <int32_t>i, which)
         return out
 
     def nonfinite(self, int nthreads):
@@ -445,6 +589,10 @@ cdef _check_param(obj, Py_ssize_t i):
         raise TypeError(f"params[{i}]: expected a numpy.ndarray of float32 or float64; got "
                         f"{_describe(obj)}. fastopt updates parameters in place and never "
                         f"copies one: create the weights as ndarrays and pass those objects")
+    if type(obj) is not np.ndarray and isinstance(obj, _MaskedArray):
+        raise TypeError(f"params[{i}]: a masked array; fastopt would update the entries under "
+                        f"the mask too. Pass its data (w.data, the same memory) and apply the "
+                        f"mask yourself")
     cdef cnp.ndarray a = <cnp.ndarray>obj
     if not _native_float(a):
         raise TypeError(f"params[{i}]: expected dtype float32 or float64 (native byte order); "

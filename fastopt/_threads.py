@@ -4,17 +4,25 @@ from . import _core
 _num_threads = None
 
 
+def check_num_threads(n):
+    """``n`` if it is a valid thread count (a positive int or None), else raise."""
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < 2**31:
+            raise ValueError(f"num_threads must be a positive int (below 2**31) or None; got "
+                             f"{n!r}")
+    return n
+
+
 def set_num_threads(n):
     """Use ``n`` threads for every optimizer without its own ``num_threads``.
 
     ``None`` restores the default: OpenMP's current team size, which follows
-    ``OMP_NUM_THREADS`` and threadpoolctl's limits.
+    ``OMP_NUM_THREADS`` and threadpoolctl's limits.  A step never runs more
+    than 4 threads per available processor, nor more than ``OMP_THREAD_LIMIT``:
+    libgomp ends the process when it cannot start a team's threads.
     """
     global _num_threads
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_threads must be a positive int or None; got {n!r}")
-    _num_threads = n
+    _num_threads = check_num_threads(n)
 
 
 def get_num_threads():

@@ -7,8 +7,11 @@ double, and hand those and the gradients to :class:`fastopt._core.Engine`,
 which validates every gradient before anything is written.
 """
 import math
+import operator
+import os
 import re
 import threading
+import weakref
 
 import numpy as np
 
@@ -30,7 +33,10 @@ class ParamGroup(dict):
     """A parameter group: ``{"params": [...], <hyper-parameter>: value}``.
 
     Editable between steps like a torch param group; edits are validated
-    when the next step evaluates the group.
+    when the next step evaluates the group.  The state arrays are made at
+    construction: an edit may stop using one (``momentum`` set to 0), but an
+    edit that needs another (``amsgrad`` False -> True, ``momentum`` 0 -> 0.9,
+    ``centered`` False -> True) or a different ``"params"`` list is refused.
     """
 
     __slots__ = ("version",)
@@ -58,6 +64,122 @@ class ParamGroup(dict):
     def setdefault(self, key, default=None):
         self.version += 1
         return super().setdefault(key, default)
+
+    def __ior__(self, other):
+        super().__ior__(other)
+        self.version += 1
+        return self
+
+    def clear(self):
+        super().clear()
+        self.version += 1
+
+    def popitem(self):
+        self.version += 1
+        return super().popitem()
+
+
+# Optimizers whose locks a forked child must replace: a lock held by another
+# thread at the fork would stay held forever in the child.
+_live_optimizers = weakref.WeakSet()
+
+
+def _renew_locks_after_fork():
+    for opt in list(_live_optimizers):
+        opt._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks_after_fork)
+
+
+def _option(name, check, fixed=False):
+    """An optimizer-wide option attribute, validated on every assignment.
+
+    ``check(opt, value)`` returns the value to store or raises.  A settable
+    option takes effect at the next step; a ``fixed`` one decides which arrays
+    the optimizer keeps and can only be given at construction.  The getter is
+    C-level (attrgetter) so that reading an option in a step costs no Python
+    call."""
+    attr = "_opt_" + name
+
+    def set_option(opt, value):
+        built = "_general" in opt.__dict__
+        if built and fixed:
+            raise AttributeError(f"{name} decides which arrays the optimizer keeps, so it is "
+                                 f"set at construction only: build a new optimizer with "
+                                 f"{name}={value!r}")
+        value = check(opt, value)
+        if not built:
+            setattr(opt, attr, value)
+            return
+        with opt._lock:
+            setattr(opt, attr, value)
+            opt._options_changed()
+
+    return property(operator.attrgetter(attr), set_option)
+
+
+def _check_bool(key):
+    def check(opt, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{key} must be a bool; got {value!r}")
+        return bool(value)
+    return check
+
+
+def _check_truthy(opt, value):
+    return bool(value)
+
+
+def _check_num_threads(opt, value):
+    return _threads.check_num_threads(value)
+
+
+def _check_decoupled(opt, value):
+    value = bool(value)
+    if not value and opt._decoupled_always:
+        raise ValueError(f"{type(opt).__name__}'s weight decay is decoupled; use Adam for "
+                         f"coupled L2")
+    return value
+
+
+def _check_clip(key):
+    def check(opt, value):
+        if value is None:
+            return None
+        if key == "clipvalue":
+            value = float(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float, np.floating,
+                                                               np.integer)):
+            raise TypeError(f"{key} must be a positive float or None; got {value!r}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{key} must be a positive finite float; got {value!r}")
+        others = [k for k in _CLIPS if k != key and opt.__dict__.get("_opt_" + k) is not None]
+        if others:
+            raise ValueError(f"only one of clipnorm, global_clipnorm and clipvalue may be set; "
+                             f"{others[0]} is set: set it to None first")
+        return float(value)
+    return check
+
+
+_CLIPS = ("clipnorm", "global_clipnorm", "clipvalue")
+
+
+def _check_ema_momentum(opt, value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
+            or not 0.0 <= value <= 1.0):
+        raise ValueError(f"ema_momentum must be a float in [0, 1]; got {value!r}")
+    return float(value)
+
+
+def _check_count(key, low):
+    def check(opt, value):
+        if value is not None and (isinstance(value, bool) or
+                                  not isinstance(value, (int, np.integer)) or value < low):
+            raise ValueError(f"{key} must be an int >= {low} or None; got {value!r}")
+        return None if value is None else int(value)
+    return check
 
 
 class Optimizer:
@@ -109,6 +231,11 @@ class Optimizer:
     num_threads : int
         Threads for this optimizer (default: :func:`fastopt.get_num_threads`).
 
+    Every option is an attribute of the same name.  Assigning one between
+    steps is validated like the keyword and applies from the next step;
+    ``use_ema`` and ``gradient_accumulation_steps`` decide which arrays the
+    optimizer keeps and can only be given at construction.
+
     Notes
     -----
     Before its own rule every optimizer transforms, per parameter ``w`` with
@@ -140,6 +267,24 @@ class Optimizer:
     _bool_hyper: "tuple[str, ...]" = ()
     _decoupled_always = False
 
+    # Options: each assignment is validated; all but use_ema and
+    # gradient_accumulation_steps (which decide the arrays kept) may change
+    # between steps and apply from the next one.
+    maximize = _option("maximize", _check_truthy)
+    decoupled_weight_decay = _option("decoupled_weight_decay", _check_decoupled)
+    clipvalue = _option("clipvalue", _check_clip("clipvalue"))
+    clipnorm = _option("clipnorm", _check_clip("clipnorm"))
+    global_clipnorm = _option("global_clipnorm", _check_clip("global_clipnorm"))
+    skip_nonfinite = _option("skip_nonfinite", _check_bool("skip_nonfinite"))
+    num_threads = _option("num_threads", _check_num_threads)
+    use_ema = _option("use_ema", _check_bool("use_ema"), fixed=True)
+    ema_momentum = _option("ema_momentum", _check_ema_momentum)
+    ema_overwrite_frequency = _option("ema_overwrite_frequency",
+                                      _check_count("ema_overwrite_frequency", 1))
+    gradient_accumulation_steps = _option("gradient_accumulation_steps",
+                                          _check_count("gradient_accumulation_steps", 2),
+                                          fixed=True)
+
     def __init__(self, params, *, convention="keras", weight_decay=None,
                  decoupled_weight_decay=None, maximize=False, clipvalue=None,
                  num_threads=None, name=None, clipnorm=None, global_clipnorm=None,
@@ -168,16 +313,13 @@ class Optimizer:
             defaults["weight_decay"] = weight_decay
         if decoupled_weight_decay is None:
             decoupled_weight_decay = convention == "keras" or self._decoupled_always
-        self.decoupled_weight_decay = bool(decoupled_weight_decay)
-        self.maximize = bool(maximize)
-        if clipvalue is not None:
-            clipvalue = float(clipvalue)
-            if not clipvalue > 0 or not math.isfinite(clipvalue):
-                raise ValueError(f"clipvalue must be a positive finite float; got {clipvalue!r}")
+        # step, state_dict and load_state_dict are serialised: two threads stepping one
+        # optimizer apply their updates one after the other, and a checkpoint is never torn
+        self._lock = threading.RLock()
+        _live_optimizers.add(self)
+        self.decoupled_weight_decay = decoupled_weight_decay
+        self.maximize = maximize
         self.clipvalue = clipvalue
-        if num_threads is not None and (isinstance(num_threads, bool) or
-                                        not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"num_threads must be a positive int or None; got {num_threads!r}")
         self.num_threads = num_threads
         self._set_options(clipnorm, global_clipnorm, use_ema, ema_momentum,
                           ema_overwrite_frequency, gradient_accumulation_steps, skip_nonfinite)
@@ -210,8 +352,11 @@ class Optimizer:
         self._group_of = np.repeat(np.arange(len(groups), dtype=np.int32),
                                    [len(g["params"]) for g in self.param_groups])
         self._state = []
+        # the state arrays each group keeps; edits of the group must keep them valid
+        self._group_state = []
         for group in self.param_groups:
             names = self._state_names(group)
+            self._group_state.append((dict(group, params=list(group["params"])), names))
             for p in group["params"]:
                 self._state.append([self._init_state(name, p, group) for name in names])
         self._engine = _core.Engine(self._kernel, flat, self._state)
@@ -226,9 +371,6 @@ class Optimizer:
         self._hp_cache = {}
         sizes = [len(g["params"]) for g in self.param_groups]
         self._first = [int(sum(sizes[:k])) if sizes[k] else -1 for k in range(len(sizes))]
-        # step, state_dict and load_state_dict are serialised: two threads stepping one
-        # optimizer apply their updates one after the other, and a checkpoint is never torn
-        self._lock = threading.RLock()
         self._param_names = pnames
         self._wd_excluded = frozenset()
         self._init_options()
@@ -362,6 +504,8 @@ class Optimizer:
     def _cache_group(self, group):
         gi = next((k for k, g in enumerate(self.param_groups) if g is group), None)
         self._check_hyper(group, f"param group {gi}: " if gi is not None else "")
+        if gi is not None:
+            self._check_state_layout(gi, group)
         constants, scheduled = {}, []
         for key, value in group.items():
             if key == "params":
@@ -376,6 +520,34 @@ class Optimizer:
         cache = (group, group.version, constants, scheduled, shared)
         self._hp_cache[id(group)] = cache
         return cache
+
+    def _check_state_layout(self, gi, group):
+        """The state arrays are made at construction.  An edit may stop using
+        some (momentum set to 0), but not need arrays that do not exist or give
+        an array another role (the kernel would write through a missing array,
+        or use one buffer as another)."""
+        initial, kept = self._group_state[gi]
+        missing = [k for k in initial if k not in group]
+        if missing:
+            raise ValueError(f"param group {gi} lacks {', '.join(missing)} (deleted, or the group "
+                             f"was cleared); every hyper-parameter of the group must stay. Set "
+                             f"it again; nothing was changed")
+        plist = group["params"]
+        if (not isinstance(plist, (list, tuple)) or len(plist) != len(initial["params"])
+                or any(p is not q for p, q in zip(plist, initial["params"]))):
+            raise ValueError(f"param group {gi}: 'params' cannot change after construction "
+                             f"(the optimizer keeps state for the arrays it was built over). "
+                             f"Build a new optimizer over the new arrays; nothing was changed")
+        names = self._state_names(group)
+        if names == kept[:len(names)]:
+            return
+        culprits = [k for k in initial if k != "params" and group[k] != initial[k]
+                    and self._state_names({**group, k: initial[k]}) != names]
+        keys = " and ".join(culprits) or "an edited hyper-parameter"
+        raise ValueError(f"param group {gi}: {keys} cannot change this way after construction: "
+                         f"the optimizer keeps the state arrays {list(kept)}, and the new "
+                         f"setting needs {list(names)}. Build a new optimizer with the new "
+                         f"setting (or set it back); nothing was changed")
 
     def _shared(self, hp):
         """The five shared scalars: flags, gscale, clip, l2, decay."""
@@ -416,13 +588,14 @@ class Optimizer:
         try:
             engine = self._engine
             active = engine.set_grads(grads)
+            grads = engine.bound      # what was checked is what is read below
             if active:
                 try:
                     rows = self._step_rows(grads, active == self._nparams)
                 except BaseException:
                     engine.clear_grads()
                     raise
-                engine.run(rows, self.num_threads or _threads.get_num_threads())
+                engine.run(rows, self._opt_num_threads or _threads.get_num_threads())
             else:
                 engine.clear_grads()
             if active and self.convention == "torch":
@@ -519,35 +692,19 @@ class Optimizer:
         if len(clips) > 1:
             raise ValueError(f"only one of clipnorm, global_clipnorm and clipvalue may be set; "
                              f"got {', '.join(clips)}")
-        for key, value in (("clipnorm", clipnorm), ("global_clipnorm", global_clipnorm)):
-            if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, float, np.floating,
-                                                                     np.integer)):
-                    raise TypeError(f"{key} must be a positive float or None; got {value!r}")
-                if not (value > 0 and math.isfinite(value)):
-                    raise ValueError(f"{key} must be a positive finite float; got {value!r}")
-        self.clipnorm = None if clipnorm is None else float(clipnorm)
-        self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
-        if not isinstance(use_ema, (bool, np.bool_)):
-            raise TypeError(f"use_ema must be a bool; got {use_ema!r}")
-        if (isinstance(ema_momentum, bool) or not isinstance(ema_momentum, (int, float,
-                                                                            np.floating))
-                or not 0.0 <= ema_momentum <= 1.0):
-            raise ValueError(f"ema_momentum must be a float in [0, 1]; got {ema_momentum!r}")
-        for key, value, low in (("ema_overwrite_frequency", ema_overwrite_frequency, 1),
-                                ("gradient_accumulation_steps", gradient_accumulation_steps, 2)):
-            if value is not None and (isinstance(value, bool) or
-                                      not isinstance(value, (int, np.integer)) or value < low):
-                raise ValueError(f"{key} must be an int >= {low} or None; got {value!r}")
-        if not isinstance(skip_nonfinite, (bool, np.bool_)):
-            raise TypeError(f"skip_nonfinite must be a bool; got {skip_nonfinite!r}")
-        self.use_ema = bool(use_ema)
-        self.ema_momentum = float(ema_momentum)
-        self.ema_overwrite_frequency = (None if ema_overwrite_frequency is None
-                                        else int(ema_overwrite_frequency))
-        self.gradient_accumulation_steps = (None if gradient_accumulation_steps is None
-                                            else int(gradient_accumulation_steps))
-        self.skip_nonfinite = bool(skip_nonfinite)
+        self.clipnorm = clipnorm
+        self.global_clipnorm = global_clipnorm
+        self.use_ema = use_ema
+        self.ema_momentum = ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.skip_nonfinite = skip_nonfinite
+
+    def _options_changed(self):
+        """An option was set between steps: the cached shared scalars and the
+        choice of step path are derived from the options, so derive them again."""
+        self._hp_cache.clear()
+        self._update_general()
 
     def _init_options(self):
         """State of the options; decides whether steps take the general path."""
@@ -701,13 +858,14 @@ class Optimizer:
     def _step_general(self, grads):
         """The step with options: skip_nonfinite, accumulation, clipping, weight-decay
         exclusion, two-pass kernels, EMA -- in Keras's order (spec §1.0)."""
-        if not isinstance(grads, (list, tuple, np.ndarray)) and hasattr(grads, "__iter__"):
-            grads = list(grads)   # a generator; anything else gets the engine's message
         with self._lock:
             engine = self._engine
-            nthreads = self.num_threads or _threads.get_num_threads()
+            nthreads = self._opt_num_threads or _threads.get_num_threads()
             active = engine.set_grads(grads)
+            grads = engine.bound      # what was checked is what is read below
             try:
+                if self._ema_engine is not None:
+                    self._ema_engine.check()   # before the update, not after it
                 if self.skip_nonfinite and active and engine.nonfinite(nthreads).any():
                     self.skipped_steps += 1
                     return
@@ -792,7 +950,7 @@ class Optimizer:
         engine = self._engine
         if self.clipnorm is not None:
             c = self.clipnorm
-            norms = np.sqrt(engine.sumsq(0, nthreads))
+            norms = engine.norms(0, nthreads)
             for i, g in enumerate(grads):
                 if g is None:
                     continue
@@ -808,6 +966,10 @@ class Optimizer:
         elif self.global_clipnorm is not None:
             c = self.global_clipnorm
             total = math.sqrt(math.fsum(engine.sumsq(0, nthreads).tolist()))
+            if total == math.inf:
+                # the sum of squares overflowed: combine per-tensor norms with scaling
+                # (still inf, or NaN, when a grad holds inf or NaN)
+                total = math.hypot(*engine.norms(0, nthreads).tolist())
             # Keras: c * min(1/norm, 1/c), turned into NaN when the norm is not finite
             inv = 1.0 / total if total > 0 else math.inf
             f = c * min(inv, 1.0 / c) + (total - total)

@@ -18,6 +18,7 @@
 #define FO_KERNEL_FILE "kernels/adam.c"
 #define FO_KERNEL_NAME adam
 #define FO_KERNEL_NSTATE 3
+#define FO_KERNEL_NSTATE_USED(s) (s[FO_S_K + 6] != 0.0 ? 3 : 2)
 #include "instantiate.h"
 #else
 

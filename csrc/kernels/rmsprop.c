@@ -21,6 +21,7 @@
 #define FO_KERNEL_FILE "kernels/rmsprop.c"
 #define FO_KERNEL_NAME rmsprop
 #define FO_KERNEL_NSTATE 3
+#define FO_KERNEL_NSTATE_USED(s) (1 + (s[FO_S_K + 8] != 0.0) + (s[FO_S_K + 9] != 0.0))
 #include "instantiate.h"
 #else
 

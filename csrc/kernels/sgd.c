@@ -17,6 +17,7 @@
 #define FO_KERNEL_FILE "kernels/sgd.c"
 #define FO_KERNEL_NAME sgd
 #define FO_KERNEL_NSTATE 1
+#define FO_KERNEL_NSTATE_USED(s) (s[FO_S_K + 2] != 0.0 ? 1 : 0)
 #include "instantiate.h"
 #else
 
