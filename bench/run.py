@@ -13,6 +13,7 @@ figures and the machine) and, when matplotlib is installed, NAME.png
 (ns/element against size, log-log) into --out (default bench/results/).
 ``--smoke`` runs tiny sizes in a few seconds (used by the test suite);
 ``--threshold`` measures, per kernel, the size from which two threads beat one.
+``--fixed-cost`` prints only the per-step fixed cost table (bench/fixed_cost.py).
 """
 import argparse
 import datetime
@@ -32,6 +33,7 @@ sys.path.insert(0, HERE)
 import fastopt as fo  # noqa: E402
 from fastopt import _core  # noqa: E402
 
+import fixed_cost  # noqa: E402
 import impls as I  # noqa: E402
 import resnet50  # noqa: E402
 
@@ -398,6 +400,9 @@ def parse(argv):
                     help="also measure where 2 threads start to beat 1, per kernel")
     ap.add_argument("--threshold-only", action="store_true",
                     help="only the threshold sweep")
+    ap.add_argument("--fixed-cost", action="store_true",
+                    help="only the fixed cost of a step (1e3 elements, options, schedules, "
+                         "100 tensors), at the largest --threads")
     args = ap.parse_args(argv)
     args.optimizers = [o for o in args.optimizers.split(",") if o]
     for o in args.optimizers:
@@ -420,6 +425,13 @@ def parse(argv):
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.fixed_cost:
+        threads = max(args.threads)
+        number, repeat = (200, 2) if args.smoke else (20000, 5)
+        rows = fixed_cost.measure(threads, number, repeat, log)
+        log("")
+        log(fixed_cost.markdown(rows, threads, number, repeat))
+        return 0
     load_before = loadavg()
     log(f"load average before: {load_before}")
     impl_list = ["fastopt", "fastopt_keras", "numpy"]

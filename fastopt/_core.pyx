@@ -17,10 +17,35 @@ cnp.import_array()
 # libgomp team in this process (see fo_init in csrc/driver.c).
 fo_init()
 
-# A param, a state array or a bound grad must keep these flags for as long as
-# the kernel may touch it.
+# A param or a state array must keep these flags for as long as the kernel
+# may touch it.
 cdef int _REQUIRED_FLAGS = (cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED |
                             cnp.NPY_ARRAY_WRITEABLE)
+
+cdef extern from *:
+    """
+    /* Index of the first array of the list `arrays` whose buffer, size, dtype,
+     * byte order or flags differ from what was recorded when it was bound, or
+     * -1.  Runs before every step, so it is one C loop over borrowed items. */
+    static Py_ssize_t fo_first_changed(PyObject *arrays, void *const *data,
+                                       const int64_t *size, const int *type, int required)
+    {
+        const Py_ssize_t n = PyList_GET_SIZE(arrays);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            PyArrayObject *a = (PyArrayObject *)PyList_GET_ITEM(arrays, j);
+            const npy_intp *dims = PyArray_DIMS(a);
+            int64_t count = 1;
+            for (int k = 0; k < PyArray_NDIM(a); k++)
+                count *= dims[k];
+            if (PyArray_DATA(a) != data[j] || count != size[j] || PyArray_TYPE(a) != type[j]
+                    || !PyArray_ISNOTSWAPPED(a) || (PyArray_FLAGS(a) & required) != required)
+                return j;
+        }
+        return -1;
+    }
+    """
+    Py_ssize_t fo_first_changed(list arrays, void **data, int64_t *size, int *type,
+                                int required)
 _MaskedArray = np.ma.MaskedArray
 
 SIMD_NAMES = tuple(fo_simd_name(i).decode() for i in range(FO_SIMD_COUNT))
@@ -257,14 +282,10 @@ cdef class Engine:
         """Refuse the step if a bound array changed since it was bound: the
         kernel would write through a stale pointer (use after free) or into
         an array its owner made read-only."""
-        cdef Py_ssize_t j
-        cdef cnp.ndarray a
-        for j in range(len(self.arrays)):
-            a = <cnp.ndarray>self.arrays[j]
-            if (cnp.PyArray_DATA(a) != self.adata[j] or cnp.PyArray_SIZE(a) != self.asize[j]
-                    or cnp.PyArray_TYPE(a) != self.atype[j] or not cnp.PyArray_ISNOTSWAPPED(a)
-                    or (cnp.PyArray_FLAGS(a) & _REQUIRED_FLAGS) != _REQUIRED_FLAGS):
-                raise ValueError(self._changed_message(j))
+        cdef Py_ssize_t j = fo_first_changed(self.arrays, self.adata, self.asize, self.atype,
+                                             _REQUIRED_FLAGS)
+        if j >= 0:
+            raise ValueError(self._changed_message(j))
         return 0
 
     cdef str _changed_message(self, Py_ssize_t j):
