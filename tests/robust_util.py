@@ -93,7 +93,9 @@ def _freeze(obj):
 # Attributes that cache or hold machinery rather than optimizer state.  The
 # per-parameter step counts are compared through ``opt._steps`` (their storage,
 # a list plus a pending increment, is normalised whenever they are read).
-_NOT_STATE = {"_engine", "_lock", "_hp_cache", "_index", "_steps_base", "_steps_bump"}
+# Nadam's ``_pending`` is the scratch of one update, rebuilt at the start of each.
+_NOT_STATE = {"_engine", "_lock", "_hp_cache", "_index", "_steps_base", "_steps_bump",
+              "_pending"}
 
 
 def snapshot(opt, params=None):

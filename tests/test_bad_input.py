@@ -537,3 +537,123 @@ def test_non_finite_grads_propagate_by_default():
     opt = fo.SGD([w], learning_rate=0.1)
     opt.step([np.array([np.nan, 1.0, np.inf])])
     assert math.isnan(w[0]) and w[1] == 0.9 and w[2] == -np.inf
+
+
+# ---- what changes after construction ------------------------------------------------------
+# The optimizer caches pointers to its arrays and builds its state from the
+# hyper-parameters at construction; later changes that would break either
+# are refused, and the next good step lands where a twin lands.
+
+def _freeze_flag(a):
+    a.flags.writeable = False
+
+
+ARRAY_CHANGES = [
+    ("param made read-only", lambda opt: _freeze_flag(opt.params[1]),
+     lambda opt: setattr(opt.params[1].flags, "writeable", True), r"params\[1\] was made read-only"),
+    ("state made read-only", lambda opt: _freeze_flag(opt._state[2][-1]),
+     lambda opt: setattr(opt._state[2][-1].flags, "writeable", True),
+     r"state array \d of params\[2\] was made read-only"),
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_arrays_changed_after_construction_refuse_the_step(name):
+    rng = np.random.default_rng(31)
+    opt, twin, params, buf = _battery_opt(name, rng)
+    for what, change, undo, pattern in ARRAY_CHANGES:
+        if "state" in what and not opt._state[2]:
+            continue
+        change(opt)
+        before = snapshot(opt, [buf])
+        with pytest.raises(ValueError) as exc:
+            opt.step(good_grads(rng, params))
+        _check_message(exc, [pattern, "nothing was changed"], f"{name}: {what}")
+        assert_unchanged(before, opt, [buf], f"{name}: {what}")
+        undo(opt)
+        g = good_grads(rng, params)
+        opt.step(g)
+        twin.step([x.copy() for x in g])
+        assert_same_optimizer(opt, twin, f"{name}: after {what}")
+        TALLY["inputs_tried"] += 1
+        TALLY["failures_survived"] += 1
+
+
+def _state_keys(cls, conv):
+    """Hyper-parameters that decide the state arrays, with a value that needs more."""
+    hyper = cls._hyper[conv]
+    keys = [(k, True) for k in cls._bool_hyper if hyper.get(k) is False]
+    if hyper.get("momentum") == 0.0:
+        keys.append(("momentum", 0.5))
+    return keys
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_deciding_edits_are_refused_or_match_a_twin(name):
+    """An edit of a group is either refused with nothing changed (it needs state
+    the optimizer does not keep) or gives what an optimizer built with the
+    edited value gives."""
+    cls = REGISTRY[name]
+    rng = np.random.default_rng(32)
+    for conv in conventions(cls):
+        for key, value in _state_keys(cls, conv):
+            params = [rng.standard_normal(5), rng.standard_normal((2, 3)).astype(np.float32)]
+            opt = cls(params, convention=conv)
+            kept = opt._state_names(opt.param_groups[0])
+            opt.param_groups[0][key] = value
+            before = snapshot(opt, [])
+            g = rng_grads(rng, params)
+            twin_params = [p.copy() for p in params]
+            what = f"{name}/{conv} {key}={value}"
+            try:
+                twin = cls(twin_params, convention=conv, **{key: value})
+            except ValueError:      # invalid on its own (torch nesterov without momentum)
+                with pytest.raises(ValueError):
+                    opt.step(g)
+                assert_unchanged(before, opt, [], what)
+                continue
+            if set(twin._state_names(twin.param_groups[0])) <= set(kept):
+                opt.step(g)
+                twin.step([x.copy() for x in g])
+                for p, q in zip(params, twin_params):
+                    assert p.tobytes() == q.tobytes(), what
+                for mine, theirs in zip(opt.state, twin.state):
+                    for k, a in theirs.items():
+                        assert mine[k].tobytes() == a.tobytes(), f"{what}: state {k}"
+                continue
+            with pytest.raises(ValueError) as exc:
+                opt.step(g)
+            _check_message(exc, [f"param group 0: {key} cannot change", "Build a new optimizer"],
+                           what)
+            assert_unchanged(before, opt, [], what)
+            TALLY["inputs_tried"] += 1
+            TALLY["failures_survived"] += 1
+
+
+OPTIONS_LATER = [("maximize", True), ("clipvalue", 0.1), ("clipnorm", 0.1),
+                 ("global_clipnorm", 0.1), ("skip_nonfinite", True), ("num_threads", 2)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_set_after_construction_match_a_twin_built_with_them(name):
+    cls = REGISTRY[name]
+    conv = default_convention(cls)
+    for key, value in OPTIONS_LATER + [("decoupled_weight_decay", not
+                                        cls([np.ones(1)], convention=conv).decoupled_weight_decay)]:
+        rng = np.random.default_rng(33)
+        params = [rng.standard_normal(6), rng.standard_normal(3).astype(np.float32)]
+        base = {"weight_decay": 0.01}
+        try:
+            twin = cls([p.copy() for p in params], convention=conv, **base, **{key: value})
+        except ValueError:
+            continue     # AdamW's decay cannot be coupled
+        opt = cls(params, convention=conv, **base)
+        setattr(opt, key, value)
+        for s in range(3):
+            g = rng_grads(rng, params, scale=3.0)
+            if s == 1:
+                g[0][0] = np.nan     # skip_nonfinite skips; otherwise NaN flows the same way
+            opt.step(g)
+            twin.step([x.copy() for x in g])
+        assert_same_optimizer(opt, twin, f"{name}: {key}={value} set after construction")
+        assert opt.get_config() == twin.get_config()

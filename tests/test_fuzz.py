@@ -283,3 +283,138 @@ def test_fuzz_param_groups_and_setters(data):
         except CLEAN_ERRORS:
             assert_unchanged(snap, opt, [], f"{name} step {s}")
             TALLY["failures_survived"] += 1
+
+
+# ---- mutations between steps ----------------------------------------------------------
+# What users do to a built optimizer: reallocate, retype or freeze its arrays,
+# edit param groups through any dict method, set options, pass grads in odd
+# containers, fork.  Every step after a mutation either applies or is refused
+# with a clean error and nothing changed; nothing crashes (the ASan job runs
+# this too).
+
+class _ConvertingList(list):
+    """Grads whose items are made anew on every indexing."""
+
+    def __getitem__(self, i):
+        item = list.__getitem__(self, i)
+        return None if item is None else np.array(item)
+
+
+OPTION_VALUES = {
+    "maximize": [True, False],
+    "clipvalue": [None, 0.5, -1.0, float("nan")],
+    "clipnorm": [None, 0.5, 0.0],
+    "global_clipnorm": [None, 1.0, float("inf")],
+    "skip_nonfinite": [True, False, "yes"],
+    "decoupled_weight_decay": [True, False],
+    "num_threads": [None, 1, 2, 1000, 0, 2**40],
+    "ema_momentum": [0.5, 1.5],
+    "ema_overwrite_frequency": [None, 1, 0],
+    "use_ema": [True],
+    "gradient_accumulation_steps": [2],
+}
+
+
+def _mutate(data, opt, s):
+    """Apply one drawn mutation; returns its label."""
+    params = opt.params
+    what = data.draw(st.sampled_from(
+        ["none"] * 4 + ["param readonly", "param writeable", "param resize", "param setstate",
+                        "param dtype", "state readonly", "state resize", "group set",
+                        "group ior", "group del", "group popitem", "group clear",
+                        "group params", "option", "fork"]), label=f"step{s} mutation")
+    i = data.draw(st.integers(0, len(params) - 1), label=f"step{s} index")
+    p = params[i]
+    try:
+        if what == "param readonly":
+            p.flags.writeable = False
+        elif what == "param writeable":
+            p.flags.writeable = True
+        elif what == "param resize":
+            p.resize(p.size + 3, refcheck=False)
+        elif what == "param setstate":
+            p.__setstate__((1, p.shape, p.dtype, False, bytes(p.nbytes)))
+        elif what == "param dtype":
+            p.dtype = np.int32 if p.dtype == np.float32 else np.int64
+        elif what in ("state readonly", "state resize") and opt._state[i]:
+            a = opt._state[i][0]
+            if what == "state readonly":
+                a.flags.writeable = False
+            else:
+                a.resize(a.size + 5, refcheck=False)
+        elif what.startswith("group"):
+            group = opt.param_groups[0]
+            keys = [k for k in group if k != "params"] or ["learning_rate"]
+            key = data.draw(st.sampled_from(keys), label=f"step{s} key")
+            value = data.draw(st.sampled_from([True, False, 0.0, 0.9, 0.5, -1.0, float("nan")]),
+                              label=f"step{s} value")
+            if what == "group set":
+                group[key] = value
+            elif what == "group ior":
+                group |= {key: value}
+            elif what == "group del":
+                del group[key]
+            elif what == "group popitem":
+                group.popitem()
+            elif what == "group clear":
+                group.clear()
+            else:
+                group["params"] = list(group.get("params", ()))[::-1] + [np.zeros(2)]
+        elif what == "option":
+            key = data.draw(st.sampled_from(sorted(OPTION_VALUES)), label=f"step{s} option")
+            value = data.draw(st.sampled_from(OPTION_VALUES[key]), label=f"step{s} {key}")
+            setattr(opt, key, value)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        TALLY["failures_survived"] += 1    # numpy, dict or fastopt refused the mutation itself
+    return what
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_mutations_between_steps(data):
+    name = data.draw(st.sampled_from(NAMES), label="optimizer")
+    cls = REGISTRY[name]
+    conv = data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
+    kw = {k: True for k in cls._bool_hyper if k in cls._hyper[conv]
+          and data.draw(st.booleans(), label=k)}
+    if cls._hyper[conv].get("momentum") == 0.0 and data.draw(st.booleans(), label="momentum"):
+        kw["momentum"] = 0.9
+    if data.draw(st.booleans(), label="ema"):
+        kw["use_ema"] = True
+    sizes = data.draw(st.lists(st.sampled_from([1, 7, 40000]), min_size=1, max_size=3),
+                      label="sizes")
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")
+    params = [np.linspace(-1, 1, n).astype(dtype) for n in sizes]
+    try:
+        opt = cls(params, convention=conv, learning_rate=1e-3, **kw)
+    except CLEAN_ERRORS:      # e.g. torch's nesterov without momentum
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    for s in range(data.draw(st.integers(1, 5), label="steps")):
+        what = _mutate(data, opt, s)
+        grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
+        if data.draw(st.booleans(), label=f"step{s} converting list"):
+            grads = _ConvertingList(grads)
+        TALLY["inputs_tried"] += 1
+        if what == "fork" and hasattr(os, "fork"):
+            pid = os.fork()
+            if pid == 0:   # the child may step (or refuse) but must not crash or hang
+                code = 0
+                try:
+                    import signal
+                    signal.alarm(20)
+                    opt.step(grads)
+                except CLEAN_ERRORS:
+                    pass
+                except BaseException:
+                    code = 3
+                os._exit(code)
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "child failed"
+        snap = snapshot(opt)
+        try:
+            opt.step(grads)
+        except CLEAN_ERRORS:
+            assert_unchanged(snap, opt, [], f"{name}/{conv} after {what}")
+            TALLY["failures_survived"] += 1
+            continue
+        TALLY["updates_verified"] += 1
