@@ -176,18 +176,25 @@ void fo_plan_free(fo_plan *plan)
  * machine (num_threads=1000) is cut down instead of being passed on. */
 #define FO_THREADS_PER_PROC 4
 
+int fo_max_team(void)
+{
+#ifdef _OPENMP
+    const int64_t procs = omp_get_num_procs(), limit = omp_get_thread_limit();
+    const int64_t most = procs * FO_THREADS_PER_PROC;
+    return (int)(most < limit ? most : limit);
+#else
+    return 1;
+#endif
+}
+
 static int fo_team_size(int64_t elems, int64_t cost, int nthreads)
 {
     fo_init_once();
     if (nthreads <= 1 || fo_forked || !fo_openmp() || elems * cost < fo_threshold)
         return 1;
-#ifdef _OPENMP
-    const int64_t procs = omp_get_num_procs(), limit = omp_get_thread_limit();
-    if (nthreads > procs * FO_THREADS_PER_PROC)
-        nthreads = (int)(procs * FO_THREADS_PER_PROC);
-    if (nthreads > limit)
-        nthreads = (int)limit;
-#endif
+    const int cap = fo_max_team();
+    if (nthreads > cap)
+        nthreads = cap;
     int64_t most = elems / FO_ALIGN;
     return most < nthreads ? (int)(most > 1 ? most : 1) : nthreads;
 }

@@ -134,6 +134,8 @@ int fo_simd_set(int level);              /* FO_EINVAL if unsupported */
 const char *fo_simd_name(int level);
 int fo_openmp(void);                     /* built with OpenMP? */
 int fo_max_threads(void);                /* omp_get_max_threads() or 1 */
+int fo_max_team(void);                   /* most threads a step uses: 4 per processor, at most
+                                            OMP_THREAD_LIMIT (1 without OpenMP) */
 int64_t fo_parallel_threshold(void);
 void fo_set_parallel_threshold(int64_t n);
 

@@ -54,5 +54,6 @@ cdef extern from "fastopt.h" nogil:
     const char *fo_simd_name(int level)
     int fo_openmp()
     int fo_max_threads()
+    int fo_max_team()
     int64_t fo_parallel_threshold()
     void fo_set_parallel_threshold(int64_t n)

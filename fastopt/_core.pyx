@@ -93,6 +93,12 @@ def max_threads():
     return fo_max_threads()
 
 
+def max_team():
+    """Most threads a step uses, whatever is asked: 4 per available processor,
+    at most OMP_THREAD_LIMIT."""
+    return fo_max_team()
+
+
 def parallel_threshold():
     """Work below which a step runs on the calling thread only: active elements
     times the kernel's cost (SGD 1, kernels with a divide or square root 2)."""

@@ -14,6 +14,7 @@ def config():
         "simd_supported": _core.simd_supported(),
         "threads": _threads.get_num_threads(),
         "omp_max_threads": _core.max_threads(),
+        "max_team": _core.max_team(),
         "parallel_threshold": _core.parallel_threshold(),
         "kernels": sorted(_core.KERNELS),
         "cpu_count": os.cpu_count(),
@@ -27,7 +28,7 @@ def show_config():
     print(f"  OpenMP             : {'on' if c['openmp'] else 'OFF (serial build)'}")
     print(f"  SIMD variant       : {c['simd']} (this CPU supports: {', '.join(c['simd_supported'])})")
     print(f"  threads            : {c['threads']} (OpenMP default {c['omp_max_threads']}, "
-          f"{c['cpu_count']} CPUs)")
+          f"{c['cpu_count']} CPUs; a step uses at most {c['max_team']})")
     print(f"  parallel threshold : {c['parallel_threshold']} elements for SGD, "
           f"{c['parallel_threshold'] // 2} for Adam-like kernels")
     print(f"  kernels            : {', '.join(c['kernels'])}")
