@@ -5,6 +5,7 @@ optimizer, with schedules (plateau, 1cycle) and EMA where available.
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import fastopt as fo
 from fastopt import checkpoint, schedules
 
 import ckpt_worker
-from robust_util import TALLY, assert_unchanged, snapshot
+from robust_util import (TALLY, add_zeros_member, assert_unchanged, npy_header, rebuild_npz,
+                         snapshot, traced_peak)
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt_worker.py")
 CONFIGS = ckpt_worker.configurations()
@@ -354,3 +356,128 @@ def test_save_without_params_and_lists_in_state_dict(tmp_path):
     fo.load(tmp_path / "noparams.npz", other)
     assert all((p == 3.0).all() for p in other_params)     # params untouched
     assert _state_image(opt, params)[1:] == _state_image(other, other_params)[1:]
+
+
+# ---- untrusted files: nothing is read or allocated before it is checked ------------
+
+SIZE_BOUND = 32 << 20     # what loading these small checkpoints may allocate at most
+BOMB = (1 << 25,)         # 256 MiB of float64 zeros: about 1.2 MB deflated
+
+
+def _good(tmp_path, cls=fo.Adam, **kw):
+    """A valid checkpoint of a trained ``cls``, and a second, further trained
+    ``cls`` (different state) to load it into."""
+    src, _ = _trained(tmp_path, cls, **kw)
+    fo.save(tmp_path / "good.npz", src)
+    opt, params = _trained(tmp_path, cls, **kw)
+    opt.step([np.ones((4, 3)), np.ones(5)])
+    return tmp_path / "good.npz", opt, params
+
+
+def _member(path, fragment):
+    with zipfile.ZipFile(path) as z:
+        return next(n for n in z.namelist() if fragment in n)
+
+
+def _refuse_small(path, opt, params, pattern):
+    """Refused with a ValueError matching ``pattern`` that names the file,
+    nothing changed, and no more than SIZE_BOUND bytes allocated meanwhile."""
+    with traced_peak() as peak:
+        _refuse(path, opt, params, re.escape(os.path.basename(path)) + ": .*" + pattern)
+    assert peak[0] < SIZE_BOUND, f"loading {path} allocated {peak[0] >> 20} MiB"
+
+
+def test_unreferenced_header_only_member_refused_unread(tmp_path):
+    """A 1.6 KB file with a member claiming 373 GiB: refused by name, not allocated."""
+    good, opt, params = _good(tmp_path)
+    path = rebuild_npz(good, tmp_path / "junk.npz",
+                       add={"junk.npy": npy_header((10 ** 11,), np.float32)})
+    _refuse_small(path, opt, params, "member 'junk.npy' is not named by the checkpoint's "
+                                     "metadata.*not a fastopt checkpoint")
+
+
+def test_unreferenced_deflated_member_refused_unread(tmp_path):
+    """A 1 MB file whose extra member inflates to 256 MiB: refused before any of it is read."""
+    good, opt, params = _good(tmp_path)
+    path = add_zeros_member(rebuild_npz(good, tmp_path / "bomb.npz"), "bomb.npy", BOMB,
+                            np.float64)
+    assert os.path.getsize(path) < 4 << 20
+    _refuse_small(path, opt, params, "member 'bomb.npy' is not named")
+
+
+def test_member_header_disagreeing_with_zip_size_refused_unread(tmp_path):
+    """A referenced array whose header claims more than the member holds."""
+    good, opt, params = _good(tmp_path)
+    name = _member(good, "params/0")
+    path = rebuild_npz(good, tmp_path / "claims.npz", drop={name},
+                       add={name: npy_header((10 ** 11,), np.float64)})
+    _refuse_small(path, opt, params, f"member '{name}': its header describes a float64 array "
+                                     r"of shape \(100000000000,\).*zip directory gives the "
+                                     "member 128 bytes")
+
+
+def test_member_shape_compared_with_the_optimizer_before_its_data_is_read(tmp_path):
+    """A referenced state array of consistent size but the wrong shape (a deflated
+    256 MiB one): refused from its header alone, naming the param."""
+    good, opt, params = _good(tmp_path)
+    name = _member(good, "/state/0/0")
+    path = add_zeros_member(rebuild_npz(good, tmp_path / "bigstate.npz", drop={name}), name,
+                            BOMB, np.float64)
+    _refuse_small(path, opt, params, r"params\[0\] state 0: expected float64 \(4, 3\); got "
+                                     r"float64 \(33554432,\)")
+    name = _member(good, "params/1")
+    path = add_zeros_member(rebuild_npz(good, tmp_path / "bigparam.npz", drop={name}), name,
+                            BOMB, np.float64)
+    _refuse_small(path, opt, params, r"params\[1\] is float64 \(33554432,\) in the checkpoint")
+
+
+@pytest.mark.parametrize("cid,member,data,pattern", [
+    ("raw-meta", checkpoint._META, b'{"checkpoint_version": 1}',
+     "corrupt checkpoint, not a .npy array"),
+    ("float-meta", checkpoint._META, npy_header((3,), np.float64) + bytes(24),
+     r"corrupt checkpoint metadata \(a float64 array"),
+    ("object-param", "params/0", npy_header((4, 3), object) + bytes(96),
+     "holds object data of shape \\(4, 3\\).*numeric arrays only"),
+    ("npy-3.0", "params/0", b"\x93NUMPY\x03\x00" + npy_header((4, 3), np.float64)[8:] + bytes(96),
+     r"format version \(3, 0\)"),
+])
+def test_crafted_members_refused(tmp_path, cid, member, data, pattern):
+    """The metadata as raw bytes or as another dtype; an array of Python objects."""
+    good, opt, params = _good(tmp_path)
+    name = _member(good, member)
+    path = rebuild_npz(good, tmp_path / f"{cid}.npz", drop={name}, add={name: data})
+    _refuse_small(path, opt, params, pattern)
+
+
+def test_member_twice_refused(tmp_path):
+    good, opt, params = _good(tmp_path)
+    name = _member(good, "params/0")
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        path = rebuild_npz(good, tmp_path / "twice.npz",
+                           add={name: npy_header((4, 3), np.float64) + bytes(96)})
+    _refuse_small(path, opt, params, f"member '{name}' appears twice")
+
+
+def test_encrypted_member_refused(tmp_path):
+    """zipfile raises RuntimeError for a member flagged as encrypted."""
+    good, opt, params = _good(tmp_path)
+    data = bytearray(good.read_bytes())
+    name = _member(good, "params/0").encode()
+    at = data.index(b"PK\x01\x02")             # the central directory entries
+    while data[at + 46:at + 46 + len(name)] != name:
+        at = data.index(b"PK\x01\x02", at + 4)
+    data[at + 8] |= 0x1                         # general purpose flag: encrypted
+    path = tmp_path / "encrypted.npz"
+    path.write_bytes(bytes(data))
+    _refuse_small(path, opt, params, f"member '{name.decode()}': encrypted")
+
+
+def test_out_of_memory_while_reading_is_a_value_error(tmp_path, monkeypatch):
+    good, opt, params = _good(tmp_path)
+
+    def no_memory(*a, **k):
+        raise MemoryError("Unable to allocate")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_memory)
+    _refuse(good, opt, params, r"good\.npz: member '.*' \(uint8 \(\d+,\)\) does not fit in "
+                               "memory")
