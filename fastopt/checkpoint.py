@@ -270,6 +270,11 @@ def _check(path, optimizer, sd):
                 raise ValueError(f"{path}: params[{i}] is {q.dtype} {q.shape} in the "
                                  f"checkpoint, {p.dtype} {p.shape} in the optimizer. Build "
                                  f"the optimizer over the parameters it was saved with")
+            if not p.flags.writeable:
+                raise ValueError(f"{path}: params[{i}] of the optimizer is read-only, so the "
+                                 f"checkpoint cannot restore it; nothing was loaded. Make it "
+                                 f"writeable (params[{i}].flags.writeable = True) and load "
+                                 f"again")
     try:
         apply = optimizer._check_state_dict(sd)
     except ValueError as e:

@@ -481,3 +481,27 @@ def test_out_of_memory_while_reading_is_a_value_error(tmp_path, monkeypatch):
     monkeypatch.setattr(np.lib.format, "read_array", no_memory)
     _refuse(good, opt, params, r"good\.npz: member '.*' \(uint8 \(\d+,\)\) does not fit in "
                                "memory")
+
+
+# ---- load is all or nothing --------------------------------------------------------
+
+def test_load_into_a_read_only_param_changes_nothing(tmp_path):
+    """The audit's case: the state used to be restored and params[0] copied
+    before params[1] failed."""
+    a, b = np.zeros(3), np.zeros(3)
+    opt = fo.Adam([a, b], learning_rate=0.1)
+    opt.step([np.ones(3), np.ones(3)])
+    path = tmp_path / "ck.npz"
+    fo.save(path, opt)                                   # iterations = 1
+    for _ in range(3):
+        opt.step([np.ones(3), np.ones(3)])               # iterations = 4
+    b.flags.writeable = False
+    before = snapshot(opt, [a, b])
+    with pytest.raises(ValueError, match=r"ck\.npz: params\[1\] of the optimizer is read-only.*"
+                                         r"nothing was loaded.*writeable"):
+        fo.load(path, opt)
+    assert_unchanged(before, opt, [a, b], "load into a read-only param")
+    assert opt.iterations == 4
+    b.flags.writeable = True
+    fo.load(path, opt)
+    assert opt.iterations == 1 and (a == b).all()
