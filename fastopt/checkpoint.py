@@ -44,7 +44,11 @@ def _decode(obj, lookup):
     """obj with every array reference ``{"__array__": name}`` replaced by ``lookup(name)``."""
     if isinstance(obj, dict):
         if set(obj) == {"__array__"}:
-            return lookup(obj["__array__"])
+            name = obj["__array__"]
+            if not isinstance(name, str):
+                raise ValueError(f"an array reference must name a member (a string); got "
+                                 f"{name!r:.80}")
+            return lookup(name)
         return {k: _decode(v, lookup) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_decode(v, lookup) for v in obj]
@@ -168,16 +172,20 @@ def _index(path, z):
     raw = _data(path, z, info, shape, dtype).tobytes()
     try:
         meta = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from e
+    except (ValueError, RecursionError) as e:      # bad UTF-8 or JSON, too deep, huge ints
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({type(e).__name__}: "
+                         f"{e})") from e
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
     version = meta.pop("checkpoint_version", None)
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format version {version!r}; this fastopt reads "
                          f"version {FORMAT_VERSION}")
     names = set()
-    _decode(meta, names.add)
+    try:
+        _decode(meta, names.add)
+    except ValueError as e:
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from e
     wanted = {n + ".npy" for n in names} | {_META + ".npy"}
     for member in members:
         if member not in wanted:
@@ -213,6 +221,8 @@ def _read(path, expect, data):
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: unreadable or truncated checkpoint ({e})") from e
+    except RecursionError as e:
+        raise ValueError(f"{path}: corrupt checkpoint metadata (nested too deeply)") from e
     except MemoryError as e:
         raise ValueError(f"{path}: checkpoint does not fit in memory ({e})") from e
 
@@ -279,4 +289,8 @@ def _check(path, optimizer, sd):
         apply = optimizer._check_state_dict(sd)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
+    except (TypeError, AttributeError, OverflowError, RecursionError) as e:
+        # a value of the wrong type deep in crafted metadata (a schedule's state, say)
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({type(e).__name__}: {e}); "
+                         f"it was not written by fastopt.save (or was edited)") from e
     return apply, params

@@ -3,6 +3,7 @@ version, validation of everything before anything changes, refusal of
 truncated and foreign files, and exact resume in a new process for every
 optimizer, with schedules (plateau, 1cycle) and EMA where available.
 """
+import io
 import json
 import os
 import re
@@ -481,6 +482,104 @@ def test_out_of_memory_while_reading_is_a_value_error(tmp_path, monkeypatch):
     monkeypatch.setattr(np.lib.format, "read_array", no_memory)
     _refuse(good, opt, params, r"good\.npz: member '.*' \(uint8 \(\d+,\)\) does not fit in "
                                "memory")
+
+
+# ---- crafted metadata: ValueError naming the file, never another error ----------------
+
+def _with_meta_bytes(src, dst, edit):
+    """Copy the checkpoint ``src`` with the bytes of its metadata edited."""
+    with np.load(src) as z:
+        raw = z[checkpoint._META].tobytes()
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.frombuffer(edit(raw), dtype=np.uint8))
+    member = checkpoint._META + ".npy"
+    return rebuild_npz(src, dst, drop={member}, add={member: buf.getvalue()})
+
+
+def _set(path, value):
+    """A metadata edit setting the entry at ``path`` (keys separated by '.')."""
+    def edit(meta):
+        *keys, last = path.split(".")
+        node = meta
+        for k in keys:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("cid,edit,pattern", [
+    ("ref-list", _set("state.0.0", {"__array__": ["a/state/0/0"]}),
+     "array reference must name a member"),
+    ("ref-int", _set("steps", {"__array__": 7}), "array reference must name a member"),
+    ("micro-inf", _set("extra.micro_steps", float("inf")), r"extra\.micro_steps: .*got inf"),
+    ("micro-list", _set("extra.micro_steps", []), r"extra\.micro_steps: .*got \[\]"),
+    ("micro-bool", _set("extra.micro_steps", True), r"extra\.micro_steps: .*got True"),
+    ("micro-float", _set("extra.micro_steps", 2.0), r"extra\.micro_steps: .*got 2\.0"),
+    ("micro-huge", _set("extra.micro_steps", 2 ** 63),
+     r"extra\.micro_steps: step counters must be ints >= 0 and < 2\*\*63"),
+    ("skipped-negative", _set("extra.skipped_steps", -1), r"extra\.skipped_steps: .*got -1"),
+    ("skipped-str", _set("extra.skipped_steps", "3"), r"extra\.skipped_steps: .*got '3'"),
+    ("iterations-huge", _set("iterations", 10 ** 400),
+     "iterations: step counters must be ints >= 0 and < 2\\*\\*63; got an int of 1329 bits"),
+    ("iterations-2**63", _set("iterations", 2 ** 63), "iterations: .*got 9223372036854775808"),
+    ("iterations-bool", _set("iterations", True), "iterations: .*got True"),
+    ("config-list", _set("config", [1]), "config: expected a dict; got list"),
+    ("shapes-int", _set("shapes", 5), "shapes: expected a list"),
+    ("shapes-of-ints", _set("shapes", [1, 2]), "shapes: expected a list"),
+    ("dtypes-str", _set("dtypes", "<f8"), "dtypes: expected a list"),
+    ("version-bool", _set("checkpoint_version", True), "format version True"),
+])
+def test_crafted_metadata_refused_with_a_value_error(tmp_path, cid, edit, pattern):
+    good, opt, params = _good(tmp_path)
+    path = _rewrite(good, tmp_path / f"{cid}.npz", edit)
+    _refuse_small(path, opt, params, pattern)
+
+
+@pytest.mark.parametrize("cid,edit,pattern", [
+    ("deep", lambda b: b[:-1] + b', "deep": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+     r"corrupt checkpoint metadata \(RecursionError"),
+    ("digits", lambda b: b.replace(b'"iterations": 3', b'"iterations": 1' + b"0" * 5000),
+     r"corrupt checkpoint metadata \(ValueError: Exceeds the limit"),
+    ("utf8", lambda b: b.replace(b'"Adam"', b'"Adam\xff"'),
+     r"corrupt checkpoint metadata \(UnicodeDecodeError"),
+])
+def test_unparseable_metadata_refused_with_a_value_error(tmp_path, cid, edit, pattern):
+    good, opt, params = _good(tmp_path)
+    path = _with_meta_bytes(good, tmp_path / f"{cid}.npz", edit)
+    _refuse_small(path, opt, params, pattern)
+
+
+def test_step_counts_beyond_int64_refused(tmp_path):
+    good, opt, params = _good(tmp_path)
+    path = _rewrite(good, tmp_path / "steps.npz", edit_arrays=lambda a: a.update(
+        {k: np.array([2 ** 63, 0], dtype=np.uint64) for k in list(a) if k.endswith("/steps")}))
+    _refuse_small(path, opt, params, "steps: step counters must be >= 0 and < 2\\*\\*63")
+
+
+def test_huge_iterations_refused_at_load_and_steps_still_work(tmp_path):
+    """iterations = 10**400 used to load and then break every later step."""
+    good, opt, params = _good(tmp_path)
+    path = _rewrite(good, tmp_path / "huge.npz", _set("iterations", 10 ** 400))
+    _refuse_small(path, opt, params, "iterations")
+    before = opt.iterations
+    opt.step([np.ones((4, 3)), np.ones(5)])
+    assert opt.iterations == before + 1
+
+
+@pytest.mark.parametrize("cid,value,pattern", [
+    ("dicts", [{"a": 1}], r"extra\.momentum_products: expected 1 values; got float\(\)"),
+    ("shape", [0.5, 0.5, 0.5], r"extra\.momentum_products: expected 1 values; got shape \(3,\)"),
+    ("nan", [float("nan")], r"extra\.momentum_products: expected finite values"),
+    ("inf", [float("inf")], r"extra\.momentum_products: expected finite values"),
+])
+def test_crafted_nadam_products_refused(tmp_path, cid, value, pattern):
+    good, opt, params = _good(tmp_path, fo.Nadam)
+    path = _rewrite(good, tmp_path / f"{cid}.npz", _set("extra.momentum_products", value),
+                    lambda a: a.pop("a/extra/momentum_products"))
+    _refuse_small(path, opt, params, pattern)
 
 
 # ---- load is all or nothing --------------------------------------------------------
