@@ -48,7 +48,7 @@ import numpy as np
 
 from . import _core
 from . import checkpoint as _checkpoint
-from .optimizers import REGISTRY, Optimizer, _check_schedule_states
+from .optimizers import REGISTRY, Optimizer, _check_counter, _check_schedule_states
 
 __all__ = ["allreduce_gradients", "ShardedOptimizer", "flat_arrays", "consolidate"]
 
@@ -878,8 +878,7 @@ class ShardedOptimizer:
                              f"({_layout_str(self._shapes, self._dtypes)})")
         if [b["bounds"] for b in manifest["buckets"]] != [b["bounds"] for b in self.buckets]:
             raise ValueError(f"{prefix}: shard boundaries differ from this optimizer's")
-        file = os.path.join(os.path.dirname(os.path.abspath(prefix)),
-                            manifest["ranks"][self.rank])
+        file = _rank_file(prefix, manifest, self.rank)
         sd = _checkpoint.read(file)
         params = sd.pop("params", None)
         shard = sd.pop("shard", None)
@@ -1012,14 +1011,41 @@ def _write_json_atomic(path, obj):
     _checkpoint.write_atomic(path, "w", lambda f: json.dump(obj, f, indent=1))
 
 
+_DTYPES = (np.dtype(np.float32).str, np.dtype(np.float64).str)
+
+
+def _is_count(x):
+    return type(x) is int and 0 <= x < 2 ** 63
+
+
+def _is_layout(shapes, dtypes):
+    """True for what fastopt writes: one list of ints >= 0 and one float dtype per parameter."""
+    return (isinstance(shapes, list) and isinstance(dtypes, list) and len(shapes) == len(dtypes)
+            and all(isinstance(s, list) and all(_is_count(d) for d in s) for s in shapes)
+            and all(d in _DTYPES for d in dtypes))
+
+
+def _rank_file(prefix, manifest, rank):
+    """The file of ``rank``: the manifest names it, in the manifest's directory."""
+    name = manifest["ranks"][rank]
+    # a name with a directory part could make a crafted manifest read any file
+    if (not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", "..")
+            or "\0" in name):
+        raise ValueError(f"{prefix}.manifest.json: the file of rank {rank} is named "
+                         f"{name!r:.80}; a rank file is named without a directory and lies "
+                         f"next to the manifest, so this manifest was not written by "
+                         f"ShardedOptimizer.save (or was edited)")
+    return os.path.join(os.path.dirname(os.path.abspath(prefix)), name)
+
+
 def read_manifest(path):
     """The manifest of the sharded checkpoint ``path`` (a dict), validated."""
     file = f"{os.fspath(path)}.manifest.json"
     try:
         with open(file) as f:
             manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: corrupt manifest ({e})") from e
+    except (ValueError, RecursionError) as e:     # bad UTF-8 or JSON, too deep, huge ints
+        raise ValueError(f"{file}: corrupt manifest ({type(e).__name__}: {e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{file}: not a fastopt sharded-checkpoint manifest")
     if manifest.get("version") != MANIFEST_VERSION:
@@ -1030,15 +1056,56 @@ def read_manifest(path):
     missing = [k for k in keys if k not in manifest]
     if missing:
         raise ValueError(f"{file}: manifest lacks {', '.join(missing)}")
-    world = manifest["world_size"]
-    if len(manifest["ranks"]) != world:
-        raise ValueError(f"{file}: names {len(manifest['ranks'])} rank files for world size "
-                         f"{world}")
+    world, ranks, buckets = manifest["world_size"], manifest["ranks"], manifest["buckets"]
+    bad = [k for k, ok in (
+        ("save_id", isinstance(manifest["save_id"], str)),
+        ("world_size", _is_count(world) and world >= 1),
+        ("class", isinstance(manifest["class"], str)),
+        ("config", isinstance(manifest["config"], dict)),
+        ("iterations", _is_count(manifest["iterations"])),
+        ("shapes or dtypes", _is_layout(manifest["shapes"], manifest["dtypes"])),
+        ("group_sizes", isinstance(manifest["group_sizes"], list)
+         and all(_is_count(n) for n in manifest["group_sizes"])),
+        ("buckets", isinstance(buckets, list) and all(isinstance(b, dict) for b in buckets)),
+        ("ranks", isinstance(ranks, list))) if not ok]
+    if bad:
+        raise ValueError(f"{file}: corrupt manifest (bad {bad[0]} entry); it was not written "
+                         f"by ShardedOptimizer.save (or was edited)")
+    if len(ranks) != world:
+        raise ValueError(f"{file}: names {len(ranks)} rank files for world size {world}")
+    for rank in range(world):
+        _rank_file(path, manifest, rank)
     shapes = [tuple(s) for s in manifest["shapes"]]
     expected = _layout(shapes, manifest["dtypes"], world)
-    if [b["bounds"] for b in manifest["buckets"]] != [b["bounds"] for b in expected]:
+    if [b.get("bounds") for b in buckets] != [b["bounds"] for b in expected]:
         raise ValueError(f"{file}: shard boundaries do not match the parameter layout")
     return manifest
+
+
+def _check_rank_file(file, sd, manifest, rank, pieces):
+    """Refuse a rank file that does not hold exactly ``pieces`` (``(tensor,
+    start, length)`` of the manifest's layout): their params, state arrays
+    and step counts, with the manifest's dtypes."""
+    shard = sd.get("shard")
+    _check_shard_meta(file, shard, manifest, rank)
+    if shard.get("pieces") != [list(p) for p in pieces]:
+        raise ValueError(f"{file}: its pieces do not match the manifest's layout")
+    params, state, steps = sd.get("params"), sd.get("state"), sd.get("steps")
+    n = len(pieces)
+    if not (isinstance(params, list) and isinstance(state, list) and len(params) == n
+            and len(state) == n and _describe(steps) == f"int64 {(n,)}"):
+        raise ValueError(f"{file}: does not hold the params, state and step counts of the {n} "
+                         f"pieces the manifest gives rank {rank}")
+    _check_counter(sd.get("iterations"), f"{file}: iterations")
+    if n and steps.min() < 0:
+        raise ValueError(f"{file}: step counts must be >= 0")
+    for (i, _, m), q, states in zip(pieces, params, state):
+        want = f"{np.dtype(manifest['dtypes'][i])} {(m,)}"
+        if _describe(q) != want:
+            raise ValueError(f"{file}: piece of params[{i}] is {_describe(q)}; expected {want}")
+        if not isinstance(states, list) or any(_describe(b) != want for b in states):
+            raise ValueError(f"{file}: the state of the piece of params[{i}] is not a list of "
+                             f"{want} arrays")
 
 
 def consolidate(path, out):
@@ -1063,34 +1130,38 @@ def consolidate(path, out):
     dtypes = manifest["dtypes"]
     world = manifest["world_size"]
     buckets = _layout(shapes, dtypes, world)
-    directory = os.path.dirname(os.path.abspath(prefix))
+    files = [_rank_file(prefix, manifest, rank) for rank in range(world)]
+    pieces = [[(i, s, m) for i, _, s, m in _pieces(buckets, shapes, rank)]
+              for rank in range(world)]
+    # The metadata and array headers of every rank file first: the full-size
+    # arrays below are allocated only once the rank files are known to hold
+    # every piece the manifest's shapes describe, with the same number of
+    # state arrays for each piece of a tensor.
+    nstate = {}
+    for rank, file in enumerate(files):
+        sd = _checkpoint.read_headers(file)
+        _check_rank_file(file, sd, manifest, rank, pieces[rank])
+        for (i, _, _), states in zip(pieces[rank], sd["state"]):
+            if nstate.setdefault(i, len(states)) != len(states):
+                raise ValueError(f"{file}: holds {len(states)} state arrays for its piece of "
+                                 f"params[{i}]; another rank file holds {nstate[i]}")
     n = len(shapes)
     full_params = [np.empty(s, dtype=d) for s, d in zip(shapes, dtypes)]
     full_state = [None] * n
     steps = [None] * n
     filled = [0] * n
     first = None
-    for rank in range(world):
-        file = os.path.join(directory, manifest["ranks"][rank])
-        sd = _checkpoint.read(file)
-        params = sd.pop("params", None)
-        shard = sd.pop("shard", None)
-        _check_shard_meta(file, shard, manifest, rank)
-        expected = [(i, s, m) for i, _, s, m in _pieces(buckets, shapes, rank)]
-        if [tuple(p[:3]) for p in shard["pieces"]] != expected:
-            raise ValueError(f"{file}: its pieces do not match the manifest's layout")
-        if params is None or len(params) != len(expected) or len(sd["state"]) != len(expected):
-            raise ValueError(f"{file}: holds {len(sd['state'])} pieces; expected "
-                             f"{len(expected)}")
+    for rank, file in enumerate(files):
+        sd = _checkpoint.read(file, expect=lambda sd: _check_rank_file(
+            file, sd, manifest, rank, pieces[rank]))
+        _check_rank_file(file, sd, manifest, rank, pieces[rank])
         if first is None:
             first = sd
-        elif int(sd["iterations"]) != int(first["iterations"]):
+        elif sd["iterations"] != first["iterations"]:
             raise ValueError(f"{file}: at iteration {sd['iterations']}; rank 0 is at "
                              f"{first['iterations']}")
-        for (i, start, m), q, states, k in zip(expected, params, sd["state"], sd["steps"]):
-            if q.shape != (m,) or q.dtype != np.dtype(dtypes[i]):
-                raise ValueError(f"{file}: piece of params[{i}] is {q.dtype} {q.shape}; "
-                                 f"expected {np.dtype(dtypes[i])} ({m},)")
+        for (i, start, m), q, states, k in zip(pieces[rank], sd["params"], sd["state"],
+                                                sd["steps"]):
             full_params[i].reshape(-1)[start:start + m] = q
             if full_state[i] is None:
                 full_state[i] = [np.zeros(shapes[i], dtype=dtypes[i]) for _ in states]
@@ -1099,9 +1170,6 @@ def consolidate(path, out):
                 raise ValueError(f"{file}: pieces of params[{i}] disagree on their state "
                                  f"(count or step)")
             for a, b in zip(full_state[i], states):
-                if b.shape != (m,):
-                    raise ValueError(f"{file}: state piece of params[{i}] has shape {b.shape}; "
-                                     f"expected ({m},)")
                 a.reshape(-1)[start:start + m] = b
             filled[i] += m
     for i in range(n):
@@ -1134,10 +1202,14 @@ def _main(argv=None):
     args = parser.parse_args(argv)
     try:
         consolidate(args.path, args.out)
+        manifest = read_manifest(args.path)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    manifest = read_manifest(args.path)
+    except MemoryError:
+        print(f"error: the state of {args.path} does not fit in memory; consolidate it on a "
+              f"machine with more", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}: {manifest['class']}, {len(manifest['shapes'])} params, "
           f"iteration {manifest['iterations']}, merged from {manifest['world_size']} ranks")
     return 0
