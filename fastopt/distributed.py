@@ -36,6 +36,7 @@ consolidate <path> <out.npz>``) turns them into a single-process checkpoint
 that :func:`fastopt.load` accepts.
 """
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -48,7 +49,7 @@ import numpy as np
 
 from . import _core
 from . import checkpoint as _checkpoint
-from .optimizers import REGISTRY, Optimizer, _check_counter, _check_schedule_states
+from .optimizers import REGISTRY, Optimizer, _check_counter
 
 __all__ = ["allreduce_gradients", "ShardedOptimizer", "flat_arrays", "consolidate"]
 
@@ -848,20 +849,35 @@ class ShardedOptimizer:
         and its own file first; on any error every rank raises and nothing
         changes."""
         prefix = os.fspath(path)
-        error, message, sd, params = 0, None, None, None
+        error, message, ready = 0, None, None
         try:
             manifest = read_manifest(prefix)
-            sd, params = self._check_shard_file(prefix, manifest)
+            ready = self._check_shard_file(prefix, manifest)
         except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
             error, message = 1, f"{type(e).__name__}: {e}"
         _agree(self.comm, [error], message, "ShardedOptimizer.load")
+        self._restore(*ready)
+
+    def _restore(self, apply, params):
+        """Apply a state and params that every rank has checked (nothing here can fail)."""
         with self._lock:
-            self.optimizer.load_state_dict(sd)
-            for q, v in zip(self.optimizer.params, params):
-                np.copyto(q, v)
+            with self.optimizer._lock:
+                apply()
+                for q, v in zip(self.optimizer.params, params):
+                    np.copyto(q, v)
             self._gather_params()
 
+    def _check_writeable(self):
+        # the all-gather after a load writes every parameter
+        for i, p in enumerate(self._params):
+            if not p.flags.writeable:
+                raise ValueError(f"params[{i}] is read-only, so a checkpoint cannot restore "
+                                 f"it; make it writeable (flags.writeable = True) and load "
+                                 f"again")
+
     def _check_shard_file(self, prefix, manifest):
+        """Check this rank's file completely (everything ``load`` will apply);
+        returns ``(apply, params)`` and changes nothing."""
         if manifest["world_size"] != self.world_size:
             raise ValueError(f"{prefix}: saved by {manifest['world_size']} ranks; this run has "
                              f"{self.world_size}. To resume with a different world size, "
@@ -878,36 +894,44 @@ class ShardedOptimizer:
                              f"({_layout_str(self._shapes, self._dtypes)})")
         if [b["bounds"] for b in manifest["buckets"]] != [b["bounds"] for b in self.buckets]:
             raise ValueError(f"{prefix}: shard boundaries differ from this optimizer's")
+        self._check_writeable()
         file = _rank_file(prefix, manifest, self.rank)
-        sd = _checkpoint.read(file)
-        params = sd.pop("params", None)
-        shard = sd.pop("shard", None)
-        _check_shard_meta(file, shard, manifest, self.rank)
-        if [tuple(p[:3]) for p in shard["pieces"]] != [(i, s, n) for i, _, s, n in self._pieces]:
-            raise ValueError(f"{file}: its pieces differ from this optimizer's layout")
-        if sd.get("class") != type(self.optimizer).__name__:
-            raise ValueError(f"{file}: state of a {sd.get('class')} optimizer")
-        mine = self.optimizer._state
-        state = sd["state"]
-        if len(state) != len(mine) or params is None or len(params) != len(mine):
-            raise ValueError(f"{file}: holds {len(state)} pieces; expected {len(mine)}")
-        for j, (a, b) in enumerate(zip(mine, state)):
-            if len(a) != len(b):
-                raise ValueError(f"{file}: piece {j} has {len(b)} state arrays; expected "
-                                 f"{len(a)} (were the optimizer options the same?)")
-            for x, y in zip(a, b):
-                if x.shape != y.shape or x.dtype != y.dtype:
-                    raise ValueError(f"{file}: piece {j} state is {y.dtype} {y.shape}; "
-                                     f"expected {x.dtype} {x.shape}")
-        for j, (q, v) in enumerate(zip(self.optimizer.params, params)):
-            if q.shape != v.shape or q.dtype != v.dtype:
-                raise ValueError(f"{file}: piece {j} params are {v.dtype} {v.shape}; "
-                                 f"expected {q.dtype} {q.shape}")
-        steps = np.asarray(sd["steps"])
-        if steps.shape != (len(mine),) or int(sd["iterations"]) < 0 or (steps < 0).any():
-            raise ValueError(f"{file}: bad step counters")
-        _check_schedule_states(self.optimizer, sd.get("schedules", {}))
-        return sd, params
+
+        def check(sd):
+            sd = dict(sd)
+            params = sd.pop("params", None)
+            shard = sd.pop("shard", None)
+            _check_shard_meta(file, shard, manifest, self.rank)
+            if shard.get("pieces") != [[i, s, n] for i, _, s, n in self._pieces]:
+                raise ValueError(f"{file}: its pieces differ from this optimizer's layout")
+            if sd.get("class") != type(self.optimizer).__name__:
+                raise ValueError(f"{file}: state of a {sd.get('class')} optimizer")
+            mine = self.optimizer._state
+            state = sd.get("state")
+            if not (isinstance(state, list) and isinstance(params, list)
+                    and len(state) == len(params) == len(mine)):
+                raise ValueError(f"{file}: does not hold the {len(mine)} pieces this rank "
+                                 f"keeps")
+            for j, (a, b) in enumerate(zip(mine, state)):
+                if not isinstance(b, list) or len(a) != len(b):
+                    raise ValueError(f"{file}: piece {j} does not have the {len(a)} state "
+                                     f"arrays this optimizer keeps (were the optimizer options "
+                                     f"the same?)")
+                for x, y in zip(a, b):
+                    if _describe(y) != _describe(x):
+                        raise ValueError(f"{file}: piece {j} state is {_describe(y)}; "
+                                         f"expected {_describe(x)}")
+            for j, (q, v) in enumerate(zip(self.optimizer.params, params)):
+                if _describe(v) != _describe(q):
+                    raise ValueError(f"{file}: piece {j} params are {_describe(v)}; "
+                                     f"expected {_describe(q)}")
+            try:
+                return self.optimizer._check_state_dict(sd), params
+            except ValueError as e:
+                raise ValueError(f"{file}: {e}") from e
+
+        # shapes are checked on the headers first: no data is read from a file that does not fit
+        return check(_checkpoint.read(file, expect=check))
 
 
     def load_consolidated(self, path):
@@ -916,20 +940,24 @@ class ShardedOptimizer:
         optimizer, at any world size: every rank reads the file and keeps its
         pieces.  Collective; on any error every rank raises and nothing changes."""
         file = os.fspath(path)
-        error, message, sd, params = 0, None, None, None
+        error, message, ready = 0, None, None
         try:
-            sd, params = self._split_full(file)
+            ready = self._check_full_file(file)
         except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
             error, message = 1, f"{type(e).__name__}: {e}"
         _agree(self.comm, [error], message, "ShardedOptimizer.load_consolidated")
-        with self._lock:
-            self.optimizer.load_state_dict(sd)
-            for q, v in zip(self.optimizer.params, params):
-                np.copyto(q, v)
-            self._gather_params()
+        self._restore(*ready)
 
-    def _split_full(self, file):
-        sd = _checkpoint.read(file)
+    def _check_full_file(self, file):
+        """Check a single-process checkpoint completely and cut out this rank's
+        pieces; returns ``(apply, params)`` and changes nothing."""
+        self._check_writeable()
+        check = functools.partial(self._split, file)
+        # shapes are checked on the headers first: no data is read from a file that does not fit
+        return check(_checkpoint.read(file, expect=check))
+
+    def _split(self, file, sd):
+        sd = dict(sd)
         full_params = sd.pop("params", None)
         if sd.get("format_version") != 1:
             raise ValueError(f"{file}: not a fastopt optimizer state")
@@ -939,38 +967,45 @@ class ShardedOptimizer:
         if full_params is None:
             raise ValueError(f"{file}: saved without parameters (include_params=False); a "
                              f"sharded optimizer needs them to rebuild its shard")
-        shapes = [tuple(s) for s in sd["shapes"]]
-        if shapes != self._shapes or list(sd["dtypes"]) != self._dtypes:
+        shapes, dtypes = sd.get("shapes"), sd.get("dtypes")
+        if not _is_layout(shapes, dtypes):
+            raise ValueError(f"{file}: corrupt checkpoint (bad shapes or dtypes entry)")
+        shapes = [tuple(s) for s in shapes]
+        if shapes != self._shapes or dtypes != self._dtypes:
             raise ValueError(f"{file}: the checkpoint's parameters "
-                             f"({_layout_str(shapes, sd['dtypes'])}) differ from this "
+                             f"({_layout_str(shapes, dtypes)}) differ from this "
                              f"optimizer's ({_layout_str(self._shapes, self._dtypes)})")
-        state, steps = sd["state"], np.asarray(sd["steps"])
-        if len(state) != len(shapes) or steps.shape != (len(shapes),):
-            raise ValueError(f"{file}: state for {len(state)} params; expected {len(shapes)}")
+        state, steps = sd.get("state"), sd.get("steps")
+        if not (isinstance(state, list) and isinstance(full_params, list)
+                and len(state) == len(full_params) == len(shapes)
+                and _describe(steps) == f"int64 {(len(shapes),)}"):
+            raise ValueError(f"{file}: does not hold state, step counts and params for the "
+                             f"{len(shapes)} params of this optimizer")
         pieces_state, pieces_params = [], []
         for j, (i, _, start, n) in enumerate(self._pieces):
             mine = self.optimizer._state[j]
-            if len(state[i]) != len(mine):
-                raise ValueError(f"{file}: params[{i}] has {len(state[i])} state arrays; "
-                                 f"expected {len(mine)} (were the optimizer options the same?)")
+            want = f"{np.dtype(self._dtypes[i])} {shapes[i]}"
+            if not isinstance(state[i], list) or len(state[i]) != len(mine):
+                raise ValueError(f"{file}: params[{i}] does not have the {len(mine)} state "
+                                 f"arrays this optimizer keeps (were the optimizer options "
+                                 f"the same?)")
             for a in state[i]:
-                if a.shape != shapes[i] or a.dtype != np.dtype(self._dtypes[i]):
-                    raise ValueError(f"{file}: params[{i}] state is {a.dtype} {a.shape}; "
-                                     f"expected {np.dtype(self._dtypes[i])} {shapes[i]}")
+                if _describe(a) != want:
+                    raise ValueError(f"{file}: params[{i}] state is {_describe(a)}; "
+                                     f"expected {want}")
             pieces_state.append([a.reshape(-1)[start:start + n] for a in state[i]])
             p = full_params[i]
-            if p.shape != shapes[i] or p.dtype != np.dtype(self._dtypes[i]):
-                raise ValueError(f"{file}: params[{i}] is {p.dtype} {p.shape}; expected "
-                                 f"{np.dtype(self._dtypes[i])} {shapes[i]}")
+            if _describe(p) != want:
+                raise ValueError(f"{file}: params[{i}] is {_describe(p)}; expected {want}")
             pieces_params.append(p.reshape(-1)[start:start + n])
-        if int(sd["iterations"]) < 0 or (steps < 0).any():
-            raise ValueError(f"{file}: step counters must be >= 0")
-        _check_schedule_states(self.optimizer, sd.get("schedules", {}))
         sd["state"] = pieces_state
-        sd["steps"] = np.array([steps[i] for i, _, _, _ in self._pieces], dtype=np.int64)
+        sd["steps"] = steps[[i for i, _, _, _ in self._pieces]]
         sd["shapes"] = [[n] for _, _, _, n in self._pieces]
         sd["dtypes"] = [self._dtypes[i] for i, _, _, _ in self._pieces]
-        return sd, pieces_params
+        try:
+            return self.optimizer._check_state_dict(sd), pieces_params
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from e
 
 
 def _hash_arrays(arrays):

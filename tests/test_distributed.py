@@ -342,6 +342,35 @@ def test_torn_checkpoint_refused_on_every_rank(checkpoint_run):
 
 
 @needs_mpi
+@pytest.mark.parametrize("case,fragments", [
+    # passes the shard checks, fails load_state_dict's: rank 0 used to hang
+    ("extra", ["rank 1: ", "ckpt.rank1.npz: extra.micro_steps: step counters must be ints >= 0"]),
+    ("consolidated", ["rank 1: ", "consolidated.npz: extra.micro_steps: step counters"]),
+    # names the real file of rank 1, outside the checkpoint's directory: used to load it
+    ("escape", ["rank 0: ", "rank 1: ", "the file of rank 1 is named '../ckpt.rank1.npz'; a "
+                                        "rank file is named without a directory"]),
+    ("readonly", ["rank 1: ", "params[1] is read-only"]),
+])
+def test_load_refused_by_one_rank_fails_every_rank_and_changes_nothing(checkpoint_run, case,
+                                                                       fragments):
+    _, results, _ = checkpoint_run
+    for r in range(WORLD):
+        got = results[r][case]
+        assert got["error"] is not None, f"rank {r} did not raise for {case}"
+        assert "refused on every rank; nothing was changed" in got["error"], got["error"]
+        assert all(f in got["error"] for f in fragments), got["error"]
+        assert ("rank 0: " in got["error"]) == ("rank 0: " in fragments), got["error"]
+        assert got["unchanged"], f"rank {r}: {case} changed params, state or iterations"
+    assert results[0][case]["error"] == results[1][case]["error"]
+
+
+@needs_mpi
+def test_ranks_step_together_after_refused_loads(checkpoint_run):
+    _, results, _ = checkpoint_run
+    assert [results[r]["after_refusals"] for r in range(WORLD)] == [[3, 4]] * WORLD
+
+
+@needs_mpi
 def test_consolidated_checkpoint_loads_into_plain_optimizer(checkpoint_run, tmp_path):
     """consolidate -> fo.load into a single-process optimizer -> the same
     trajectory as the sharded run (rank-order gradients: bit for bit)."""
