@@ -15,7 +15,7 @@ metadata does not name is refused unread.
 import json
 import math
 import os
-import tempfile
+import stat
 import zipfile
 import zlib
 
@@ -55,13 +55,34 @@ def _decode(obj, lookup):
     return obj
 
 
+def _create_temp(directory):
+    """A new file in ``directory``, open for writing: (fd, path).  Created with
+    mode 0o666 less the umask, as ``open()`` creates files (``mkstemp`` would
+    give 0o600), and with O_EXCL, so a planted file or symlink is never used."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(directory, f".fastopt-{os.urandom(8).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write_atomic(path, mode, write):
     """Create or replace ``path`` atomically: ``write(f)`` fills a temporary file
     in the same directory, which is fsync'ed and renamed over ``path`` (then the
-    directory is fsync'ed).  A crash leaves the old file or the new one."""
+    directory is fsync'ed).  A crash leaves the old file or the new one.  A new
+    file gets mode 0o666 less the umask; a replaced one keeps its permissions,
+    so a reader that could read the old file (another user's evaluation job,
+    say) can read the new one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastopt-", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temp(directory)
     try:
+        try:
+            # permission bits only: set-id bits would land on a file now owned by the writer
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) & 0o777)
+        except FileNotFoundError:
+            pass
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -604,3 +605,30 @@ def test_load_into_a_read_only_param_changes_nothing(tmp_path):
     b.flags.writeable = True
     fo.load(path, opt)
     assert opt.iterations == 1 and (a == b).all()
+
+
+# ---- file modes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_new_checkpoint_gets_the_mode_open_would_give(tmp_path, umask):
+    opt, _ = _trained(tmp_path)
+    old = os.umask(umask)
+    try:
+        fo.save(tmp_path / "ck.npz", opt)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "ck.npz").st_mode) == 0o666 & ~umask
+
+
+def test_resaving_keeps_the_file_mode(tmp_path):
+    opt, _ = _trained(tmp_path)
+    path = tmp_path / "ck.npz"
+    fo.save(path, opt)
+    os.chmod(path, 0o644)
+    old = os.umask(0o077)
+    try:
+        fo.save(path, opt)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    fo.load(path, opt)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -591,6 +592,20 @@ def test_consolidate_cli_refuses_crafted_rank_files_with_one_line(tmp_path, caps
     prefix, _ = _tiny_sharded(tmp_path)
     _edit_rank_meta(prefix, edit)
     _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_manifest_gets_the_mode_open_would_give_and_keeps_it(tmp_path, umask):
+    path = str(tmp_path / "ck.manifest.json")
+    old = os.umask(umask)
+    try:
+        dist._write_json_atomic(path, {"a": 1})
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+        os.chmod(path, 0o640)
+        dist._write_json_atomic(path, {"a": 2})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
 # ---- the example ------------------------------------------------------------------
