@@ -5,11 +5,19 @@ fsync'ed and renamed over the target, so a crash leaves either the old file
 or the new one, never a torn one.  Loading validates everything (format
 version, class, shapes, dtypes, counters, schedule state) before changing
 anything.
+
+A checkpoint may come from anyone, so reading one trusts nothing in it: the
+metadata is read first, then only the ``.npy`` headers of the arrays it
+names, and array data only once every header agrees with the size the zip
+directory gives its member and with what the caller expects.  A member the
+metadata does not name is refused unread.
 """
 import json
+import math
 import os
-import tempfile
+import stat
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -32,23 +40,49 @@ def _encode(obj, arrays, prefix):
     return obj
 
 
-def _decode(obj, arrays):
+def _decode(obj, lookup):
+    """obj with every array reference ``{"__array__": name}`` replaced by ``lookup(name)``."""
     if isinstance(obj, dict):
         if set(obj) == {"__array__"}:
-            return arrays[obj["__array__"]]
-        return {k: _decode(v, arrays) for k, v in obj.items()}
+            name = obj["__array__"]
+            if not isinstance(name, str):
+                raise ValueError(f"an array reference must name a member (a string); got "
+                                 f"{name!r:.80}")
+            return lookup(name)
+        return {k: _decode(v, lookup) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_decode(v, arrays) for v in obj]
+        return [_decode(v, lookup) for v in obj]
     return obj
+
+
+def _create_temp(directory):
+    """A new file in ``directory``, open for writing: (fd, path).  Created with
+    mode 0o666 less the umask, as ``open()`` creates files (``mkstemp`` would
+    give 0o600), and with O_EXCL, so a planted file or symlink is never used."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(directory, f".fastopt-{os.urandom(8).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def write_atomic(path, mode, write):
     """Create or replace ``path`` atomically: ``write(f)`` fills a temporary file
     in the same directory, which is fsync'ed and renamed over ``path`` (then the
-    directory is fsync'ed).  A crash leaves the old file or the new one."""
+    directory is fsync'ed).  A crash leaves the old file or the new one.  A new
+    file gets mode 0o666 less the umask; a replaced one keeps its permissions,
+    so a reader that could read the old file (another user's evaluation job,
+    say) can read the new one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastopt-", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temp(directory)
     try:
+        try:
+            # permission bits only: set-id bits would land on a file now owned by the writer
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) & 0o777)
+        except FileNotFoundError:
+            pass
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -88,42 +122,170 @@ def save(path, optimizer, include_params=True):
     write_atomic(path, "wb", lambda f: np.savez(f, **arrays))
 
 
-def read(path):
-    """The checkpoint at ``path`` as a state dict (with ``"params"`` if saved)."""
+def _stand_in(shape, dtype):
+    """An array of ``shape`` and ``dtype`` that holds no memory (zero strides):
+    what a check of shapes and dtypes sees before any data is read."""
+    return np.broadcast_to(np.zeros((), dtype=dtype), shape)
+
+
+def _header(path, z, info):
+    """Shape and dtype from the ``.npy`` header of member ``info``, checked to
+    agree with the member's size in the zip directory; its data is not read."""
+    where = f"{path}: member {info.filename!r}"
+    if info.flag_bits & 0x1:
+        raise ValueError(f"{where}: encrypted, which fastopt never writes; not a fastopt "
+                         f"checkpoint (or it was edited)")
+    with z.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version}; fastopt writes 1.0 or 2.0")
+        except ValueError as e:
+            raise ValueError(f"{where}: corrupt checkpoint, not a .npy array ({e})") from e
+        offset = f.tell()
+    if dtype.kind not in "biuf" or any(d < 0 for d in shape) or len(shape) > 64:
+        raise ValueError(f"{where}: corrupt checkpoint: holds {dtype} data of shape {shape}, "
+                         f"but a fastopt checkpoint holds numeric arrays only (was it edited?)")
+    size = offset + math.prod(shape) * dtype.itemsize
+    if size != info.file_size:
+        raise ValueError(f"{where}: its header describes a {dtype} array of shape {shape} "
+                         f"({size} bytes with the header), but the zip directory gives the "
+                         f"member {info.file_size} bytes; the file is corrupt or was edited")
+    return shape, dtype
+
+
+def _data(path, z, info, shape, dtype):
+    """The array in member ``info``, whose header was checked by :func:`_header`."""
+    try:
+        with z.open(info) as f:
+            a = np.lib.format.read_array(f, allow_pickle=False)
+    except MemoryError as e:
+        raise ValueError(f"{path}: member {info.filename!r} ({dtype} {shape}) does not fit in "
+                         f"memory") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: unreadable or truncated checkpoint (member "
+                         f"{info.filename!r}: {e})") from e
+    if a.shape != shape or a.dtype != dtype:
+        raise ValueError(f"{path}: member {info.filename!r} changed while it was read")
+    return a
+
+
+def _index(path, z):
+    """The metadata and ``{name: (member, shape, dtype)}`` for every array it
+    names, all checked; no array data is read."""
+    infos = z.infolist()
+    members = {i.filename: i for i in infos}
+    if len(members) != len(infos):
+        twice = next(n for n in members if sum(i.filename == n for i in infos) > 1)
+        raise ValueError(f"{path}: member {twice!r} appears twice; not a fastopt checkpoint "
+                         f"(or it was edited)")
+    info = members.get(_META + ".npy")
+    if info is None:
+        raise ValueError(f"{path}: not a fastopt checkpoint (no metadata entry)")
+    shape, dtype = _header(path, z, info)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise ValueError(f"{path}: corrupt checkpoint metadata (a {dtype} array of shape "
+                         f"{shape}; expected the uint8 bytes of a JSON object)")
+    raw = _data(path, z, info, shape, dtype).tobytes()
+    try:
+        meta = json.loads(raw.decode())
+    except (ValueError, RecursionError) as e:      # bad UTF-8 or JSON, too deep, huge ints
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({type(e).__name__}: "
+                         f"{e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
+    version = meta.pop("checkpoint_version", None)
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {version!r}; this fastopt reads "
+                         f"version {FORMAT_VERSION}")
+    names = set()
+    try:
+        _decode(meta, names.add)
+    except ValueError as e:
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from e
+    wanted = {n + ".npy" for n in names} | {_META + ".npy"}
+    for member in members:
+        if member not in wanted:
+            raise ValueError(f"{path}: member {member!r} is not named by the checkpoint's "
+                             f"metadata; fastopt writes no such member, so this is not a "
+                             f"fastopt checkpoint (or it was edited). Refused unread")
+    headers = {}
+    for name in sorted(names):
+        info = members.get(name + ".npy")
+        if info is None:
+            raise ValueError(f"{path}: checkpoint is missing array {name!r}")
+        headers[name] = (info, *_header(path, z, info))
+    return meta, headers
+
+
+def _read(path, expect, data):
     path = os.fspath(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":
         raise ValueError(f"{path}: not a fastopt checkpoint (not an .npz archive), or truncated")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if _META not in z.files:
-                raise ValueError(f"{path}: not a fastopt checkpoint (no metadata entry)")
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
+        with zipfile.ZipFile(path) as z:
+            meta, headers = _index(path, z)
+            stand_ins = _decode(meta, lambda n: _stand_in(*headers[n][1:]))
+            if not data:
+                return stand_ins
+            if expect is not None:
+                expect(stand_ins)
+            arrays = {n: _data(path, z, *h) for n, h in headers.items()}
+            return _decode(meta, arrays.__getitem__)
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: unreadable or truncated checkpoint ({e})") from e
-    try:
-        meta = json.loads(arrays.pop(_META).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: corrupt checkpoint metadata (not a JSON object)")
-    version = meta.pop("checkpoint_version", None)
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format version {version!r}; this fastopt reads "
-                         f"version {FORMAT_VERSION}")
-    try:
-        return _decode(meta, arrays)
-    except KeyError as e:
-        raise ValueError(f"{path}: checkpoint is missing array {e}") from e
+    except RecursionError as e:
+        raise ValueError(f"{path}: corrupt checkpoint metadata (nested too deeply)") from e
+    except MemoryError as e:
+        raise ValueError(f"{path}: checkpoint does not fit in memory ({e})") from e
+
+
+def read(path, expect=None):
+    """The checkpoint at ``path`` as a state dict (with ``"params"`` if saved).
+
+    ``expect(sd)``, if given, is called before any array data is read, with
+    the state dict in which every array is a stand-in of the saved array's
+    shape and dtype that holds no memory; it refuses the file by raising.
+    """
+    return _read(path, expect, True)
+
+
+def read_headers(path):
+    """The checkpoint at ``path`` as :func:`read` gives it, but with every
+    array a stand-in of its shape and dtype: only the metadata and the
+    ``.npy`` headers are read."""
+    return _read(path, None, False)
 
 
 def load(path, optimizer):
     """Restore ``optimizer`` (and its parameters, if the file has them) from
-    ``path``.  Any mismatch raises and leaves optimizer and parameters as they were."""
-    sd = read(path)
+    ``path``.  Any mismatch raises ``ValueError`` and leaves optimizer and
+    parameters as they were."""
+    path = os.fspath(path)
+    # shapes and dtypes are compared with the optimizer's before any array data is read
+    sd = read(path, expect=lambda sd: _check(path, optimizer, sd))
+    with optimizer._lock:
+        apply, params = _check(path, optimizer, sd)
+        # everything is checked: from here on nothing can fail half-way
+        apply()
+        if params is not None:
+            for p, q in zip(optimizer.params, params):
+                np.copyto(p, q)
+
+
+def _check(path, optimizer, sd):
+    """Validate the checkpoint ``sd`` read from ``path`` against ``optimizer``
+    without changing anything; returns the function that applies its state and
+    the params to copy (None if it has none)."""
+    sd = dict(sd)
     params = sd.pop("params", None)
     mine = optimizer.params
     if params is not None:
@@ -139,13 +301,17 @@ def load(path, optimizer):
                 raise ValueError(f"{path}: params[{i}] is {q.dtype} {q.shape} in the "
                                  f"checkpoint, {p.dtype} {p.shape} in the optimizer. Build "
                                  f"the optimizer over the parameters it was saved with")
-    with optimizer._lock:
-        try:
-            apply = optimizer._check_state_dict(sd)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
-        # everything is checked: from here on nothing can fail half-way
-        apply()
-        if params is not None:
-            for p, q in zip(mine, params):
-                np.copyto(p, q)
+            if not p.flags.writeable:
+                raise ValueError(f"{path}: params[{i}] of the optimizer is read-only, so the "
+                                 f"checkpoint cannot restore it; nothing was loaded. Make it "
+                                 f"writeable (params[{i}].flags.writeable = True) and load "
+                                 f"again")
+    try:
+        apply = optimizer._check_state_dict(sd)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    except (TypeError, AttributeError, OverflowError, RecursionError) as e:
+        # a value of the wrong type deep in crafted metadata (a schedule's state, say)
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({type(e).__name__}: {e}); "
+                         f"it was not written by fastopt.save (or was edited)") from e
+    return apply, params

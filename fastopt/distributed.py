@@ -36,6 +36,7 @@ consolidate <path> <out.npz>``) turns them into a single-process checkpoint
 that :func:`fastopt.load` accepts.
 """
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -48,7 +49,7 @@ import numpy as np
 
 from . import _core
 from . import checkpoint as _checkpoint
-from .optimizers import REGISTRY, Optimizer, _check_schedule_states
+from .optimizers import REGISTRY, Optimizer, _check_counter
 
 __all__ = ["allreduce_gradients", "ShardedOptimizer", "flat_arrays", "consolidate"]
 
@@ -848,20 +849,35 @@ class ShardedOptimizer:
         and its own file first; on any error every rank raises and nothing
         changes."""
         prefix = os.fspath(path)
-        error, message, sd, params = 0, None, None, None
+        error, message, ready = 0, None, None
         try:
             manifest = read_manifest(prefix)
-            sd, params = self._check_shard_file(prefix, manifest)
+            ready = self._check_shard_file(prefix, manifest)
         except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
             error, message = 1, f"{type(e).__name__}: {e}"
         _agree(self.comm, [error], message, "ShardedOptimizer.load")
+        self._restore(*ready)
+
+    def _restore(self, apply, params):
+        """Apply a state and params that every rank has checked (nothing here can fail)."""
         with self._lock:
-            self.optimizer.load_state_dict(sd)
-            for q, v in zip(self.optimizer.params, params):
-                np.copyto(q, v)
+            with self.optimizer._lock:
+                apply()
+                for q, v in zip(self.optimizer.params, params):
+                    np.copyto(q, v)
             self._gather_params()
 
+    def _check_writeable(self):
+        # the all-gather after a load writes every parameter
+        for i, p in enumerate(self._params):
+            if not p.flags.writeable:
+                raise ValueError(f"params[{i}] is read-only, so a checkpoint cannot restore "
+                                 f"it; make it writeable (flags.writeable = True) and load "
+                                 f"again")
+
     def _check_shard_file(self, prefix, manifest):
+        """Check this rank's file completely (everything ``load`` will apply);
+        returns ``(apply, params)`` and changes nothing."""
         if manifest["world_size"] != self.world_size:
             raise ValueError(f"{prefix}: saved by {manifest['world_size']} ranks; this run has "
                              f"{self.world_size}. To resume with a different world size, "
@@ -878,37 +894,44 @@ class ShardedOptimizer:
                              f"({_layout_str(self._shapes, self._dtypes)})")
         if [b["bounds"] for b in manifest["buckets"]] != [b["bounds"] for b in self.buckets]:
             raise ValueError(f"{prefix}: shard boundaries differ from this optimizer's")
-        file = os.path.join(os.path.dirname(os.path.abspath(prefix)),
-                            manifest["ranks"][self.rank])
-        sd = _checkpoint.read(file)
-        params = sd.pop("params", None)
-        shard = sd.pop("shard", None)
-        _check_shard_meta(file, shard, manifest, self.rank)
-        if [tuple(p[:3]) for p in shard["pieces"]] != [(i, s, n) for i, _, s, n in self._pieces]:
-            raise ValueError(f"{file}: its pieces differ from this optimizer's layout")
-        if sd.get("class") != type(self.optimizer).__name__:
-            raise ValueError(f"{file}: state of a {sd.get('class')} optimizer")
-        mine = self.optimizer._state
-        state = sd["state"]
-        if len(state) != len(mine) or params is None or len(params) != len(mine):
-            raise ValueError(f"{file}: holds {len(state)} pieces; expected {len(mine)}")
-        for j, (a, b) in enumerate(zip(mine, state)):
-            if len(a) != len(b):
-                raise ValueError(f"{file}: piece {j} has {len(b)} state arrays; expected "
-                                 f"{len(a)} (were the optimizer options the same?)")
-            for x, y in zip(a, b):
-                if x.shape != y.shape or x.dtype != y.dtype:
-                    raise ValueError(f"{file}: piece {j} state is {y.dtype} {y.shape}; "
-                                     f"expected {x.dtype} {x.shape}")
-        for j, (q, v) in enumerate(zip(self.optimizer.params, params)):
-            if q.shape != v.shape or q.dtype != v.dtype:
-                raise ValueError(f"{file}: piece {j} params are {v.dtype} {v.shape}; "
-                                 f"expected {q.dtype} {q.shape}")
-        steps = np.asarray(sd["steps"])
-        if steps.shape != (len(mine),) or int(sd["iterations"]) < 0 or (steps < 0).any():
-            raise ValueError(f"{file}: bad step counters")
-        _check_schedule_states(self.optimizer, sd.get("schedules", {}))
-        return sd, params
+        self._check_writeable()
+        file = _rank_file(prefix, manifest, self.rank)
+
+        def check(sd):
+            sd = dict(sd)
+            params = sd.pop("params", None)
+            shard = sd.pop("shard", None)
+            _check_shard_meta(file, shard, manifest, self.rank)
+            if shard.get("pieces") != [[i, s, n] for i, _, s, n in self._pieces]:
+                raise ValueError(f"{file}: its pieces differ from this optimizer's layout")
+            if sd.get("class") != type(self.optimizer).__name__:
+                raise ValueError(f"{file}: state of a {sd.get('class')} optimizer")
+            mine = self.optimizer._state
+            state = sd.get("state")
+            if not (isinstance(state, list) and isinstance(params, list)
+                    and len(state) == len(params) == len(mine)):
+                raise ValueError(f"{file}: does not hold the {len(mine)} pieces this rank "
+                                 f"keeps")
+            for j, (a, b) in enumerate(zip(mine, state)):
+                if not isinstance(b, list) or len(a) != len(b):
+                    raise ValueError(f"{file}: piece {j} does not have the {len(a)} state "
+                                     f"arrays this optimizer keeps (were the optimizer options "
+                                     f"the same?)")
+                for x, y in zip(a, b):
+                    if _describe(y) != _describe(x):
+                        raise ValueError(f"{file}: piece {j} state is {_describe(y)}; "
+                                         f"expected {_describe(x)}")
+            for j, (q, v) in enumerate(zip(self.optimizer.params, params)):
+                if _describe(v) != _describe(q):
+                    raise ValueError(f"{file}: piece {j} params are {_describe(v)}; "
+                                     f"expected {_describe(q)}")
+            try:
+                return self.optimizer._check_state_dict(sd), params
+            except ValueError as e:
+                raise ValueError(f"{file}: {e}") from e
+
+        # shapes are checked on the headers first: no data is read from a file that does not fit
+        return check(_checkpoint.read(file, expect=check))
 
 
     def load_consolidated(self, path):
@@ -917,20 +940,24 @@ class ShardedOptimizer:
         optimizer, at any world size: every rank reads the file and keeps its
         pieces.  Collective; on any error every rank raises and nothing changes."""
         file = os.fspath(path)
-        error, message, sd, params = 0, None, None, None
+        error, message, ready = 0, None, None
         try:
-            sd, params = self._split_full(file)
+            ready = self._check_full_file(file)
         except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
             error, message = 1, f"{type(e).__name__}: {e}"
         _agree(self.comm, [error], message, "ShardedOptimizer.load_consolidated")
-        with self._lock:
-            self.optimizer.load_state_dict(sd)
-            for q, v in zip(self.optimizer.params, params):
-                np.copyto(q, v)
-            self._gather_params()
+        self._restore(*ready)
 
-    def _split_full(self, file):
-        sd = _checkpoint.read(file)
+    def _check_full_file(self, file):
+        """Check a single-process checkpoint completely and cut out this rank's
+        pieces; returns ``(apply, params)`` and changes nothing."""
+        self._check_writeable()
+        check = functools.partial(self._split, file)
+        # shapes are checked on the headers first: no data is read from a file that does not fit
+        return check(_checkpoint.read(file, expect=check))
+
+    def _split(self, file, sd):
+        sd = dict(sd)
         full_params = sd.pop("params", None)
         if sd.get("format_version") != 1:
             raise ValueError(f"{file}: not a fastopt optimizer state")
@@ -940,38 +967,45 @@ class ShardedOptimizer:
         if full_params is None:
             raise ValueError(f"{file}: saved without parameters (include_params=False); a "
                              f"sharded optimizer needs them to rebuild its shard")
-        shapes = [tuple(s) for s in sd["shapes"]]
-        if shapes != self._shapes or list(sd["dtypes"]) != self._dtypes:
+        shapes, dtypes = sd.get("shapes"), sd.get("dtypes")
+        if not _is_layout(shapes, dtypes):
+            raise ValueError(f"{file}: corrupt checkpoint (bad shapes or dtypes entry)")
+        shapes = [tuple(s) for s in shapes]
+        if shapes != self._shapes or dtypes != self._dtypes:
             raise ValueError(f"{file}: the checkpoint's parameters "
-                             f"({_layout_str(shapes, sd['dtypes'])}) differ from this "
+                             f"({_layout_str(shapes, dtypes)}) differ from this "
                              f"optimizer's ({_layout_str(self._shapes, self._dtypes)})")
-        state, steps = sd["state"], np.asarray(sd["steps"])
-        if len(state) != len(shapes) or steps.shape != (len(shapes),):
-            raise ValueError(f"{file}: state for {len(state)} params; expected {len(shapes)}")
+        state, steps = sd.get("state"), sd.get("steps")
+        if not (isinstance(state, list) and isinstance(full_params, list)
+                and len(state) == len(full_params) == len(shapes)
+                and _describe(steps) == f"int64 {(len(shapes),)}"):
+            raise ValueError(f"{file}: does not hold state, step counts and params for the "
+                             f"{len(shapes)} params of this optimizer")
         pieces_state, pieces_params = [], []
         for j, (i, _, start, n) in enumerate(self._pieces):
             mine = self.optimizer._state[j]
-            if len(state[i]) != len(mine):
-                raise ValueError(f"{file}: params[{i}] has {len(state[i])} state arrays; "
-                                 f"expected {len(mine)} (were the optimizer options the same?)")
+            want = f"{np.dtype(self._dtypes[i])} {shapes[i]}"
+            if not isinstance(state[i], list) or len(state[i]) != len(mine):
+                raise ValueError(f"{file}: params[{i}] does not have the {len(mine)} state "
+                                 f"arrays this optimizer keeps (were the optimizer options "
+                                 f"the same?)")
             for a in state[i]:
-                if a.shape != shapes[i] or a.dtype != np.dtype(self._dtypes[i]):
-                    raise ValueError(f"{file}: params[{i}] state is {a.dtype} {a.shape}; "
-                                     f"expected {np.dtype(self._dtypes[i])} {shapes[i]}")
+                if _describe(a) != want:
+                    raise ValueError(f"{file}: params[{i}] state is {_describe(a)}; "
+                                     f"expected {want}")
             pieces_state.append([a.reshape(-1)[start:start + n] for a in state[i]])
             p = full_params[i]
-            if p.shape != shapes[i] or p.dtype != np.dtype(self._dtypes[i]):
-                raise ValueError(f"{file}: params[{i}] is {p.dtype} {p.shape}; expected "
-                                 f"{np.dtype(self._dtypes[i])} {shapes[i]}")
+            if _describe(p) != want:
+                raise ValueError(f"{file}: params[{i}] is {_describe(p)}; expected {want}")
             pieces_params.append(p.reshape(-1)[start:start + n])
-        if int(sd["iterations"]) < 0 or (steps < 0).any():
-            raise ValueError(f"{file}: step counters must be >= 0")
-        _check_schedule_states(self.optimizer, sd.get("schedules", {}))
         sd["state"] = pieces_state
-        sd["steps"] = np.array([steps[i] for i, _, _, _ in self._pieces], dtype=np.int64)
+        sd["steps"] = steps[[i for i, _, _, _ in self._pieces]]
         sd["shapes"] = [[n] for _, _, _, n in self._pieces]
         sd["dtypes"] = [self._dtypes[i] for i, _, _, _ in self._pieces]
-        return sd, pieces_params
+        try:
+            return self.optimizer._check_state_dict(sd), pieces_params
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from e
 
 
 def _hash_arrays(arrays):
@@ -1012,14 +1046,41 @@ def _write_json_atomic(path, obj):
     _checkpoint.write_atomic(path, "w", lambda f: json.dump(obj, f, indent=1))
 
 
+_DTYPES = (np.dtype(np.float32).str, np.dtype(np.float64).str)
+
+
+def _is_count(x):
+    return type(x) is int and 0 <= x < 2 ** 63
+
+
+def _is_layout(shapes, dtypes):
+    """True for what fastopt writes: one list of ints >= 0 and one float dtype per parameter."""
+    return (isinstance(shapes, list) and isinstance(dtypes, list) and len(shapes) == len(dtypes)
+            and all(isinstance(s, list) and all(_is_count(d) for d in s) for s in shapes)
+            and all(d in _DTYPES for d in dtypes))
+
+
+def _rank_file(prefix, manifest, rank):
+    """The file of ``rank``: the manifest names it, in the manifest's directory."""
+    name = manifest["ranks"][rank]
+    # a name with a directory part could make a crafted manifest read any file
+    if (not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", "..")
+            or "\0" in name):
+        raise ValueError(f"{prefix}.manifest.json: the file of rank {rank} is named "
+                         f"{name!r:.80}; a rank file is named without a directory and lies "
+                         f"next to the manifest, so this manifest was not written by "
+                         f"ShardedOptimizer.save (or was edited)")
+    return os.path.join(os.path.dirname(os.path.abspath(prefix)), name)
+
+
 def read_manifest(path):
     """The manifest of the sharded checkpoint ``path`` (a dict), validated."""
     file = f"{os.fspath(path)}.manifest.json"
     try:
         with open(file) as f:
             manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: corrupt manifest ({e})") from e
+    except (ValueError, RecursionError) as e:     # bad UTF-8 or JSON, too deep, huge ints
+        raise ValueError(f"{file}: corrupt manifest ({type(e).__name__}: {e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{file}: not a fastopt sharded-checkpoint manifest")
     if manifest.get("version") != MANIFEST_VERSION:
@@ -1030,15 +1091,56 @@ def read_manifest(path):
     missing = [k for k in keys if k not in manifest]
     if missing:
         raise ValueError(f"{file}: manifest lacks {', '.join(missing)}")
-    world = manifest["world_size"]
-    if len(manifest["ranks"]) != world:
-        raise ValueError(f"{file}: names {len(manifest['ranks'])} rank files for world size "
-                         f"{world}")
+    world, ranks, buckets = manifest["world_size"], manifest["ranks"], manifest["buckets"]
+    bad = [k for k, ok in (
+        ("save_id", isinstance(manifest["save_id"], str)),
+        ("world_size", _is_count(world) and world >= 1),
+        ("class", isinstance(manifest["class"], str)),
+        ("config", isinstance(manifest["config"], dict)),
+        ("iterations", _is_count(manifest["iterations"])),
+        ("shapes or dtypes", _is_layout(manifest["shapes"], manifest["dtypes"])),
+        ("group_sizes", isinstance(manifest["group_sizes"], list)
+         and all(_is_count(n) for n in manifest["group_sizes"])),
+        ("buckets", isinstance(buckets, list) and all(isinstance(b, dict) for b in buckets)),
+        ("ranks", isinstance(ranks, list))) if not ok]
+    if bad:
+        raise ValueError(f"{file}: corrupt manifest (bad {bad[0]} entry); it was not written "
+                         f"by ShardedOptimizer.save (or was edited)")
+    if len(ranks) != world:
+        raise ValueError(f"{file}: names {len(ranks)} rank files for world size {world}")
+    for rank in range(world):
+        _rank_file(path, manifest, rank)
     shapes = [tuple(s) for s in manifest["shapes"]]
     expected = _layout(shapes, manifest["dtypes"], world)
-    if [b["bounds"] for b in manifest["buckets"]] != [b["bounds"] for b in expected]:
+    if [b.get("bounds") for b in buckets] != [b["bounds"] for b in expected]:
         raise ValueError(f"{file}: shard boundaries do not match the parameter layout")
     return manifest
+
+
+def _check_rank_file(file, sd, manifest, rank, pieces):
+    """Refuse a rank file that does not hold exactly ``pieces`` (``(tensor,
+    start, length)`` of the manifest's layout): their params, state arrays
+    and step counts, with the manifest's dtypes."""
+    shard = sd.get("shard")
+    _check_shard_meta(file, shard, manifest, rank)
+    if shard.get("pieces") != [list(p) for p in pieces]:
+        raise ValueError(f"{file}: its pieces do not match the manifest's layout")
+    params, state, steps = sd.get("params"), sd.get("state"), sd.get("steps")
+    n = len(pieces)
+    if not (isinstance(params, list) and isinstance(state, list) and len(params) == n
+            and len(state) == n and _describe(steps) == f"int64 {(n,)}"):
+        raise ValueError(f"{file}: does not hold the params, state and step counts of the {n} "
+                         f"pieces the manifest gives rank {rank}")
+    _check_counter(sd.get("iterations"), f"{file}: iterations")
+    if n and steps.min() < 0:
+        raise ValueError(f"{file}: step counts must be >= 0")
+    for (i, _, m), q, states in zip(pieces, params, state):
+        want = f"{np.dtype(manifest['dtypes'][i])} {(m,)}"
+        if _describe(q) != want:
+            raise ValueError(f"{file}: piece of params[{i}] is {_describe(q)}; expected {want}")
+        if not isinstance(states, list) or any(_describe(b) != want for b in states):
+            raise ValueError(f"{file}: the state of the piece of params[{i}] is not a list of "
+                             f"{want} arrays")
 
 
 def consolidate(path, out):
@@ -1063,34 +1165,38 @@ def consolidate(path, out):
     dtypes = manifest["dtypes"]
     world = manifest["world_size"]
     buckets = _layout(shapes, dtypes, world)
-    directory = os.path.dirname(os.path.abspath(prefix))
+    files = [_rank_file(prefix, manifest, rank) for rank in range(world)]
+    pieces = [[(i, s, m) for i, _, s, m in _pieces(buckets, shapes, rank)]
+              for rank in range(world)]
+    # The metadata and array headers of every rank file first: the full-size
+    # arrays below are allocated only once the rank files are known to hold
+    # every piece the manifest's shapes describe, with the same number of
+    # state arrays for each piece of a tensor.
+    nstate = {}
+    for rank, file in enumerate(files):
+        sd = _checkpoint.read_headers(file)
+        _check_rank_file(file, sd, manifest, rank, pieces[rank])
+        for (i, _, _), states in zip(pieces[rank], sd["state"]):
+            if nstate.setdefault(i, len(states)) != len(states):
+                raise ValueError(f"{file}: holds {len(states)} state arrays for its piece of "
+                                 f"params[{i}]; another rank file holds {nstate[i]}")
     n = len(shapes)
     full_params = [np.empty(s, dtype=d) for s, d in zip(shapes, dtypes)]
     full_state = [None] * n
     steps = [None] * n
     filled = [0] * n
     first = None
-    for rank in range(world):
-        file = os.path.join(directory, manifest["ranks"][rank])
-        sd = _checkpoint.read(file)
-        params = sd.pop("params", None)
-        shard = sd.pop("shard", None)
-        _check_shard_meta(file, shard, manifest, rank)
-        expected = [(i, s, m) for i, _, s, m in _pieces(buckets, shapes, rank)]
-        if [tuple(p[:3]) for p in shard["pieces"]] != expected:
-            raise ValueError(f"{file}: its pieces do not match the manifest's layout")
-        if params is None or len(params) != len(expected) or len(sd["state"]) != len(expected):
-            raise ValueError(f"{file}: holds {len(sd['state'])} pieces; expected "
-                             f"{len(expected)}")
+    for rank, file in enumerate(files):
+        sd = _checkpoint.read(file, expect=lambda sd: _check_rank_file(
+            file, sd, manifest, rank, pieces[rank]))
+        _check_rank_file(file, sd, manifest, rank, pieces[rank])
         if first is None:
             first = sd
-        elif int(sd["iterations"]) != int(first["iterations"]):
+        elif sd["iterations"] != first["iterations"]:
             raise ValueError(f"{file}: at iteration {sd['iterations']}; rank 0 is at "
                              f"{first['iterations']}")
-        for (i, start, m), q, states, k in zip(expected, params, sd["state"], sd["steps"]):
-            if q.shape != (m,) or q.dtype != np.dtype(dtypes[i]):
-                raise ValueError(f"{file}: piece of params[{i}] is {q.dtype} {q.shape}; "
-                                 f"expected {np.dtype(dtypes[i])} ({m},)")
+        for (i, start, m), q, states, k in zip(pieces[rank], sd["params"], sd["state"],
+                                                sd["steps"]):
             full_params[i].reshape(-1)[start:start + m] = q
             if full_state[i] is None:
                 full_state[i] = [np.zeros(shapes[i], dtype=dtypes[i]) for _ in states]
@@ -1099,9 +1205,6 @@ def consolidate(path, out):
                 raise ValueError(f"{file}: pieces of params[{i}] disagree on their state "
                                  f"(count or step)")
             for a, b in zip(full_state[i], states):
-                if b.shape != (m,):
-                    raise ValueError(f"{file}: state piece of params[{i}] has shape {b.shape}; "
-                                     f"expected ({m},)")
                 a.reshape(-1)[start:start + m] = b
             filled[i] += m
     for i in range(n):
@@ -1134,10 +1237,14 @@ def _main(argv=None):
     args = parser.parse_args(argv)
     try:
         consolidate(args.path, args.out)
+        manifest = read_manifest(args.path)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    manifest = read_manifest(args.path)
+    except MemoryError:
+        print(f"error: the state of {args.path} does not fit in memory; consolidate it on a "
+              f"machine with more", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}: {manifest['class']}, {len(manifest['shapes'])} params, "
           f"iteration {manifest['iterations']}, merged from {manifest['world_size']} ranks")
     return 0

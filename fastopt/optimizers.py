@@ -809,10 +809,8 @@ class Optimizer:
         """Validate the ``extra`` entry of a state dict; returns it normalised."""
         if not isinstance(extra, dict):
             raise ValueError("state 'extra' must be a dict")
-        out = {"micro_steps": int(extra.get("micro_steps", 0)),
-               "skipped_steps": int(extra.get("skipped_steps", 0))}
-        if out["micro_steps"] < 0 or out["skipped_steps"] < 0:
-            raise ValueError("step counters must be >= 0")
+        out = {key: _check_counter(extra.get(key, 0), f"extra.{key}")
+               for key in ("micro_steps", "skipped_steps")}
         for key, mine in (("ema", self._ema), ("accumulators", self._accum)):
             theirs = extra.get(key)
             if mine is None:
@@ -1103,7 +1101,10 @@ class Optimizer:
         if sd["class"] != name:
             raise ValueError(f"state is of a {sd['class']} optimizer; this is a {name}. Load it "
                              f"into a {sd['class']} built over the same parameters")
-        conv = (sd.get("config") or {}).get("convention", self.convention)
+        config = sd.get("config") or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"config: expected a dict; got {type(config).__name__}")
+        conv = config.get("convention", self.convention)
         if conv != self.convention:
             raise ValueError(f"state is of a convention={conv!r} {name}; this one has "
                              f"convention={self.convention!r}. Build the optimizer with "
@@ -1113,6 +1114,10 @@ class Optimizer:
             theirs = sd.get(key)
             if theirs is None:
                 continue
+            if not isinstance(theirs, (list, tuple)) or (key == "shapes" and not all(
+                    isinstance(t, (list, tuple)) for t in theirs)):
+                raise ValueError(f"{key}: expected a list with one entry per parameter; got "
+                                 f"{theirs!r:.80}")
             theirs = [list(t) if key == "shapes" else t for t in theirs]
             if len(theirs) != len(mine):
                 raise ValueError(f"state has {len(theirs)} parameters; this optimizer has "
@@ -1143,13 +1148,10 @@ class Optimizer:
         if (steps.dtype.kind not in "iu" and steps.size) or steps.shape != (len(self._steps),):
             got = f"{steps.dtype} {steps.shape}"
             raise ValueError(f"steps: expected {len(self._steps)} integer counts; got {got}")
-        iterations = sd["iterations"]
-        if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations,
-                                                                      (int, np.integer)):
-            raise ValueError(f"iterations: expected an int; got {iterations!r}")
-        iterations = int(iterations)
-        if iterations < 0 or (steps < 0).any():
-            raise ValueError("step counters must be >= 0")
+        if steps.size and (steps.min() < 0 or steps.max() > _COUNTER_MAX):
+            raise ValueError(f"steps: step counters must be >= 0 and < 2**63; got "
+                             f"{steps.min()} .. {steps.max()}")
+        iterations = _check_counter(sd["iterations"], "iterations")
         sched_states = sd.get("schedules") or {}
         if not isinstance(sched_states, dict):
             raise ValueError(f"schedules: expected a dict; got {type(sched_states).__name__}")
@@ -1251,6 +1253,23 @@ def _schedule_states(opt, schedules):
         if hasattr(sched, "state_dict"):
             out[path] = sched.state_dict()
     return out
+
+
+_COUNTER_MAX = 2 ** 63 - 1     # counters are int64 in the kernels and in checkpoints
+
+
+def _check_counter(value, name):
+    """``value`` as an int if it can be a step counter (an int, not a bool,
+    in [0, 2**63)); else ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        got = f"{value!r:.60}"
+    elif not 0 <= value <= _COUNTER_MAX:
+        bits = abs(int(value)).bit_length()
+        got = value if bits <= 128 else f"an int of {bits} bits"
+    else:
+        return int(value)
+    raise ValueError(f"{name}: step counters must be ints >= 0 and < 2**63; got {got}. "
+                     f"Pass a state written by state_dict() (or fastopt.save)")
 
 
 def _check_schedule_states(opt, states):
@@ -1877,10 +1896,16 @@ class Nadam(Optimizer):
 
     def _check_extra_state(self, extra):
         out = super()._check_extra_state(extra)
-        prods = np.asarray(extra.get("momentum_products", ()), dtype=np.float64)
-        if prods.shape != (len(self._products),):
-            raise ValueError(f"momentum_products: expected {len(self._products)} values; got "
-                             f"shape {prods.shape}")
+        n = len(self._products)
+        prods = extra.get("momentum_products", ())
+        try:
+            if np.shape(prods) != (n,):     # first: converting a huge array costs its size
+                raise ValueError(f"shape {np.shape(prods)}")
+            prods = np.asarray(prods, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"extra.momentum_products: expected {n} values; got {e}") from e
+        if not np.isfinite(prods).all():
+            raise ValueError(f"extra.momentum_products: expected finite values; got {prods}")
         out["momentum_products"] = [float(x) for x in prods]
         return out
 

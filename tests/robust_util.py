@@ -9,8 +9,13 @@ editing these tests.
 """
 import atexit
 import collections
+import contextlib
+import io
 import json
+import math
 import os
+import tracemalloc
+import zipfile
 
 import numpy as np
 
@@ -158,6 +163,59 @@ def _dump_tally():
 
 
 atexit.register(_dump_tally)
+
+
+# ---- crafted checkpoint archives ---------------------------------------------------
+# A checkpoint may come from anyone: these build the files an attacker could.
+
+def npy_header(shape, dtype):
+    """The ``.npy`` (format 1.0) header of an array of ``shape`` and ``dtype``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": tuple(shape)})
+    return buf.getvalue()
+
+
+def rebuild_npz(src, dst, drop=(), add=None):
+    """Copy the archive ``src`` to ``dst`` without the members ``drop``, then
+    add the members ``add`` ({name: bytes}, stored as given)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if info.filename not in drop:
+                zout.writestr(info, zin.read(info))
+        for name, data in (add or {}).items():
+            zout.writestr(name, data)
+    return dst
+
+
+def add_zeros_member(path, name, shape, dtype):
+    """Append a deflated ``.npy`` member of zeros of ``shape`` to the archive
+    ``path``: consistent sizes, about 1/200 of its size on disk."""
+    left = math.prod(shape) * np.dtype(dtype).itemsize
+    chunk = bytes(min(left, 1 << 24))
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open(name, "w", force_zip64=True) as f:
+            f.write(npy_header(shape, dtype))
+            while left:
+                n = min(left, len(chunk))
+                f.write(chunk[:n])
+                left -= n
+    return path
+
+
+@contextlib.contextmanager
+def traced_peak():
+    """Yields a list that holds, after the block, the peak bytes allocated
+    inside it as tracemalloc sees them (NumPy reports array data to it, even
+    pages never touched)."""
+    out = []
+    tracemalloc.start()
+    try:
+        yield out
+    finally:
+        out.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
 
 
 def rng_grads(rng, params, scale=0.3):

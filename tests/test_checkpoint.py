@@ -3,9 +3,12 @@ version, validation of everything before anything changes, refusal of
 truncated and foreign files, and exact resume in a new process for every
 optimizer, with schedules (plateau, 1cycle) and EMA where available.
 """
+import io
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +21,8 @@ import fastopt as fo
 from fastopt import checkpoint, schedules
 
 import ckpt_worker
-from robust_util import TALLY, assert_unchanged, snapshot
+from robust_util import (TALLY, add_zeros_member, assert_unchanged, npy_header, rebuild_npz,
+                         snapshot, traced_peak)
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ckpt_worker.py")
 CONFIGS = ckpt_worker.configurations()
@@ -354,3 +358,277 @@ def test_save_without_params_and_lists_in_state_dict(tmp_path):
     fo.load(tmp_path / "noparams.npz", other)
     assert all((p == 3.0).all() for p in other_params)     # params untouched
     assert _state_image(opt, params)[1:] == _state_image(other, other_params)[1:]
+
+
+# ---- untrusted files: nothing is read or allocated before it is checked ------------
+
+SIZE_BOUND = 32 << 20     # what loading these small checkpoints may allocate at most
+BOMB = (1 << 25,)         # 256 MiB of float64 zeros: about 1.2 MB deflated
+
+
+def _good(tmp_path, cls=fo.Adam, **kw):
+    """A valid checkpoint of a trained ``cls``, and a second, further trained
+    ``cls`` (different state) to load it into."""
+    src, _ = _trained(tmp_path, cls, **kw)
+    fo.save(tmp_path / "good.npz", src)
+    opt, params = _trained(tmp_path, cls, **kw)
+    opt.step([np.ones((4, 3)), np.ones(5)])
+    return tmp_path / "good.npz", opt, params
+
+
+def _member(path, fragment):
+    with zipfile.ZipFile(path) as z:
+        return next(n for n in z.namelist() if fragment in n)
+
+
+def _refuse_small(path, opt, params, pattern):
+    """Refused with a ValueError matching ``pattern`` that names the file,
+    nothing changed, and no more than SIZE_BOUND bytes allocated meanwhile."""
+    with traced_peak() as peak:
+        _refuse(path, opt, params, re.escape(os.path.basename(path)) + ": .*" + pattern)
+    assert peak[0] < SIZE_BOUND, f"loading {path} allocated {peak[0] >> 20} MiB"
+
+
+def test_unreferenced_header_only_member_refused_unread(tmp_path):
+    """A 1.6 KB file with a member claiming 373 GiB: refused by name, not allocated."""
+    good, opt, params = _good(tmp_path)
+    path = rebuild_npz(good, tmp_path / "junk.npz",
+                       add={"junk.npy": npy_header((10 ** 11,), np.float32)})
+    _refuse_small(path, opt, params, "member 'junk.npy' is not named by the checkpoint's "
+                                     "metadata.*not a fastopt checkpoint")
+
+
+def test_unreferenced_deflated_member_refused_unread(tmp_path):
+    """A 1 MB file whose extra member inflates to 256 MiB: refused before any of it is read."""
+    good, opt, params = _good(tmp_path)
+    path = add_zeros_member(rebuild_npz(good, tmp_path / "bomb.npz"), "bomb.npy", BOMB,
+                            np.float64)
+    assert os.path.getsize(path) < 4 << 20
+    _refuse_small(path, opt, params, "member 'bomb.npy' is not named")
+
+
+def test_member_header_disagreeing_with_zip_size_refused_unread(tmp_path):
+    """A referenced array whose header claims more than the member holds."""
+    good, opt, params = _good(tmp_path)
+    name = _member(good, "params/0")
+    path = rebuild_npz(good, tmp_path / "claims.npz", drop={name},
+                       add={name: npy_header((10 ** 11,), np.float64)})
+    _refuse_small(path, opt, params, f"member '{name}': its header describes a float64 array "
+                                     r"of shape \(100000000000,\).*zip directory gives the "
+                                     "member 128 bytes")
+
+
+def test_member_shape_compared_with_the_optimizer_before_its_data_is_read(tmp_path):
+    """A referenced state array of consistent size but the wrong shape (a deflated
+    256 MiB one): refused from its header alone, naming the param."""
+    good, opt, params = _good(tmp_path)
+    name = _member(good, "/state/0/0")
+    path = add_zeros_member(rebuild_npz(good, tmp_path / "bigstate.npz", drop={name}), name,
+                            BOMB, np.float64)
+    _refuse_small(path, opt, params, r"params\[0\] state 0: expected float64 \(4, 3\); got "
+                                     r"float64 \(33554432,\)")
+    name = _member(good, "params/1")
+    path = add_zeros_member(rebuild_npz(good, tmp_path / "bigparam.npz", drop={name}), name,
+                            BOMB, np.float64)
+    _refuse_small(path, opt, params, r"params\[1\] is float64 \(33554432,\) in the checkpoint")
+
+
+@pytest.mark.parametrize("cid,member,data,pattern", [
+    ("raw-meta", checkpoint._META, b'{"checkpoint_version": 1}',
+     "corrupt checkpoint, not a .npy array"),
+    ("float-meta", checkpoint._META, npy_header((3,), np.float64) + bytes(24),
+     r"corrupt checkpoint metadata \(a float64 array"),
+    ("object-param", "params/0", npy_header((4, 3), object) + bytes(96),
+     "holds object data of shape \\(4, 3\\).*numeric arrays only"),
+    ("npy-3.0", "params/0", b"\x93NUMPY\x03\x00" + npy_header((4, 3), np.float64)[8:] + bytes(96),
+     r"format version \(3, 0\)"),
+])
+def test_crafted_members_refused(tmp_path, cid, member, data, pattern):
+    """The metadata as raw bytes or as another dtype; an array of Python objects."""
+    good, opt, params = _good(tmp_path)
+    name = _member(good, member)
+    path = rebuild_npz(good, tmp_path / f"{cid}.npz", drop={name}, add={name: data})
+    _refuse_small(path, opt, params, pattern)
+
+
+def test_member_twice_refused(tmp_path):
+    good, opt, params = _good(tmp_path)
+    name = _member(good, "params/0")
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        path = rebuild_npz(good, tmp_path / "twice.npz",
+                           add={name: npy_header((4, 3), np.float64) + bytes(96)})
+    _refuse_small(path, opt, params, f"member '{name}' appears twice")
+
+
+def test_encrypted_member_refused(tmp_path):
+    """zipfile raises RuntimeError for a member flagged as encrypted."""
+    good, opt, params = _good(tmp_path)
+    data = bytearray(good.read_bytes())
+    name = _member(good, "params/0").encode()
+    at = data.index(b"PK\x01\x02")             # the central directory entries
+    while data[at + 46:at + 46 + len(name)] != name:
+        at = data.index(b"PK\x01\x02", at + 4)
+    data[at + 8] |= 0x1                         # general purpose flag: encrypted
+    path = tmp_path / "encrypted.npz"
+    path.write_bytes(bytes(data))
+    _refuse_small(path, opt, params, f"member '{name.decode()}': encrypted")
+
+
+def test_out_of_memory_while_reading_is_a_value_error(tmp_path, monkeypatch):
+    good, opt, params = _good(tmp_path)
+
+    def no_memory(*a, **k):
+        raise MemoryError("Unable to allocate")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_memory)
+    _refuse(good, opt, params, r"good\.npz: member '.*' \(uint8 \(\d+,\)\) does not fit in "
+                               "memory")
+
+
+# ---- crafted metadata: ValueError naming the file, never another error ----------------
+
+def _with_meta_bytes(src, dst, edit):
+    """Copy the checkpoint ``src`` with the bytes of its metadata edited."""
+    with np.load(src) as z:
+        raw = z[checkpoint._META].tobytes()
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.frombuffer(edit(raw), dtype=np.uint8))
+    member = checkpoint._META + ".npy"
+    return rebuild_npz(src, dst, drop={member}, add={member: buf.getvalue()})
+
+
+def _set(path, value):
+    """A metadata edit setting the entry at ``path`` (keys separated by '.')."""
+    def edit(meta):
+        *keys, last = path.split(".")
+        node = meta
+        for k in keys:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("cid,edit,pattern", [
+    ("ref-list", _set("state.0.0", {"__array__": ["a/state/0/0"]}),
+     "array reference must name a member"),
+    ("ref-int", _set("steps", {"__array__": 7}), "array reference must name a member"),
+    ("micro-inf", _set("extra.micro_steps", float("inf")), r"extra\.micro_steps: .*got inf"),
+    ("micro-list", _set("extra.micro_steps", []), r"extra\.micro_steps: .*got \[\]"),
+    ("micro-bool", _set("extra.micro_steps", True), r"extra\.micro_steps: .*got True"),
+    ("micro-float", _set("extra.micro_steps", 2.0), r"extra\.micro_steps: .*got 2\.0"),
+    ("micro-huge", _set("extra.micro_steps", 2 ** 63),
+     r"extra\.micro_steps: step counters must be ints >= 0 and < 2\*\*63"),
+    ("skipped-negative", _set("extra.skipped_steps", -1), r"extra\.skipped_steps: .*got -1"),
+    ("skipped-str", _set("extra.skipped_steps", "3"), r"extra\.skipped_steps: .*got '3'"),
+    ("iterations-huge", _set("iterations", 10 ** 400),
+     "iterations: step counters must be ints >= 0 and < 2\\*\\*63; got an int of 1329 bits"),
+    ("iterations-2**63", _set("iterations", 2 ** 63), "iterations: .*got 9223372036854775808"),
+    ("iterations-bool", _set("iterations", True), "iterations: .*got True"),
+    ("config-list", _set("config", [1]), "config: expected a dict; got list"),
+    ("shapes-int", _set("shapes", 5), "shapes: expected a list"),
+    ("shapes-of-ints", _set("shapes", [1, 2]), "shapes: expected a list"),
+    ("dtypes-str", _set("dtypes", "<f8"), "dtypes: expected a list"),
+    ("version-bool", _set("checkpoint_version", True), "format version True"),
+])
+def test_crafted_metadata_refused_with_a_value_error(tmp_path, cid, edit, pattern):
+    good, opt, params = _good(tmp_path)
+    path = _rewrite(good, tmp_path / f"{cid}.npz", edit)
+    _refuse_small(path, opt, params, pattern)
+
+
+@pytest.mark.parametrize("cid,edit,pattern", [
+    ("deep", lambda b: b[:-1] + b', "deep": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+     r"corrupt checkpoint metadata \(RecursionError"),
+    ("digits", lambda b: b.replace(b'"iterations": 3', b'"iterations": 1' + b"0" * 5000),
+     r"corrupt checkpoint metadata \(ValueError: Exceeds the limit"),
+    ("utf8", lambda b: b.replace(b'"Adam"', b'"Adam\xff"'),
+     r"corrupt checkpoint metadata \(UnicodeDecodeError"),
+])
+def test_unparseable_metadata_refused_with_a_value_error(tmp_path, cid, edit, pattern):
+    good, opt, params = _good(tmp_path)
+    path = _with_meta_bytes(good, tmp_path / f"{cid}.npz", edit)
+    _refuse_small(path, opt, params, pattern)
+
+
+def test_step_counts_beyond_int64_refused(tmp_path):
+    good, opt, params = _good(tmp_path)
+    path = _rewrite(good, tmp_path / "steps.npz", edit_arrays=lambda a: a.update(
+        {k: np.array([2 ** 63, 0], dtype=np.uint64) for k in list(a) if k.endswith("/steps")}))
+    _refuse_small(path, opt, params, "steps: step counters must be >= 0 and < 2\\*\\*63")
+
+
+def test_huge_iterations_refused_at_load_and_steps_still_work(tmp_path):
+    """iterations = 10**400 used to load and then break every later step."""
+    good, opt, params = _good(tmp_path)
+    path = _rewrite(good, tmp_path / "huge.npz", _set("iterations", 10 ** 400))
+    _refuse_small(path, opt, params, "iterations")
+    before = opt.iterations
+    opt.step([np.ones((4, 3)), np.ones(5)])
+    assert opt.iterations == before + 1
+
+
+@pytest.mark.parametrize("cid,value,pattern", [
+    ("dicts", [{"a": 1}], r"extra\.momentum_products: expected 1 values; got float\(\)"),
+    ("shape", [0.5, 0.5, 0.5], r"extra\.momentum_products: expected 1 values; got shape \(3,\)"),
+    ("nan", [float("nan")], r"extra\.momentum_products: expected finite values"),
+    ("inf", [float("inf")], r"extra\.momentum_products: expected finite values"),
+])
+def test_crafted_nadam_products_refused(tmp_path, cid, value, pattern):
+    good, opt, params = _good(tmp_path, fo.Nadam)
+    path = _rewrite(good, tmp_path / f"{cid}.npz", _set("extra.momentum_products", value),
+                    lambda a: a.pop("a/extra/momentum_products"))
+    _refuse_small(path, opt, params, pattern)
+
+
+# ---- load is all or nothing --------------------------------------------------------
+
+def test_load_into_a_read_only_param_changes_nothing(tmp_path):
+    """The audit's case: the state used to be restored and params[0] copied
+    before params[1] failed."""
+    a, b = np.zeros(3), np.zeros(3)
+    opt = fo.Adam([a, b], learning_rate=0.1)
+    opt.step([np.ones(3), np.ones(3)])
+    path = tmp_path / "ck.npz"
+    fo.save(path, opt)                                   # iterations = 1
+    for _ in range(3):
+        opt.step([np.ones(3), np.ones(3)])               # iterations = 4
+    b.flags.writeable = False
+    before = snapshot(opt, [a, b])
+    with pytest.raises(ValueError, match=r"ck\.npz: params\[1\] of the optimizer is read-only.*"
+                                         r"nothing was loaded.*writeable"):
+        fo.load(path, opt)
+    assert_unchanged(before, opt, [a, b], "load into a read-only param")
+    assert opt.iterations == 4
+    b.flags.writeable = True
+    fo.load(path, opt)
+    assert opt.iterations == 1 and (a == b).all()
+
+
+# ---- file modes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_new_checkpoint_gets_the_mode_open_would_give(tmp_path, umask):
+    opt, _ = _trained(tmp_path)
+    old = os.umask(umask)
+    try:
+        fo.save(tmp_path / "ck.npz", opt)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "ck.npz").st_mode) == 0o666 & ~umask
+
+
+def test_resaving_keeps_the_file_mode(tmp_path):
+    opt, _ = _trained(tmp_path)
+    path = tmp_path / "ck.npz"
+    fo.save(path, opt)
+    os.chmod(path, 0o644)
+    old = os.umask(0o077)
+    try:
+        fo.save(path, opt)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    fo.load(path, opt)

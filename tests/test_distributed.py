@@ -8,15 +8,19 @@ reason, when mpi4py or an MPI launcher is missing (``pip install ".[mpi]"``).
 import importlib.util
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
 import fastopt as fo
 from fastopt import distributed as dist
+from robust_util import add_zeros_member, rebuild_npz, traced_peak
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "mpi")
@@ -339,6 +343,35 @@ def test_torn_checkpoint_refused_on_every_rank(checkpoint_run):
 
 
 @needs_mpi
+@pytest.mark.parametrize("case,fragments", [
+    # passes the shard checks, fails load_state_dict's: rank 0 used to hang
+    ("extra", ["rank 1: ", "ckpt.rank1.npz: extra.micro_steps: step counters must be ints >= 0"]),
+    ("consolidated", ["rank 1: ", "consolidated.npz: extra.micro_steps: step counters"]),
+    # names the real file of rank 1, outside the checkpoint's directory: used to load it
+    ("escape", ["rank 0: ", "rank 1: ", "the file of rank 1 is named '../ckpt.rank1.npz'; a "
+                                        "rank file is named without a directory"]),
+    ("readonly", ["rank 1: ", "params[1] is read-only"]),
+])
+def test_load_refused_by_one_rank_fails_every_rank_and_changes_nothing(checkpoint_run, case,
+                                                                       fragments):
+    _, results, _ = checkpoint_run
+    for r in range(WORLD):
+        got = results[r][case]
+        assert got["error"] is not None, f"rank {r} did not raise for {case}"
+        assert "refused on every rank; nothing was changed" in got["error"], got["error"]
+        assert all(f in got["error"] for f in fragments), got["error"]
+        assert ("rank 0: " in got["error"]) == ("rank 0: " in fragments), got["error"]
+        assert got["unchanged"], f"rank {r}: {case} changed params, state or iterations"
+    assert results[0][case]["error"] == results[1][case]["error"]
+
+
+@needs_mpi
+def test_ranks_step_together_after_refused_loads(checkpoint_run):
+    _, results, _ = checkpoint_run
+    assert [results[r]["after_refusals"] for r in range(WORLD)] == [[3, 4]] * WORLD
+
+
+@needs_mpi
 def test_consolidated_checkpoint_loads_into_plain_optimizer(checkpoint_run, tmp_path):
     """consolidate -> fo.load into a single-process optimizer -> the same
     trajectory as the sharded run (rank-order gradients: bit for bit)."""
@@ -383,6 +416,196 @@ def test_load_with_another_world_size_refused(checkpoint_run, tmp_path):
     assert "saved by 2 ranks; this run has 1" in results[0]["error"]
     assert "load_consolidated" in results[0]["error"]
     assert results[0]["iterations"] == 0
+
+
+# ---- crafted sharded checkpoints (no MPI needed) -----------------------------------
+
+TINY_SHAPES = [(4, 3), (5,)]
+
+
+def _tiny_sharded(directory, prefix="ck"):
+    """A sharded checkpoint of world size 1 written as ShardedOptimizer.save
+    writes one (without MPI): <prefix>.rank0.npz and <prefix>.manifest.json.
+    Returns the prefix and the params it holds."""
+    shapes, dtypes = TINY_SHAPES, ["<f8", "<f8"]
+    params = [np.linspace(-1, 1, int(np.prod(s))).reshape(s) for s in shapes]
+    opt = fo.Adam([p.reshape(-1) for p in params], learning_rate=0.1)
+    opt.step([np.ones(p.size) for p in params])
+    buckets = dist._layout(shapes, dtypes, 1)
+    sd = opt.state_dict()
+    sd["shard"] = {"save_id": "s1", "rank": 0, "world_size": 1,
+                   "pieces": [[i, s, n] for i, _, s, n in dist._pieces(buckets, shapes, 0)]}
+    fo.checkpoint.save(directory / f"{prefix}.rank0.npz", dist._StateView(sd, opt.params))
+    manifest = {"format": dist.MANIFEST_FORMAT, "version": dist.MANIFEST_VERSION,
+                "save_id": "s1", "world_size": 1, "class": "Adam", "config": opt.get_config(),
+                "iterations": 1, "shapes": [list(s) for s in shapes], "dtypes": dtypes,
+                "group_sizes": [2], "ranks": [f"{prefix}.rank0.npz"],
+                "buckets": [{"dtype": b["dtype"], "tensors": b["tensors"],
+                             "bounds": b["bounds"]} for b in buckets]}
+    dist._write_json_atomic(str(directory / f"{prefix}.manifest.json"), manifest)
+    return str(directory / prefix), params
+
+
+def _edit_manifest(prefix, edit):
+    with open(prefix + ".manifest.json") as f:
+        manifest = json.load(f)
+    edit(manifest)
+    with open(prefix + ".manifest.json", "w") as f:
+        json.dump(manifest, f)
+
+
+def _refuse_consolidate(prefix, out, pattern, capsys):
+    """consolidate raises a ValueError (an OSError for a missing file)
+    matching ``pattern`` and writes nothing; the command line prints one line
+    and exits with status 1."""
+    with traced_peak() as peak:
+        with pytest.raises((ValueError, FileNotFoundError), match=pattern):
+            dist.consolidate(prefix, out)
+    assert peak[0] < 32 << 20, f"consolidate allocated {peak[0] >> 20} MiB before refusing"
+    assert not os.path.exists(out)
+    capsys.readouterr()
+    assert dist._main(["consolidate", prefix, str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(pattern, err), err
+    assert not os.path.exists(out)
+
+
+def test_tiny_sharded_checkpoint_consolidates_and_loads(tmp_path):
+    """The crafted-file tests below start from this valid checkpoint."""
+    prefix, params = _tiny_sharded(tmp_path)
+    out = tmp_path / "single.npz"
+    assert dist._main(["consolidate", prefix, str(out)]) == 0
+    mine = [np.zeros(s) for s in TINY_SHAPES]
+    opt = fo.Adam(mine, learning_rate=0.1)
+    fo.load(out, opt)
+    assert opt.iterations == 1 and all((p == q).all() for p, q in zip(mine, params))
+
+
+def test_consolidate_checks_rank_files_before_allocating(tmp_path, capsys):
+    """A 1 KB manifest claiming a 373 GiB parameter used to make consolidate
+    allocate it before opening a rank file (MemoryError and a traceback)."""
+    prefix, _ = _tiny_sharded(tmp_path)
+
+    def huge(m):
+        m["shapes"], m["dtypes"] = [[10 ** 11]], ["<f4"]
+        m["buckets"] = [{"dtype": b["dtype"], "tensors": b["tensors"], "bounds": b["bounds"]}
+                        for b in dist._layout([(10 ** 11,)], ["<f4"], 1)]
+    _edit_manifest(prefix, huge)
+    _refuse_consolidate(prefix, tmp_path / "out.npz",
+                        r"ck\.rank0\.npz: its pieces do not match the manifest's layout", capsys)
+    proc = subprocess.run([sys.executable, "-m", "fastopt.distributed", "consolidate", prefix,
+                           str(tmp_path / "out.npz")], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_consolidate_reads_no_piece_larger_than_the_manifest_says(tmp_path, capsys):
+    """A rank file whose params piece is a deflated 256 MiB array: refused from
+    its header."""
+    prefix, _ = _tiny_sharded(tmp_path)
+    rank_file = prefix + ".rank0.npz"
+    with zipfile.ZipFile(rank_file) as z:
+        name = next(n for n in z.namelist() if "params/1" in n)
+    rebuild_npz(rank_file, tmp_path / "tmp.npz", drop={name})
+    add_zeros_member(tmp_path / "tmp.npz", name, (1 << 25,), np.float64)
+    os.replace(tmp_path / "tmp.npz", rank_file)
+    _refuse_consolidate(prefix, tmp_path / "out.npz", r"ck\.rank0\.npz: piece of params\[1\] "
+                        r"is float64 \(33554432,\); expected float64 \(5,\)", capsys)
+
+
+def test_consolidate_refuses_rank_file_names_with_a_directory(tmp_path, capsys):
+    """A manifest naming "../x.npz" used to make consolidate read that file."""
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    prefix, _ = _tiny_sharded(inner)
+    shutil.copy(prefix + ".rank0.npz", tmp_path / "outside.npz")
+    for name in ("../outside.npz", str(tmp_path / "outside.npz"), "..", "", "a\0b"):
+        _edit_manifest(prefix, lambda m: m.update(ranks=[name]))
+        _refuse_consolidate(prefix, tmp_path / "out.npz",
+                            "the file of rank 0 is named .*; a rank file is named without a "
+                            "directory", capsys)
+
+
+@pytest.mark.parametrize("cid,edit,pattern", [
+    ("empty", lambda m: m.clear(), "not a fastopt sharded-checkpoint manifest"),
+    ("no-ranks", lambda m: m.pop("ranks"), "manifest lacks ranks"),
+    ("world-str", lambda m: m.update(world_size="1"), r"bad world_size entry"),
+    ("world-zero", lambda m: m.update(world_size=0), r"bad world_size entry"),
+    ("shapes-str", lambda m: m.update(shapes="abc"), r"bad shapes or dtypes entry"),
+    ("shapes-negative", lambda m: m.update(shapes=[[-12], [5]]), "bad shapes or dtypes"),
+    ("dtypes-int8", lambda m: m.update(dtypes=["|i1", "<f8"]), "bad shapes or dtypes"),
+    ("ranks-str", lambda m: m.update(ranks="ck.rank0.npz"), "bad ranks entry"),
+    ("ranks-int", lambda m: m.update(ranks=[7]), "the file of rank 0 is named 7"),
+    ("buckets-ints", lambda m: m.update(buckets=[1]), "bad buckets entry"),
+    ("buckets-no-bounds", lambda m: m.update(buckets=[{}]), "shard boundaries"),
+    ("iterations-huge", lambda m: m.update(iterations=10 ** 400), "bad iterations entry"),
+    ("config-list", lambda m: m.update(config=[]), "bad config entry"),
+    ("missing-rank-file", lambda m: m.update(ranks=["nope.npz"]), "No such file"),
+    ("dims-huge", lambda m: m.update(shapes=[[2 ** 63, 1], [5]]), "bad shapes or dtypes"),
+])
+def test_consolidate_cli_refuses_crafted_manifests_with_one_line(tmp_path, capsys, cid, edit,
+                                                                 pattern):
+    prefix, _ = _tiny_sharded(tmp_path)
+    _edit_manifest(prefix, edit)
+    _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
+
+
+@pytest.mark.parametrize("cid,text,pattern", [
+    ("deep", b"[" * 100000 + b"]" * 100000, r"corrupt manifest \(RecursionError"),
+    ("utf8", b'{"format": "\xff"}', r"corrupt manifest \(UnicodeDecodeError"),
+    ("digits", b'{"format": 1' + b"0" * 5000 + b"}", r"corrupt manifest \(ValueError"),
+])
+def test_consolidate_cli_refuses_unparseable_manifests(tmp_path, capsys, cid, text, pattern):
+    prefix, _ = _tiny_sharded(tmp_path)
+    with open(prefix + ".manifest.json", "wb") as f:
+        f.write(text)
+    _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
+
+
+def _edit_rank_meta(prefix, edit):
+    """Edit the metadata of the rank file; arrays it no longer names are dropped."""
+    file = prefix + ".rank0.npz"
+    with np.load(file) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop(fo.checkpoint._META).tobytes())
+    edit(meta)
+    text = json.dumps(meta)
+    arrays = {k: a for k, a in arrays.items() if json.dumps({"__array__": k}) in text}
+    arrays[fo.checkpoint._META] = np.frombuffer(text.encode(), dtype=np.uint8)
+    np.savez(file, **arrays)
+
+
+@pytest.mark.parametrize("cid,edit,pattern", [
+    ("pieces-ints", lambda m: m["shard"].update(pieces=[1, 2]), "its pieces do not match"),
+    ("pieces-str", lambda m: m["shard"].update(pieces="x"), "its pieces do not match"),
+    ("shard-list", lambda m: m.update(shard=[]), "not a shard"),
+    ("iterations-inf", lambda m: m.update(iterations=float("inf")), "iterations: step counters"),
+    ("iterations-list", lambda m: m.update(iterations=[]), "iterations: step counters"),
+    ("state-int", lambda m: m.update(state=3), "does not hold the params, state and step"),
+    ("state-piece-int", lambda m: m["state"].__setitem__(0, 3), r"state of the piece of params"),
+    ("params-dict", lambda m: m.update(params={}), "does not hold the params"),
+    ("steps-list", lambda m: m.update(steps=[1, 1]), "does not hold the params, state and step"),
+])
+def test_consolidate_cli_refuses_crafted_rank_files_with_one_line(tmp_path, capsys, cid, edit,
+                                                                  pattern):
+    prefix, _ = _tiny_sharded(tmp_path)
+    _edit_rank_meta(prefix, edit)
+    _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_manifest_gets_the_mode_open_would_give_and_keeps_it(tmp_path, umask):
+    path = str(tmp_path / "ck.manifest.json")
+    old = os.umask(umask)
+    try:
+        dist._write_json_atomic(path, {"a": 1})
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+        os.chmod(path, 0o640)
+        dist._write_json_atomic(path, {"a": 2})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
 
 
 # ---- the example ------------------------------------------------------------------

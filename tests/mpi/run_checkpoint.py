@@ -3,7 +3,13 @@ steps, saves to <argv[1]>/ckpt, trains to the end (trajectory A); then a fresh
 ShardedOptimizer loads the checkpoint and trains the same steps (B); then one
 that loads the consolidated checkpoint (C).  Also checks that a rank file from
 another save is refused on every rank.  Rank 0 writes A/B/C to
-<argv[1]>/result.npz; every rank reports to <argv[1]>/result.rank<k>.json."""
+<argv[1]>/result.npz; every rank reports to <argv[1]>/result.rank<k>.json.
+
+Then loads that must be refused on every rank although only one rank's input
+is bad (a file that fails only load_state_dict's checks, a read-only param)
+or that name a file outside the checkpoint's directory; each must change
+nothing, and the ranks must step on together afterwards."""
+import json
 import os
 import shutil
 import sys
@@ -76,6 +82,67 @@ torn_unchanged = all(np.array_equal(p, q) for p, q in zip(params_d, before)) and
 
 out = {"state_nbytes": opt_a.state_nbytes(), "torn_error": torn,
        "torn_unchanged": torn_unchanged}
+
+
+def tamper(src, dst, edit):
+    """Copy the checkpoint ``src`` to ``dst`` with its metadata edited."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("__fastopt_meta__").tobytes())
+    edit(meta)
+    arrays["__fastopt_meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+
+
+def bad_counter(meta):
+    meta.setdefault("extra", {})["micro_steps"] = -1
+
+
+bad = os.path.join(directory, "bad")
+consolidated = os.path.join(directory, "consolidated.npz")
+if rank == 0:
+    os.makedirs(bad, exist_ok=True)
+    shutil.copy(prefix + ".manifest.json", os.path.join(bad, "ckpt.manifest.json"))
+    shutil.copy(prefix + ".rank0.npz", os.path.join(bad, "ckpt.rank0.npz"))
+    tamper(prefix + ".rank1.npz", os.path.join(bad, "ckpt.rank1.npz"), bad_counter)
+    tamper(consolidated, os.path.join(bad, "consolidated.npz"), bad_counter)
+    with open(prefix + ".manifest.json") as f:
+        manifest = json.load(f)
+    manifest["ranks"][1] = "../ckpt.rank1.npz"     # the real file of rank 1, one level up
+    with open(os.path.join(bad, "escape.manifest.json"), "w") as f:
+        json.dump(manifest, f)
+comm.Barrier()
+
+params_e, opt_e = fresh()
+train(opt_e, params_e, 0, 3)
+
+
+def image():
+    return ([p.tobytes() for p in params_e] +
+            [a.tobytes() for s in opt_e.optimizer._state for a in s] + [opt_e.iterations])
+
+
+def refused(case, load):
+    before = image()
+    try:
+        load()
+        error = None
+    except ValueError as e:
+        error = str(e)
+    out[case] = {"error": error, "unchanged": image() == before}
+
+
+refused("extra", lambda: opt_e.load(os.path.join(bad, "ckpt") if rank == 1 else prefix))
+refused("consolidated", lambda: opt_e.load_consolidated(
+    os.path.join(bad, "consolidated.npz") if rank == 1 else consolidated))
+refused("escape", lambda: opt_e.load(os.path.join(bad, "escape")))
+if rank == 1:
+    params_e[1].flags.writeable = False
+refused("readonly", lambda: opt_e.load(prefix))
+params_e[1].flags.writeable = True
+after = opt_e.iterations
+train(opt_e, params_e, 3, 4)
+out["after_refusals"] = [after, opt_e.iterations]
 common.report(directory, rank, out)
 gathered = comm.gather([[p.copy() for p in ps] for ps in (params_a, params_b, params_c)], root=0)
 if rank == 0:
