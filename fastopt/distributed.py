@@ -49,7 +49,7 @@ import numpy as np
 
 from . import _core
 from . import checkpoint as _checkpoint
-from .optimizers import REGISTRY, Optimizer, _check_counter
+from .optimizers import REGISTRY, Optimizer, _check_counter, _live_optimizers
 
 __all__ = ["allreduce_gradients", "ShardedOptimizer", "flat_arrays", "consolidate"]
 
@@ -503,7 +503,8 @@ class ShardedOptimizer:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.world_size = comm.Get_size()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        _live_optimizers.add(self)     # a forked child gets a fresh lock
         # Build locally, then agree: a rank that fails (or holds different
         # parameters) must not leave the others waiting in a collective.
         failure, signature, values = None, 0, 0

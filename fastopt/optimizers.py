@@ -79,8 +79,8 @@ class ParamGroup(dict):
         return super().popitem()
 
 
-# Optimizers whose locks a forked child must replace: a lock held by another
-# thread at the fork would stay held forever in the child.
+# Optimizers (and sharded ones) whose locks a forked child must replace: a lock
+# held by another thread at the fork would stay held forever in the child.
 _live_optimizers = weakref.WeakSet()
 
 
