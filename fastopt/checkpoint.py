@@ -135,6 +135,11 @@ def _header(path, z, info):
     if info.flag_bits & 0x1:
         raise ValueError(f"{where}: encrypted, which fastopt never writes; not a fastopt "
                          f"checkpoint (or it was edited)")
+    # fastopt writes stored (uncompressed) members, so what a file makes the reader
+    # allocate is bounded by its size on disk; a compressed member could claim 1000x
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{where}: compressed, which fastopt never writes; not a fastopt "
+                         f"checkpoint (or it was re-packed: extract and save it again)")
     with z.open(info) as f:
         try:
             version = np.lib.format.read_magic(f)

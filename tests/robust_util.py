@@ -189,12 +189,14 @@ def rebuild_npz(src, dst, drop=(), add=None):
     return dst
 
 
-def add_zeros_member(path, name, shape, dtype):
-    """Append a deflated ``.npy`` member of zeros of ``shape`` to the archive
-    ``path``: consistent sizes, about 1/200 of its size on disk."""
+def add_zeros_member(path, name, shape, dtype, deflate=True):
+    """Append a ``.npy`` member of zeros of ``shape`` to the archive ``path``:
+    consistent sizes; deflated, about 1/200 of its size on disk."""
     left = math.prod(shape) * np.dtype(dtype).itemsize
     chunk = bytes(min(left, 1 << 24))
-    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+    how = (dict(compression=zipfile.ZIP_DEFLATED, compresslevel=1) if deflate
+           else dict(compression=zipfile.ZIP_STORED))
+    with zipfile.ZipFile(path, "a", **how) as z:
         with z.open(name, "w", force_zip64=True) as f:
             f.write(npy_header(shape, dtype))
             while left:

@@ -418,19 +418,31 @@ def test_member_header_disagreeing_with_zip_size_refused_unread(tmp_path):
                                      "member 128 bytes")
 
 
-def test_member_shape_compared_with_the_optimizer_before_its_data_is_read(tmp_path):
-    """A referenced state array of consistent size but the wrong shape (a deflated
-    256 MiB one): refused from its header alone, naming the param."""
+def test_compressed_member_refused_unread(tmp_path):
+    """A referenced state array of consistent size that inflates to 256 MiB from
+    1 MB on disk: fastopt never writes compressed members, so what a checkpoint
+    makes the reader allocate is bounded by its size on disk."""
     good, opt, params = _good(tmp_path)
     name = _member(good, "/state/0/0")
     path = add_zeros_member(rebuild_npz(good, tmp_path / "bigstate.npz", drop={name}), name,
                             BOMB, np.float64)
+    assert os.path.getsize(path) < 4 << 20
+    _refuse_small(path, opt, params, f"member '{name}': compressed, which fastopt never writes")
+
+
+def test_member_shape_compared_with_the_optimizer_before_its_data_is_read(tmp_path):
+    """A referenced array of consistent size but the wrong shape: refused from its
+    header alone, naming the param."""
+    good, opt, params = _good(tmp_path)
+    name = _member(good, "/state/0/0")
+    path = add_zeros_member(rebuild_npz(good, tmp_path / "bigstate.npz", drop={name}), name,
+                            (1 << 20,), np.float64, deflate=False)
     _refuse_small(path, opt, params, r"params\[0\] state 0: expected float64 \(4, 3\); got "
-                                     r"float64 \(33554432,\)")
+                                     r"float64 \(1048576,\)")
     name = _member(good, "params/1")
     path = add_zeros_member(rebuild_npz(good, tmp_path / "bigparam.npz", drop={name}), name,
-                            BOMB, np.float64)
-    _refuse_small(path, opt, params, r"params\[1\] is float64 \(33554432,\) in the checkpoint")
+                            (1 << 20,), np.float64, deflate=False)
+    _refuse_small(path, opt, params, r"params\[1\] is float64 \(1048576,\) in the checkpoint")
 
 
 @pytest.mark.parametrize("cid,member,data,pattern", [

@@ -501,17 +501,23 @@ def test_consolidate_checks_rank_files_before_allocating(tmp_path, capsys):
 
 
 def test_consolidate_reads_no_piece_larger_than_the_manifest_says(tmp_path, capsys):
-    """A rank file whose params piece is a deflated 256 MiB array: refused from
-    its header."""
+    """A rank file whose params piece is a deflated 256 MiB array, or a stored
+    piece of the wrong size: refused from its header, before anything is allocated."""
     prefix, _ = _tiny_sharded(tmp_path)
     rank_file = prefix + ".rank0.npz"
     with zipfile.ZipFile(rank_file) as z:
         name = next(n for n in z.namelist() if "params/1" in n)
-    rebuild_npz(rank_file, tmp_path / "tmp.npz", drop={name})
-    add_zeros_member(tmp_path / "tmp.npz", name, (1 << 25,), np.float64)
-    os.replace(tmp_path / "tmp.npz", rank_file)
-    _refuse_consolidate(prefix, tmp_path / "out.npz", r"ck\.rank0\.npz: piece of params\[1\] "
-                        r"is float64 \(33554432,\); expected float64 \(5,\)", capsys)
+    original = tmp_path / "original.npz"
+    shutil.copy(rank_file, original)
+    for deflate, pattern in ((True, "compressed, which fastopt never writes"),
+                             (False, r"piece of params\[1\] is float64 \(1048576,\); "
+                                     r"expected float64 \(5,\)")):
+        rebuild_npz(original, tmp_path / "tmp.npz", drop={name})
+        add_zeros_member(tmp_path / "tmp.npz", name, (1 << 25,) if deflate else (1 << 20,),
+                         np.float64, deflate=deflate)
+        os.replace(tmp_path / "tmp.npz", rank_file)
+        _refuse_consolidate(prefix, tmp_path / "out.npz", r"ck\.rank0\.npz: .*" + pattern,
+                            capsys)
 
 
 def test_consolidate_refuses_rank_file_names_with_a_directory(tmp_path, capsys):
