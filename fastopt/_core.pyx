@@ -10,6 +10,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uintptr_t
 from libc.stdlib cimport free, malloc, realloc
+from libc.math cimport INFINITY, sqrt
 from libc.string cimport memset
 
 cnp.import_array()
@@ -147,6 +148,8 @@ cdef class Engine:
     cdef fo_plan plan
     cdef bint planned
     cdef int32_t *nstates
+    cdef int32_t min_nstate     # fewest state arrays any tensor has
+    cdef Py_ssize_t nrows       # scalar rows loaded by the last _load_rows
     cdef list arrays            # every param and state array, in the order of adata
     cdef void **adata           # the buffer, size and dtype each had when bound
     cdef int64_t *asize
@@ -250,6 +253,7 @@ cdef class Engine:
                 if cnp.PyArray_NBYTES(s) > 0:
                     ranges.append((<uintptr_t>cnp.PyArray_DATA(s), cnp.PyArray_NBYTES(s), i, k))
         self.shape_at[n] = at
+        self.min_nstate = min([self.nstates[i] for i in range(n)], default=nstate_max)
         ranges.sort()
         for k in range(1, len(ranges)):
             a, b = ranges[k - 1], ranges[k]
@@ -317,8 +321,12 @@ cdef class Engine:
     cdef int _check_state_counts(self) except -1:
         """Every tensor that is stepped has the state arrays its kernel reads
         with the tensor's scalar row (a kernel never sees a missing array)."""
-        cdef Py_ssize_t i
-        cdef int32_t need
+        cdef Py_ssize_t i, r
+        cdef int32_t need = 0
+        for r in range(self.nrows):     # rows are few: one per group, usually
+            need = max(need, self.info.nstate_used(self.rows + r * FO_NSCALARS))
+        if need <= self.min_nstate:
+            return 0
         for i in range(self.n):
             if self.tensors[i].grad == NULL:
                 continue
@@ -421,7 +429,7 @@ cdef class Engine:
                                 f"{self.params[i].dtype} "
                                 f"and shape {self._shape_str(i)}; got {_describe(g)}. Convert "
                                 f"it with np.asarray(g, dtype=np.{self.params[i].dtype})")
-            if type(g) is not np.ndarray and isinstance(g, _MaskedArray):
+            if not cnp.PyArray_CheckExact(g) and isinstance(g, _MaskedArray):
                 raise TypeError(f"grads[{i}]: a masked array; fastopt reads the data under the "
                                 f"mask too. Pass g.filled(0) (masked entries then add nothing) "
                                 f"or a plain ndarray")
@@ -519,6 +527,7 @@ cdef class Engine:
                 raise
             for j in range(m, FO_NSCALARS):
                 dst[j] = 0.0
+        self.nrows = nrows
         return 0
 
     def run(self, rows, int nthreads):
@@ -574,11 +583,14 @@ cdef class Engine:
         (which=1): ``sqrt(sumsq)``, except where the sum of squares overflowed
         with finite elements (float64 near 1e155), which is recomputed with
         scaling so that the norm stays finite."""
-        out = np.sqrt(self.sumsq(which, nthreads))
-        cdef double[::1] o = out
+        out = np.empty(self.n, dtype=np.float64)
+        cdef double *o = <double *>cnp.PyArray_DATA(out)
         cdef Py_ssize_t i
+        with nogil:
+            fo_sumsq(&self.plan, which, o, self.dscratch, nthreads)
         for i in range(self.n):
-            if o[i] == np.inf:
+            o[i] = sqrt(o[i])
+            if o[i] == INFINITY:
                 o[i] = fo_norm_scaled(&self.plan, <int32_t>i, which)
         return out
 
@@ -616,7 +628,7 @@ cdef _check_param(obj, Py_ssize_t i):
         raise TypeError(f"params[{i}]: expected a numpy.ndarray of float32 or float64; got "
                         f"{_describe(obj)}. fastopt updates parameters in place and never "
                         f"copies one: create the weights as ndarrays and pass those objects")
-    if type(obj) is not np.ndarray and isinstance(obj, _MaskedArray):
+    if not cnp.PyArray_CheckExact(obj) and isinstance(obj, _MaskedArray):
         raise TypeError(f"params[{i}]: a masked array; fastopt would update the entries under "
                         f"the mask too. Pass its data (w.data, the same memory) and apply the "
                         f"mask yourself")

@@ -269,7 +269,8 @@ class Optimizer:
 
     # Options: each assignment is validated; all but use_ema and
     # gradient_accumulation_steps (which decide the arrays kept) may change
-    # between steps and apply from the next one.
+    # between steps and apply from the next one.  The step reads the stored
+    # values (self._opt_<name>) directly.
     maximize = _option("maximize", _check_truthy)
     decoupled_weight_decay = _option("decoupled_weight_decay", _check_decoupled)
     clipvalue = _option("clipvalue", _check_clip("clipvalue"))
@@ -553,18 +554,18 @@ class Optimizer:
         """The five shared scalars: flags, gscale, clip, l2, decay."""
         flags = 0
         gscale = 1.0
-        if self.maximize:
+        if self._opt_maximize:
             flags |= _F_GSCALE
             gscale = -1.0
         clip = 0.0
-        if self.clipvalue is not None:
+        if self._opt_clipvalue is not None:
             flags |= _F_CLIP
-            clip = self.clipvalue
+            clip = self._opt_clipvalue
         l2 = 0.0
         decay = 1.0
         wd = hp.get("weight_decay", 0.0)
         if wd != 0.0:
-            if self.decoupled_weight_decay:
+            if self._opt_decoupled_weight_decay:
                 flags |= _F_DECAY
                 decay = 1.0 - hp["learning_rate"] * wd
             else:
@@ -713,10 +714,10 @@ class Optimizer:
         # calls to step(); differs from iterations only with gradient accumulation
         self._micro = 0
         self._accum = ([np.zeros_like(p) for p in self._params]
-                       if self.gradient_accumulation_steps else None)
+                       if self._opt_gradient_accumulation_steps else None)
         self._ema = None
         self._ema_engine = None
-        if self.use_ema:
+        if self._opt_use_ema:
             # copies, so finalize() before any step leaves the weights as they are
             self._ema = [p.copy() for p in self._params]
             self._ema_engine = _core.Engine("ema", self._params, [[a] for a in self._ema])
@@ -725,9 +726,9 @@ class Optimizer:
     def _update_general(self):
         if not getattr(self, "_general", False):
             self._micro = self.iterations
-        self._general = bool(self._needs_general or self.clipnorm is not None
-                             or self.global_clipnorm is not None or self.use_ema
-                             or self.gradient_accumulation_steps or self.skip_nonfinite
+        self._general = bool(self._needs_general or self._opt_clipnorm is not None
+                             or self._opt_global_clipnorm is not None or self._opt_use_ema
+                             or self._opt_gradient_accumulation_steps or self._opt_skip_nonfinite
                              or self._wd_excluded)
 
     @property
@@ -864,10 +865,10 @@ class Optimizer:
             try:
                 if self._ema_engine is not None:
                     self._ema_engine.check()   # before the update, not after it
-                if self.skip_nonfinite and active and engine.nonfinite(nthreads).any():
+                if self._opt_skip_nonfinite and active and engine.nonfinite(nthreads).any():
                     self.skipped_steps += 1
                     return
-                k = self.gradient_accumulation_steps
+                k = self._opt_gradient_accumulation_steps
                 updates_before = self.iterations
                 if k and (self._micro + 1) % k:
                     engine.clear_grads()
@@ -904,8 +905,8 @@ class Optimizer:
                         self._uniform = self._steps_uniform()
                     self.iterations += 1
                 if self._ema_engine is not None:
-                    mu = self.ema_momentum if updates_before else 0.0
-                    freq = self.ema_overwrite_frequency
+                    mu = self._opt_ema_momentum if updates_before else 0.0
+                    freq = self._opt_ema_overwrite_frequency
                     over = 1.0 if freq and (updates_before + 1) % freq == 0 else 0.0
                     self._ema_engine.run_params([[0.0, 1.0, 0.0, 0.0, 1.0, mu, 1.0 - mu, over]],
                                                 nthreads)
@@ -946,8 +947,8 @@ class Optimizer:
     def _apply_rows(self, rows, mapping, grads, nthreads):
         """Clip (per-tensor or global factor in the GSCALE slot), then run the kernel."""
         engine = self._engine
-        if self.clipnorm is not None:
-            c = self.clipnorm
+        if self._opt_clipnorm is not None:
+            c = self._opt_clipnorm
             norms = engine.norms(0, nthreads)
             for i, g in enumerate(grads):
                 if g is None:
@@ -961,8 +962,8 @@ class Optimizer:
                     row[1] *= f
                     mapping[i] = len(rows)
                     rows.append(row)
-        elif self.global_clipnorm is not None:
-            c = self.global_clipnorm
+        elif self._opt_global_clipnorm is not None:
+            c = self._opt_global_clipnorm
             total = math.sqrt(math.fsum(engine.sumsq(0, nthreads).tolist()))
             if total == math.inf:
                 # the sum of squares overflowed: combine per-tensor norms with scaling
