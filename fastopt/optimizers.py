@@ -65,7 +65,7 @@ class ParamGroup(dict):
         self.version += 1
         return super().setdefault(key, default)
 
-    def __ior__(self, other):
+    def __ior__(self, other):  # type: ignore[misc]  # dict's __or__ returns a plain dict
         super().__ior__(other)
         self.version += 1
         return self
@@ -81,7 +81,7 @@ class ParamGroup(dict):
 
 # Optimizers (and sharded ones) whose locks a forked child must replace: a lock
 # held by another thread at the fork would stay held forever in the child.
-_live_optimizers = weakref.WeakSet()
+_live_optimizers: "weakref.WeakSet[object]" = weakref.WeakSet()
 
 
 def _renew_locks_after_fork():
