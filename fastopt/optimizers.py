@@ -1286,7 +1286,8 @@ def _check_schedule_states(opt, states):
         if path in states and hasattr(sched, "load_state_dict"):
             try:
                 copy.deepcopy(sched).load_state_dict(states[path])
-            except (TypeError, ValueError, KeyError) as e:
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError,
+                    RecursionError) as e:
                 raise ValueError(f"schedule state for {path} does not fit the schedule "
                                  f"{type(sched).__name__}: {e}") from e
 

@@ -524,3 +524,21 @@ def test_16_masked_arrays_are_refused():
     assert not w.any()
     opt.step([np.ma.array([1.0, 1e30, 1.0], mask=[0, 1, 0]).filled(0)])
     np.testing.assert_array_equal(w, [-1.0, 0.0, -1.0])
+
+
+# ---- 13: crafted state given to load_state_dict directly -------------------------------
+
+@pytest.mark.parametrize("bad", [{"best": 10**400}, {"num_reports": 1e999}, [], "x", None],
+                         ids=["huge-int", "inf-count", "list", "str", "none"])
+def test_13_crafted_schedule_state_is_a_value_error(bad):
+    from fastopt import schedules
+    w = np.zeros(3)
+    opt = fo.SGD([w], learning_rate=schedules.ReduceOnPlateau(0.1))
+    opt.step([np.ones(3)])
+    sd = opt.state_dict()
+    (path,) = sd["schedules"]
+    sd["schedules"][path] = dict(sd["schedules"][path], **bad) if isinstance(bad, dict) else bad
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="schedule state for defaults.learning_rate"):
+        opt.load_state_dict(sd)
+    assert_unchanged(before, opt, what=f"schedule state {bad!r}")
