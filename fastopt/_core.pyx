@@ -240,14 +240,17 @@ cdef class Engine:
             if cnp.PyArray_NBYTES(p) > 0:
                 ranges.append((<uintptr_t>cnp.PyArray_DATA(p), cnp.PyArray_NBYTES(p), i, -1))
             for k in range(len(self.states[i])):
-                s = self.states[i][k]
-                if (not isinstance(s, np.ndarray) or cnp.PyArray_TYPE(s) != self.typenums[i]
-                        or (<object>s).shape != (<object>p).shape
+                obj = self.states[i][k]
+                if not isinstance(obj, np.ndarray):
+                    raise ValueError(f"state {k} of params[{i}] must be an ndarray; got "
+                                     f"{_describe(obj)}")
+                s = <cnp.ndarray>obj
+                if (cnp.PyArray_TYPE(s) != self.typenums[i] or obj.shape != (<object>p).shape
                         or not cnp.PyArray_ISNOTSWAPPED(s)
                         or (cnp.PyArray_FLAGS(s) & _REQUIRED_FLAGS) != _REQUIRED_FLAGS):
                     raise ValueError(f"state {k} of params[{i}] must be a writeable, aligned, "
                                      f"C-contiguous ndarray of the param's dtype (native byte "
-                                     f"order) and shape; got {_describe(s)}")
+                                     f"order) and shape; got {_describe(obj)}")
                 self.tensors[i].state[k] = cnp.PyArray_DATA(s)
                 self._track(s, i, k)
                 if cnp.PyArray_NBYTES(s) > 0:
