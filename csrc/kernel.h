@@ -15,6 +15,10 @@
  * make instantiate.h include the same file again once per dtype (float,
  * double) and SIMD variant (baseline, AVX2+FMA, AVX-512), each time with
  * FO_T and FO_FN bound, so float32 and float64 can never drift apart.
+ * A kernel whose state depends on its scalars also defines
+ * FO_KERNEL_NSTATE_USED(s): the number of state arrays it reads with the
+ * scalar row s (Adam reads vhat only with amsgrad); the host checks a
+ * tensor has them before each step.
  * Variants differ only in the instruction set gcc may use to vectorise the
  * plain C loop; with -ffp-contract=off they give bit-identical results.
  */
