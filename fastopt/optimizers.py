@@ -1518,8 +1518,6 @@ class AdamW(Adam):
 
     def __init__(self, params, learning_rate=None, weight_decay=None, beta_1=None,
                  beta_2=None, epsilon=None, amsgrad=None, **kwargs):
-        if kwargs.get("decoupled_weight_decay") is False:
-            raise ValueError("AdamW's weight decay is decoupled; use Adam for coupled L2")
         super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay,
                          **kwargs)
