@@ -127,6 +127,12 @@ def make_grad(data, p, state, defect):
     return g, clean
 
 
+def draw_optimizer(data):
+    """A registered optimizer: its name, class and one of its conventions."""
+    name = data.draw(st.sampled_from(NAMES), label="optimizer")
+    return name, REGISTRY[name], data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
+
+
 def draw_hyper(data, cls, conv):
     """Keyword arguments and whether they are all 'tame' (reference-comparable)."""
     kw, tame = {}, True
@@ -169,9 +175,7 @@ def _reference_for(name, conv, opt, params, kw):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_public_api(data):
-    name = data.draw(st.sampled_from(NAMES), label="optimizer")
-    cls = REGISTRY[name]
-    conv = data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
+    name, cls, conv = draw_optimizer(data)
     n = data.draw(st.integers(0, 4), label="nparams")
     params = []
     for i in range(n):
@@ -242,9 +246,7 @@ def test_fuzz_param_groups_and_setters(data):
     """Param groups with random overrides and learning-rate edits between steps:
     invalid values are refused (at construction or at the next step) with nothing
     changed; valid ones match a twin built directly with the final values."""
-    name = data.draw(st.sampled_from(NAMES), label="optimizer")
-    cls = REGISTRY[name]
-    conv = data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
+    name, cls, conv = draw_optimizer(data)
     keys = float_hyper(cls, conv)
     ngroups = data.draw(st.integers(1, 3), label="groups")
     groups = []
@@ -372,9 +374,7 @@ def _mutate(data, opt, s):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_mutations_between_steps(data):
-    name = data.draw(st.sampled_from(NAMES), label="optimizer")
-    cls = REGISTRY[name]
-    conv = data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
+    name, cls, conv = draw_optimizer(data)
     kw = {k: True for k in cls._bool_hyper if k in cls._hyper[conv]
           and data.draw(st.booleans(), label=k)}
     if cls._hyper[conv].get("momentum") == 0.0 and data.draw(st.booleans(), label="momentum"):
