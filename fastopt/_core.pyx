@@ -318,8 +318,8 @@ cdef class Engine:
         return (f"{what} changed dtype, byte order or layout in place since the optimizer was "
                 f"built (expected an aligned C-contiguous native "
                 f"{np.dtype(np.float32 if self.atype[j] == cnp.NPY_FLOAT else np.float64)} "
-                f"array; got {_describe(a)}, strides {(<object>a).strides}). Restore it, or build a new "
-                f"optimizer; nothing was changed")
+                f"array; got {_describe(a)}, strides {(<object>a).strides}). Restore it, or "
+                f"build a new optimizer; nothing was changed")
 
     cdef int _check_state_counts(self) except -1:
         """Every tensor that is stepped has the state arrays its kernel reads
