@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from . import _core, _threads
+from . import _core, _hyper, _threads
 
 CONVENTIONS = ("keras", "torch")
 
@@ -286,6 +286,50 @@ class Optimizer:
                                           _check_count("gradient_accumulation_steps", 2),
                                           fixed=True)
 
+    #: False for an optimizer whose update of an element depends on other elements
+    #: (Lamb's per-tensor trust ratio): it cannot run on a flat shard of a tensor.
+    elementwise = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.kernel = cls._kernel
+        cls.conventions = tuple(c for c in CONVENTIONS if c in cls._hyper)
+        names = {k: None for conv in cls.conventions for k in cls._hyper[conv]}
+        cls.hyper = {k: _hyper.HP(keras=cls._hyper.get("keras", {}).get(k),
+                                  torch=cls._hyper.get("torch", {}).get(k),
+                                  kind=bool if k in cls._bool_hyper else float)
+                     for k in names}
+
+    @classmethod
+    def defaults(cls, convention):
+        """The hyper-parameters and their defaults in ``convention``."""
+        out = {k: h.default(convention) for k, h in cls.hyper.items()
+               if convention in h.defaults}
+        out.setdefault("weight_decay", 0.0)
+        return out
+
+    @property
+    def lock(self):
+        """The lock that step, state_dict and load_state_dict hold: hold it to
+        read the parameters and state as one consistent snapshot."""
+        return self._lock
+
+    def state_arrays(self):
+        """Per parameter, the list of its state arrays in kernel order (live)."""
+        return [list(s) for s in self._state]
+
+    def check_state_dict(self, sd):
+        """Validate ``sd`` completely (raising ``ValueError`` as
+        :meth:`load_state_dict` would); return a function that applies it and
+        cannot fail.  Call both under :attr:`lock`."""
+        return self._check_state_dict(sd)
+
+    def hyperparameters(self, group=0, step=None):
+        """The group's hyper-parameters as floats (bools as bools), schedules
+        evaluated at ``step`` (default: the step the next update reads)."""
+        return dict(self._evaluate(self.param_groups[group],
+                                   self.iterations if step is None else step)[0])
+
     def __init__(self, params, *, convention="keras", weight_decay=None,
                  decoupled_weight_decay=None, maximize=False, clipvalue=None,
                  num_threads=None, name=None, clipnorm=None, global_clipnorm=None,
@@ -384,23 +428,7 @@ class Optimizer:
 
     @staticmethod
     def _split_groups(params):
-        if isinstance(params, np.ndarray):
-            raise TypeError("params must be a list of arrays (or of param-group dicts); got a "
-                            "single ndarray: pass [w]")
-        params = list(params)
-        if params and all(isinstance(g, dict) for g in params):
-            groups = []
-            for gi, g in enumerate(params):
-                if "params" not in g:
-                    raise ValueError(f"param group {gi} has no 'params' entry")
-                plist = g["params"]
-                if isinstance(plist, np.ndarray):
-                    plist = [plist]
-                groups.append((list(plist), {k: v for k, v in g.items() if k != "params"}))
-            return groups
-        if any(isinstance(g, dict) for g in params):
-            raise TypeError("params must be all arrays or all param-group dicts, not a mix")
-        return [(params, {})]
+        return _hyper.split_param_groups(params)
 
     def _check_hyper(self, hp, where):
         for key, value in hp.items():
@@ -2082,6 +2110,7 @@ class Lamb(Optimizer):
                         "epsilon": 1e-7}}
     _needs_general = True
     _two_pass = True
+    elementwise = False
     _phi_slot = 5 + 6
 
     def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
