@@ -17,19 +17,19 @@
 #define FO_HAVE_ATFORK 1
 #endif
 
-#define FO_OPT(name, nstate, cost) extern const fo_kernel_info fo_kernel_##name;
+#define FO_OPT(name, cost) extern const fo_kernel_info fo_kernel_##name;
 #include "registry.def"
 #undef FO_OPT
 
 static const fo_kernel_info *const fo_kernels[FO_NKERNELS] = {
-#define FO_OPT(name, nstate, cost) &fo_kernel_##name,
+#define FO_OPT(name, cost) &fo_kernel_##name,
 #include "registry.def"
 #undef FO_OPT
 };
 
 /* Work per element relative to SGD (registry.def), for the threshold. */
 static const int64_t fo_costs[FO_NKERNELS] = {
-#define FO_OPT(name, nstate, cost) cost,
+#define FO_OPT(name, cost) cost,
 #include "registry.def"
 #undef FO_OPT
 };
@@ -412,4 +412,70 @@ void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int
         out[i] = 0;
     for (int64_t c = 0; c < nc; c++)
         out[plan->chunks[c].tensor] += scratch[c];
+}
+
+/* ---- exact sums -------------------------------------------------------- */
+
+/* Shewchuk's algorithm as in CPython's math.fsum: the partials hold the sum
+ * exactly, the last step rounds it once (half to even), so the result does
+ * not depend on the order of x. */
+double fo_fsum(const double *x, int64_t n)
+{
+    double p[128];      /* non-overlapping partials: at most ~40 for doubles */
+    int np = 0;
+    double special = 0.0, inf_sum = 0.0;
+    for (int64_t k = 0; k < n; k++) {
+        double v = x[k];
+        if (!(fabs(v) <= DBL_MAX)) {            /* inf or NaN: the sum is that */
+            if (v != v)
+                special = v;
+            else
+                inf_sum += v;
+            continue;
+        }
+        int i = 0;
+        for (int j = 0; j < np; j++) {
+            double y = p[j];
+            if (fabs(v) < fabs(y)) {
+                double t = v;
+                v = y;
+                y = t;
+            }
+            double hi = v + y;
+            double lo = y - (hi - v);
+            if (lo != 0.0)
+                p[i++] = lo;
+            v = hi;
+        }
+        if (!(fabs(v) <= DBL_MAX))              /* intermediate overflow */
+            return v != v ? v : (v > 0 ? INFINITY : -INFINITY);
+        if (i < 128)
+            p[i++] = v;
+        np = i;
+    }
+    if (special != 0.0 || special != special)
+        return special;
+    if (inf_sum != 0.0)
+        return inf_sum;
+    double hi = 0.0, lo = 0.0;
+    int m = np;
+    if (m > 0) {
+        hi = p[--m];
+        while (m > 0) {
+            double a = hi, b = p[--m];
+            hi = a + b;
+            double yr = hi - a;
+            lo = b - yr;
+            if (lo != 0.0)
+                break;
+        }
+        if (m > 0 && ((lo < 0.0 && p[m - 1] < 0.0) || (lo > 0.0 && p[m - 1] > 0.0))) {
+            double b = lo * 2.0;
+            double a = hi + b;
+            double yr = a - hi;
+            if (b == yr)
+                hi = a;
+        }
+    }
+    return hi;
 }

@@ -24,6 +24,8 @@ extern "C" {
 
 enum { FO_OK = 0, FO_ENOMEM = 1, FO_EINVAL = 2 };
 enum { FO_FLOAT32 = 0, FO_FLOAT64 = 1 };
+enum { FO_KERAS = 0, FO_TORCH = 1 };     /* whose formulas a kernel's scalars follow */
+#define FO_MAX_HP 16        /* hyper-parameters a kernel may read */
 enum { FO_SIMD_BASELINE = 0, FO_SIMD_AVX2 = 1, FO_SIMD_AVX512 = 2, FO_SIMD_COUNT = 3 };
 
 /* Scalar slots shared by every kernel.  The gradient each kernel sees is
@@ -57,9 +59,36 @@ typedef void (*fo_kernel_fn)(const fo_tensor *t, int64_t begin, int64_t end,
 typedef void (*fo_reduce_fn)(const fo_tensor *t, int64_t begin, int64_t end,
                              const double *s, double *acc);
 
+/* What a kernel's scalar function reads to fill one scalar row: the group's
+ * hyper-parameters (in the order the kernel names them), the tensor's 1-based
+ * step, the convention, how many state arrays the group uses now (SGD without
+ * momentum keeps none), and the tensor's host value (Nadam's momentum product;
+ * 0 for other kernels). */
+typedef struct {
+    const double *hp;
+    int64_t t;
+    int32_t convention;
+    int32_t nstate;
+    double aux;
+} fo_ctx;
+
+/* Fills the kernel's slots s[FO_S_K..] in double; returns the host value the
+ * tensor keeps if the update is applied. */
+typedef double (*fo_scalars_fn)(const fo_ctx *c, double *s);
+
+/* Turns a tensor's row and the FO_NRED sums of the reduction pass into the
+ * row of its elementwise pass (Lamb's trust ratio). */
+typedef void (*fo_finish_fn)(const double *sums, double *s);
+
 typedef struct {
     const char *name;
     int32_t nstate;                      /* most state arrays the kernel can read */
+    const char *hp;                      /* hyper-parameters it reads, space-separated */
+    const char *scalars;                 /* names of its slots from FO_S_K on */
+    int32_t nhp;
+    int32_t has_aux;                     /* keeps a host value per tensor */
+    fo_scalars_fn scalars_fn;
+    fo_finish_fn finish;                 /* NULL unless the kernel has a reduction pass */
     /* State arrays the kernel reads with this scalar row (Adam reads vhat only
      * with amsgrad): the host checks a tensor has them before every step. */
     int32_t (*nstate_used)(const double *s);
@@ -83,7 +112,7 @@ typedef struct {
 } fo_plan;
 
 /* Kernel registry, generated from registry.def. */
-#define FO_OPT(name, nstate, cost) FO_KID_##name,
+#define FO_OPT(name, cost) FO_KID_##name,
 enum {
 #include "registry.def"
     FO_NKERNELS
@@ -118,6 +147,10 @@ double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which);
  * doubles.  Does nothing for a kernel without a reduction pass. */
 void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
                     double *scratch, int nthreads);
+
+/* The correctly rounded sum of x[0..n) (as Python's math.fsum), +inf when
+ * the exact sum overflows, NaN when any x is NaN. */
+double fo_fsum(const double *x, int64_t n);
 
 /* Number of non-finite grad elements per tensor (same determinism). */
 void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads);

@@ -26,8 +26,6 @@
 #undef FO_FABS
 #undef FO_POW
 
-#define FO_STR_(x) #x
-#define FO_STR(x) FO_STR_(x)
 #define FO_ENTRY_(name, dt, var) fo_k_##name##_##dt##_##var
 #define FO_ENTRY(name, dt, var) FO_ENTRY_(name, dt, var)
 
@@ -64,8 +62,19 @@ static int32_t FO_CAT(fo_nstate_used_, FO_KERNEL_NAME)(const double *s)
     return (int32_t)(FO_KERNEL_NSTATE_USED(s));
 }
 
+#ifndef FO_KERNEL_FINISH
+#define FO_KERNEL_FINISH NULL
+#endif
+#ifndef FO_KERNEL_AUX
+#define FO_KERNEL_AUX 0
+#endif
+#define FO_NAME_STR(x) #x " "
+
 const fo_kernel_info FO_CAT(fo_kernel_, FO_KERNEL_NAME) = {
-    FO_STR(FO_KERNEL_NAME), FO_KERNEL_NSTATE, FO_CAT(fo_nstate_used_, FO_KERNEL_NAME),
+    FO_STR(FO_KERNEL_NAME), FO_KERNEL_NSTATE,
+    FO_KERNEL_HP(FO_NAME_STR), FO_KERNEL_SCALARS(FO_NAME_STR), FO_NHP, FO_KERNEL_AUX,
+    FO_KERNEL_SCALARS_FN, FO_KERNEL_FINISH,
+    FO_CAT(fo_nstate_used_, FO_KERNEL_NAME),
     {
         {FO_ENTRY(FO_KERNEL_NAME, f32, baseline), FO_ENTRY(FO_KERNEL_NAME, f64, baseline)},
         {FO_X86_ENTRY(f32, avx2), FO_X86_ENTRY(f64, avx2)},

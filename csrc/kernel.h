@@ -1,24 +1,38 @@
 /*
  * Kernel template machinery.
  *
- * A kernel file (csrc/kernels/NAME.c) holds ONE loop body.  Its first lines
+ * A kernel file (csrc/kernels/NAME.c) holds its scalar function and ONE
+ * loop body:
  *
  *     #ifndef FO_T
- *     #define FO_KERNEL_FILE "kernels/NAME.c"
  *     #define FO_KERNEL_NAME NAME
- *     #define FO_KERNEL_NSTATE 3
+ *     #define FO_KERNEL_NSTATE 2
+ *     #define FO_KERNEL_HP(X) X(learning_rate) X(beta_1) ...
+ *     #define FO_KERNEL_SCALARS(X) X(a) X(omb1) ...
+ *     #include "declare.h"
+ *     static double NAME_scalars(const fo_ctx *c, double *s) { ... }
+ *     #define FO_KERNEL_SCALARS_FN NAME_scalars
  *     #include "instantiate.h"
  *     #else
- *     ... body using FO_T, FO_FN(NAME) ...
+ *     ... body using FO_T, FO_FN(NAME), s[S_a] ...
  *     #endif
  *
- * make instantiate.h include the same file again once per dtype (float,
+ * FO_KERNEL_HP names the hyper-parameters the scalar function reads, in the
+ * order the host passes them (c->hp[HP_beta_1]); the Python class declaring
+ * the kernel is checked against it at import.  FO_KERNEL_SCALARS names the
+ * slots of the scalar row from FO_S_K on (s[S_a]); the scalar function fills
+ * them in double from the hyper-parameters and the step, once per group and
+ * step.  declare.h turns both lists into enums.
+ *
+ * instantiate.h then includes the same file again once per dtype (float,
  * double) and SIMD variant (baseline, AVX2+FMA, AVX-512), each time with
  * FO_T and FO_FN bound, so float32 and float64 can never drift apart.
- * A kernel whose state depends on its scalars also defines
- * FO_KERNEL_NSTATE_USED(s): the number of state arrays it reads with the
- * scalar row s (Adam reads vhat only with amsgrad); the host checks a
- * tensor has them before each step.
+ * Optional: FO_KERNEL_NSTATE_USED(s), the number of state arrays the kernel
+ * reads with the scalar row s (Adam reads vhat only with amsgrad; the host
+ * checks a tensor has them before each step); FO_KERNEL_REDUCE with a
+ * reduction pass FO_RFN(NAME) and FO_KERNEL_FINISH, the function that turns
+ * its sums into the row of the elementwise pass (Lamb); FO_KERNEL_AUX when
+ * the scalar function keeps a host value per tensor (Nadam).
  * Variants differ only in the instruction set gcc may use to vectorise the
  * plain C loop; with -ffp-contract=off they give bit-identical results.
  */
@@ -34,6 +48,8 @@
 #define FO_X86_VARIANTS 0
 #endif
 
+#define FO_STR_(x) #x
+#define FO_STR(x) FO_STR_(x)
 #define FO_CAT_(a, b) a##b
 #define FO_CAT(a, b) FO_CAT_(a, b)
 #define FO_CAT4_(a, b, c, d) fo_##a##_##b##_##c##_##d
@@ -70,19 +86,19 @@
     if (flags & FO_F_L2) gi = gi + l2 * wi;                                  \
     if (flags & FO_F_DECAY) wi = wi * decay
 
-/* Runs BODY (which reads gi, wi and writes w[i] and state) in a loop with
+/* Runs the body (which reads gi, wi and writes w[i] and state) in a loop with
  * no preprocessing when flags == 0, else in a loop with it. */
-#define FO_LOOP(BODY)                                                        \
+#define FO_LOOP(...)                                                         \
     if (flags == 0) {                                                        \
         for (int64_t i = 0; i < n; i++) {                                    \
             const FO_T gi = g[i];                                            \
             const FO_T wi = w[i];                                            \
-            BODY                                                             \
+            __VA_ARGS__                                                      \
         }                                                                    \
     } else {                                                                 \
         for (int64_t i = 0; i < n; i++) {                                    \
             FO_PREP(gi, wi, i);                                              \
-            BODY                                                             \
+            __VA_ARGS__                                                      \
         }                                                                    \
     }
 

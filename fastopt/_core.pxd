@@ -17,6 +17,19 @@ cdef extern from "fastopt.h" nogil:
         FO_SIMD_AVX512
         FO_SIMD_COUNT
         FO_NKERNELS
+        FO_KERAS
+        FO_TORCH
+        FO_MAX_HP
+        FO_S_FLAGS
+        FO_S_GSCALE
+        FO_S_CLIP
+        FO_S_L2
+        FO_S_DECAY
+        FO_S_K
+        FO_F_GSCALE
+        FO_F_CLIP
+        FO_F_L2
+        FO_F_DECAY
 
     ctypedef struct fo_tensor:
         void *param
@@ -26,9 +39,25 @@ cdef extern from "fastopt.h" nogil:
         int32_t dtype
         int32_t row
 
+    ctypedef struct fo_ctx:
+        const double *hp
+        int64_t t
+        int32_t convention
+        int32_t nstate
+        double aux
+
+    ctypedef double (*fo_scalars_fn)(const fo_ctx *c, double *s)
+    ctypedef void (*fo_finish_fn)(const double *sums, double *s)
+
     ctypedef struct fo_kernel_info:
         const char *name
         int32_t nstate
+        const char *hp
+        const char *scalars
+        int32_t nhp
+        int32_t has_aux
+        fo_scalars_fn scalars_fn
+        fo_finish_fn finish
         int32_t (*nstate_used)(const double *s)
 
     ctypedef struct fo_plan:
@@ -46,6 +75,7 @@ cdef extern from "fastopt.h" nogil:
     void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads)
     double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which)
     void fo_init()
+    double fo_fsum(const double *x, int64_t n)
     void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
     int fo_simd_supported(int level)
     int fo_simd_best()

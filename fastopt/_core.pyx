@@ -10,8 +10,10 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uintptr_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.math cimport INFINITY, sqrt
-from libc.string cimport memset
+from libc.math cimport INFINITY, isfinite, sqrt
+from libc.string cimport memcpy, memset
+
+import math
 
 cnp.import_array()
 # The fork handler is registered at import, before any library can start a
@@ -112,6 +114,27 @@ def set_parallel_threshold(int64_t n):
 
 def kernel_nstate(str name):
     return fo_kernel(KERNELS[name]).nstate
+
+
+def kernel_hp(str name):
+    """The hyper-parameters kernel ``name``'s scalar function reads, in the
+    order it reads them (FO_KERNEL_HP in csrc/kernels/<name>.c)."""
+    return tuple(fo_kernel(KERNELS[name]).hp.decode().split())
+
+
+def kernel_scalars(str name):
+    """The names of kernel ``name``'s scalar slots (FO_KERNEL_SCALARS)."""
+    return tuple(fo_kernel(KERNELS[name]).scalars.decode().split())
+
+
+# Threads of a step whose optimizer has no num_threads of its own (0: OpenMP's
+# default); fastopt.set_num_threads sets it.
+cdef int _default_threads = 0
+
+
+def set_default_threads(n):
+    global _default_threads
+    _default_threads = 0 if n is None else n
 
 
 cdef str _describe(obj):
@@ -651,3 +674,573 @@ cdef _check_param(obj, Py_ssize_t i):
     if not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"params[{i}]: the array is not aligned to its dtype; pass an aligned "
                          f"copy and keep using it")
+
+
+# ---- the whole step -------------------------------------------------------
+
+cdef inline void _acc_add(const fo_tensor *t, void *acc) noexcept nogil:
+    cdef int64_t j
+    cdef float *a32
+    cdef double *a64
+    if t.dtype == FO_FLOAT32:
+        a32 = <float *>acc
+        for j in range(t.size):
+            a32[j] = a32[j] + (<const float *>t.grad)[j]
+    else:
+        a64 = <double *>acc
+        for j in range(t.size):
+            a64[j] = a64[j] + (<const double *>t.grad)[j]
+
+
+cdef inline void _acc_mean(const fo_tensor *t, void *acc, int64_t k) noexcept nogil:
+    """acc <- (g + acc) / k, in the param's dtype."""
+    cdef int64_t j
+    cdef float *a32
+    cdef double *a64
+    cdef float k32 = <float>k
+    cdef double k64 = <double>k
+    if t.dtype == FO_FLOAT32:
+        a32 = <float *>acc
+        for j in range(t.size):
+            a32[j] = ((<const float *>t.grad)[j] + a32[j]) / k32
+    else:
+        a64 = <double *>acc
+        for j in range(t.size):
+            a64[j] = ((<const double *>t.grad)[j] + a64[j]) / k64
+
+
+cdef class Stepper:
+    """One optimizer's whole step, in Keras 3's order: bind and check the
+    grads, skip_nonfinite, gradient accumulation, the scalar rows (schedules'
+    values checked, the kernel's scalar function per group and step, maximize,
+    clipvalue, weight decay and its exclusions), clipnorm or global_clipnorm,
+    the kernel (with its reduction pass and finish, for Lamb), the counters,
+    the moving average.  Raises before anything is written.
+
+    The optimizer pushes each param group's hyper-parameters (``set_group``)
+    and the options (``configure``); a group edited since it was pushed is
+    handed back to ``sync(gi)`` at the next step.
+    """
+    cdef readonly Engine engine
+    cdef Engine ema
+    cdef list accum
+    cdef void **acc_data
+    cdef const fo_kernel_info *info
+    cdef const fo_kernel_info *ema_info
+    cdef int32_t n, ngroups, nhp, lr_index, wd_index
+    cdef double *ghp
+    cdef int32_t *gnstate
+    cdef int64_t *gversion
+    cdef int32_t *group_of
+    cdef int64_t *steps
+    cdef double *aux_t
+    cdef double *aux_g
+    cdef char *excluded
+    cdef int convention
+    cdef bint per_param, sched_calls
+    cdef list groups
+    cdef list gsched             # per group: list of (fn, j, key, spec, lo, lo_closed, hi, hi_closed)
+    cdef object sync
+    cdef object cross_check
+    # options
+    cdef bint maximize, decoupled, skip_nonfinite, has_clipvalue
+    cdef double clipvalue, clipnorm, global_clipnorm
+    cdef int clip_mode           # 0 none, 1 per-tensor norm, 2 global norm
+    cdef int64_t accum_k, ema_freq
+    cdef double ema_momentum
+    cdef int own_threads
+    # counters
+    cdef int64_t _iterations, _micro, _skipped
+    # this step's rows: key of each row, the host value it hands on
+    cdef int32_t *key_g
+    cdef int64_t *key_t
+    cdef double *key_aux
+    cdef char *key_ex
+    cdef double *row_aux
+    cdef int32_t *group_row
+    cdef int32_t *trow           # each tensor's row before clipping
+    cdef double *dbuf
+    cdef int64_t *ibuf
+    cdef int64_t row_cap
+
+    def __cinit__(self):
+        self.acc_data = NULL
+
+    def __init__(self, Engine engine, list groups, list group_of, int convention,
+                 bint per_param, bint sched_calls, sync, Engine ema=None, list accum=None):
+        cdef Py_ssize_t i
+        self.engine = engine
+        self.info = engine.info
+        self.n = engine.n
+        self.ngroups = <int32_t>len(groups)
+        self.groups = groups
+        hp = kernel_hp(self.info.name.decode())
+        if "learning_rate" not in hp:
+            raise ValueError("a kernel driven by a Stepper reads learning_rate")
+        self.nhp = <int32_t>len(hp) + 1          # + weight_decay, read by the shared slots
+        self.lr_index = hp.index("learning_rate")
+        self.wd_index = self.nhp - 1
+        self.convention = convention
+        self.per_param = per_param
+        self.sched_calls = sched_calls
+        self.sync = sync
+        self.cross_check = None
+        self.ema = ema
+        if ema is not None:
+            self.ema_info = ema.info
+            if ema.rows_cap < FO_NSCALARS:
+                ema.rows = <double *>_realloc(ema.rows, FO_NSCALARS * sizeof(double))
+                ema.rows_cap = FO_NSCALARS
+        self.accum = accum
+        cdef Py_ssize_t ng = max(self.ngroups, 1), nt = max(self.n, 1)
+        self.ghp = <double *>_alloc(ng * self.nhp * sizeof(double))
+        memset(self.ghp, 0, ng * self.nhp * sizeof(double))
+        self.gnstate = <int32_t *>_alloc(ng * sizeof(int32_t))
+        self.gversion = <int64_t *>_alloc(ng * sizeof(int64_t))
+        self.aux_g = <double *>_alloc(ng * sizeof(double))
+        self.group_row = <int32_t *>_alloc(ng * sizeof(int32_t))
+        for i in range(self.ngroups):
+            self.gnstate[i] = 0
+            self.gversion[i] = -1
+            self.aux_g[i] = 1.0
+        self.gsched = [[] for _ in range(self.ngroups)]
+        self.group_of = <int32_t *>_alloc(nt * sizeof(int32_t))
+        self.steps = <int64_t *>_alloc(nt * sizeof(int64_t))
+        self.aux_t = <double *>_alloc(nt * sizeof(double))
+        self.excluded = <char *>_alloc(nt)
+        self.dbuf = <double *>_alloc(nt * FO_NRED * sizeof(double))
+        self.trow = <int32_t *>_alloc(nt * sizeof(int32_t))
+        self.ibuf = <int64_t *>_alloc(nt * sizeof(int64_t))
+        if len(group_of) != self.n:
+            raise ValueError(f"expected {self.n} group indices; got {len(group_of)}")
+        for i in range(self.n):
+            self.group_of[i] = group_of[i]
+            self.steps[i] = 0
+            self.aux_t[i] = 1.0
+            self.excluded[i] = 0
+        # rows: one per group, one per tensor at another step, one per clipped
+        # tensor, one per tensor of a second pass
+        self.row_cap = 3 * nt + ng
+        self.key_g = <int32_t *>_alloc(self.row_cap * sizeof(int32_t))
+        self.key_t = <int64_t *>_alloc(self.row_cap * sizeof(int64_t))
+        self.key_aux = <double *>_alloc(self.row_cap * sizeof(double))
+        self.key_ex = <char *>_alloc(self.row_cap)
+        self.row_aux = <double *>_alloc(self.row_cap * sizeof(double))
+        if self.row_cap * FO_NSCALARS > engine.rows_cap:
+            engine.rows = <double *>_realloc(engine.rows, self.row_cap * FO_NSCALARS * sizeof(double))
+            engine.rows_cap = self.row_cap * FO_NSCALARS
+        if accum is not None:
+            if len(accum) != self.n:
+                raise ValueError(f"expected {self.n} accumulators; got {len(accum)}")
+            self.acc_data = <void **>_alloc(nt * sizeof(void *))
+            for i in range(self.n):
+                a = accum[i]
+                if (not isinstance(a, np.ndarray) or a.dtype != engine.params[i].dtype
+                        or a.shape != engine.params[i].shape or not a.flags.c_contiguous
+                        or not a.flags.writeable):
+                    raise ValueError(f"accumulator {i} must be a writeable C-contiguous array "
+                                     f"of the param's dtype and shape")
+                self.acc_data[i] = cnp.PyArray_DATA(<cnp.ndarray>a)
+        self._iterations = self._micro = self._skipped = 0
+        self.maximize = self.decoupled = self.skip_nonfinite = self.has_clipvalue = False
+        self.clip_mode = 0
+        self.accum_k = 0
+        self.ema_freq = 0
+        self.ema_momentum = 0.0
+        self.own_threads = 0
+
+    def __dealloc__(self):
+        free(self.ghp)
+        free(self.gnstate)
+        free(self.gversion)
+        free(self.aux_g)
+        free(self.group_row)
+        free(self.group_of)
+        free(self.steps)
+        free(self.aux_t)
+        free(self.excluded)
+        free(self.dbuf)
+        free(self.trow)
+        free(self.ibuf)
+        free(self.key_g)
+        free(self.key_t)
+        free(self.key_aux)
+        free(self.key_ex)
+        free(self.row_aux)
+        free(self.acc_data)
+
+    # ---- what the optimizer pushes -------------------------------------
+
+    def set_group(self, Py_ssize_t gi, values, list scheduled, int nstate, int64_t version):
+        """Group ``gi``'s hyper-parameters: ``values`` in the kernel's order
+        then weight_decay (a scheduled entry's value is filled per step),
+        ``scheduled``: ``(schedule, index, name, spec)`` in the order of the
+        optimizer's table; ``nstate``: state arrays the group uses now."""
+        cdef Py_ssize_t j
+        if not 0 <= gi < self.ngroups or len(values) != self.nhp:
+            raise ValueError(f"set_group: group {gi} of {self.ngroups}, {len(values)} values "
+                             f"for {self.nhp}")
+        entries = []
+        for fn, j, key, spec in scheduled:
+            lo, lo_closed, hi, hi_closed = spec.check
+            entries.append((fn, j, key, spec, float(lo), bool(lo_closed), float(hi),
+                            bool(hi_closed)))
+        for j in range(self.nhp):
+            self.ghp[gi * self.nhp + j] = values[j]
+        self.gsched[gi] = entries
+        self.gnstate[gi] = nstate
+        self.gversion[gi] = version
+
+    def group_values(self, Py_ssize_t gi):
+        """The values group ``gi`` used last (scheduled ones as last evaluated)."""
+        return [self.ghp[gi * self.nhp + j] for j in range(self.nhp)]
+
+    def configure(self, *, maximize, decoupled, clipvalue, clipnorm, global_clipnorm,
+                  skip_nonfinite, num_threads, ema_momentum, ema_overwrite_frequency,
+                  gradient_accumulation_steps, cross_check=None):
+        self.maximize = bool(maximize)
+        self.decoupled = bool(decoupled)
+        self.has_clipvalue = clipvalue is not None
+        self.clipvalue = clipvalue if clipvalue is not None else 0.0
+        self.clip_mode = 1 if clipnorm is not None else (2 if global_clipnorm is not None else 0)
+        self.clipnorm = clipnorm if clipnorm is not None else 0.0
+        self.global_clipnorm = global_clipnorm if global_clipnorm is not None else 0.0
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.own_threads = num_threads or 0
+        self.ema_momentum = ema_momentum
+        self.ema_freq = ema_overwrite_frequency or 0
+        k = gradient_accumulation_steps or 0
+        if k and self.accum is None:
+            raise ValueError("gradient accumulation needs accumulators")
+        self.accum_k = k
+        self.cross_check = cross_check
+
+    def set_excluded(self, excluded):
+        """Params excluded from weight decay: a collection of indices."""
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            self.excluded[i] = 0
+        for i in excluded:
+            self.excluded[i] = 1
+
+    # ---- counters ----------------------------------------------------------
+
+    @property
+    def iterations(self):
+        return self._iterations
+
+    @iterations.setter
+    def iterations(self, int64_t value):
+        self._iterations = value
+
+    @property
+    def micro(self):
+        return self._micro
+
+    @micro.setter
+    def micro(self, int64_t value):
+        self._micro = value
+
+    @property
+    def skipped(self):
+        return self._skipped
+
+    @skipped.setter
+    def skipped(self, int64_t value):
+        self._skipped = value
+
+    @property
+    def schedule_step(self):
+        """The step the schedules read at the next update."""
+        return self._micro if self.accum_k and self.sched_calls else self._iterations
+
+    def get_steps(self):
+        return np.array([self.steps[i] for i in range(self.n)], dtype=np.int64)
+
+    def set_steps(self, steps):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            self.steps[i] = steps[i]
+
+    def get_aux(self):
+        """The host values: per group (one clock) or per tensor (per_param)."""
+        if self.per_param:
+            return [self.aux_t[i] for i in range(self.n)]
+        return [self.aux_g[i] for i in range(self.ngroups)]
+
+    def set_aux(self, values):
+        cdef Py_ssize_t i
+        if self.per_param:
+            for i in range(self.n):
+                self.aux_t[i] = values[i]
+        else:
+            for i in range(self.ngroups):
+                self.aux_g[i] = values[i]
+
+    # ---- the step ------------------------------------------------------------
+
+    cdef int _threads(self):
+        if self.own_threads:
+            return self.own_threads
+        return _default_threads if _default_threads else fo_max_threads()
+
+    cdef int _schedules(self, int64_t step) except -1:
+        """Evaluate every schedule at ``step`` into the groups' values, checked
+        as constants are (finite, learning_rate >= 0, the range)."""
+        cdef Py_ssize_t gi
+        cdef double v
+        cdef list entries
+        for gi in range(self.ngroups):
+            entries = <list>self.gsched[gi]
+            if not entries:
+                continue
+            for e in entries:
+                v = float((<tuple>e)[0](step))
+                if not isfinite(v):
+                    raise ValueError(f"{(<tuple>e)[2]} evaluated to {v!r} at step {step}; "
+                                     f"hyper-parameters must be finite")
+                self.ghp[gi * self.nhp + <Py_ssize_t>(<tuple>e)[1]] = v
+            v = self.ghp[gi * self.nhp + self.lr_index]
+            if v < 0:
+                raise ValueError(f"learning_rate evaluated to {v!r} at step {step}; it must "
+                                 f"be >= 0")
+            for e in entries:
+                _check_scheduled(<tuple>e, self.ghp[gi * self.nhp + <Py_ssize_t>(<tuple>e)[1]],
+                                 step)
+            if self.cross_check is not None:
+                self.cross_check(gi, step)
+        return 0
+
+    cdef int32_t _row(self, int32_t g, int64_t t, double aux, char ex, int32_t *nrows):
+        """Index of this step's row for (group, step, host value, excluded),
+        computed on first use."""
+        cdef int32_t r, nr = nrows[0]
+        for r in range(nr - 1, -1, -1):
+            if (self.key_g[r] == g and self.key_t[r] == t and self.key_ex[r] == ex
+                    and (self.key_aux[r] == aux or (aux != aux and self.key_aux[r] != self.key_aux[r]))):
+                return r
+        r = nr
+        nrows[0] = nr + 1
+        self.key_g[r] = g
+        self.key_t[r] = t
+        self.key_aux[r] = aux
+        self.key_ex[r] = ex
+        cdef double *row = self.engine.rows + <int64_t>r * FO_NSCALARS
+        cdef const double *h = self.ghp + <int64_t>g * self.nhp
+        cdef int flags = 0
+        cdef double wd = h[self.wd_index]
+        memset(row, 0, FO_NSCALARS * sizeof(double))
+        row[FO_S_GSCALE] = 1.0
+        row[FO_S_DECAY] = 1.0
+        if self.maximize:
+            flags |= FO_F_GSCALE
+            row[FO_S_GSCALE] = -1.0
+        if self.has_clipvalue:
+            flags |= FO_F_CLIP
+            row[FO_S_CLIP] = self.clipvalue
+        if wd != 0.0 and not ex:
+            if self.decoupled:
+                flags |= FO_F_DECAY
+                row[FO_S_DECAY] = 1.0 - h[self.lr_index] * wd
+            else:
+                flags |= FO_F_L2
+                row[FO_S_L2] = wd
+        row[FO_S_FLAGS] = flags
+        cdef fo_ctx ctx
+        ctx.hp = h
+        ctx.t = t
+        ctx.convention = self.convention
+        ctx.nstate = self.gnstate[g]
+        ctx.aux = aux
+        self.row_aux[r] = self.info.scalars_fn(&ctx, row)
+        return r
+
+    cdef int32_t _copy_row(self, int32_t r, int32_t *nrows):
+        cdef int32_t c = nrows[0]
+        nrows[0] = c + 1
+        memcpy(self.engine.rows + <int64_t>c * FO_NSCALARS,
+               self.engine.rows + <int64_t>r * FO_NSCALARS, FO_NSCALARS * sizeof(double))
+        self.key_g[c] = -1      # never found again by _row
+        return c
+
+    cdef int _clip(self, int32_t *nrows, int nthreads) except -1:
+        cdef Engine eng = self.engine
+        cdef Py_ssize_t i
+        cdef int32_t r
+        cdef double c, nrm, f, total, inv, m
+        cdef double *row
+        if self.clip_mode == 1:
+            c = self.clipnorm
+            with nogil:
+                fo_sumsq(&eng.plan, 0, self.dbuf, eng.dscratch, nthreads)
+            for i in range(self.n):
+                if eng.tensors[i].grad == NULL:
+                    continue
+                nrm = sqrt(self.dbuf[i])
+                if nrm == INFINITY:
+                    nrm = fo_norm_scaled(&eng.plan, <int32_t>i, 0)
+                # c/max(norm, c), NaN-propagating: NaN norms give NaN, inf gives 0
+                f = 1.0 if nrm <= c else c / nrm
+                if f != 1.0:
+                    r = self._copy_row(eng.tensors[i].row, nrows)
+                    row = eng.rows + <int64_t>r * FO_NSCALARS
+                    row[FO_S_FLAGS] = <double>(<int>row[FO_S_FLAGS] | FO_F_GSCALE)
+                    row[FO_S_GSCALE] *= f
+                    eng.tensors[i].row = r
+        elif self.clip_mode == 2:
+            c = self.global_clipnorm
+            with nogil:
+                fo_sumsq(&eng.plan, 0, self.dbuf, eng.dscratch, nthreads)
+            total = sqrt(fo_fsum(self.dbuf, self.n))
+            if total == INFINITY:
+                # the sum of squares overflowed: combine per-tensor norms with scaling
+                # (still inf, or NaN, when a grad holds inf or NaN)
+                total = math.hypot(*eng.norms(0, nthreads).tolist())
+            # Keras: c * min(1/norm, 1/c), turned into NaN when the norm is not finite
+            inv = 1.0 / total if total > 0 else INFINITY
+            m = 1.0 / c
+            f = c * (m if m < inv else inv) + (total - total)
+            for r in range(nrows[0]):
+                row = eng.rows + <int64_t>r * FO_NSCALARS
+                row[FO_S_FLAGS] = <double>(<int>row[FO_S_FLAGS] | FO_F_GSCALE)
+                row[FO_S_GSCALE] *= f
+        return 0
+
+    cdef void _apply(self, int32_t *nrows, int nthreads) noexcept:
+        """The kernel over every bound tensor; a kernel with a reduction pass
+        runs it first and its finish function turns each tensor's sums into
+        the row of the elementwise pass."""
+        cdef Engine eng = self.engine
+        cdef Py_ssize_t i
+        cdef int32_t r
+        if self.info.finish == NULL:
+            with nogil:
+                fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)
+            return
+        cdef double *sums = self.dbuf
+        with nogil:
+            fo_step_reduce(&eng.plan, eng.kernel, eng.rows, sums, eng.dscratch, nthreads)
+        for i in range(self.n):
+            if eng.tensors[i].grad == NULL:
+                continue
+            r = self._copy_row(eng.tensors[i].row, nrows)
+            self.info.finish(sums + i * FO_NRED, eng.rows + <int64_t>r * FO_NSCALARS)
+            eng.tensors[i].row = r
+        with nogil:
+            fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)
+
+    def step(self, grads):
+        cdef Engine eng = self.engine
+        cdef Py_ssize_t gi, i
+        cdef list groups = self.groups
+        for gi in range(self.ngroups):
+            if groups[gi].version != self.gversion[gi]:
+                self.sync(gi)
+        cdef int active = eng.set_grads(grads)
+        cdef int nthreads = self._threads()
+        cdef int64_t k = self.accum_k, updates_before = self._iterations, step, t_shared
+        cdef int32_t nrows = 0, g
+        cdef double ema_hp[2]
+        cdef fo_ctx ctx
+        cdef bint keep_aux
+        try:
+            if self.ema is not None:
+                self.ema._check_arrays()    # before the update, not after it
+            if self.skip_nonfinite and active:
+                with nogil:
+                    fo_count_nonfinite(&eng.plan, self.ibuf, eng.iscratch, nthreads)
+                for i in range(self.n):
+                    if self.ibuf[i]:
+                        self._skipped += 1
+                        return
+            if k and (self._micro + 1) % k:
+                for i in range(self.n):
+                    if eng.tensors[i].grad != NULL:
+                        _acc_add(&eng.tensors[i], self.acc_data[i])
+            else:
+                # Keras's Nadam advances every group's product every update
+                keep_aux = self.info.has_aux and not self.per_param
+                if active or keep_aux:
+                    step = self._micro if k and self.sched_calls else self._iterations
+                    self._schedules(step)
+                    t_shared = self._iterations + 1
+                    if keep_aux:
+                        for gi in range(self.ngroups):
+                            self.group_row[gi] = self._row(<int32_t>gi, t_shared,
+                                                           self.aux_g[gi], 0, &nrows)
+                    for i in range(self.n):
+                        if eng.tensors[i].grad == NULL:
+                            continue
+                        g = self.group_of[i]
+                        if self.per_param:
+                            self.trow[i] = self._row(g, self.steps[i] + 1, self.aux_t[i],
+                                                     self.excluded[i], &nrows)
+                        else:
+                            self.trow[i] = self._row(g, t_shared, self.aux_g[g],
+                                                     self.excluded[i], &nrows)
+                        eng.tensors[i].row = self.trow[i]
+                    eng.nrows = nrows
+                    eng._check_state_counts()
+                # nothing has changed up to here: every error above leaves all as it was
+                if k:
+                    for i in range(self.n):
+                        if eng.tensors[i].grad != NULL:
+                            _acc_mean(&eng.tensors[i], self.acc_data[i], k)
+                            eng.tensors[i].grad = self.acc_data[i]
+                if active:
+                    self._clip(&nrows, nthreads)
+                    self._apply(&nrows, nthreads)
+                if k:
+                    for i in range(self.n):
+                        memset(self.acc_data[i], 0,
+                               eng.tensors[i].size * (4 if eng.tensors[i].dtype == FO_FLOAT32 else 8))
+                if keep_aux:
+                    for gi in range(self.ngroups):
+                        self.aux_g[gi] = self.row_aux[self.group_row[gi]]
+                if self.per_param:
+                    for i in range(self.n):
+                        if eng.tensors[i].grad != NULL:
+                            self.aux_t[i] = self.row_aux[self.trow[i]]
+                            self.steps[i] += 1
+                self._iterations += 1
+            if self.ema is not None:
+                ema_hp[0] = self.ema_momentum if updates_before else 0.0
+                ema_hp[1] = 1.0 if self.ema_freq and (updates_before + 1) % self.ema_freq == 0 else 0.0
+                self._run_ema(ema_hp, nthreads)
+            self._micro += 1
+        finally:
+            eng._unbind()
+
+    cdef void _run_ema(self, double *hp, int nthreads) noexcept:
+        cdef Engine e = self.ema
+        cdef Py_ssize_t i
+        cdef fo_ctx ctx
+        cdef double *row = e.rows
+        memset(row, 0, FO_NSCALARS * sizeof(double))
+        row[FO_S_GSCALE] = 1.0
+        row[FO_S_DECAY] = 1.0
+        ctx.hp = hp
+        ctx.t = 0
+        ctx.convention = self.convention
+        ctx.nstate = 1
+        ctx.aux = 0.0
+        self.ema_info.scalars_fn(&ctx, row)
+        for i in range(e.n):
+            e.tensors[i].grad = e.tensors[i].param
+            e.tensors[i].row = 0
+        with nogil:
+            fo_step(&e.plan, e.kernel, row, nthreads)
+        for i in range(e.n):
+            e.tensors[i].grad = NULL
+
+
+cdef int _check_scheduled(tuple e, double v, int64_t step) except -1:
+    """A scheduled value gets the range check of a constant one (beta_1 -> 1
+    would divide by zero in the bias correction, momentum > 1 would diverge
+    silently)."""
+    cdef double lo = e[4], hi = e[6]
+    cdef bint ok = (v >= lo if e[5] else v > lo) and (v <= hi if e[7] else v < hi)
+    if not ok:
+        from fastopt import _hyper
+        _hyper.check_range(e[3], e[2], v, f"schedule value at step {step}: ")
+    return 0

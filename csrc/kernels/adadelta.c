@@ -6,22 +6,34 @@
  *   Edx <- rho*Edx + (1-rho)*d^2          (the delta before the learning rate)
  *   w   <- w - lr*d
  *
- * scalars: K+0 lr, K+1 rho, K+2 1-rho, K+3 eps.  state: 0 Eg, 1 Edx.
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/adadelta.c"
 #define FO_KERNEL_NAME adadelta
 #define FO_KERNEL_NSTATE 2
+#define FO_KERNEL_HP(X) X(learning_rate) X(rho) X(epsilon)
+#define FO_KERNEL_SCALARS(X) X(lr) X(rho) X(omr) X(eps)
+#include "declare.h"
+
+static double adadelta_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    s[S_lr] = h[HP_learning_rate];
+    s[S_rho] = h[HP_rho];
+    s[S_omr] = 1.0 - h[HP_rho];
+    s[S_eps] = h[HP_epsilon];
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN adadelta_scalars
 #include "instantiate.h"
 #else
 
 static void FO_FN(adadelta)(const fo_tensor *t, int64_t begin, int64_t end, const double *s)
 {
     FO_KERNEL_BEGIN;
-    const FO_T lr = (FO_T)s[FO_S_K + 0];
-    const FO_T rho = (FO_T)s[FO_S_K + 1];
-    const FO_T omr = (FO_T)s[FO_S_K + 2];
-    const FO_T eps = (FO_T)s[FO_S_K + 3];
+    const FO_T lr = (FO_T)s[S_lr];
+    const FO_T rho = (FO_T)s[S_rho];
+    const FO_T omr = (FO_T)s[S_omr];
+    const FO_T eps = (FO_T)s[S_eps];
     FO_T *restrict eg = FO_STATE(0);
     FO_T *restrict edx = FO_STATE(1);
 

@@ -11,27 +11,50 @@
  * Both are the same loop with one sqrt and one divide per element; the host
  * computes a and c in double.
  *
- * scalars: K+0 a, K+1 c, K+2 eps, K+3 1-b1, K+4 b2, K+5 1-b2, K+6 amsgrad.
  * state: 0 m, 1 v, 2 vhat (amsgrad only).
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/adam.c"
 #define FO_KERNEL_NAME adam
 #define FO_KERNEL_NSTATE 3
-#define FO_KERNEL_NSTATE_USED(s) (s[FO_S_K + 6] != 0.0 ? 3 : 2)
+#define FO_KERNEL_HP(X) X(learning_rate) X(beta_1) X(beta_2) X(epsilon) X(amsgrad)
+#define FO_KERNEL_SCALARS(X) X(a) X(c) X(eps) X(omb1) X(b2) X(omb2) X(amsgrad)
+#define FO_KERNEL_NSTATE_USED(s) (s[S_amsgrad] != 0.0 ? 3 : 2)
+#include "declare.h"
+
+static double adam_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    const double b1 = h[HP_beta_1], b2 = h[HP_beta_2], lr = h[HP_learning_rate];
+    const double bc1 = 1.0 - pow(b1, (double)c->t);
+    const double bc2 = 1.0 - pow(b2, (double)c->t);
+    if (c->convention == FO_KERAS) {
+        s[S_a] = lr * sqrt(bc2) / bc1;
+        s[S_c] = 1.0;
+    } else {
+        s[S_a] = lr / bc1;
+        s[S_c] = 1.0 / sqrt(bc2);
+    }
+    s[S_eps] = h[HP_epsilon];
+    s[S_omb1] = 1.0 - b1;
+    s[S_b2] = b2;
+    s[S_omb2] = 1.0 - b2;
+    s[S_amsgrad] = h[HP_amsgrad] != 0.0 ? 1.0 : 0.0;
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN adam_scalars
 #include "instantiate.h"
 #else
 
 static void FO_FN(adam)(const fo_tensor *t, int64_t begin, int64_t end, const double *s)
 {
     FO_KERNEL_BEGIN;
-    const FO_T a = (FO_T)s[FO_S_K + 0];
-    const FO_T c = (FO_T)s[FO_S_K + 1];
-    const FO_T eps = (FO_T)s[FO_S_K + 2];
-    const FO_T omb1 = (FO_T)s[FO_S_K + 3];
-    const FO_T b2 = (FO_T)s[FO_S_K + 4];
-    const FO_T omb2 = (FO_T)s[FO_S_K + 5];
-    const int amsgrad = s[FO_S_K + 6] != 0.0;
+    const FO_T a = (FO_T)s[S_a];
+    const FO_T c = (FO_T)s[S_c];
+    const FO_T eps = (FO_T)s[S_eps];
+    const FO_T omb1 = (FO_T)s[S_omb1];
+    const FO_T b2 = (FO_T)s[S_b2];
+    const FO_T omb2 = (FO_T)s[S_omb2];
+    const int amsgrad = s[S_amsgrad] != 0.0;
     FO_T *restrict m = FO_STATE(0);
     FO_T *restrict v = FO_STATE(1);
 

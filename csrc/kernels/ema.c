@@ -7,12 +7,23 @@
  *
  * Reads only the parameter and its average; the driver binds every tensor.
  *
- * scalars: K+0 mu, K+1 1-mu, K+2 overwrite.  state: 0 avg.
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/ema.c"
 #define FO_KERNEL_NAME ema
 #define FO_KERNEL_NSTATE 1
+#define FO_KERNEL_HP(X) X(momentum) X(overwrite)
+#define FO_KERNEL_SCALARS(X) X(mu) X(omm) X(overwrite)
+#include "declare.h"
+
+static double ema_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    s[S_mu] = h[HP_momentum];
+    s[S_omm] = 1.0 - h[HP_momentum];
+    s[S_overwrite] = h[HP_overwrite];
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN ema_scalars
 #include "instantiate.h"
 #else
 
@@ -21,9 +32,9 @@ static void FO_FN(ema)(const fo_tensor *t, int64_t begin, int64_t end, const dou
     FO_T *restrict w = (FO_T *)t->param + begin;
     FO_T *restrict avg = FO_STATE(0);
     const int64_t n = end - begin;
-    const FO_T mu = (FO_T)s[FO_S_K + 0];
-    const FO_T omm = (FO_T)s[FO_S_K + 1];
-    if (s[FO_S_K + 2] != 0.0) {
+    const FO_T mu = (FO_T)s[S_mu];
+    const FO_T omm = (FO_T)s[S_omm];
+    if (s[S_overwrite] != 0.0) {
         for (int64_t i = 0; i < n; i++) {
             FO_T ai = mu * avg[i] + omm * w[i];
             avg[i] = ai;

@@ -10,13 +10,27 @@
  * w is recomputed, not incremented.  p = 0.5 (the default) uses sqrt, p = 0
  * makes n'^p = 1; other powers call pow.
  *
- * scalars: K+0 1/lr, K+1 p, K+2 l1, K+3 2*l2 + beta/lr, K+4 2*l2s, K+5 mode
- * (0: general p, 1: p = 0.5, 2: p = 0).  state: 0 n, 1 z.
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/ftrl.c"
 #define FO_KERNEL_NAME ftrl
 #define FO_KERNEL_NSTATE 2
+#define FO_KERNEL_HP(X) X(learning_rate) X(learning_rate_power) X(l1_regularization_strength) X(l2_regularization_strength) X(l2_shrinkage_regularization_strength) X(beta)
+#define FO_KERNEL_SCALARS(X) X(ilr) X(p) X(l1) X(l2x) X(l2s2) X(mode)
+#include "declare.h"
+
+static double ftrl_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    const double lr = h[HP_learning_rate], p = -h[HP_learning_rate_power];
+    s[S_ilr] = 1.0 / lr;
+    s[S_p] = p;
+    s[S_l1] = h[HP_l1_regularization_strength];
+    s[S_l2x] = 2.0 * h[HP_l2_regularization_strength] + h[HP_beta] / lr;
+    s[S_l2s2] = 2.0 * h[HP_l2_shrinkage_regularization_strength];
+    s[S_mode] = p == 0.5 ? 1.0 : (p == 0.0 ? 2.0 : 0.0);
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN ftrl_scalars
 #include "instantiate.h"
 #else
 
@@ -35,12 +49,12 @@
 static void FO_FN(ftrl)(const fo_tensor *t, int64_t begin, int64_t end, const double *s)
 {
     FO_KERNEL_BEGIN;
-    const FO_T ilr = (FO_T)s[FO_S_K + 0];
-    const FO_T p = (FO_T)s[FO_S_K + 1];
-    const FO_T l1 = (FO_T)s[FO_S_K + 2];
-    const FO_T l2x = (FO_T)s[FO_S_K + 3];
-    const FO_T l2s2 = (FO_T)s[FO_S_K + 4];
-    const int mode = (int)s[FO_S_K + 5];
+    const FO_T ilr = (FO_T)s[S_ilr];
+    const FO_T p = (FO_T)s[S_p];
+    const FO_T l1 = (FO_T)s[S_l1];
+    const FO_T l2x = (FO_T)s[S_l2x];
+    const FO_T l2s2 = (FO_T)s[S_l2s2];
+    const int mode = (int)s[S_mode];
     const FO_T one = 1;
     FO_T *restrict acc = FO_STATE(0);
     FO_T *restrict z = FO_STATE(1);

@@ -14,21 +14,47 @@
  * host forms phi per tensor; the elementwise pass recomputes r from m and v
  * (the same operations, so the same bits) and applies the step.
  *
- * scalars: K+0 1/(1-b1^t), K+1 1/sqrt(1-b2^t), K+2 eps, K+3 1-b1, K+4 b2,
- *          K+5 1-b2, K+6 lr*phi (elementwise pass only).  state: 0 m, 1 v.
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/lamb.c"
 #define FO_KERNEL_NAME lamb
 #define FO_KERNEL_NSTATE 2
 #define FO_KERNEL_REDUCE 1
+#define FO_KERNEL_HP(X) X(learning_rate) X(beta_1) X(beta_2) X(epsilon)
+#define FO_KERNEL_SCALARS(X) X(a1) X(c) X(eps) X(omb1) X(b2) X(omb2) X(step)
+#include "declare.h"
+
+static double lamb_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    const double b1 = h[HP_beta_1], b2 = h[HP_beta_2];
+    s[S_a1] = 1.0 / (1.0 - pow(b1, (double)c->t));
+    s[S_c] = 1.0 / sqrt(1.0 - pow(b2, (double)c->t));
+    s[S_eps] = h[HP_epsilon];
+    s[S_omb1] = 1.0 - b1;
+    s[S_b2] = b2;
+    s[S_omb2] = 1.0 - b2;
+    s[S_step] = h[HP_learning_rate];
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN lamb_scalars
+/* The elementwise pass's row from the reduction pass's sums |w|^2, |r|^2 of
+ * one tensor: the step scaled by the trust ratio, no preprocessing (the
+ * reduction pass applied it). */
+static void lamb_trust(const double *sums, double *s)
+{
+    const double wn = sqrt(sums[0]), rn = sqrt(sums[1]);
+    const double phi = wn > 0.0 && rn > 0.0 ? wn / rn : 1.0;
+    s[FO_S_FLAGS] = 0.0;
+    s[S_step] *= phi;
+}
+#define FO_KERNEL_FINISH lamb_trust
 #include "instantiate.h"
 #else
 
 #define LAMB_SCALARS                                                         \
-    const FO_T a1 = (FO_T)s[FO_S_K + 0];                                     \
-    const FO_T c = (FO_T)s[FO_S_K + 1];                                      \
-    const FO_T eps = (FO_T)s[FO_S_K + 2];                                    \
+    const FO_T a1 = (FO_T)s[S_a1];                                     \
+    const FO_T c = (FO_T)s[S_c];                                      \
+    const FO_T eps = (FO_T)s[S_eps];                                    \
     FO_T *restrict m = FO_STATE(0);                                          \
     FO_T *restrict v = FO_STATE(1)
 
@@ -49,9 +75,9 @@ static void FO_RFN(lamb)(const fo_tensor *t, int64_t begin, int64_t end, const d
 {
     FO_KERNEL_BEGIN;
     LAMB_SCALARS;
-    const FO_T omb1 = (FO_T)s[FO_S_K + 3];
-    const FO_T b2 = (FO_T)s[FO_S_K + 4];
-    const FO_T omb2 = (FO_T)s[FO_S_K + 5];
+    const FO_T omb1 = (FO_T)s[S_omb1];
+    const FO_T b2 = (FO_T)s[S_b2];
+    const FO_T omb2 = (FO_T)s[S_omb2];
     double aw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double ar[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
@@ -68,7 +94,7 @@ static void FO_FN(lamb)(const fo_tensor *t, int64_t begin, int64_t end, const do
 {
     FO_KERNEL_BEGIN;
     LAMB_SCALARS;
-    const FO_T step = (FO_T)s[FO_S_K + 6];
+    const FO_T step = (FO_T)s[S_step];
     (void)g; (void)flags;
     for (int64_t i = 0; i < n; i++) {
         FO_T ri = m[i] * a1 / (FO_SQRT(v[i]) * c + eps);

@@ -8,23 +8,36 @@
  * sign(0) = 0 as in Keras, optax and bitsandbytes (DeepSpeed's CPU Lion takes
  * a full step there); a NaN c propagates into w.
  *
- * scalars: K+0 lr, K+1 b1, K+2 1-b1, K+3 b2, K+4 1-b2.  state: 0 m.
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/lion.c"
 #define FO_KERNEL_NAME lion
 #define FO_KERNEL_NSTATE 1
+#define FO_KERNEL_HP(X) X(learning_rate) X(beta_1) X(beta_2)
+#define FO_KERNEL_SCALARS(X) X(lr) X(b1) X(omb1) X(b2) X(omb2)
+#include "declare.h"
+
+static double lion_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    s[S_lr] = h[HP_learning_rate];
+    s[S_b1] = h[HP_beta_1];
+    s[S_omb1] = 1.0 - h[HP_beta_1];
+    s[S_b2] = h[HP_beta_2];
+    s[S_omb2] = 1.0 - h[HP_beta_2];
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN lion_scalars
 #include "instantiate.h"
 #else
 
 static void FO_FN(lion)(const fo_tensor *t, int64_t begin, int64_t end, const double *s)
 {
     FO_KERNEL_BEGIN;
-    const FO_T lr = (FO_T)s[FO_S_K + 0];
-    const FO_T b1 = (FO_T)s[FO_S_K + 1];
-    const FO_T omb1 = (FO_T)s[FO_S_K + 2];
-    const FO_T b2 = (FO_T)s[FO_S_K + 3];
-    const FO_T omb2 = (FO_T)s[FO_S_K + 4];
+    const FO_T lr = (FO_T)s[S_lr];
+    const FO_T b1 = (FO_T)s[S_b1];
+    const FO_T omb1 = (FO_T)s[S_omb1];
+    const FO_T b2 = (FO_T)s[S_b2];
+    const FO_T omb2 = (FO_T)s[S_omb2];
     const FO_T one = 1, zero = 0;
     FO_T *restrict m = FO_STATE(0);
 

@@ -13,31 +13,52 @@
  * v - mg^2 is >= 0 in exact arithmetic but can round below 0; it is clamped
  * at 0 so the square root never sees a negative number.
  *
- * scalars: K+0 lr, K+1 rho, K+2 1-rho, K+3 e_in, K+4 e_out, K+5 mu, K+6 a_in,
- *          K+7 a_out, K+8 centered, K+9 momentum.
  * state: 0 v, then mg (centered), then m (momentum).
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/rmsprop.c"
 #define FO_KERNEL_NAME rmsprop
 #define FO_KERNEL_NSTATE 3
-#define FO_KERNEL_NSTATE_USED(s) (1 + (s[FO_S_K + 8] != 0.0) + (s[FO_S_K + 9] != 0.0))
+#define FO_KERNEL_HP(X) X(learning_rate) X(rho) X(momentum) X(epsilon) X(centered)
+#define FO_KERNEL_SCALARS(X) X(lr) X(rho) X(omr) X(e_in) X(e_out) X(mu) X(a_in) X(a_out) X(centered) X(momentum)
+#define FO_KERNEL_NSTATE_USED(s) (1 + (s[S_centered] != 0.0) + (s[S_momentum] != 0.0))
+#include "declare.h"
+
+static double rmsprop_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    const double lr = h[HP_learning_rate], rho = h[HP_rho], eps = h[HP_epsilon];
+    const int centered = h[HP_centered] != 0.0;
+    const int keras = c->convention == FO_KERAS;
+    s[S_lr] = lr;
+    s[S_rho] = rho;
+    s[S_omr] = 1.0 - rho;
+    s[S_e_in] = keras ? eps : 0.0;
+    s[S_e_out] = keras ? 0.0 : eps;
+    s[S_mu] = h[HP_momentum];
+    s[S_a_in] = keras ? lr : 1.0;
+    s[S_a_out] = keras ? 1.0 : lr;
+    s[S_centered] = centered ? 1.0 : 0.0;
+    /* the group keeps a momentum buffer after v (and mg) */
+    s[S_momentum] = c->nstate > 1 + centered ? 1.0 : 0.0;
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN rmsprop_scalars
 #include "instantiate.h"
 #else
 
 static void FO_FN(rmsprop)(const fo_tensor *t, int64_t begin, int64_t end, const double *s)
 {
     FO_KERNEL_BEGIN;
-    const FO_T lr = (FO_T)s[FO_S_K + 0];
-    const FO_T rho = (FO_T)s[FO_S_K + 1];
-    const FO_T omr = (FO_T)s[FO_S_K + 2];
-    const FO_T e_in = (FO_T)s[FO_S_K + 3];
-    const FO_T e_out = (FO_T)s[FO_S_K + 4];
-    const FO_T mu = (FO_T)s[FO_S_K + 5];
-    const FO_T a_in = (FO_T)s[FO_S_K + 6];
-    const FO_T a_out = (FO_T)s[FO_S_K + 7];
-    const int centered = s[FO_S_K + 8] != 0.0;
-    const int momentum = s[FO_S_K + 9] != 0.0;
+    const FO_T lr = (FO_T)s[S_lr];
+    const FO_T rho = (FO_T)s[S_rho];
+    const FO_T omr = (FO_T)s[S_omr];
+    const FO_T e_in = (FO_T)s[S_e_in];
+    const FO_T e_out = (FO_T)s[S_e_out];
+    const FO_T mu = (FO_T)s[S_mu];
+    const FO_T a_in = (FO_T)s[S_a_in];
+    const FO_T a_out = (FO_T)s[S_a_out];
+    const int centered = s[S_centered] != 0.0;
+    const int momentum = s[S_momentum] != 0.0;
     const FO_T zero = 0;
     FO_T *restrict v = FO_STATE(0);
     int k = 1;

@@ -10,30 +10,42 @@
  * The two momentum forms agree for a constant lr; with a schedule Keras applies
  * the new lr to new gradients only, torch rescales the whole buffer.
  *
- * scalars: K+0 lr, K+1 mu, K+2 mode (SGD_PLAIN/KERAS/TORCH/TORCH_FIRST),
- *          K+3 nesterov, K+4 1-dampening.  state[0]: v or b.
  */
 #ifndef FO_T
-#define FO_KERNEL_FILE "kernels/sgd.c"
 #define FO_KERNEL_NAME sgd
 #define FO_KERNEL_NSTATE 1
-#define FO_KERNEL_NSTATE_USED(s) (s[FO_S_K + 2] != 0.0 ? 1 : 0)
+#define FO_KERNEL_HP(X) X(learning_rate) X(momentum) X(nesterov) X(dampening)
+#define FO_KERNEL_SCALARS(X) X(lr) X(mu) X(mode) X(nesterov) X(omd)
+#define FO_KERNEL_NSTATE_USED(s) (s[S_mode] != 0.0 ? 1 : 0)
+#include "declare.h"
+
+enum { SGD_PLAIN = 0, SGD_KERAS = 1, SGD_TORCH = 2, SGD_TORCH_FIRST = 3 };
+
+static double sgd_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    double mode = SGD_PLAIN;
+    if (c->nstate > 0)
+        mode = c->convention == FO_KERAS ? SGD_KERAS : (c->t == 1 ? SGD_TORCH_FIRST : SGD_TORCH);
+    s[S_lr] = h[HP_learning_rate];
+    s[S_mu] = h[HP_momentum];
+    s[S_mode] = mode;
+    s[S_nesterov] = h[HP_nesterov] != 0.0 ? 1.0 : 0.0;
+    s[S_omd] = 1.0 - h[HP_dampening];
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN sgd_scalars
 #include "instantiate.h"
 #else
-
-#ifndef FO_SGD_MODES
-#define FO_SGD_MODES
-enum { SGD_PLAIN = 0, SGD_KERAS = 1, SGD_TORCH = 2, SGD_TORCH_FIRST = 3 };
-#endif
 
 static void FO_FN(sgd)(const fo_tensor *t, int64_t begin, int64_t end, const double *s)
 {
     FO_KERNEL_BEGIN;
-    const FO_T lr = (FO_T)s[FO_S_K + 0];
-    const FO_T mu = (FO_T)s[FO_S_K + 1];
-    const int mode = (int)s[FO_S_K + 2];
-    const int nesterov = s[FO_S_K + 3] != 0.0;
-    const FO_T damp = (FO_T)s[FO_S_K + 4];
+    const FO_T lr = (FO_T)s[S_lr];
+    const FO_T mu = (FO_T)s[S_mu];
+    const int mode = (int)s[S_mode];
+    const int nesterov = s[S_nesterov] != 0.0;
+    const FO_T damp = (FO_T)s[S_omd];
 
     if (mode == SGD_PLAIN) {
         FO_LOOP(w[i] = wi - lr * gi;)
