@@ -13,7 +13,8 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.math cimport INFINITY, isfinite, sqrt
 from libc.string cimport memcpy, memset
 
-import math
+import math as _math
+import weakref as _weakref
 
 cnp.import_array()
 # The fork handler is registered at import, before any library can start a
@@ -719,7 +720,9 @@ cdef class Stepper:
 
     The optimizer pushes each param group's hyper-parameters (``set_group``)
     and the options (``configure``); a group edited since it was pushed is
-    handed back to ``sync(gi)`` at the next step.
+    handed back to ``sync(gi)`` at the next step.  ``sync`` and the
+    ``cross_check`` of ``configure`` are held as weak methods (the optimizer
+    owns this Stepper: no reference cycle keeps either alive).
     """
     cdef readonly Engine engine
     cdef Engine ema
@@ -783,7 +786,7 @@ cdef class Stepper:
         self.convention = convention
         self.per_param = per_param
         self.sched_calls = sched_calls
-        self.sync = sync
+        self.sync = _weakref.WeakMethod(sync)
         self.cross_check = None
         self.ema = ema
         if ema is not None:
@@ -913,7 +916,7 @@ cdef class Stepper:
         if k and self.accum is None:
             raise ValueError("gradient accumulation needs accumulators")
         self.accum_k = k
-        self.cross_check = cross_check
+        self.cross_check = None if cross_check is None else _weakref.WeakMethod(cross_check)
 
     def set_excluded(self, excluded):
         """Params excluded from weight decay: a collection of indices."""
@@ -1008,7 +1011,7 @@ cdef class Stepper:
                 _check_scheduled(<tuple>e, self.ghp[gi * self.nhp + <Py_ssize_t>(<tuple>e)[1]],
                                  step)
             if self.cross_check is not None:
-                self.cross_check(gi, step)
+                self.cross_check()(gi, step)
         return 0
 
     cdef int32_t _row(self, int32_t g, int64_t t, double aux, char ex, int32_t *nrows):
@@ -1095,7 +1098,7 @@ cdef class Stepper:
             if total == INFINITY:
                 # the sum of squares overflowed: combine per-tensor norms with scaling
                 # (still inf, or NaN, when a grad holds inf or NaN)
-                total = math.hypot(*eng.norms(0, nthreads).tolist())
+                total = _math.hypot(*eng.norms(0, nthreads).tolist())
             # Keras: c * min(1/norm, 1/c), turned into NaN when the norm is not finite
             inv = 1.0 / total if total > 0 else INFINITY
             m = 1.0 / c
@@ -1135,7 +1138,7 @@ cdef class Stepper:
         cdef list groups = self.groups
         for gi in range(self.ngroups):
             if groups[gi].version != self.gversion[gi]:
-                self.sync(gi)
+                self.sync()(gi)
         cdef int active = eng.set_grads(grads)
         cdef int nthreads = self._threads()
         cdef int64_t k = self.accum_k, updates_before = self._iterations, step, t_shared

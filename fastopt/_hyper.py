@@ -72,13 +72,15 @@ class HP:
     ``kind``: float or bool; ``check``: a constraint (``NONNEG``, ``UNIT``,
     ...); ``aliases``: other accepted names (``lr``, ``eps``, ``alpha``);
     ``schedulable``: whether a schedule may drive it (False for values that
-    set the initial state); ``note``: an extra sentence for the range error.
+    set the initial state); ``kernel``: whether the kernel's scalar function
+    reads it (False for a value that only fills the initial state, and for
+    weight_decay, which the engine reads); ``note``: added to the range error.
     """
 
-    __slots__ = ("defaults", "kind", "check", "aliases", "schedulable", "note")
+    __slots__ = ("defaults", "kind", "check", "aliases", "schedulable", "kernel", "note")
 
     def __init__(self, default=None, *, keras=None, torch=None, kind=float, check=ANY,
-                 aliases=(), schedulable=True, note=""):
+                 aliases=(), schedulable=True, kernel=True, note=""):
         self.defaults = {}
         for conv, value in (("keras", keras), ("torch", torch)):
             value = default if value is None else value
@@ -88,6 +90,7 @@ class HP:
         self.check = check
         self.aliases = tuple(aliases)
         self.schedulable = schedulable and kind is float
+        self.kernel = kernel
         self.note = note
 
     def default(self, convention):
@@ -102,7 +105,7 @@ def is_schedule(v):
     return callable(v) and not isinstance(v, (bool, int, float, np.number))
 
 
-def check_value(spec, key, value, where, owner=""):
+def check_value(spec, key, value, where):
     """Return ``value`` converted (float, or bool) if it fits ``spec``; else
     raise the message every layer uses.  A schedule passes when ``spec`` may be
     scheduled (its values are checked per step)."""
@@ -124,17 +127,15 @@ def check_value(spec, key, value, where, owner=""):
         finite = False
     if not finite:
         raise ValueError(f"{where}{key} must be finite; got {value!r}")
-    check_range(spec, key, value, where, owner)
     return value
 
 
-def check_range(spec, key, value, where, owner=""):
+def check_range(spec, key, value, where):
     lo, lo_closed, hi, hi_closed = spec.check
     if ((value >= lo if lo_closed else value > lo) and
             (value <= hi if hi_closed else value < hi)):
         return
-    note = spec.note.format(owner=owner)
-    raise ValueError(f"{where}{key} {'must be ' + _interval(spec.check)}{note}; got {value!r}")
+    raise ValueError(f"{where}{key} must be {_interval(spec.check)}{spec.note}; got {value!r}")
 
 
 def split_param_groups(params):
@@ -157,3 +158,75 @@ def split_param_groups(params):
     if any(isinstance(g, dict) for g in params):
         raise TypeError("params must be all arrays or all param-group dicts, not a mix")
     return [(params, {})]
+
+
+class ParamGroup(dict):
+    """A parameter group: ``{"params": [...], <hyper-parameter>: value}``.
+
+    Editable between steps like a torch param group; edits are validated
+    when the next step evaluates the group.  The state arrays are made at
+    construction: an edit may stop using one (``momentum`` set to 0), but an
+    edit that needs another (``amsgrad`` False -> True, ``momentum`` 0 -> 0.9,
+    ``centered`` False -> True) or a different ``"params"`` list is refused.
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.version = 0
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.version += 1
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self.version += 1
+
+    def update(self, *args, **kwargs):
+        super().update(*args, **kwargs)
+        self.version += 1
+
+    def pop(self, *args):
+        self.version += 1
+        return super().pop(*args)
+
+    def setdefault(self, key, default=None):
+        self.version += 1
+        return super().setdefault(key, default)
+
+    def __ior__(self, other):  # type: ignore[misc]  # dict's __or__ returns a plain dict
+        super().__ior__(other)
+        self.version += 1
+        return self
+
+    def clear(self):
+        super().clear()
+        self.version += 1
+
+    def popitem(self):
+        self.version += 1
+        return super().popitem()
+
+
+def group_names(over, size, gi):
+    """Parameter names given by a param group ("name" for all, "names" one each);
+    removes them from ``over``."""
+    name = over.pop("name", None)
+    names = over.pop("names", None)
+    if names is None:
+        names = over.pop("param_names", None)
+    if name is not None and names is not None:
+        raise ValueError(f"param group {gi}: give either 'name' or 'names', not both")
+    if names is not None:
+        names = list(names)
+        if len(names) != size:
+            raise ValueError(f"param group {gi}: 'names' has {len(names)} entries for {size} "
+                             f"params")
+    else:
+        names = [name] * size
+    for n in names:
+        if n is not None and not isinstance(n, str):
+            raise TypeError(f"param group {gi}: parameter names must be strings; got {n!r}")
+    return names

@@ -23,6 +23,7 @@ def set_num_threads(n):
     """
     global _num_threads
     _num_threads = check_num_threads(n)
+    _core.set_default_threads(_num_threads)
 
 
 def get_num_threads():

@@ -112,7 +112,7 @@ def snapshot(opt, params=None):
     # every attribute, so state that later versions keep (EMA copies, accumulators)
     # is covered without naming it; plain-callable schedules make state_dict() refuse
     owned = {k: v for k, v in vars(opt).items() if k not in _NOT_STATE}
-    return arrays, _freeze(owned), repr(extra), list(opt._steps)
+    return arrays, _freeze(owned), repr(extra), opt._stepper.get_steps().tolist()
 
 
 def snapshot_bytes(opt):

@@ -1,0 +1,136 @@
+"""The options every optimizer takes, as validated attributes.
+
+Each option is a property whose setter checks the value (one message per
+option); a settable option takes effect at the next step, a ``fixed`` one
+decides which arrays the optimizer keeps and is set at construction only.
+After an assignment the optimizer pushes the options to its engine again.
+"""
+import math
+import operator
+
+import numpy as np
+
+from . import _threads
+
+CLIPS = ("clipnorm", "global_clipnorm", "clipvalue")
+
+
+def option(name, check, fixed=False):
+    """An optimizer-wide option attribute, validated on every assignment.
+
+    ``check(opt, value)`` returns the value to store or raises.  The getter is
+    C-level (attrgetter), so reading an option costs no Python call."""
+    attr = "_opt_" + name
+
+    def set_option(opt, value):
+        built = "_stepper" in opt.__dict__
+        if built and fixed:
+            raise AttributeError(f"{name} decides which arrays the optimizer keeps, so it is "
+                                 f"set at construction only: build a new optimizer with "
+                                 f"{name}={value!r}")
+        value = check(opt, value)
+        if not built:
+            setattr(opt, attr, value)
+            return
+        with opt._lock:
+            setattr(opt, attr, value)
+            opt._configure()
+
+    return property(operator.attrgetter(attr), set_option)
+
+
+def check_bool(key):
+    def check(opt, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{key} must be a bool; got {value!r}")
+        return bool(value)
+    return check
+
+
+def check_truthy(opt, value):
+    return bool(value)
+
+
+def check_num_threads(opt, value):
+    return _threads.check_num_threads(value)
+
+
+def check_decoupled(opt, value):
+    value = bool(value)
+    if not value and opt.decoupled_only:
+        raise ValueError(f"{type(opt).__name__}'s weight decay is decoupled; use Adam for "
+                         f"coupled L2")
+    return value
+
+
+def check_clip(key):
+    def check(opt, value):
+        if value is None:
+            return None
+        if key == "clipvalue":
+            value = float(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float, np.floating,
+                                                               np.integer)):
+            raise TypeError(f"{key} must be a positive float or None; got {value!r}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{key} must be a positive finite float; got {value!r}")
+        others = [k for k in CLIPS if k != key and opt.__dict__.get("_opt_" + k) is not None]
+        if others:
+            raise ValueError(f"only one of clipnorm, global_clipnorm and clipvalue may be set; "
+                             f"{others[0]} is set: set it to None first")
+        return float(value)
+    return check
+
+
+def check_ema_momentum(opt, value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
+            or not 0.0 <= value <= 1.0):
+        raise ValueError(f"ema_momentum must be a float in [0, 1]; got {value!r}")
+    return float(value)
+
+
+def check_count(key, low):
+    def check(opt, value):
+        if value is not None and (isinstance(value, bool) or
+                                  not isinstance(value, (int, np.integer)) or value < low):
+            raise ValueError(f"{key} must be an int >= {low} or None; got {value!r}")
+        return None if value is None else int(value)
+    return check
+
+
+class Options:
+    """Mixin: the option attributes (see :class:`fastopt.Optimizer`)."""
+
+    maximize = option("maximize", check_truthy)
+    decoupled_weight_decay = option("decoupled_weight_decay", check_decoupled)
+    clipvalue = option("clipvalue", check_clip("clipvalue"))
+    clipnorm = option("clipnorm", check_clip("clipnorm"))
+    global_clipnorm = option("global_clipnorm", check_clip("global_clipnorm"))
+    skip_nonfinite = option("skip_nonfinite", check_bool("skip_nonfinite"))
+    num_threads = option("num_threads", check_num_threads)
+    use_ema = option("use_ema", check_bool("use_ema"), fixed=True)
+    ema_momentum = option("ema_momentum", check_ema_momentum)
+    ema_overwrite_frequency = option("ema_overwrite_frequency",
+                                     check_count("ema_overwrite_frequency", 1))
+    gradient_accumulation_steps = option("gradient_accumulation_steps",
+                                         check_count("gradient_accumulation_steps", 2),
+                                         fixed=True)
+
+    def _set_options(self, clipvalue, clipnorm, global_clipnorm, **rest):
+        clips = [k for k, v in (("clipnorm", clipnorm), ("global_clipnorm", global_clipnorm),
+                                ("clipvalue", clipvalue)) if v is not None]
+        if len(clips) > 1:
+            raise ValueError(f"only one of clipnorm, global_clipnorm and clipvalue may be set; "
+                             f"got {', '.join(clips)}")
+        self.clipvalue = clipvalue
+        self.clipnorm = clipnorm
+        self.global_clipnorm = global_clipnorm
+        for key, value in rest.items():
+            setattr(self, key, value)
+
+    def _options_config(self):
+        return {"clipnorm": self.clipnorm, "global_clipnorm": self.global_clipnorm,
+                "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
+                "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                "skip_nonfinite": self.skip_nonfinite}

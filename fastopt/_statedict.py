@@ -1,0 +1,221 @@
+"""An optimizer's state as a dict: built, checked completely, then applied.
+
+``check(opt, sd)`` validates everything (format, class, convention, shapes,
+dtypes, counters, schedule state, the options' arrays, the host values of
+the kernel) and returns a function that applies it and cannot fail, so a
+refused load leaves the optimizer as it was.
+"""
+import copy
+
+import numpy as np
+
+COUNTER_MAX = 2 ** 63 - 1     # counters are int64 in the kernels and in checkpoints
+
+
+def check_counter(value, name):
+    """``value`` as an int if it can be a step counter (an int, not a bool,
+    in [0, 2**63)); else ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        got = f"{value!r:.60}"
+    elif not 0 <= value <= COUNTER_MAX:
+        bits = abs(int(value)).bit_length()
+        got = value if bits <= 128 else f"an int of {bits} bits"
+    else:
+        return int(value)
+    raise ValueError(f"{name}: step counters must be ints >= 0 and < 2**63; got {got}. "
+                     f"Pass a state written by state_dict() (or fastopt.save)")
+
+
+def iter_schedules(opt):
+    from ._hyper import is_schedule
+    for key, value in opt._defaults.items():
+        if is_schedule(value):
+            yield f"defaults.{key}", value
+    for gi, over in enumerate(opt._overrides):
+        for key, value in over.items():
+            if is_schedule(value):
+                yield f"group{gi}.{key}", value
+
+
+def schedule_states(opt):
+    return {path: s.state_dict() for path, s in iter_schedules(opt) if hasattr(s, "state_dict")}
+
+
+def check_schedule_states(opt, states):
+    """Refuse schedule state that does not fit: loaded into a copy of each
+    schedule first, so a bad entry raises before anything is restored."""
+    mine = {path: s for path, s in iter_schedules(opt) if hasattr(s, "state_dict")}
+    extra = set(states) - set(mine)
+    if extra:
+        raise ValueError(f"state carries schedule state for {sorted(extra)}, which this "
+                         f"optimizer's hyper-parameters are not schedules for")
+    for path, sched in mine.items():
+        if path in states and hasattr(sched, "load_state_dict"):
+            try:
+                copy.deepcopy(sched).load_state_dict(states[path])
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError,
+                    RecursionError) as e:
+                raise ValueError(f"schedule state for {path} does not fit the schedule "
+                                 f"{type(sched).__name__}: {e}") from e
+
+
+def load_schedule_states(opt, states):
+    for path, sched in iter_schedules(opt):
+        if path in states and hasattr(sched, "load_state_dict"):
+            sched.load_state_dict(states[path])
+
+
+def build(opt):
+    s = opt._stepper
+    extra = {"micro_steps": int(opt.micro_steps), "skipped_steps": int(s.skipped)}
+    if opt._ema is not None:
+        extra["ema"] = [a.copy() for a in opt._ema]
+    if opt._accum is not None:
+        extra["accumulators"] = [a.copy() for a in opt._accum]
+    if opt.aux_state is not None:
+        extra[opt.aux_state] = np.array(s.get_aux(), dtype=np.float64)
+    return {
+        "format_version": 1,
+        "class": type(opt).__name__,
+        "config": opt.get_config(),
+        "iterations": int(s.iterations),
+        "steps": s.get_steps(),
+        "shapes": [list(p.shape) for p in opt._params],
+        "dtypes": [p.dtype.str for p in opt._params],
+        "state": [[a.copy() for a in st] for st in opt._state],
+        "schedules": schedule_states(opt),
+        "extra": extra,
+    }
+
+
+def _check_arrays(mine, theirs, key):
+    if mine is None:
+        if theirs is not None:
+            raise ValueError(f"state has {key} but this optimizer keeps none (were the "
+                             f"optimizer options the same?)")
+        return None
+    if theirs is None or len(theirs) != len(mine):
+        raise ValueError(f"state lacks the {len(mine)} {key} arrays this optimizer "
+                         f"keeps (were the optimizer options the same?)")
+    arrays = []
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        b = np.asarray(b)
+        if b.shape != a.shape or b.dtype != a.dtype:
+            raise ValueError(f"params[{i}] {key}: expected {a.dtype} {a.shape}; got "
+                             f"{b.dtype} {b.shape}")
+        arrays.append(b)
+    return arrays
+
+
+def _check_extra(opt, extra):
+    if not isinstance(extra, dict):
+        raise ValueError("state 'extra' must be a dict")
+    out = {key: check_counter(extra.get(key, 0), f"extra.{key}")
+           for key in ("micro_steps", "skipped_steps")}
+    out["ema"] = _check_arrays(opt._ema, extra.get("ema"), "ema")
+    out["accumulators"] = _check_arrays(opt._accum, extra.get("accumulators"), "accumulators")
+    key = opt.aux_state
+    if key is not None:
+        n = len(opt._stepper.get_aux())
+        values = extra.get(key, ())
+        try:
+            if np.shape(values) != (n,):     # first: converting a huge array costs its size
+                raise ValueError(f"shape {np.shape(values)}")
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"extra.{key}: expected {n} values; got {e}") from e
+        if not np.isfinite(values).all():
+            raise ValueError(f"extra.{key}: expected finite values; got {values}")
+        out["aux"] = [float(x) for x in values]
+    return out
+
+
+def check(opt, sd):
+    """Validate ``sd`` completely; return a function that applies it and cannot fail."""
+    if not isinstance(sd, dict) or sd.get("format_version") != 1:
+        version = sd.get("format_version") if isinstance(sd, dict) else None
+        raise ValueError(f"not a fastopt optimizer state: format_version 1 expected, got "
+                         f"{version!r}. Pass the dict returned by state_dict()")
+    missing = [k for k in ("class", "iterations", "steps", "state") if k not in sd]
+    if missing:
+        raise ValueError(f"optimizer state is missing {missing}; it was not written by "
+                         f"state_dict() (or was edited)")
+    name = type(opt).__name__
+    if sd["class"] != name:
+        raise ValueError(f"state is of a {sd['class']} optimizer; this is a {name}. Load it "
+                         f"into a {sd['class']} built over the same parameters")
+    config = sd.get("config") or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config: expected a dict; got {type(config).__name__}")
+    conv = config.get("convention", opt.convention)
+    if conv != opt.convention:
+        raise ValueError(f"state is of a convention={conv!r} {name}; this one has "
+                         f"convention={opt.convention!r}. Build the optimizer with "
+                         f"convention={conv!r} to resume it")
+    for key, mine in (("shapes", [list(p.shape) for p in opt._params]),
+                      ("dtypes", [p.dtype.str for p in opt._params])):
+        theirs = sd.get(key)
+        if theirs is None:
+            continue
+        if not isinstance(theirs, (list, tuple)) or (key == "shapes" and not all(
+                isinstance(t, (list, tuple)) for t in theirs)):
+            raise ValueError(f"{key}: expected a list with one entry per parameter; got "
+                             f"{theirs!r:.80}")
+        theirs = [list(t) if key == "shapes" else t for t in theirs]
+        if len(theirs) != len(mine):
+            raise ValueError(f"state has {len(theirs)} parameters; this optimizer has "
+                             f"{len(mine)}. Build it over the parameters it was saved with")
+        for i, (a, b) in enumerate(zip(mine, theirs)):
+            if a != b:
+                raise ValueError(f"params[{i}]: the state was saved for {key[:-1]} {b}; "
+                                 f"this optimizer's params[{i}] has {key[:-1]} {a}. Build "
+                                 f"it over the parameters it was saved with, in order")
+    state = sd["state"]
+    if not isinstance(state, (list, tuple)) or len(state) != len(opt._state):
+        n = len(state) if isinstance(state, (list, tuple)) else type(state).__name__
+        raise ValueError(f"state has {n} parameters; this optimizer has "
+                         f"{len(opt._state)}. Build it over the parameters it was saved "
+                         f"with")
+    for i, (mine, theirs) in enumerate(zip(opt._state, state)):
+        if not isinstance(theirs, (list, tuple)) or len(theirs) != len(mine):
+            n = len(theirs) if isinstance(theirs, (list, tuple)) else type(theirs).__name__
+            raise ValueError(f"params[{i}]: state has {n} arrays; expected "
+                             f"{len(mine)} (were the optimizer options the same?)")
+        for k, (a, b) in enumerate(zip(mine, theirs)):
+            b = np.asarray(b)
+            if b.shape != a.shape or b.dtype != a.dtype:
+                raise ValueError(f"params[{i}] state {k}: expected {a.dtype} {a.shape}; "
+                                 f"got {b.dtype} {b.shape}")
+    nparams = len(opt._params)
+    steps = np.asarray(sd["steps"])
+    if (steps.dtype.kind not in "iu" and steps.size) or steps.shape != (nparams,):
+        raise ValueError(f"steps: expected {nparams} integer counts; got "
+                         f"{steps.dtype} {steps.shape}")
+    if steps.size and (steps.min() < 0 or steps.max() > COUNTER_MAX):
+        raise ValueError(f"steps: step counters must be >= 0 and < 2**63; got "
+                         f"{steps.min()} .. {steps.max()}")
+    iterations = check_counter(sd["iterations"], "iterations")
+    sched_states = sd.get("schedules") or {}
+    if not isinstance(sched_states, dict):
+        raise ValueError(f"schedules: expected a dict; got {type(sched_states).__name__}")
+    check_schedule_states(opt, sched_states)
+    extra = _check_extra(opt, sd.get("extra", {}))
+
+    def apply():
+        for mine, theirs in zip(opt._state, state):
+            for a, b in zip(mine, theirs):
+                np.copyto(a, np.asarray(b))
+        s = opt._stepper
+        s.set_steps([int(k) for k in steps])
+        s.iterations = iterations
+        load_schedule_states(opt, sched_states)
+        s.micro = extra["micro_steps"]
+        s.skipped = extra["skipped_steps"]
+        for mine, key in ((opt._ema, "ema"), (opt._accum, "accumulators")):
+            if mine is not None:
+                for a, b in zip(mine, extra[key]):
+                    np.copyto(a, b)
+        if "aux" in extra:
+            s.set_aux(extra["aux"])
+
+    return apply
