@@ -197,6 +197,20 @@ def radam_torch(w, g, st, hp, t):
     return w - m_hat * lr
 
 
+def rprop_torch(w, g, st, hp, t):
+    # torch reads lr only on a tensor's first step, to fill step_size; a NaN
+    # product g*prev counts as 0 (torch's sign(NaN) is 0), as does a NaN g.
+    if t == 1:
+        st["prev"] = np.zeros_like(w)
+        st["step_size"] = np.full_like(w, hp["learning_rate"])
+    prod = g * st["prev"]
+    eta = np.where(prod > 0, hp["etaplus"], np.where(prod < 0, hp["etaminus"], 1.0))
+    st["step_size"] = np.clip(st["step_size"] * eta, hp["step_size_min"], hp["step_size_max"])
+    g = np.where(prod < 0, 0.0, g)
+    st["prev"] = g
+    return w - np.where(g > 0, 1.0, np.where(g < 0, -1.0, 0.0)) * st["step_size"]
+
+
 RULES = {
     ("SGD", "keras"): sgd_keras,
     ("SGD", "torch"): sgd_torch,
