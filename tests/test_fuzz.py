@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from fastopt.optimizers import REGISTRY
 
+import optim_db
 import reference
 from robust_util import (NAMES, TALLY, assert_same_optimizer, assert_unchanged, conventions,
                          float_hyper, snapshot)
@@ -165,7 +166,7 @@ def draw_hyper(data, cls, conv):
 
 
 def _reference_for(name, conv, opt, params, kw):
-    if (name, conv) not in reference.RULES:
+    if conv not in optim_db.info(name).rules:
         return None
     hp = opt.current_hyperparameters()
     options = {k: kw[k] for k in ("maximize", "clipvalue", "decoupled_weight_decay") if k in kw}
