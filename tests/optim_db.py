@@ -426,6 +426,12 @@ def info(name):
         ) from None
 
 
+def name_conventions():
+    """``(name, convention)`` for every entry and each convention it has, by name."""
+    return [(entry.name, conv) for entry in sorted(optim_db, key=lambda e: e.name)
+            for conv in entry.conventions]
+
+
 def all_cases():
     """``(name, kwargs, conventions)``: every entry's cases, then :data:`OPTION_CASES`."""
     return [(entry.name, kw, convs) for entry in optim_db for kw, convs in entry.cases] + \

@@ -190,10 +190,7 @@ def _run(opt, params, grads):
         opt.step(g)
 
 
-@pytest.mark.parametrize(("name", "convention"),
-                         [(info.name, c) for info in sorted(optim_db.optim_db,
-                                                            key=lambda i: i.name)
-                          for c in info.conventions])
+@pytest.mark.parametrize(("name", "convention"), optim_db.name_conventions())
 def test_state_dict_resume_is_bit_identical(name, convention, tmp_path):
     rng = np.random.default_rng(3)
     shapes = [(4, 3), (7,)]

@@ -57,8 +57,7 @@ def _compare(name, convention, kwargs, nsteps=10, exclude=None, skip=True, seed=
     return opt, ref, params
 
 
-CONVENTIONS = [(info.name, c) for info in sorted(optim_db.optim_db, key=lambda i: i.name)
-               for c in info.conventions]
+CONVENTIONS = optim_db.name_conventions()
 
 
 def _base_kwargs(name):
