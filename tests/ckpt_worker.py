@@ -16,18 +16,10 @@ import numpy as np
 import fastopt as fo
 from fastopt import schedules
 from fastopt.optimizers import REGISTRY
-from robust_util import conventions
+from robust_util import accepts, conventions, stateful_kwargs
 
 SHAPES = [(5, 3), (7,), (2, 2, 2)]
 NSTEPS = 12
-
-
-def _accepts(cls, conv, **options):
-    try:
-        cls([np.zeros(2)], convention=conv, **options)
-    except TypeError:
-        return False
-    return True
 
 
 def configurations():
@@ -38,7 +30,7 @@ def configurations():
         cls = REGISTRY[name]
         for conv in conventions(cls):
             variants = ["const", "plateau", "onecycle", "groups"]
-            if _accepts(cls, conv, use_ema=True):
+            if accepts(cls, conv, use_ema=True):
                 variants.append("ema")
             for v in variants:
                 out[f"{name}-{conv}-{v}"] = (name, conv, v)
@@ -49,11 +41,11 @@ def build(name, conv, variant):
     """A fresh optimizer for one configuration over fresh params (the same
     initial values in every process) and the schedule that needs reports."""
     cls = REGISTRY[name]
-    hyper = cls._hyper[conv]
+    hyper = cls.defaults(conv)
     rng = np.random.default_rng(2024)
     params = [rng.standard_normal(s).astype(np.float32 if k % 2 else np.float64)
               for k, s in enumerate(SHAPES)]
-    kw = {"momentum": 0.9} if hyper.get("momentum") == 0.0 else {}
+    kw = stateful_kwargs(cls, conv)
     plateau = None
     base_lr = 0.01
     if variant == "plateau":

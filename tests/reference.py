@@ -1,12 +1,14 @@
 """Slow, obviously-correct float64 references, written straight from the formulas.
 
-Every optimizer class in ``fastopt.optimizers.REGISTRY`` must have an entry in
-``RULES`` for each convention it supports; the parametrised suites fail for
+Every optimizer class in ``fastopt.optimizers.REGISTRY`` has an entry in
+``tests/optim_db.py`` that names its rule here for each convention it
+supports, and the state it starts from; ``tests/test_optim_db.py`` fails for
 one that has none.  A rule takes ``(w, g, state, hp, t)`` — float64 arrays, a
 dict of evaluated hyper-parameters, the 1-based step — and returns the new
 ``w`` (updating ``state`` in place).  The options shared by every optimizer
-(maximize, clipvalue, weight decay) are applied around the rule by
-``Reference.step`` in the order of the library being reproduced.
+(maximize, clipvalue, weight decay, and the optimizer-wide ones in
+:data:`OPTIONS`) are applied around the rule by ``Reference.step`` in the
+order of the library being reproduced.
 """
 import math
 
@@ -210,66 +212,14 @@ def rprop_torch(w, g, st, hp, t):
     st["prev"] = g
     return w - np.where(g > 0, 1.0, np.where(g < 0, -1.0, 0.0)) * st["step_size"]
 
-
-RULES = {
-    ("SGD", "keras"): sgd_keras,
-    ("SGD", "torch"): sgd_torch,
-    ("Adam", "keras"): adam_keras,
-    ("Adam", "torch"): adam_torch,
-    ("AdamW", "keras"): adam_keras,
-    ("AdamW", "torch"): adam_torch,
-    ("Adagrad", "keras"): adagrad_keras,
-    ("Adagrad", "torch"): adagrad_torch,
-    ("RMSprop", "keras"): rmsprop_keras,
-    ("RMSprop", "torch"): rmsprop_torch,
-    ("Adamax", "keras"): adamax_keras,
-    ("Adamax", "torch"): adamax_torch,
-    ("Nadam", "keras"): nadam_keras,
-    ("Nadam", "torch"): nadam_torch,
-    ("Adadelta", "keras"): adadelta,
-    ("Adadelta", "torch"): adadelta,
-    ("Lion", "keras"): lion_keras,
-    ("Lamb", "keras"): lamb_keras,
-    ("Ftrl", "keras"): ftrl_keras,
-    ("RAdam", "torch"): radam_torch,
-}
-
-
-def initial_state(name, hp, w):
-    """State a fresh optimizer starts from, by the formulas' definitions."""
-    z = np.zeros_like(w)
-    if name == "SGD":
-        return {"b": z} if hp["momentum"] != 0 or hp.get("_momentum_scheduled") else {}
-    if name in ("Adam", "AdamW"):
-        st = {"m": z.copy(), "v": z.copy()}
-        if hp["amsgrad"]:
-            st["vhat"] = z.copy()
-        return st
-    if name == "Adagrad":
-        return {"acc": np.full_like(w, hp["initial_accumulator_value"])}
-    if name == "RMSprop":
-        st = {"v": z.copy()}
-        if hp["centered"]:
-            st["mg"] = z.copy()
-        if hp["momentum"] != 0 or hp.get("_momentum_scheduled"):
-            st["mom"] = z.copy()
-        return st
-    if name == "Adamax":
-        return {"m": z.copy(), "u": z.copy()}
-    if name == "Nadam":
-        return {"m": z.copy(), "v": z.copy(), "mu_product": 1.0}
-    if name == "Adadelta":
-        return {"eg": z.copy(), "edx": z.copy()}
-    if name == "Lion":
-        return {"m": z.copy()}
-    if name in ("Lamb", "RAdam"):
-        return {"m": z.copy(), "v": z.copy()}
-    if name == "Ftrl":
-        return {"n": np.full_like(w, hp["initial_accumulator_value"]), "z": z.copy()}
-    raise KeyError(f"no reference state for {name}")
-
-
 # ---- the driver --------------------------------------------------------------
+
+#: Options the driver applies itself (keyword arguments of :class:`Reference`)
+#: rather than passing them to the rule as hyper-parameters.
+OPTIONS = ("maximize", "clipvalue", "decoupled_weight_decay", "clipnorm", "global_clipnorm",
+           "use_ema", "ema_momentum", "ema_overwrite_frequency", "gradient_accumulation_steps",
+           "skip_nonfinite")
+
 
 class Reference:
     """float64 re-implementation of one optimizer over a list of arrays.
@@ -287,21 +237,23 @@ class Reference:
                  decoupled_weight_decay=None, clipnorm=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
                  gradient_accumulation_steps=None, skip_nonfinite=False, exclude=()):
+        import optim_db     # the table names the rules; it imports this module
+        info = optim_db.info(name)
         self.name = name
         self.convention = convention
-        self.rule = RULES[(name, convention)]
+        self.rule = info.rules[convention]
         self.hyper = hyper
         self.maximize = maximize
         self.clipvalue = clipvalue
         self.clipnorm = clipnorm
         self.global_clipnorm = global_clipnorm
         if decoupled_weight_decay is None:
-            decoupled_weight_decay = convention == "keras" or name == "AdamW"
+            decoupled_weight_decay = convention == "keras" or info.decoupled_always
         self.decoupled = decoupled_weight_decay
         self.exclude = set(exclude)
         self.w = [np.array(p, dtype=np.float64) for p in params]
         hp0 = hyper(0)
-        self.state = [initial_state(name, hp0, w) for w in self.w]
+        self.state = [info.initial_state(hp0, w) for w in self.w]
         self.iterations = 0
         self.micro = 0
         self.skipped = 0

@@ -3,9 +3,10 @@ threads, memory): building any registered optimizer generically, taking
 bit-exact snapshots of everything an optimizer owns, and tallying what was
 tried.
 
-Everything here iterates ``fastopt.optimizers.REGISTRY`` and probes options by
-construction, so optimizers and options added later are covered without
-editing these tests.
+Everything here iterates ``fastopt.optimizers.REGISTRY``, takes what it needs
+to know about an optimizer from ``tests/optim_db.py`` and its public class
+attributes, and probes options by construction, so optimizers and options
+added later are covered without editing these tests.
 """
 import atexit
 import collections
@@ -22,19 +23,14 @@ import numpy as np
 import fastopt as fo
 from fastopt.optimizers import REGISTRY
 
+import optim_db
+
 NAMES = sorted(REGISTRY)
 
 
 def conventions(cls):
     """The conventions ``cls`` supports, Keras first."""
-    out = []
-    for conv in ("keras", "torch"):
-        try:
-            cls([np.zeros(1)], convention=conv)
-        except ValueError:
-            continue
-        out.append(conv)
-    return out
+    return list(optim_db.info(cls.__name__).conventions)
 
 
 def default_convention(cls):
@@ -46,10 +42,7 @@ def default_convention(cls):
 def stateful_kwargs(cls, convention):
     """Options that give ``cls`` optimizer state where its defaults have none
     (SGD without momentum keeps nothing), so aliasing and snapshots are exercised."""
-    hyper = cls._hyper[convention]
-    if hyper.get("momentum") == 0.0:
-        return {"momentum": 0.9}
-    return {}
+    return dict(optim_db.info(cls.__name__).stateful)
 
 
 def accepts(cls, convention, **options):
@@ -71,8 +64,12 @@ def build(name, params, convention=None, **kwargs):
 
 def float_hyper(cls, convention):
     """Names of the float hyper-parameters of ``cls`` (bools excluded)."""
-    return [k for k, v in cls._hyper[convention].items()
-            if k not in cls._bool_hyper and not isinstance(v, bool)]
+    return [k for k, h in cls.hyper.items() if convention in h.defaults and h.kind is float]
+
+
+def bool_hyper(cls, convention):
+    """Names of the bool hyper-parameters of ``cls`` (amsgrad, centered, ...)."""
+    return [k for k, h in cls.hyper.items() if convention in h.defaults and h.kind is bool]
 
 
 # ---- snapshots ----------------------------------------------------------------
@@ -116,7 +113,7 @@ def snapshot(opt, params=None):
 
 
 def snapshot_bytes(opt):
-    return sum(p.nbytes for p in opt.params) + sum(a.nbytes for s in opt._state for a in s)
+    return sum(p.nbytes for p in opt.params) + sum(a.nbytes for s in opt.state_arrays() for a in s)
 
 
 def assert_unchanged(before, opt, params=None, what=""):

@@ -9,6 +9,7 @@ import pytest
 import fastopt as fo
 from fastopt.optimizers import REGISTRY
 
+import optim_db
 import reference
 
 
@@ -86,11 +87,11 @@ def test_schedule_returning_nan_refuses_the_step():
     w = np.ones(3)
     opt = fo.Adam([w], learning_rate=lambda s: float("nan") if s == 1 else 0.1)
     opt.step([np.ones(3)])
-    before = (w.copy(), [a.copy() for a in opt._state[0]])
+    before = (w.copy(), [a.copy() for a in opt.state_arrays()[0]])
     with pytest.raises(ValueError, match="learning_rate evaluated to nan at step 1"):
         opt.step([np.ones(3)])
     assert np.array_equal(w, before[0])
-    assert all(np.array_equal(a, b) for a, b in zip(opt._state[0], before[1]))
+    assert all(np.array_equal(a, b) for a, b in zip(opt.state_arrays()[0], before[1]))
     assert opt.iterations == 1
 
 
@@ -164,7 +165,7 @@ def test_keras_global_step_vs_torch_per_param_step():
 def test_config_round_trip(name):
     cls = REGISTRY[name]
     w = np.zeros(3)
-    convention = "torch" if "torch" in cls._hyper else "keras"
+    convention = "torch" if "torch" in optim_db.info(name).conventions else "keras"
     opt = cls([w], learning_rate=0.02, convention=convention, weight_decay=0.1, maximize=True)
     cfg = opt.get_config()
     json.dumps(cfg)
@@ -189,16 +190,16 @@ def _run(opt, params, grads):
         opt.step(g)
 
 
-@pytest.mark.parametrize(("name", "convention"),
-                         [(n, c) for n in sorted(REGISTRY) for c in ("keras", "torch")
-                          if c in REGISTRY[n]._hyper])
+@pytest.mark.parametrize(("name", "convention"), optim_db.name_conventions())
 def test_state_dict_resume_is_bit_identical(name, convention, tmp_path):
     rng = np.random.default_rng(3)
     shapes = [(4, 3), (7,)]
     grads = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
     grads[2][1] = None
     cls = REGISTRY[name]
-    kw = {"momentum": 0.9} if name == "SGD" else {}
+    info = optim_db.info(name)
+    # built with the stateful kwargs where the defaults keep no state at all (SGD)
+    kw = info.stateful if info.stateless_by_default(convention) else {}
     p_straight = [np.ones(s) for s in shapes]
     straight = cls(p_straight, convention=convention, **kw)
     _run(straight, p_straight, grads)
@@ -225,10 +226,10 @@ def test_load_refuses_mismatch_and_changes_nothing(tmp_path):
     other_w = np.ones(4)
     other = fo.Adam([other_w])
     other.step([np.ones(4)])
-    before = [a.copy() for a in other._state[0]], other_w.copy()
+    before = [a.copy() for a in other.state_arrays()[0]], other_w.copy()
     with pytest.raises(ValueError, match="params\\[0\\]"):
         fo.load(tmp_path / "a.npz", other)
-    assert all(np.array_equal(a, b) for a, b in zip(other._state[0], before[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(other.state_arrays()[0], before[0]))
     assert np.array_equal(other_w, before[1]) and other.iterations == 1
     with pytest.raises(ValueError, match="SGD optimizer; this is a Adam|is of a Adam"):
         fo.load(tmp_path / "a.npz", fo.SGD([np.ones(3)], momentum=0.9))

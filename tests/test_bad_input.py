@@ -14,9 +14,10 @@ import pytest
 import fastopt as fo
 from fastopt.optimizers import REGISTRY
 
+import optim_db
 from robust_util import (NAMES, TALLY, accepts, assert_same_optimizer, assert_unchanged,
-                         build, conventions, default_convention, float_hyper, rng_grads,
-                         snapshot)
+                         bool_hyper, build, conventions, default_convention, float_hyper,
+                         rng_grads, snapshot)
 
 # ---- the problem every grad case runs on -----------------------------------------
 # Three params of mixed dtypes, two of them views into one float32 buffer (flat
@@ -118,8 +119,8 @@ def grad_cases(i):
          [idx, rf"params\[{i}\]", "separate gradient array"]),
         ("view-of-the-param", _replace(i, lambda g, p, b, o: p.reshape(p.shape)), ValueError,
          [idx, "shares memory", "separate gradient array"]),
-        ("is-optimizer-state", _replace(i, lambda g, p, b, o: o._state[i][-1] if o._state[i]
-                                        else p), ValueError,
+        ("is-optimizer-state", _replace(i, lambda g, p, b, o: o.state_arrays()[i][-1]
+                                        if o.state_arrays()[i] else p), ValueError,
          [idx, "shares memory", "separate gradient array"]),
     ]
     if i == 2:   # params[2] lives in buf32[16:22]: overlap its head and a gap
@@ -438,7 +439,7 @@ def test_schedule_yielding_bad_values_refuses_the_step(name):
     conv = default_convention(cls)
     rng = np.random.default_rng(18)
     for key in float_hyper(cls, conv):
-        defaults = dict(cls._hyper[conv])
+        defaults = cls.defaults(conv)
         good = defaults[key] if key != "learning_rate" else 0.01
         for bad in (float("nan"), -5.0, 5.0):
             def sched(step, bad=bad, good=good):
@@ -521,12 +522,13 @@ def test_skip_nonfinite_skips_whole_step(name):
     for bad in (np.nan, np.inf, -np.inf):
         g = rng_grads(rng, params)
         g[2][1, 1] = bad
-        arrays_before = [p.tobytes() for p in params] + [a.tobytes() for s in opt._state for a in s]
+        arrays_before = [p.tobytes() for p in params] + \
+            [a.tobytes() for s in opt.state_arrays() for a in s]
         skipped = opt.skipped_steps
         opt.step(g)
         assert opt.skipped_steps == skipped + 1
         assert arrays_before == [p.tobytes() for p in params] + \
-            [a.tobytes() for s in opt._state for a in s]
+            [a.tobytes() for s in opt.state_arrays() for a in s]
         TALLY["inputs_tried"] += 1
         TALLY["failures_survived"] += 1
 
@@ -551,8 +553,8 @@ def _freeze_flag(a):
 ARRAY_CHANGES = [
     ("param made read-only", lambda opt: _freeze_flag(opt.params[1]),
      lambda opt: setattr(opt.params[1].flags, "writeable", True), r"params\[1\] was made read-only"),
-    ("state made read-only", lambda opt: _freeze_flag(opt._state[2][-1]),
-     lambda opt: setattr(opt._state[2][-1].flags, "writeable", True),
+    ("state made read-only", lambda opt: _freeze_flag(opt.state_arrays()[2][-1]),
+     lambda opt: setattr(opt.state_arrays()[2][-1].flags, "writeable", True),
      r"state array \d of params\[2\] was made read-only"),
 ]
 
@@ -562,7 +564,7 @@ def test_arrays_changed_after_construction_refuse_the_step(name):
     rng = np.random.default_rng(31)
     opt, twin, params, buf = _battery_opt(name, rng)
     for what, change, undo, pattern in ARRAY_CHANGES:
-        if "state" in what and not opt._state[2]:
+        if "state" in what and not opt.state_arrays()[2]:
             continue
         change(opt)
         before = snapshot(opt, [buf])
@@ -580,11 +582,11 @@ def test_arrays_changed_after_construction_refuse_the_step(name):
 
 
 def _state_keys(cls, conv):
-    """Hyper-parameters that decide the state arrays, with a value that needs more."""
-    hyper = cls._hyper[conv]
-    keys = [(k, True) for k in cls._bool_hyper if hyper.get(k) is False]
-    if hyper.get("momentum") == 0.0:
-        keys.append(("momentum", 0.5))
+    """Hyper-parameters that decide the state arrays, with a value that needs more:
+    the bools off by default, and the stateful keys of tests/optim_db.py."""
+    defaults = cls.defaults(conv)
+    keys = [(k, True) for k in bool_hyper(cls, conv) if defaults[k] is False]
+    keys += [(k, 0.5) for k in optim_db.info(cls.__name__).stateful]
     return keys
 
 
@@ -599,7 +601,7 @@ def test_state_deciding_edits_are_refused_or_match_a_twin(name):
         for key, value in _state_keys(cls, conv):
             params = [rng.standard_normal(5), rng.standard_normal((2, 3)).astype(np.float32)]
             opt = cls(params, convention=conv)
-            kept = opt._state_names(opt.param_groups[0])
+            kept = list(opt.state[0])
             opt.param_groups[0][key] = value
             before = snapshot(opt, [])
             g = rng_grads(rng, params)
@@ -612,7 +614,7 @@ def test_state_deciding_edits_are_refused_or_match_a_twin(name):
                     opt.step(g)
                 assert_unchanged(before, opt, [], what)
                 continue
-            if set(twin._state_names(twin.param_groups[0])) <= set(kept):
+            if set(twin.state[0]) <= set(kept):
                 opt.step(g)
                 twin.step([x.copy() for x in g])
                 for p, q in zip(params, twin_params):

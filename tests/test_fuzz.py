@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from fastopt.optimizers import REGISTRY
 
+import optim_db
 import reference
-from robust_util import (NAMES, TALLY, assert_same_optimizer, assert_unchanged, conventions,
-                         float_hyper, snapshot)
+from robust_util import (NAMES, TALLY, assert_same_optimizer, assert_unchanged, bool_hyper,
+                         conventions, float_hyper, snapshot, stateful_kwargs)
 
 EXAMPLES = int(os.environ.get("FASTOPT_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -137,7 +138,7 @@ def draw_hyper(data, cls, conv):
     """Keyword arguments and whether they are all 'tame' (reference-comparable)."""
     kw, tame = {}, True
     for key in float_hyper(cls, conv):
-        default = cls._hyper[conv][key]
+        default = cls.hyper[key].default(conv)
         how = data.draw(st.sampled_from(["default"] * 4 + ["scaled"] * 3 + ["wild"]), label=key)
         if how == "scaled":
             u = data.draw(st.floats(0.05, 1.0), label=f"{key} factor")
@@ -145,9 +146,8 @@ def draw_hyper(data, cls, conv):
         elif how == "wild":
             kw[key] = data.draw(st.sampled_from(WILD), label=f"{key} value")
             tame = False
-    for key in cls._bool_hyper:
-        if key in cls._hyper[conv]:
-            kw[key] = data.draw(st.booleans(), label=key)
+    for key in bool_hyper(cls, conv):
+        kw[key] = data.draw(st.booleans(), label=key)
     kw["maximize"] = data.draw(st.booleans(), label="maximize")
     clip = data.draw(st.sampled_from([None] * 6 + [0.5, 1e-3, 0.0, -1.0, float("nan")]),
                      label="clipvalue")
@@ -165,7 +165,7 @@ def draw_hyper(data, cls, conv):
 
 
 def _reference_for(name, conv, opt, params, kw):
-    if (name, conv) not in reference.RULES:
+    if conv not in optim_db.info(name).rules:
         return None
     hp = opt.current_hyperparameters()
     options = {k: kw[k] for k in ("maximize", "clipvalue", "decoupled_weight_decay") if k in kw}
@@ -201,7 +201,7 @@ def test_fuzz_public_api(data):
         grads, clean = [], []
         for i, p in enumerate(params):
             defect = data.draw(st.sampled_from(GRAD_DEFECTS), label=f"step{s} grad defect{i}")
-            g, c = make_grad(data, p, opt._state[i], defect)
+            g, c = make_grad(data, p, opt.state_arrays()[i], defect)
             grads.append(g)
             clean.append(c)
         ldefect = data.draw(st.sampled_from(LIST_DEFECTS), label=f"step{s} list defect")
@@ -256,8 +256,9 @@ def test_fuzz_param_groups_and_setters(data):
         over = {}
         for key in data.draw(st.lists(st.sampled_from(keys), max_size=2, unique=True),
                              label=f"group{gi} keys"):
-            over[key] = data.draw(st.sampled_from([cls._hyper[conv][key], 0.5 * cls._hyper[conv][key]]
-                                                  + WILD[:4]), label=f"group{gi} {key}")
+            default = cls.hyper[key].default(conv)
+            over[key] = data.draw(st.sampled_from([default, 0.5 * default] + WILD[:4]),
+                                  label=f"group{gi} {key}")
         groups.append(dict(over, params=plist))
     TALLY["inputs_tried"] += 1
     try:
@@ -338,8 +339,8 @@ def _mutate(data, opt, s):
             p.__setstate__((1, p.shape, p.dtype, False, bytes(p.nbytes)))
         elif what == "param dtype":
             p.dtype = np.int32 if p.dtype == np.float32 else np.int64
-        elif what in ("state readonly", "state resize") and opt._state[i]:
-            a = opt._state[i][0]
+        elif what in ("state readonly", "state resize") and opt.state_arrays()[i]:
+            a = opt.state_arrays()[i][0]
             if what == "state readonly":
                 a.flags.writeable = False
             else:
@@ -375,10 +376,10 @@ def _mutate(data, opt, s):
 @given(data=st.data())
 def test_fuzz_mutations_between_steps(data):
     name, cls, conv = draw_optimizer(data)
-    kw = {k: True for k in cls._bool_hyper if k in cls._hyper[conv]
-          and data.draw(st.booleans(), label=k)}
-    if cls._hyper[conv].get("momentum") == 0.0 and data.draw(st.booleans(), label="momentum"):
-        kw["momentum"] = 0.9
+    kw = {k: True for k in bool_hyper(cls, conv) if data.draw(st.booleans(), label=k)}
+    stateful = stateful_kwargs(cls, conv)
+    if stateful and data.draw(st.booleans(), label="momentum"):
+        kw.update(stateful)
     if data.draw(st.booleans(), label="ema"):
         kw["use_ema"] = True
     sizes = data.draw(st.lists(st.sampled_from([1, 7, 40000]), min_size=1, max_size=3),

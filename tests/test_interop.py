@@ -8,6 +8,8 @@ import pytest
 
 import fastopt as fo
 
+from optim_db import info
+
 
 def test_view_of_a_bytearray_is_updated_in_place():
     buf = bytearray(np.arange(4, dtype=np.float64).tobytes())
@@ -69,7 +71,7 @@ def test_torch_model_trained_through_numpy_views_matches_torch_optim(name, kwarg
     params = list(model.parameters())
     views = [p.detach().numpy() for p in params]     # share memory with the parameters
     ours = getattr(fo, name)(views, convention="torch", **kwargs)
-    theirs = getattr(torch.optim, name)(twin.parameters(), **kwargs)
+    theirs = getattr(torch.optim, info(name).torch_name)(twin.parameters(), **kwargs)
     x, y = torch.randn(32, 6), torch.randn(32, 2)
     for _ in range(20):
         for m in (model, twin):

@@ -7,12 +7,12 @@ import fastopt as fo
 from fastopt import _core
 from fastopt.optimizers import REGISTRY
 
-import cases
+import optim_db
 import reference
 from conftest import SIMD_VARIANTS
 
 SIZES = [0, 1, 7, 17, 1023, 65537]
-PAIRS = cases.expand()
+PAIRS = optim_db.expand()
 
 
 def lr_schedule(step):
@@ -27,17 +27,9 @@ def build(case, convention, params, lr=lr_schedule, **extra):
 
 def reference_for(case, convention, opt, params):
     name, kwargs, _ = case
-    options = {k: kwargs[k] for k in cases.OPTIONS if k in kwargs}
-
-    def hyper(step):
-        saved = opt.iterations
-        opt.iterations = step
-        try:
-            return opt.current_hyperparameters()
-        finally:
-            opt.iterations = saved
-
-    return reference.Reference(name, convention, params, hyper, **options)
+    options = {k: kwargs[k] for k in reference.OPTIONS if k in kwargs}
+    return reference.Reference(name, convention, params,
+                               lambda step: opt.hyperparameters(step=step), **options)
 
 
 def make_problem(rng, sizes, dtype, nsteps):
@@ -48,16 +40,16 @@ def make_problem(rng, sizes, dtype, nsteps):
 
 
 def test_every_optimizer_has_a_reference_and_cases():
-    covered = {c[0] for c in cases.CASES}
+    covered = {c[0] for c in optim_db.all_cases()}
     for name, cls in REGISTRY.items():
-        assert name in covered, f"{name} has no entry in tests/cases.py"
-        for conv in ("keras", "torch"):
-            if conv in cls._hyper:
-                assert (name, conv) in reference.RULES, f"no reference for {name} ({conv})"
+        assert name in covered, f"{name} has no cases in tests/optim_db.py"
+        rules = optim_db.info(name).rules
+        for conv in cls.conventions:
+            assert conv in rules, f"no reference for {name} ({conv})"
 
 
 def test_every_kernel_is_used():
-    used = {cls._kernel for cls in REGISTRY.values()} | set(fo.Optimizer._aux_kernels)
+    used = {cls.kernel for cls in REGISTRY.values()} | optim_db.OPTION_KERNELS
     assert used >= set(_core.KERNELS), f"kernels without an optimizer: {set(_core.KERNELS) - used}"
 
 
@@ -120,7 +112,7 @@ def _trajectory(case, convention, dtype, simd, threads, threshold):
     opt = build(case, convention, params, num_threads=threads)
     for step_grads in grads:
         opt.step(step_grads)
-    return params, [a for s in opt._state for a in s]
+    return params, [a for s in opt.state_arrays() for a in s]
 
 
 # (threads, parallel threshold): serial, every split forced down to 16 elements, default

@@ -57,13 +57,15 @@ def test_01_state_shaping_edit_is_refused(tmp_path, cls, kwargs, key, value, con
         w = np.ones(10, np.float32)
         opt = fo.{cls}([w], convention={conv!r}, **{kwargs!r})
         opt.step([np.full(10, 0.5, np.float32)])
-        before = (w.tobytes(), [a.tobytes() for s in opt._state for a in s], opt.iterations)
+        before = (w.tobytes(), [a.tobytes() for s in opt.state_arrays() for a in s],
+                  opt.iterations)
         opt.param_groups[0][{key!r}] = {value!r}
         try:
             opt.step([np.ones(10, np.float32)])
         except ValueError as e:
             print("refused:", e)
-        after = (w.tobytes(), [a.tobytes() for s in opt._state for a in s], opt.iterations)
+        after = (w.tobytes(), [a.tobytes() for s in opt.state_arrays() for a in s],
+                 opt.iterations)
         print("unchanged:", before == after)
     """)
     assert f"refused: param group 0: {key} cannot change" in out

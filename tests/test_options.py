@@ -10,6 +10,7 @@ import fastopt as fo
 from fastopt import _core
 from fastopt.optimizers import REGISTRY
 
+import optim_db
 import reference
 
 SIZES = [5, 33, 0, 1100, 1]
@@ -32,26 +33,14 @@ def _problem(seed, nsteps, skip=True, dtype=np.float64):
 
 
 def _hyper(opt):
-    def hyper(step):
-        saved = opt.iterations
-        opt.iterations = step
-        try:
-            return opt.current_hyperparameters()
-        finally:
-            opt.iterations = saved
-    return hyper
-
-
-REF_OPTIONS = ("maximize", "clipvalue", "decoupled_weight_decay", "clipnorm",
-               "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
-               "gradient_accumulation_steps", "skip_nonfinite")
+    return lambda step: opt.hyperparameters(step=step)
 
 
 def _compare(name, convention, kwargs, nsteps=10, exclude=None, skip=True, seed=0,
              check_ema=False):
     params, grads = _problem(seed, nsteps, skip)
     opt = REGISTRY[name](params, learning_rate=lr_schedule, convention=convention, **kwargs)
-    ref_opts = {k: v for k, v in kwargs.items() if k in REF_OPTIONS}
+    ref_opts = {k: v for k, v in kwargs.items() if k in reference.OPTIONS}
     ref = reference.Reference(name, convention, params, _hyper(opt),
                               exclude=exclude or (), **ref_opts)
     if exclude:
@@ -68,12 +57,11 @@ def _compare(name, convention, kwargs, nsteps=10, exclude=None, skip=True, seed=
     return opt, ref, params
 
 
-CONVENTIONS = [(n, c) for n in sorted(REGISTRY) for c in ("keras", "torch")
-               if c in REGISTRY[n]._hyper]
+CONVENTIONS = optim_db.name_conventions()
 
 
 def _base_kwargs(name):
-    return {"momentum": 0.9} if name in ("SGD", "RMSprop") else {}
+    return dict(optim_db.info(name).stateful)
 
 
 # ---- every optimizer x convention with every option ------------------------------
@@ -102,7 +90,7 @@ def test_gradient_accumulation_and_skip_nonfinite(name, convention):
     grads[8][3][0] = -np.inf
     opt = REGISTRY[name](params, learning_rate=lr_schedule, convention=convention, **kw)
     ref = reference.Reference(name, convention, params, _hyper(opt),
-                              **{k: v for k, v in kw.items() if k in REF_OPTIONS})
+                              **{k: v for k, v in kw.items() if k in reference.OPTIONS})
     for g in grads:
         ref.step(g)
         opt.step(g)
@@ -272,11 +260,11 @@ def test_skip_nonfinite_refuses_the_whole_step():
     w = np.ones(3)
     opt = fo.Adam([w], skip_nonfinite=True, use_ema=True)
     opt.step([np.full(3, 0.5)])
-    before = (w.copy(), [a.copy() for a in opt._state[0]], opt.averages[0].copy())
+    before = (w.copy(), [a.copy() for a in opt.state_arrays()[0]], opt.averages[0].copy())
     for bad in (np.nan, np.inf, -np.inf):
         opt.step([np.array([0.1, bad, 0.2])])
     assert np.array_equal(w, before[0])
-    assert all(np.array_equal(a, b) for a, b in zip(opt._state[0], before[1]))
+    assert all(np.array_equal(a, b) for a, b in zip(opt.state_arrays()[0], before[1]))
     assert np.array_equal(opt.averages[0], before[2])
     assert opt.skipped_steps == 3 and opt.iterations == 1
     opt.step([np.full(3, 0.5)])
@@ -291,7 +279,7 @@ def test_nonfinite_grads_propagate_by_default():
 
 def test_options_off_keep_the_fast_path():
     for name, cls in REGISTRY.items():
-        conv = "keras" if "keras" in cls._hyper else "torch"
+        conv = optim_db.info(name).conventions[0]
         opt = cls([np.zeros(3)], convention=conv, weight_decay=0.1, maximize=True)
         assert opt._general == cls._needs_general, name
 

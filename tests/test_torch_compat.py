@@ -9,57 +9,16 @@ torch = pytest.importorskip("torch")
 
 from fastopt.optimizers import REGISTRY  # noqa: E402
 
-TORCH_NAMES = {"SGD": "SGD", "Adagrad": "Adagrad", "RMSprop": "RMSprop", "Adam": "Adam",
-               "AdamW": "AdamW", "Adamax": "Adamax", "Nadam": "NAdam",
-               "Adadelta": "Adadelta", "RAdam": "RAdam"}
+from optim_db import info, optim_db  # noqa: E402
 
-# (fastopt class, keyword arguments in fastopt's names); every hyper-parameter
-# the two sides could default differently is spelled out by _torch_kwargs.
-CASES = [
-    ("SGD", {}),
-    ("SGD", {"momentum": 0.9}),
-    ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.03}),
-    ("SGD", {"momentum": 0.7, "dampening": 0.4, "maximize": True}),
-    ("Adagrad", {}),
-    ("Adagrad", {"lr_decay": 0.1, "initial_accumulator_value": 0.2, "weight_decay": 0.05}),
-    ("RMSprop", {}),
-    ("RMSprop", {"momentum": 0.9, "centered": True, "weight_decay": 0.02}),
-    ("RMSprop", {"rho": 0.8, "epsilon": 1e-4, "momentum": 0.5, "maximize": True}),
-    ("Adam", {}),
-    ("Adam", {"amsgrad": True, "weight_decay": 0.05}),
-    ("Adam", {"weight_decay": 0.05, "decoupled_weight_decay": True, "maximize": True}),
-    ("AdamW", {}),
-    ("AdamW", {"amsgrad": True, "weight_decay": 0.1, "beta_1": 0.8}),
-    ("Adamax", {}),
-    ("Adamax", {"weight_decay": 0.05, "epsilon": 1e-3}),
-    ("Nadam", {}),
-    ("Nadam", {"momentum_decay": 1.0, "weight_decay": 0.05}),
-    ("Nadam", {"weight_decay": 0.05, "decoupled_weight_decay": True}),
-    ("Adadelta", {}),
-    ("Adadelta", {"rho": 0.5, "weight_decay": 0.05, "maximize": True}),
-    ("RAdam", {}),
-    ("RAdam", {"beta_2": 0.9, "weight_decay": 0.05}),
-    ("RAdam", {"weight_decay": 0.05, "decoupled_weight_decay": True}),
-]
+# (fastopt class, keyword arguments in fastopt's names): each entry's torch_cases;
+# every hyper-parameter the two sides could default differently is spelled out
+# by _torch_kwargs.
+CASES = [(entry.name, kw) for entry in optim_db for kw in entry.torch_cases]
 
 
 def _torch_kwargs(name, kwargs):
-    out = {}
-    for key, value in kwargs.items():
-        if key == "epsilon":
-            out["eps"] = value
-        elif key == "rho" and name == "RMSprop":
-            out["alpha"] = value
-        elif key in ("beta_1", "beta_2"):
-            continue
-        else:
-            out[key] = value
-    if "beta_1" in kwargs or "beta_2" in kwargs:
-        cls = REGISTRY[name]
-        out["betas"] = (kwargs.get("beta_1", cls._hyper["torch"]["beta_1"]),
-                        kwargs.get("beta_2", cls._hyper["torch"]["beta_2"]))
-    out["foreach"] = False
-    return out
+    return dict(info(name).torch_kwargs(kwargs), foreach=False)
 
 
 def lr_at(step):
@@ -68,8 +27,9 @@ def lr_at(step):
 
 def test_every_torch_optimizer_is_compared():
     covered = {name for name, _ in CASES}
-    has_torch = {n for n, cls in REGISTRY.items() if "torch" in cls._hyper}
-    assert has_torch == covered == set(TORCH_NAMES)
+    has_torch = {n for n, cls in REGISTRY.items() if "torch" in cls.conventions}
+    named = {entry.name for entry in optim_db if entry.torch_name is not None}
+    assert has_torch == covered == named
 
 
 @pytest.fixture
@@ -91,7 +51,7 @@ def test_trajectory_matches_torch(name, kwargs, float64_default):
     mine = [w.copy() for w in w0]
     theirs = [torch.tensor(w, requires_grad=False) for w in w0]
     opt = REGISTRY[name](mine, learning_rate=lr_at, convention="torch", **kwargs)
-    topt = getattr(torch.optim, TORCH_NAMES[name])(theirs, lr=lr_at(0),
+    topt = getattr(torch.optim, info(name).torch_name)(theirs, lr=lr_at(0),
                                                    **_torch_kwargs(name, kwargs))
     for step in range(25):
         grads = [rng.standard_normal(n) * (0.5 + step % 2) for n in sizes]
@@ -116,7 +76,7 @@ def test_float32_trajectory_close_to_torch(name):
     mine = [w0.copy()]
     theirs = [torch.tensor(w0)]
     opt = REGISTRY[name](mine, learning_rate=1e-2, convention="torch")
-    topt = getattr(torch.optim, TORCH_NAMES[name])(theirs, lr=1e-2, foreach=False)
+    topt = getattr(torch.optim, info(name).torch_name)(theirs, lr=1e-2, foreach=False)
     for _ in range(20):
         g = rng.standard_normal(4099).astype(np.float32)
         theirs[0].grad = torch.tensor(g)

@@ -23,7 +23,7 @@ from fastopt.optimizers import REGISTRY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import cases  # noqa: E402
+import optim_db  # noqa: E402
 
 DATA = os.path.join(HERE, "data", "trajectories.json")
 STEPS = 24
@@ -43,17 +43,6 @@ OPTION_VARIANTS = {
     "decoupled": {"weight_decay": 0.03, "decoupled_weight_decay": True},
     "coupled": {"weight_decay": 0.03, "decoupled_weight_decay": False},
 }
-
-
-def _conventions(cls):
-    out = []
-    for conv in ("keras", "torch"):
-        try:
-            cls([np.zeros(1)], convention=conv)
-        except ValueError:
-            continue
-        out.append(conv)
-    return out
 
 
 def _grads(seed, dtype, step, nonfinite_at=None):
@@ -121,7 +110,7 @@ def _run(make, seed, dtype, nonfinite_at=None, round_trip=False):
 def configurations():
     """(id, make(params) -> optimizer, options of _run) for the whole grid."""
     out = []
-    for (case, conv), cid in cases.expand():
+    for (case, conv), cid in optim_db.expand():
         name, kwargs, _ = case
         cls = REGISTRY[name]
         nonfinite = 9 if kwargs.get("skip_nonfinite") else None
@@ -129,11 +118,11 @@ def configurations():
                     lambda p, cls=cls, kw=kwargs, conv=conv: cls(p, convention=conv, **kw),
                     {"nonfinite_at": nonfinite}))
     for name, cls in REGISTRY.items():
-        for conv in _conventions(cls):
+        info = optim_db.info(name)
+        for conv in info.conventions:
             for label, opts in OPTION_VARIANTS.items():
-                if label == "coupled" and cls.__name__ in ("AdamW", "Lion", "Lamb", "Ftrl"):
-                    continue
-                if label == "coupled" and conv == "keras":
+                # coupled weight decay: torch's L2 form, which AdamW does not have
+                if label == "coupled" and (conv == "keras" or info.decoupled_always):
                     continue
                 nonfinite = 9 if opts.get("skip_nonfinite") else None
                 out.append((f"{name}-{conv}-{label}",

@@ -119,7 +119,8 @@ train(opt_e, params_e, 0, 3)
 
 def image():
     return ([p.tobytes() for p in params_e] +
-            [a.tobytes() for s in opt_e.optimizer._state for a in s] + [opt_e.iterations])
+            [a.tobytes() for s in opt_e.optimizer.state_arrays() for a in s] +
+            [opt_e.iterations])
 
 
 def refused(case, load):

@@ -37,7 +37,7 @@ params = common.init(common.MIXED)
 opt = ShardedOptimizer(fo.Adam, params, comm, learning_rate=0.01)
 _, grads = common.loss_and_grads(params, xs, ys)
 opt.step(grads)
-state = [a for s in opt.optimizer._state for a in s]
+state = [a for s in opt.optimizer.state_arrays() for a in s]
 watched = params + state
 
 bad = list(grads)

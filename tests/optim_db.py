@@ -1,0 +1,453 @@
+"""One table drives the tests: an :class:`OptimizerInfo` per optimizer class in
+``fastopt.optimizers.REGISTRY`` (in the manner of torch's ``optim_db``).
+
+Each entry says, for one optimizer, everything the suites need to know that
+the class does not say about itself:
+
+* ``rules``: its float64 reference update in each convention (the functions
+  in ``tests/reference.py``); the keys are the conventions the optimizer has;
+* ``initial_state(hp, w)``: the state a fresh optimizer starts from, by the
+  formulas' definitions (``hp``: evaluated hyper-parameters at step 0);
+* ``cases``: ``(kwargs, conventions)`` configurations that the kernel suites
+  compare with the reference (cases that exercise the optimizer-wide options
+  across optimizers live in :data:`OPTION_CASES`);
+* ``stateful``: the keyword arguments that give it the state its defaults
+  leave out (a momentum buffer), so that aliasing, snapshots and checkpoints
+  have state to look at;
+* ``golden``: known-answer rows ``(kwargs, keras result, torch result)``
+  produced by Keras 3.15.1 and torch 2.13 themselves on :data:`GOLDEN_W0`
+  and :data:`GOLDEN_GRADS` (w after three steps); ``None`` in a column is a
+  library that does not have the optimizer.  ``golden_missing`` names, with
+  the reason, a convention that has no row yet;
+* ``torch_name`` / ``keras_name``: the anchor classes; ``torch_cases``:
+  configurations run against ``torch.optim`` itself (fastopt's keyword names;
+  :meth:`OptimizerInfo.torch_kwargs` translates them);
+* ``decoupled_always``: weight decay is decoupled in every convention (AdamW).
+
+A new optimizer needs one entry here and its rule functions in
+``tests/reference.py``; ``tests/test_optim_db.py`` fails until both exist.
+"""
+import numpy as np
+
+import reference as ref
+from fastopt.optimizers import REGISTRY
+
+BOTH = ("keras", "torch")
+KERAS = ("keras",)
+TORCH = ("torch",)
+
+#: Registry kernels that serve options rather than one optimizer.
+OPTION_KERNELS = {"ema"}
+
+#: torch.optim's names of fastopt's keyword arguments, where they differ
+#: (per optimizer additions in ``OptimizerInfo.torch_renames``); ``beta_1`` and
+#: ``beta_2`` become torch's ``betas`` pair.
+TORCH_KWARG_NAMES = {"learning_rate": "lr", "epsilon": "eps"}
+
+# The problem of the golden rows: w after three steps of these grads.
+GOLDEN_W0 = [1.0, -2.0, 0.5]
+GOLDEN_GRADS = [[0.1, -0.2, 0.3], [-0.05, 0.4, 0.3], [0.2, 0.0, -0.1]]
+
+
+class OptimizerInfo:
+    """Everything the suites know about one optimizer (see the module docstring)."""
+
+    def __init__(self, name, *, rules, initial_state, cases, golden=(), golden_missing=None,
+                 stateful=None, torch_name=None, keras_name=None, torch_cases=(),
+                 torch_renames=None, decoupled_always=False):
+        self.name = name
+        self.rules = dict(rules)
+        self.initial_state = initial_state
+        self.cases = list(cases)
+        self.golden = list(golden)
+        self.golden_missing = dict(golden_missing or {})
+        self.stateful = dict(stateful or {})
+        self.torch_name = torch_name
+        self.keras_name = keras_name
+        self.torch_cases = list(torch_cases)
+        self.torch_renames = dict(TORCH_KWARG_NAMES, **(torch_renames or {}))
+        self.decoupled_always = decoupled_always
+
+    def __repr__(self):
+        return f"OptimizerInfo({self.name!r})"
+
+    @property
+    def cls(self):
+        return REGISTRY[self.name]
+
+    @property
+    def conventions(self):
+        """The conventions it has (those with a rule), Keras first."""
+        return tuple(c for c in BOTH if c in self.rules)
+
+    def stateless_by_default(self, convention):
+        """True when an optimizer built with the defaults keeps no state (SGD
+        without momentum)."""
+        return not self.initial_state(self.cls.defaults(convention), np.zeros(1))
+
+    def golden_rows(self):
+        """``(kwargs, convention, expected)`` for every filled golden column."""
+        return [(kw, conv, expected) for kw, keras, torch in self.golden
+                for conv, expected in (("keras", keras), ("torch", torch))
+                if expected is not None]
+
+    def torch_kwargs(self, kwargs):
+        """``kwargs`` (fastopt's names) as torch.optim's keyword arguments."""
+        out = {}
+        for key, value in kwargs.items():
+            if key in ("beta_1", "beta_2"):
+                continue
+            out[self.torch_renames.get(key, key)] = value
+        if "beta_1" in kwargs or "beta_2" in kwargs:
+            hyper = self.cls.hyper
+            out["betas"] = (kwargs.get("beta_1", hyper["beta_1"].default("torch")),
+                            kwargs.get("beta_2", hyper["beta_2"].default("torch")))
+        return out
+
+
+# ---- initial states -------------------------------------------------------------------
+
+def _zeros(*names):
+    return lambda hp, w: {n: np.zeros_like(w) for n in names}
+
+
+def _sgd_state(hp, w):
+    if hp["momentum"] != 0 or hp.get("_momentum_scheduled"):
+        return {"b": np.zeros_like(w)}
+    return {}
+
+
+def _adam_state(hp, w):
+    st = {"m": np.zeros_like(w), "v": np.zeros_like(w)}
+    if hp["amsgrad"]:
+        st["vhat"] = np.zeros_like(w)
+    return st
+
+
+def _rmsprop_state(hp, w):
+    st = {"v": np.zeros_like(w)}
+    if hp["centered"]:
+        st["mg"] = np.zeros_like(w)
+    if hp["momentum"] != 0 or hp.get("_momentum_scheduled"):
+        st["mom"] = np.zeros_like(w)
+    return st
+
+
+# ---- the table --------------------------------------------------------------------------
+
+optim_db = [
+    OptimizerInfo(
+        "SGD",
+        rules={"keras": ref.sgd_keras, "torch": ref.sgd_torch},
+        initial_state=_sgd_state,
+        stateful={"momentum": 0.9},
+        cases=[
+            ({}, BOTH),
+            ({"momentum": 0.9}, BOTH),
+            ({"momentum": 0.9, "nesterov": True}, BOTH),
+            ({"momentum": 0.8, "dampening": 0.3}, TORCH),
+            ({"momentum": 0.9, "weight_decay": 0.05}, BOTH),
+            ({"momentum": 0.9, "maximize": True, "clipvalue": 0.5}, BOTH),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9975000000, -2.0020000000, 0.4950000000],
+             [0.9975000000, -2.0020000000, 0.4950000000]),
+            ({"learning_rate": 0.01, "momentum": 0.9},
+             [0.9962400000, -2.0021800000, 0.4871700000],
+             [0.9962400000, -2.0021800000, 0.4871700000]),
+            ({"learning_rate": 0.01, "momentum": 0.9, "nesterov": True},
+             [0.9941160000, -2.0039620000, 0.4834530000],
+             [0.9941160000, -2.0039620000, 0.4834530000]),
+        ],
+        torch_name="SGD", keras_name="SGD",
+        torch_cases=[
+            {},
+            {"momentum": 0.9},
+            {"momentum": 0.9, "nesterov": True, "weight_decay": 0.03},
+            {"momentum": 0.7, "dampening": 0.4, "maximize": True},
+        ],
+    ),
+    OptimizerInfo(
+        "Adam",
+        rules={"keras": ref.adam_keras, "torch": ref.adam_torch},
+        initial_state=_adam_state,
+        cases=[
+            ({}, BOTH),
+            ({"amsgrad": True}, BOTH),
+            ({"weight_decay": 0.05}, BOTH),
+            ({"weight_decay": 0.05, "decoupled_weight_decay": True}, TORCH),
+            ({"beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-3, "maximize": True}, BOTH),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9807559960, -1.9964911383, 0.4739432445],
+             [0.9807555154, -1.9964910264, 0.4739430215]),
+            ({"learning_rate": 0.01, "amsgrad": True},
+             [0.9807559960, -1.9964897230, 0.4739432445],
+             [0.9807555154, -1.9964896111, 0.4739430215]),
+        ],
+        torch_name="Adam", keras_name="Adam",
+        torch_cases=[
+            {},
+            {"amsgrad": True, "weight_decay": 0.05},
+            {"weight_decay": 0.05, "decoupled_weight_decay": True, "maximize": True},
+        ],
+    ),
+    OptimizerInfo(
+        "AdamW",
+        rules={"keras": ref.adam_keras, "torch": ref.adam_torch},
+        initial_state=_adam_state,
+        decoupled_always=True,
+        cases=[
+            ({}, BOTH),
+            ({"amsgrad": True, "weight_decay": 0.1, "clipvalue": 0.3}, BOTH),
+        ],
+        golden=[
+            ({"learning_rate": 0.01, "weight_decay": 0.01, "epsilon": 1e-8},
+             [0.9804578581, -1.9958927312, 0.4737960579],
+             [0.9804578117, -1.9958927202, 0.4737960364]),
+        ],
+        torch_name="AdamW", keras_name="AdamW",
+        torch_cases=[
+            {},
+            {"amsgrad": True, "weight_decay": 0.1, "beta_1": 0.8},
+        ],
+    ),
+    OptimizerInfo(
+        "Adagrad",
+        rules={"keras": ref.adagrad_keras, "torch": ref.adagrad_torch},
+        initial_state=lambda hp, w: {"acc": np.full_like(w, hp["initial_accumulator_value"])},
+        cases=[
+            ({}, BOTH),
+            ({"initial_accumulator_value": 0.3, "epsilon": 1e-4, "maximize": True}, BOTH),
+            ({"lr_decay": 0.05, "weight_decay": 0.02}, TORCH),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9933541257, -2.0019577433, 0.4893050168],
+             [0.9857434204, -1.9989442719, 0.4852230895]),
+        ],
+        torch_name="Adagrad", keras_name="Adagrad",
+        torch_cases=[
+            {},
+            {"lr_decay": 0.1, "initial_accumulator_value": 0.2, "weight_decay": 0.05},
+        ],
+    ),
+    OptimizerInfo(
+        "RMSprop",
+        rules={"keras": ref.rmsprop_keras, "torch": ref.rmsprop_torch},
+        initial_state=_rmsprop_state,
+        stateful={"momentum": 0.9},
+        cases=[
+            ({}, BOTH),
+            ({"momentum": 0.9}, BOTH),
+            ({"centered": True}, BOTH),
+            # epsilon 1e-5: float32 v - mg^2 cancels; with torch's eps 1e-8 outside the sqrt
+            # the float32 trajectory drifts from the float64 reference by ~1e-4 on rare
+            # elements
+            ({"momentum": 0.8, "centered": True, "weight_decay": 0.05, "epsilon": 1e-5}, BOTH),
+            ({"rho": 0.5, "epsilon": 1e-3, "clipvalue": 0.2}, BOTH),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9549368459, -1.9969489744, 0.4532469388],
+             [0.8574274567, -1.9895323262, 0.3522177066]),
+            ({"learning_rate": 0.01, "rho": 0.9, "epsilon": 1e-7, "momentum": 0.9,
+              "centered": True},
+             [0.9079944298, -1.9646364288, 0.3694874267],
+             [0.9079905837, -1.9646354288, 0.3694868571]),
+        ],
+        torch_name="RMSprop", keras_name="RMSprop",
+        torch_renames={"rho": "alpha"},
+        torch_cases=[
+            {},
+            {"momentum": 0.9, "centered": True, "weight_decay": 0.02},
+            {"rho": 0.8, "epsilon": 1e-4, "momentum": 0.5, "maximize": True},
+        ],
+    ),
+    OptimizerInfo(
+        "Adamax",
+        rules={"keras": ref.adamax_keras, "torch": ref.adamax_torch},
+        initial_state=_zeros("m", "u"),
+        cases=[
+            ({}, BOTH),
+            ({"weight_decay": 0.05, "maximize": True}, BOTH),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9835384002, -1.9947231373, 0.4749149725],
+             [0.9835383874, -1.9947231339, 0.4749149650]),
+        ],
+        torch_name="Adamax", keras_name="Adamax",
+        torch_cases=[
+            {},
+            {"weight_decay": 0.05, "epsilon": 1e-3},
+        ],
+    ),
+    OptimizerInfo(
+        "Nadam",
+        rules={"keras": ref.nadam_keras, "torch": ref.nadam_torch},
+        initial_state=lambda hp, w: {"m": np.zeros_like(w), "v": np.zeros_like(w),
+                                     "mu_product": 1.0},
+        cases=[
+            ({}, BOTH),
+            ({"momentum_decay": 0.004, "beta_1": 0.8}, KERAS),
+            ({"momentum_decay": 1.0}, TORCH),
+            ({"weight_decay": 0.05}, BOTH),
+            ({"weight_decay": 0.05, "decoupled_weight_decay": True}, TORCH),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9838192718, -1.9986107989, 0.4829674600],
+             [0.9835655596, -1.9988611919, 0.4832322258]),
+        ],
+        torch_name="NAdam", keras_name="Nadam",
+        torch_cases=[
+            {},
+            {"momentum_decay": 1.0, "weight_decay": 0.05},
+            {"weight_decay": 0.05, "decoupled_weight_decay": True},
+        ],
+    ),
+    OptimizerInfo(
+        "Adadelta",
+        rules={"keras": ref.adadelta, "torch": ref.adadelta},
+        initial_state=_zeros("eg", "edx"),
+        cases=[
+            ({}, BOTH),
+            ({"weight_decay": 0.05, "clipvalue": 0.2}, BOTH),
+        ],
+        golden=[
+            ({"learning_rate": 1.0, "rho": 0.9, "epsilon": 1e-6},
+             [0.9946180374, -2.0008783722, 0.4949357572],
+             [0.9946180374, -2.0008783722, 0.4949357572]),
+        ],
+        torch_name="Adadelta", keras_name="Adadelta",
+        torch_cases=[
+            {},
+            {"rho": 0.5, "weight_decay": 0.05, "maximize": True},
+        ],
+    ),
+    OptimizerInfo(
+        "Lion",
+        rules={"keras": ref.lion_keras},
+        initial_state=_zeros("m"),
+        cases=[
+            ({}, KERAS),
+            ({"beta_1": 0.5, "weight_decay": 0.1}, KERAS),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9900000000, -2.0100000000, 0.4900000000], None),
+        ],
+        keras_name="Lion",
+    ),
+    OptimizerInfo(
+        "Lamb",
+        rules={"keras": ref.lamb_keras},
+        initial_state=_zeros("m", "v"),
+        cases=[
+            ({}, KERAS),
+            ({"weight_decay": 0.05, "clipvalue": 0.3}, KERAS),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9653291988, -2.0011966308, 0.4514189029], None),
+        ],
+        keras_name="Lamb",
+    ),
+    OptimizerInfo(
+        "Ftrl",
+        rules={"keras": ref.ftrl_keras},
+        initial_state=lambda hp, w: {"n": np.full_like(w, hp["initial_accumulator_value"]),
+                                     "z": np.zeros_like(w)},
+        cases=[
+            ({}, KERAS),
+            ({"l1_regularization_strength": 0.01, "l2_regularization_strength": 0.02,
+              "l2_shrinkage_regularization_strength": 0.01, "beta": 0.1}, KERAS),
+            ({"learning_rate_power": -0.3, "initial_accumulator_value": 0.5}, KERAS),
+            ({"learning_rate_power": 0.0, "l1_regularization_strength": 0.001}, KERAS),
+        ],
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.0398915341, -0.3116492331, 0.1265668892], None),
+        ],
+        keras_name="Ftrl",
+    ),
+    OptimizerInfo(
+        "RAdam",
+        rules={"torch": ref.radam_torch},
+        initial_state=_zeros("m", "v"),
+        cases=[
+            ({}, TORCH),
+            ({"beta_2": 0.9, "weight_decay": 0.05}, TORCH),
+            ({"weight_decay": 0.05, "decoupled_weight_decay": True}, TORCH),
+        ],
+        golden_missing={"torch": "no torch 2.13 run has been recorded for it yet "
+                                 "(test-audit-2026-12 A.5); test_torch_compat compares it "
+                                 "with torch.optim.RAdam where torch is installed"},
+        torch_name="RAdam",
+        torch_cases=[
+            {},
+            {"beta_2": 0.9, "weight_decay": 0.05},
+            {"weight_decay": 0.05, "decoupled_weight_decay": True},
+        ],
+    ),
+]
+
+# Cross-option cases: the optimizer-wide options (clipping, EMA, accumulation,
+# skip_nonfinite) on a few optimizers; every optimizer meets every option in
+# tests/test_options.py.
+OPTION_CASES = [
+    ("Adam", {"clipnorm": 0.5}, BOTH),
+    ("SGD", {"momentum": 0.9, "global_clipnorm": 1.0, "maximize": True}, BOTH),
+    ("RMSprop", {"use_ema": True, "ema_momentum": 0.9, "ema_overwrite_frequency": 5}, BOTH),
+    # epsilon 1e-3: Adam's first update is nearly sign((g1+g2+g3)/3), ill-conditioned in
+    # float32 where the sum cancels
+    ("Adam", {"gradient_accumulation_steps": 3, "weight_decay": 0.05, "epsilon": 1e-3}, BOTH),
+    ("SGD", {"momentum": 0.9, "gradient_accumulation_steps": 2}, BOTH),
+    ("Nadam", {"gradient_accumulation_steps": 2, "use_ema": True}, BOTH),
+    ("Lamb", {"global_clipnorm": 2.0}, KERAS),
+    ("Adagrad", {"skip_nonfinite": True, "clipnorm": 1.0}, BOTH),
+]
+
+_BY_NAME = {entry.name: entry for entry in optim_db}
+
+
+def info(name):
+    """The entry of the optimizer ``name``; a clear error for one that has none."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(
+            f"{name} has no OptimizerInfo in tests/optim_db.py: add one with its rules "
+            f"(reference functions in tests/reference.py, one per convention), initial_state, "
+            f"cases, golden rows (or golden_missing), stateful kwargs and anchor names"
+        ) from None
+
+
+def name_conventions():
+    """``(name, convention)`` for every entry and each convention it has, by name."""
+    return [(entry.name, conv) for entry in sorted(optim_db, key=lambda e: e.name)
+            for conv in entry.conventions]
+
+
+def all_cases():
+    """``(name, kwargs, conventions)``: every entry's cases, then :data:`OPTION_CASES`."""
+    return [(entry.name, kw, convs) for entry in optim_db for kw, convs in entry.cases] + \
+        list(OPTION_CASES)
+
+
+def case_id(case, convention):
+    name, kwargs, _ = case
+    args = ",".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"{name}({args})-{convention}"
+
+
+def expand():
+    """(case, convention) pairs of :func:`all_cases`, with readable ids."""
+    out = []
+    for case in all_cases():
+        for conv in case[2]:
+            out.append(((case, conv), case_id(case, conv)))
+    return out
