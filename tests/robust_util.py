@@ -92,12 +92,15 @@ def _freeze(obj):
     return ("o", repr(obj))
 
 
-# Attributes that cache or hold machinery rather than optimizer state.  The
-# per-parameter step counts are compared through ``opt._steps`` (their storage,
-# a list plus a pending increment, is normalised whenever they are read).
-# Nadam's ``_pending`` is the scratch of one update, rebuilt at the start of each.
-_NOT_STATE = {"_engine", "_lock", "_hp_cache", "_index", "_steps_base", "_steps_bump",
-              "_pending"}
+# Attributes that hold machinery rather than optimizer state.  The engine's
+# counters, per-parameter step counts and host values (Nadam's products) are
+# compared through the Stepper's accessors.
+_NOT_STATE = {"_engine", "_stepper", "_lock", "_index"}
+
+
+def _engine_state(opt):
+    s = opt._stepper
+    return (s.iterations, s.micro, s.skipped, s.get_steps().tolist(), s.get_aux())
 
 
 def snapshot(opt, params=None):
@@ -109,7 +112,7 @@ def snapshot(opt, params=None):
     # every attribute, so state that later versions keep (EMA copies, accumulators)
     # is covered without naming it; plain-callable schedules make state_dict() refuse
     owned = {k: v for k, v in vars(opt).items() if k not in _NOT_STATE}
-    return arrays, _freeze(owned), repr(extra), opt._stepper.get_steps().tolist()
+    return arrays, _freeze(owned), repr(extra), _freeze(_engine_state(opt))
 
 
 def snapshot_bytes(opt):

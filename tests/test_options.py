@@ -277,13 +277,6 @@ def test_nonfinite_grads_propagate_by_default():
     assert np.isnan(w[0]) and np.isfinite(w[1])
 
 
-def test_options_off_keep_the_fast_path():
-    for name, cls in REGISTRY.items():
-        conv = optim_db.info(name).conventions[0]
-        opt = cls([np.zeros(3)], convention=conv, weight_decay=0.1, maximize=True)
-        assert opt._general == cls._needs_general, name
-
-
 def test_state_dict_with_every_option_resumes_bit_identically(tmp_path):
     params0, grads = _problem(9, 11)
     from fastopt import schedules
