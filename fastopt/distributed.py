@@ -35,7 +35,6 @@ last by rank 0; :func:`consolidate` (or ``python -m fastopt.distributed
 consolidate <path> <out.npz>``) turns them into a single-process checkpoint
 that :func:`fastopt.load` accepts.
 """
-import contextlib
 import functools
 import hashlib
 import json
@@ -398,18 +397,6 @@ def _pieces(buckets, shapes, rank):
 
 
 # ---- the sharded optimizer ----------------------------------------------------
-
-class _StateView:
-    """What :func:`fastopt.checkpoint.save` needs from an optimizer."""
-
-    def __init__(self, sd, params):
-        self._sd, self.params = sd, params
-        # save() holds the optimizer's lock while it copies; a snapshot needs none
-        self._lock = contextlib.nullcontext()
-
-    def state_dict(self):
-        return self._sd
-
 
 class ShardedOptimizer:
     r"""ZeRO stage 1: optimizer state sharded over the ranks of an MPI communicator.
@@ -831,8 +818,8 @@ class ShardedOptimizer:
                 sd["shard"] = {"save_id": save_id, "rank": self.rank,
                                "world_size": self.world_size,
                                "pieces": [[i, s, n] for i, _, s, n in self._pieces]}
-                _checkpoint.save(f"{prefix}.rank{self.rank}.npz",
-                                 _StateView(sd, self.optimizer.params))
+                sd["params"] = [p.copy() for p in self.optimizer.params]
+                _checkpoint.write(f"{prefix}.rank{self.rank}.npz", sd)
         except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
             error, message = 1, f"writing {prefix}.rank{self.rank}.npz failed: {e}"
         _agree(self.comm, [error], message, "ShardedOptimizer.save")
@@ -1222,7 +1209,8 @@ def consolidate(path, out):
         "state": full_state,
         "schedules": first.get("schedules", {}),
     }
-    _checkpoint.save(out, _StateView(sd, full_params))
+    sd["params"] = full_params
+    _checkpoint.write(out, sd)
 
 
 def _main(argv=None):

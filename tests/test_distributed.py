@@ -435,7 +435,8 @@ def _tiny_sharded(directory, prefix="ck"):
     sd = opt.state_dict()
     sd["shard"] = {"save_id": "s1", "rank": 0, "world_size": 1,
                    "pieces": [[i, s, n] for i, _, s, n in dist._pieces(buckets, shapes, 0)]}
-    fo.checkpoint.save(directory / f"{prefix}.rank0.npz", dist._StateView(sd, opt.params))
+    sd["params"] = [p.copy() for p in opt.params]
+    fo.checkpoint.write(directory / f"{prefix}.rank0.npz", sd)
     manifest = {"format": dist.MANIFEST_FORMAT, "version": dist.MANIFEST_VERSION,
                 "save_id": "s1", "world_size": 1, "class": "Adam", "config": opt.get_config(),
                 "iterations": 1, "shapes": [list(s) for s in shapes], "dtypes": dtypes,
