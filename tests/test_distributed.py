@@ -253,6 +253,9 @@ def errors(tmp_path_factory):
     ("sharded_count", 1, "expected 4 grads"),
     ("sharded_none_mismatch", 0, "grads are None at indices [3]"),
     ("sharded_hyper_mismatch", 1, "'learning_rate': 0.5"),
+    ("sharded_pair_twice", 1, "apply_gradients: params[0] appears twice"),
+    ("sharded_pair_unknown", 0, "apply_gradients: pair 0 names a parameter this optimizer was "
+                                "not built with"),
     ("allreduce_shape", 1, "grads[1] is float64 (7,)"),
     ("allreduce_dtype", 1, "grads[0]"),
     ("allreduce_readonly", 1, "grads[2]: the array is read-only"),

@@ -9,7 +9,6 @@ from ._inputs import check_disjoint, check_grads, pairs_to_grads, shardable_clas
 from ._layout import aligned_empty, flat_view, make_buckets, pieces_of
 
 
-
 class ShardedOptimizer:
     r"""ZeRO stage 1: optimizer state sharded over the ranks of an MPI communicator.
 
@@ -153,31 +152,34 @@ class ShardedOptimizer:
         self._group_sizes = [len(plist) for plist, _ in groups]
         self._buckets = make_buckets(self._shapes, self._dtypes, self.world_size)
         self.buckets = [b.as_dict() for b in self._buckets]
-        # Per bucket: the flat parameters (a view of your arrays, or a master
-        # copy), whether it is a copy, the gradient send buffer (allocated on
-        # first need) and the received gradient shard.
-        self._flat, self._master, self._send, self._recv = [], [], [], []
-        for b in self._buckets:
-            view = flat_view([flat[i] for i in b.tensors], np.dtype(b.dtype))
-            self._master.append(view is None)
-            if view is None:
-                view = aligned_empty(b.total, b.dtype)
-                for i, off, n in b.spans(self._shapes):
-                    view[off:off + n] = flat[i].reshape(-1)
-            self._flat.append(view)
-            self._send.append(None)
-            lo, hi = b.shard(self.rank)
-            self._recv.append(aligned_empty(hi - lo, b.dtype))
+        self._allocate_buffers()
         self._pieces = pieces_of(self._buckets, self._shapes, self.rank)
         piece_params, self._piece_grads = self._piece_views()
-        group_of = [gi for gi, (plist, _) in enumerate(groups) for _ in plist]
         if len(groups) == 1 and not groups[0][1]:
             inner_params = piece_params
         else:
+            group_of = [gi for gi, (plist, _) in enumerate(groups) for _ in plist]
             inner_params = [dict(over, params=[q for q, piece in zip(piece_params, self._pieces)
                                                if group_of[piece.tensor] == gi])
                             for gi, (_, over) in enumerate(groups)]
         self.optimizer = opt_class(inner_params, **kwargs)
+
+    def _allocate_buffers(self):
+        """Per bucket: the flat parameters (a view of your arrays, or a master
+        copy of them), whether it is a copy, the gradient send buffer
+        (allocated on first need) and the received gradient shard."""
+        self._flat, self._master, self._send, self._recv = [], [], [], []
+        for b in self._buckets:
+            view = flat_view([self._params[i] for i in b.tensors], np.dtype(b.dtype))
+            self._master.append(view is None)
+            if view is None:
+                view = aligned_empty(b.total, b.dtype)
+                for i, off, n in b.spans(self._shapes):
+                    view[off:off + n] = self._params[i].reshape(-1)
+            self._flat.append(view)
+            self._send.append(None)
+            lo, hi = b.shard(self.rank)
+            self._recv.append(aligned_empty(hi - lo, b.dtype))
 
     def _piece_views(self):
         """Views of every piece in the flat parameters and in the received gradient shard."""

@@ -62,6 +62,13 @@ if rank == 1:
 attempt("sharded_hyper_mismatch", lambda: opt.step(grads), watched)
 opt.learning_rate = 0.01
 
+pairs = list(zip(grads, params))
+attempt("sharded_pair_twice",
+        lambda: opt.apply_gradients(pairs + pairs[:1] if rank == 1 else pairs), watched)
+attempt("sharded_pair_unknown",
+        lambda: opt.apply_gradients([(grads[0], params[0].copy())] if rank == 0 else pairs),
+        watched)
+
 iterations_after_errors = opt.iterations
 attempt("sharded_ok_after_errors", lambda: opt.step(grads), [])
 results["iterations"] = [iterations_after_errors, opt.iterations]
