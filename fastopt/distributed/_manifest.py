@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from .. import checkpoint as _checkpoint
+from .._statedict import COUNTER_MAX, check_counter
 from ._agree import describe
 from ._layout import make_buckets, piece_entries
 
@@ -21,7 +22,6 @@ MANIFEST_FORMAT = "fastopt-sharded-checkpoint"
 MANIFEST_VERSION = 1
 
 _DTYPES = (np.dtype(np.float32).str, np.dtype(np.float64).str)
-_COUNTER_MAX = 2 ** 63 - 1     # counters are int64 in the kernels and in checkpoints
 
 
 def write_json_atomic(path, obj):
@@ -30,7 +30,7 @@ def write_json_atomic(path, obj):
 
 
 def _is_count(x):
-    return type(x) is int and 0 <= x <= _COUNTER_MAX
+    return type(x) is int and 0 <= x <= COUNTER_MAX
 
 
 def is_layout(shapes, dtypes):
@@ -43,19 +43,6 @@ def is_layout(shapes, dtypes):
 def layout_str(shapes, dtypes):
     """``"float64 (3, 2), float32 (4,)"``."""
     return ", ".join(f"{np.dtype(d)} {tuple(s)}" for s, d in zip(shapes, dtypes))
-
-
-def _check_counter(value, name):
-    """Raise unless ``value`` can be a step counter: an int (not a bool) in [0, 2**63)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        if 0 <= value <= _COUNTER_MAX:
-            return
-        bits = abs(int(value)).bit_length()
-        got = value if bits <= 128 else f"an int of {bits} bits"
-    else:
-        got = f"{value!r:.60}"
-    raise ValueError(f"{name}: step counters must be ints >= 0 and < 2**63; got {got}. "
-                     f"Pass a state written by state_dict() (or fastopt.save)")
 
 
 def rank_file(prefix, manifest, rank):
@@ -144,7 +131,7 @@ def check_rank_file(file, sd, manifest, rank, pieces):
             and len(state) == n and describe(steps) == f"int64 {(n,)}"):
         raise ValueError(f"{file}: does not hold the params, state and step counts of the {n} "
                          f"pieces the manifest gives rank {rank}")
-    _check_counter(sd.get("iterations"), f"{file}: iterations")
+    check_counter(sd.get("iterations"), f"{file}: iterations")
     if n and steps.min() < 0:
         raise ValueError(f"{file}: step counts must be >= 0")
     for piece, q, states in zip(pieces, params, state):
