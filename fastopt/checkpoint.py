@@ -109,12 +109,19 @@ def write_atomic(path, mode, write):
 def save(path, optimizer, include_params=True):
     """Write ``optimizer``'s state (and its parameters unless
     ``include_params=False``) to ``path`` atomically."""
-    path = os.fspath(path)
     # one lock for state and params: a step from another thread cannot land between them
-    with optimizer._lock:
+    with optimizer.lock:
         sd = optimizer.state_dict()
         if include_params:
             sd["params"] = [p.copy() for p in optimizer.params]
+    write(path, sd)
+
+
+def write(path, sd):
+    """Write the state dict ``sd`` (as :meth:`Optimizer.state_dict` returns it,
+    with a ``"params"`` list of arrays if it is to restore parameters) to
+    ``path`` atomically, as :func:`save` does."""
+    path = os.fspath(path)
     arrays = {}
     meta = _encode(sd, arrays, "a")
     meta["checkpoint_version"] = FORMAT_VERSION
@@ -277,7 +284,7 @@ def load(path, optimizer):
     path = os.fspath(path)
     # shapes and dtypes are compared with the optimizer's before any array data is read
     sd = read(path, expect=lambda sd: _check(path, optimizer, sd))
-    with optimizer._lock:
+    with optimizer.lock:
         apply, params = _check(path, optimizer, sd)
         # everything is checked: from here on nothing can fail half-way
         apply()
@@ -312,7 +319,7 @@ def _check(path, optimizer, sd):
                                  f"writeable (params[{i}].flags.writeable = True) and load "
                                  f"again")
     try:
-        apply = optimizer._check_state_dict(sd)
+        apply = optimizer.check_state_dict(sd)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     except (TypeError, AttributeError, OverflowError, RecursionError) as e:

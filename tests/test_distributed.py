@@ -20,6 +20,8 @@ import pytest
 
 import fastopt as fo
 from fastopt import distributed as dist
+from fastopt.distributed import _layout, _manifest
+from fastopt.distributed.__main__ import main as consolidate_cli
 from robust_util import add_zeros_member, rebuild_npz, traced_peak
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,7 +113,7 @@ def _single_threaded_blas():
 @pytest.mark.parametrize("total,itemsize", [(0, 4), (1, 8), (15, 4), (16, 4), (103, 8),
                                             (1000, 4), (65537, 8)])
 def test_shard_bounds_balanced_aligned(total, itemsize, world):
-    b = dist._shard_bounds(total, world, itemsize)
+    b = _layout.shard_bounds(total, world, itemsize)
     unit = dist.ALIGN // itemsize
     assert b[0] == 0 and b[-1] == total and len(b) == world + 1
     assert all(x <= y for x, y in zip(b, b[1:]))
@@ -124,12 +126,12 @@ def test_shard_bounds_balanced_aligned(total, itemsize, world):
 def test_pieces_cover_every_element_once(world):
     shapes = [(5, 7), (0,), (3,), (40, 2), (1,), (0, 4), (9,)]
     dtypes = ["<f4", "<f8", "<f4", "<f4", "<f8", "<f8", "<f8"]
-    buckets = dist._layout(shapes, dtypes, world)
+    buckets = _layout.make_buckets(shapes, dtypes, world)
     seen = [np.zeros(int(np.prod(s)), dtype=int) for s in shapes]
     owners = [0] * len(shapes)
     for rank in range(world):
-        for i, bi, start, n in dist._pieces(buckets, shapes, rank):
-            assert buckets[bi]["dtype"] == dtypes[i]
+        for i, bi, start, n in _layout.pieces_of(buckets, shapes, rank):
+            assert buckets[bi].dtype == dtypes[i]
             seen[i][start:start + n] += 1
             owners[i] += 1
     assert all((s == 1).all() for s in seen)
@@ -140,12 +142,12 @@ def test_flat_arrays_are_views_of_one_aligned_buffer():
     arrays = dist.flat_arrays([(3, 4), (5,), (), (2, 2)], np.float64)
     assert [a.shape for a in arrays] == [(3, 4), (5,), (), (2, 2)]
     assert arrays[0].ctypes.data % dist.ALIGN == 0
-    flat = dist._flat_view(arrays, np.dtype(np.float64))
+    flat = _layout.flat_view(arrays, np.dtype(np.float64))
     assert flat is not None and flat.size == 12 + 5 + 1 + 4
     flat[...] = np.arange(flat.size)
     assert arrays[1][0] == 12 and arrays[3][1, 1] == 21
-    assert dist._flat_view([arrays[0], arrays[2]], np.dtype(np.float64)) is None  # a gap
-    assert dist._flat_view([np.zeros(3), np.zeros(3)], np.dtype(np.float64)) is None
+    assert _layout.flat_view([arrays[0], arrays[2]], np.dtype(np.float64)) is None  # a gap
+    assert _layout.flat_view([np.zeros(3), np.zeros(3)], np.dtype(np.float64)) is None
     with pytest.raises(TypeError, match="float32 or float64"):
         dist.flat_arrays([(2,)], np.int32)
 
@@ -251,6 +253,9 @@ def errors(tmp_path_factory):
     ("sharded_count", 1, "expected 4 grads"),
     ("sharded_none_mismatch", 0, "grads are None at indices [3]"),
     ("sharded_hyper_mismatch", 1, "'learning_rate': 0.5"),
+    ("sharded_pair_twice", 1, "apply_gradients: params[0] appears twice"),
+    ("sharded_pair_unknown", 0, "apply_gradients: pair 0 names a parameter this optimizer was "
+                                "not built with"),
     ("allreduce_shape", 1, "grads[1] is float64 (7,)"),
     ("allreduce_dtype", 1, "grads[0]"),
     ("allreduce_readonly", 1, "grads[2]: the array is read-only"),
@@ -405,7 +410,7 @@ def test_consolidate_refuses_a_torn_checkpoint(checkpoint_run, tmp_path):
     with pytest.raises(ValueError, match="belongs to a different save"):
         dist.consolidate(str(directory / "mixed" / "ckpt"), str(tmp_path / "x.npz"))
     assert not (tmp_path / "x.npz").exists()
-    assert dist._main(["consolidate", str(directory / "mixed" / "ckpt"),
+    assert consolidate_cli(["consolidate", str(directory / "mixed" / "ckpt"),
                        str(tmp_path / "x.npz")]) == 1
 
 
@@ -431,18 +436,18 @@ def _tiny_sharded(directory, prefix="ck"):
     params = [np.linspace(-1, 1, int(np.prod(s))).reshape(s) for s in shapes]
     opt = fo.Adam([p.reshape(-1) for p in params], learning_rate=0.1)
     opt.step([np.ones(p.size) for p in params])
-    buckets = dist._layout(shapes, dtypes, 1)
+    buckets = _layout.make_buckets(shapes, dtypes, 1)
     sd = opt.state_dict()
     sd["shard"] = {"save_id": "s1", "rank": 0, "world_size": 1,
-                   "pieces": [[i, s, n] for i, _, s, n in dist._pieces(buckets, shapes, 0)]}
-    fo.checkpoint.save(directory / f"{prefix}.rank0.npz", dist._StateView(sd, opt.params))
+                   "pieces": _layout.piece_entries(_layout.pieces_of(buckets, shapes, 0))}
+    sd["params"] = [p.copy() for p in opt.params]
+    fo.checkpoint.write(directory / f"{prefix}.rank0.npz", sd)
     manifest = {"format": dist.MANIFEST_FORMAT, "version": dist.MANIFEST_VERSION,
                 "save_id": "s1", "world_size": 1, "class": "Adam", "config": opt.get_config(),
                 "iterations": 1, "shapes": [list(s) for s in shapes], "dtypes": dtypes,
                 "group_sizes": [2], "ranks": [f"{prefix}.rank0.npz"],
-                "buckets": [{"dtype": b["dtype"], "tensors": b["tensors"],
-                             "bounds": b["bounds"]} for b in buckets]}
-    dist._write_json_atomic(str(directory / f"{prefix}.manifest.json"), manifest)
+                "buckets": [b.manifest_entry() for b in buckets]}
+    _manifest.write_json_atomic(str(directory / f"{prefix}.manifest.json"), manifest)
     return str(directory / prefix), params
 
 
@@ -464,7 +469,7 @@ def _refuse_consolidate(prefix, out, pattern, capsys):
     assert peak[0] < 32 << 20, f"consolidate allocated {peak[0] >> 20} MiB before refusing"
     assert not os.path.exists(out)
     capsys.readouterr()
-    assert dist._main(["consolidate", prefix, str(out)]) == 1
+    assert consolidate_cli(["consolidate", prefix, str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(pattern, err), err
     assert not os.path.exists(out)
@@ -474,7 +479,7 @@ def test_tiny_sharded_checkpoint_consolidates_and_loads(tmp_path):
     """The crafted-file tests below start from this valid checkpoint."""
     prefix, params = _tiny_sharded(tmp_path)
     out = tmp_path / "single.npz"
-    assert dist._main(["consolidate", prefix, str(out)]) == 0
+    assert consolidate_cli(["consolidate", prefix, str(out)]) == 0
     mine = [np.zeros(s) for s in TINY_SHAPES]
     opt = fo.Adam(mine, learning_rate=0.1)
     fo.load(out, opt)
@@ -488,8 +493,8 @@ def test_consolidate_checks_rank_files_before_allocating(tmp_path, capsys):
 
     def huge(m):
         m["shapes"], m["dtypes"] = [[10 ** 11]], ["<f4"]
-        m["buckets"] = [{"dtype": b["dtype"], "tensors": b["tensors"], "bounds": b["bounds"]}
-                        for b in dist._layout([(10 ** 11,)], ["<f4"], 1)]
+        m["buckets"] = [b.manifest_entry()
+                        for b in _layout.make_buckets([(10 ** 11,)], ["<f4"], 1)]
     _edit_manifest(prefix, huge)
     _refuse_consolidate(prefix, tmp_path / "out.npz",
                         r"ck\.rank0\.npz: its pieces do not match the manifest's layout", capsys)
@@ -605,10 +610,10 @@ def test_manifest_gets_the_mode_open_would_give_and_keeps_it(tmp_path, umask):
     path = str(tmp_path / "ck.manifest.json")
     old = os.umask(umask)
     try:
-        dist._write_json_atomic(path, {"a": 1})
+        _manifest.write_json_atomic(path, {"a": 1})
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
         os.chmod(path, 0o640)
-        dist._write_json_atomic(path, {"a": 2})
+        _manifest.write_json_atomic(path, {"a": 2})
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640

@@ -11,7 +11,7 @@ import pytest
 import fastopt
 from fastopt import optimizers, schedules
 
-MODULES = ["fastopt"] + sorted(m.name for m in pkgutil.iter_modules(fastopt.__path__, "fastopt."))
+MODULES = ["fastopt"] + sorted(m.name for m in pkgutil.walk_packages(fastopt.__path__, "fastopt."))
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -62,6 +62,13 @@ if rank == 1:
 attempt("sharded_hyper_mismatch", lambda: opt.step(grads), watched)
 opt.learning_rate = 0.01
 
+pairs = list(zip(grads, params))
+attempt("sharded_pair_twice",
+        lambda: opt.apply_gradients(pairs + pairs[:1] if rank == 1 else pairs), watched)
+attempt("sharded_pair_unknown",
+        lambda: opt.apply_gradients([(grads[0], params[0].copy())] if rank == 0 else pairs),
+        watched)
+
 iterations_after_errors = opt.iterations
 attempt("sharded_ok_after_errors", lambda: opt.step(grads), [])
 results["iterations"] = [iterations_after_errors, opt.iterations]
@@ -104,7 +111,7 @@ build("build_threads_may_differ", common.init(common.F8), num_threads=1 + rank)
 
 for key, cls, kwargs in [("refuse_clipnorm", fo.Adam, {"clipnorm": 1.0}),
                          ("refuse_global_clipnorm", fo.SGD, {"global_clipnorm": 1.0}),
-                         ("refuse_lamb", type("Lamb", (fo.Adam,), {}), {})]:
+                         ("refuse_lamb", fo.Lamb, {})]:
     try:
         ShardedOptimizer(cls, common.init(common.F8), comm, **kwargs)
         results[key] = None

@@ -1,0 +1,144 @@
+"""The files of a sharded checkpoint: the manifest and the rank files, and
+the checks that every reader applies to them before trusting them.
+
+``<prefix>.manifest.json`` (written last, by rank 0) records the format,
+a save id, the world size, the optimizer's class and config, the parameter
+layout and the shard boundaries, and names one ``<prefix>.rank<k>.npz`` per
+rank.  A rank file is a :func:`fastopt.checkpoint.write` state dict of the
+rank's inner optimizer plus a ``shard`` entry (save id, rank, world size and
+its pieces as ``[tensor, start, length]``) and the pieces of the parameters.
+"""
+import json
+import os
+
+import numpy as np
+
+from .. import checkpoint as _checkpoint
+from .._statedict import COUNTER_MAX, check_counter
+from ._agree import describe
+from ._layout import make_buckets, piece_entries
+
+MANIFEST_FORMAT = "fastopt-sharded-checkpoint"
+MANIFEST_VERSION = 1
+
+_DTYPES = (np.dtype(np.float32).str, np.dtype(np.float64).str)
+
+
+def write_json_atomic(path, obj):
+    """Create or replace the JSON file ``path`` atomically."""
+    _checkpoint.write_atomic(path, "w", lambda f: json.dump(obj, f, indent=1))
+
+
+def _is_count(x):
+    return type(x) is int and 0 <= x <= COUNTER_MAX
+
+
+def is_layout(shapes, dtypes):
+    """True for what fastopt writes: one list of ints >= 0 and one float dtype per parameter."""
+    return (isinstance(shapes, list) and isinstance(dtypes, list) and len(shapes) == len(dtypes)
+            and all(isinstance(s, list) and all(_is_count(d) for d in s) for s in shapes)
+            and all(d in _DTYPES for d in dtypes))
+
+
+def layout_str(shapes, dtypes):
+    """``"float64 (3, 2), float32 (4,)"``."""
+    return ", ".join(f"{np.dtype(d)} {tuple(s)}" for s, d in zip(shapes, dtypes))
+
+
+def rank_file(prefix, manifest, rank):
+    """The file of ``rank``: the manifest names it, in the manifest's directory."""
+    name = manifest["ranks"][rank]
+    # a name with a directory part could make a crafted manifest read any file
+    if (not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", "..")
+            or "\0" in name):
+        raise ValueError(f"{prefix}.manifest.json: the file of rank {rank} is named "
+                         f"{name!r:.80}; a rank file is named without a directory and lies "
+                         f"next to the manifest, so this manifest was not written by "
+                         f"ShardedOptimizer.save (or was edited)")
+    return os.path.join(os.path.dirname(os.path.abspath(prefix)), name)
+
+
+def read_manifest(path):
+    """The manifest of the sharded checkpoint ``path`` (a dict), validated."""
+    file = f"{os.fspath(path)}.manifest.json"
+    try:
+        with open(file) as f:
+            manifest = json.load(f)
+    except (ValueError, RecursionError) as e:     # bad UTF-8 or JSON, too deep, huge ints
+        raise ValueError(f"{file}: corrupt manifest ({type(e).__name__}: {e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{file}: not a fastopt sharded-checkpoint manifest")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"{file}: manifest version {manifest.get('version')!r}; this fastopt "
+                         f"reads version {MANIFEST_VERSION}")
+    keys = ("save_id", "world_size", "class", "config", "iterations", "shapes", "dtypes",
+            "group_sizes", "buckets", "ranks")
+    missing = [k for k in keys if k not in manifest]
+    if missing:
+        raise ValueError(f"{file}: manifest lacks {', '.join(missing)}")
+    world, ranks, buckets = manifest["world_size"], manifest["ranks"], manifest["buckets"]
+    bad = [k for k, ok in (
+        ("save_id", isinstance(manifest["save_id"], str)),
+        ("world_size", _is_count(world) and world >= 1),
+        ("class", isinstance(manifest["class"], str)),
+        ("config", isinstance(manifest["config"], dict)),
+        ("iterations", _is_count(manifest["iterations"])),
+        ("shapes or dtypes", is_layout(manifest["shapes"], manifest["dtypes"])),
+        ("group_sizes", isinstance(manifest["group_sizes"], list)
+         and all(_is_count(n) for n in manifest["group_sizes"])),
+        ("buckets", isinstance(buckets, list) and all(isinstance(b, dict) for b in buckets)),
+        ("ranks", isinstance(ranks, list))) if not ok]
+    if bad:
+        raise ValueError(f"{file}: corrupt manifest (bad {bad[0]} entry); it was not written "
+                         f"by ShardedOptimizer.save (or was edited)")
+    if len(ranks) != world:
+        raise ValueError(f"{file}: names {len(ranks)} rank files for world size {world}")
+    for rank in range(world):
+        rank_file(path, manifest, rank)
+    shapes = [tuple(s) for s in manifest["shapes"]]
+    expected = make_buckets(shapes, manifest["dtypes"], world)
+    if [b.get("bounds") for b in buckets] != [list(b.bounds) for b in expected]:
+        raise ValueError(f"{file}: shard boundaries do not match the parameter layout")
+    return manifest
+
+
+def check_shard_meta(file, shard, manifest, rank):
+    """Refuse the ``shard`` entry of a rank file unless it is ``rank``'s of the
+    save the manifest names."""
+    if not isinstance(shard, dict):
+        raise ValueError(f"{file}: not a shard of a sharded checkpoint (no shard entry)")
+    if shard.get("save_id") != manifest["save_id"]:
+        raise ValueError(f"{file}: belongs to a different save than the manifest (save id "
+                         f"{shard.get('save_id')} vs {manifest['save_id']}); a save was "
+                         f"interrupted or files were mixed")
+    if shard.get("rank") != rank or shard.get("world_size") != manifest["world_size"]:
+        raise ValueError(f"{file}: written by rank {shard.get('rank')} of "
+                         f"{shard.get('world_size')}; expected rank {rank} of "
+                         f"{manifest['world_size']}")
+
+
+def check_rank_file(file, sd, manifest, rank, pieces):
+    """Refuse a rank file that does not hold exactly ``pieces`` (rank
+    ``rank``'s of the manifest's layout): their params, state arrays and step
+    counts, with the manifest's dtypes."""
+    shard = sd.get("shard")
+    check_shard_meta(file, shard, manifest, rank)
+    if shard.get("pieces") != piece_entries(pieces):
+        raise ValueError(f"{file}: its pieces do not match the manifest's layout")
+    params, state, steps = sd.get("params"), sd.get("state"), sd.get("steps")
+    n = len(pieces)
+    if not (isinstance(params, list) and isinstance(state, list) and len(params) == n
+            and len(state) == n and describe(steps) == f"int64 {(n,)}"):
+        raise ValueError(f"{file}: does not hold the params, state and step counts of the {n} "
+                         f"pieces the manifest gives rank {rank}")
+    check_counter(sd.get("iterations"), f"{file}: iterations")
+    if n and steps.min() < 0:
+        raise ValueError(f"{file}: step counts must be >= 0")
+    for piece, q, states in zip(pieces, params, state):
+        i = piece.tensor
+        want = f"{np.dtype(manifest['dtypes'][i])} {(piece.length,)}"
+        if describe(q) != want:
+            raise ValueError(f"{file}: piece of params[{i}] is {describe(q)}; expected {want}")
+        if not isinstance(states, list) or any(describe(b) != want for b in states):
+            raise ValueError(f"{file}: the state of the piece of params[{i}] is not a list of "
+                             f"{want} arrays")

@@ -1,0 +1,126 @@
+"""Plain data parallelism: gradients averaged in place over all ranks."""
+import threading
+
+import numpy as np
+
+from ._agree import agree, describe, first_difference, hash64, mismatch, mpi, mpi_type
+from ._layout import aligned_empty, flat_view
+
+#: Default size of one packed message of :func:`allreduce_gradients`.
+BUCKET_BYTES = 32 << 20
+
+# One reused packing buffer per dtype, grown to the largest bucket seen.
+_buffers: "dict[str, np.ndarray]" = {}
+_buffers_lock = threading.Lock()
+
+
+def _bucket_buffer(dtype, n):
+    key = np.dtype(dtype).str
+    buf = _buffers.get(key)
+    if buf is None or buf.size < n:
+        buf = aligned_empty(n, dtype)
+        _buffers[key] = buf
+    return buf[:n]
+
+
+def _check_grads(grads):
+    """``(0, None)`` if every entry is None or a writeable float ndarray, else
+    ``(index + 1, message)`` for the first one that is not."""
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        if not isinstance(g, np.ndarray) or g.dtype not in (np.float32, np.float64):
+            return i + 1, (f"grads[{i}]: expected a float32 or float64 ndarray; "
+                           f"got {describe(g)}")
+        if not g.flags.writeable:
+            return i + 1, (f"grads[{i}]: the array is read-only; gradients are "
+                           f"averaged in place. Pass a writeable array")
+    return 0, None
+
+
+def allreduce_gradients(grads, comm, *, bucket_bytes=BUCKET_BYTES):
+    r"""Average gradients over all ranks of ``comm``, in place.
+
+    Parameters
+    ----------
+    grads : list of ndarray or None
+        This rank's gradients (float32/float64, writeable).  Every rank must
+        pass the same number, shapes and dtypes, with ``None`` at the same
+        places; ``None`` entries are skipped.
+    comm : mpi4py.MPI.Comm
+        The communicator, e.g. ``MPI.COMM_WORLD``.
+    bucket_bytes : int
+        Largest packed message.  Tensors smaller than this are copied into a
+        reused buffer of up to ``bucket_bytes`` per dtype and reduced together;
+        larger contiguous tensors are reduced where they are.
+
+    Notes
+    -----
+    Each element becomes
+
+    .. math:: g \leftarrow \Big(\sum_{r=0}^{R-1} g^{(r)}\Big) / R
+
+    with one ``MPI_Allreduce(MPI_IN_PLACE, SUM)`` per bucket.  When the
+    gradients of one dtype are consecutive views of one buffer (see
+    :func:`flat_arrays`), that buffer is reduced directly with no copy, in
+    one message per dtype.  The count, dtypes and shapes are checked on every
+    rank and compared across ranks in one small collective first: a mismatch
+    raises the same ``ValueError`` on every rank (naming rank and index)
+    instead of hanging or corrupting memory.
+    """
+    MPI = mpi()
+    if isinstance(grads, np.ndarray):
+        raise TypeError("grads must be a list of arrays; got a single ndarray: pass [g]")
+    grads = list(grads)
+    error, message = _check_grads(grads)
+    layout = [describe(g) for g in grads]
+    table = agree(comm, [error, hash64(repr(layout))], message, "allreduce_gradients")
+    mismatch(comm, table, 1, layout, lambda v: first_difference(v, "grads"),
+             "allreduce_gradients: ranks passed different gradients;")
+    world = comm.Get_size()
+    by_dtype = {}
+    for g in grads:
+        if g is not None and g.size:
+            by_dtype.setdefault(g.dtype.str, []).append(g)
+    for key, arrays in by_dtype.items():
+        dtype = np.dtype(key)
+        mpitype = mpi_type(MPI, dtype)
+        flat = flat_view(arrays, dtype)
+        if flat is not None:
+            _allreduce_mean(comm, MPI, flat, mpitype, world)
+            continue
+        cap = max(1, int(bucket_bytes) // dtype.itemsize)
+        with _buffers_lock:
+            pending, used = [], 0
+            for g in arrays:
+                if g.size >= cap and g.flags.c_contiguous:
+                    _allreduce_mean(comm, MPI, g.reshape(-1), mpitype, world)
+                    continue
+                if used + g.size > cap and pending:
+                    _reduce_packed(comm, MPI, pending, used, dtype, mpitype, world)
+                    pending, used = [], 0
+                pending.append(g)
+                used += g.size
+            if pending:
+                _reduce_packed(comm, MPI, pending, used, dtype, mpitype, world)
+
+
+def _allreduce_mean(comm, MPI, flat, mpitype, world):
+    """``flat`` (1-D, contiguous) becomes its mean over the ranks."""
+    comm.Allreduce(MPI.IN_PLACE, [flat, mpitype], op=MPI.SUM)
+    np.divide(flat, world, out=flat)
+
+
+def _reduce_packed(comm, MPI, arrays, n, dtype, mpitype, world):
+    """Average ``arrays`` (``n`` elements in all) as one message: packed into
+    the reused buffer, reduced, and copied back."""
+    buf = _bucket_buffer(dtype, n)
+    at = 0
+    for g in arrays:
+        buf[at:at + g.size].reshape(g.shape)[...] = g
+        at += g.size
+    _allreduce_mean(comm, MPI, buf, mpitype, world)
+    at = 0
+    for g in arrays:
+        g[...] = buf[at:at + g.size].reshape(g.shape)
+        at += g.size

@@ -1,0 +1,321 @@
+"""Sharded checkpoints: :meth:`ShardedOptimizer.save`, ``load`` and
+``load_consolidated``, and :func:`consolidate`, which merges the rank files
+into one single-process checkpoint.  The file format and its checks are in
+``_manifest.py``.
+
+Every collective here checks its input on every rank and agrees on the
+verdict before anything changes: a file one rank cannot read or apply makes
+every rank raise the same ``ValueError``.
+"""
+import functools
+import math
+import os
+import uuid
+
+import numpy as np
+
+from .. import checkpoint as _checkpoint
+from ._agree import agree, describe
+from ._layout import make_buckets, piece_entries, pieces_of
+from ._manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, check_rank_file, check_shard_meta,
+                        is_layout, layout_str, rank_file, read_manifest, write_json_atomic)
+
+
+# ---- save ------------------------------------------------------------------------
+
+def _manifest(sharded, save_id, prefix):
+    base = os.path.basename(prefix)
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "save_id": save_id,
+        "world_size": sharded.world_size,
+        "class": type(sharded.optimizer).__name__,
+        "config": sharded.get_config(),
+        "iterations": int(sharded.optimizer.iterations),
+        "shapes": [list(s) for s in sharded._shapes],
+        "dtypes": list(sharded._dtypes),
+        "group_sizes": list(sharded._group_sizes),
+        "buckets": [b.manifest_entry() for b in sharded._buckets],
+        "ranks": [f"{base}.rank{r}.npz" for r in range(sharded.world_size)],
+    }
+
+
+def save(sharded, path):
+    """:meth:`ShardedOptimizer.save`: the rank files, then the manifest."""
+    prefix = os.fspath(path)
+    comm, rank = sharded.comm, sharded.rank
+    save_id = comm.bcast(uuid.uuid4().hex if rank == 0 else None, root=0)
+    error, message = 0, None
+    try:
+        inner = sharded.optimizer
+        with inner.lock:
+            sd = inner.state_dict()
+            sd["shard"] = {"save_id": save_id, "rank": rank,
+                           "world_size": sharded.world_size,
+                           "pieces": piece_entries(sharded._pieces)}
+            sd["params"] = [p.copy() for p in inner.params]
+        _checkpoint.write(f"{prefix}.rank{rank}.npz", sd)
+    except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
+        error, message = 1, f"writing {prefix}.rank{rank}.npz failed: {e}"
+    agree(comm, [error], message, "ShardedOptimizer.save")
+    error, message = 0, None
+    if rank == 0:
+        try:
+            write_json_atomic(f"{prefix}.manifest.json", _manifest(sharded, save_id, prefix))
+        except Exception as e:  # noqa: BLE001
+            error, message = 1, f"writing {prefix}.manifest.json failed: {e}"
+    agree(comm, [error], message, "ShardedOptimizer.save")
+
+
+# ---- load ------------------------------------------------------------------------
+
+def load(sharded, path):
+    """:meth:`ShardedOptimizer.load`: every rank checks the manifest and its
+    own file completely, the ranks agree, then every rank applies its file."""
+    prefix = os.fspath(path)
+    error, message, ready = 0, None, None
+    try:
+        manifest = read_manifest(prefix)
+        ready = _check_shard_file(sharded, prefix, manifest)
+    except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
+        error, message = 1, f"{type(e).__name__}: {e}"
+    agree(sharded.comm, [error], message, "ShardedOptimizer.load")
+    _restore(sharded, *ready)
+
+
+def load_consolidated(sharded, path):
+    """:meth:`ShardedOptimizer.load_consolidated`: every rank reads the
+    single-process checkpoint and keeps its pieces."""
+    file = os.fspath(path)
+    error, message, ready = 0, None, None
+    try:
+        _check_writeable(sharded)
+        check = functools.partial(_split_full_state, sharded, file)
+        # shapes are checked on the headers first: no data is read from a file that does not fit
+        ready = check(_checkpoint.read(file, expect=check))
+    except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
+        error, message = 1, f"{type(e).__name__}: {e}"
+    agree(sharded.comm, [error], message, "ShardedOptimizer.load_consolidated")
+    _restore(sharded, *ready)
+
+
+def _restore(sharded, apply, params):
+    """Apply a state and params that every rank has checked (nothing here can fail)."""
+    inner = sharded.optimizer
+    with inner.lock:
+        apply()
+        for q, v in zip(inner.params, params):
+            np.copyto(q, v)
+        sharded._gather_params()
+
+
+def _check_writeable(sharded):
+    # the all-gather after a load writes every parameter
+    for i, p in enumerate(sharded._params):
+        if not p.flags.writeable:
+            raise ValueError(f"params[{i}] is read-only, so a checkpoint cannot restore "
+                             f"it; make it writeable (flags.writeable = True) and load "
+                             f"again")
+
+
+def _check_shard_file(sharded, prefix, manifest):
+    """Check this rank's file of a sharded checkpoint completely (everything
+    ``load`` will apply); returns ``(apply, params)`` and changes nothing."""
+    name = type(sharded.optimizer).__name__
+    if manifest["world_size"] != sharded.world_size:
+        raise ValueError(f"{prefix}: saved by {manifest['world_size']} ranks; this run has "
+                         f"{sharded.world_size}. To resume with a different world size, "
+                         f"consolidate it (python -m fastopt.distributed consolidate) "
+                         f"and use load_consolidated")
+    if manifest["class"] != name:
+        raise ValueError(f"{prefix}: checkpoint of a {manifest['class']} optimizer; this "
+                         f"is a {name}")
+    if ([tuple(s) for s in manifest["shapes"]] != sharded._shapes or
+            manifest["dtypes"] != sharded._dtypes):
+        raise ValueError(f"{prefix}: the checkpoint's parameters "
+                         f"({layout_str(manifest['shapes'], manifest['dtypes'])}) differ "
+                         f"from this optimizer's "
+                         f"({layout_str(sharded._shapes, sharded._dtypes)})")
+    if [b["bounds"] for b in manifest["buckets"]] != [list(b.bounds) for b in sharded._buckets]:
+        raise ValueError(f"{prefix}: shard boundaries differ from this optimizer's")
+    _check_writeable(sharded)
+    file = rank_file(prefix, manifest, sharded.rank)
+    check = functools.partial(_check_pieces_state, sharded, file, manifest)
+    # shapes are checked on the headers first: no data is read from a file that does not fit
+    return check(_checkpoint.read(file, expect=check))
+
+
+def _check_pieces_state(sharded, file, manifest, sd):
+    """Check the rank file ``sd`` against this rank's pieces and inner
+    optimizer; returns ``(apply, params)``."""
+    inner = sharded.optimizer
+    sd = dict(sd)
+    params = sd.pop("params", None)
+    shard = sd.pop("shard", None)
+    check_shard_meta(file, shard, manifest, sharded.rank)
+    if shard.get("pieces") != piece_entries(sharded._pieces):
+        raise ValueError(f"{file}: its pieces differ from this optimizer's layout")
+    if sd.get("class") != type(inner).__name__:
+        raise ValueError(f"{file}: state of a {sd.get('class')} optimizer")
+    mine = inner.state_arrays()
+    state = sd.get("state")
+    if not (isinstance(state, list) and isinstance(params, list)
+            and len(state) == len(params) == len(mine)):
+        raise ValueError(f"{file}: does not hold the {len(mine)} pieces this rank keeps")
+    for j, (a, b) in enumerate(zip(mine, state)):
+        if not isinstance(b, list) or len(a) != len(b):
+            raise ValueError(f"{file}: piece {j} does not have the {len(a)} state arrays this "
+                             f"optimizer keeps (were the optimizer options the same?)")
+        for x, y in zip(a, b):
+            if describe(y) != describe(x):
+                raise ValueError(f"{file}: piece {j} state is {describe(y)}; expected "
+                                 f"{describe(x)}")
+    for j, (q, v) in enumerate(zip(inner.params, params)):
+        if describe(v) != describe(q):
+            raise ValueError(f"{file}: piece {j} params are {describe(v)}; expected "
+                             f"{describe(q)}")
+    try:
+        return inner.check_state_dict(sd), params
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
+
+
+def _split_full_state(sharded, file, sd):
+    """Check a single-process checkpoint ``sd`` completely and cut out this
+    rank's pieces; returns ``(apply, params)`` and changes nothing."""
+    inner = sharded.optimizer
+    name = type(inner).__name__
+    sd = dict(sd)
+    full_params = sd.pop("params", None)
+    if sd.get("format_version") != 1:
+        raise ValueError(f"{file}: not a fastopt optimizer state")
+    if sd.get("class") != name:
+        raise ValueError(f"{file}: checkpoint of a {sd.get('class')} optimizer; this is a "
+                         f"{name}")
+    if full_params is None:
+        raise ValueError(f"{file}: saved without parameters (include_params=False); a "
+                         f"sharded optimizer needs them to rebuild its shard")
+    shapes, dtypes = sd.get("shapes"), sd.get("dtypes")
+    if not is_layout(shapes, dtypes):
+        raise ValueError(f"{file}: corrupt checkpoint (bad shapes or dtypes entry)")
+    shapes = [tuple(s) for s in shapes]
+    if shapes != sharded._shapes or dtypes != sharded._dtypes:
+        raise ValueError(f"{file}: the checkpoint's parameters "
+                         f"({layout_str(shapes, dtypes)}) differ from this "
+                         f"optimizer's ({layout_str(sharded._shapes, sharded._dtypes)})")
+    state, steps = sd.get("state"), sd.get("steps")
+    if not (isinstance(state, list) and isinstance(full_params, list)
+            and len(state) == len(full_params) == len(shapes)
+            and describe(steps) == f"int64 {(len(shapes),)}"):
+        raise ValueError(f"{file}: does not hold state, step counts and params for the "
+                         f"{len(shapes)} params of this optimizer")
+    pieces_state, pieces_params = [], []
+    for piece, mine in zip(sharded._pieces, inner.state_arrays()):
+        i, start, n = piece.tensor, piece.start, piece.length
+        want = f"{np.dtype(sharded._dtypes[i])} {shapes[i]}"
+        if not isinstance(state[i], list) or len(state[i]) != len(mine):
+            raise ValueError(f"{file}: params[{i}] does not have the {len(mine)} state "
+                             f"arrays this optimizer keeps (were the optimizer options "
+                             f"the same?)")
+        for a in state[i]:
+            if describe(a) != want:
+                raise ValueError(f"{file}: params[{i}] state is {describe(a)}; "
+                                 f"expected {want}")
+        pieces_state.append([a.reshape(-1)[start:start + n] for a in state[i]])
+        p = full_params[i]
+        if describe(p) != want:
+            raise ValueError(f"{file}: params[{i}] is {describe(p)}; expected {want}")
+        pieces_params.append(p.reshape(-1)[start:start + n])
+    sd["state"] = pieces_state
+    sd["steps"] = steps[[piece.tensor for piece in sharded._pieces]]
+    sd["shapes"] = [[piece.length] for piece in sharded._pieces]
+    sd["dtypes"] = [sharded._dtypes[piece.tensor] for piece in sharded._pieces]
+    try:
+        return inner.check_state_dict(sd), pieces_params
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
+
+
+# ---- consolidate -----------------------------------------------------------------
+
+def consolidate(path, out):
+    """Merge the sharded checkpoint ``path`` into one single-process checkpoint.
+
+    Parameters
+    ----------
+    path : str
+        The prefix given to :meth:`ShardedOptimizer.save` (the files
+        ``<path>.manifest.json`` and ``<path>.rank<k>.npz``).
+    out : str
+        Where to write the ``.npz`` checkpoint (atomically).  Load it with
+        ``fastopt.load(out, opt)`` into a plain optimizer of the same class over
+        parameters of the same shapes, or into a :class:`ShardedOptimizer` of
+        any world size with :meth:`ShardedOptimizer.load_consolidated`.
+
+    Runs in one process, without MPI; it holds the whole state in memory.
+    """
+    prefix = os.fspath(path)
+    manifest = read_manifest(prefix)
+    shapes = [tuple(s) for s in manifest["shapes"]]
+    dtypes = manifest["dtypes"]
+    world = manifest["world_size"]
+    buckets = make_buckets(shapes, dtypes, world)
+    files = [rank_file(prefix, manifest, rank) for rank in range(world)]
+    pieces = [pieces_of(buckets, shapes, rank) for rank in range(world)]
+    # The metadata and array headers of every rank file first: the full-size
+    # arrays below are allocated only once the rank files are known to hold
+    # every piece the manifest's shapes describe, with the same number of
+    # state arrays for each piece of a tensor.
+    nstate = {}
+    for rank, file in enumerate(files):
+        sd = _checkpoint.read_headers(file)
+        check_rank_file(file, sd, manifest, rank, pieces[rank])
+        for piece, states in zip(pieces[rank], sd["state"]):
+            i = piece.tensor
+            if nstate.setdefault(i, len(states)) != len(states):
+                raise ValueError(f"{file}: holds {len(states)} state arrays for its piece of "
+                                 f"params[{i}]; another rank file holds {nstate[i]}")
+    n = len(shapes)
+    full_params = [np.empty(s, dtype=d) for s, d in zip(shapes, dtypes)]
+    full_state = [None] * n
+    steps = [None] * n
+    filled = [0] * n
+    first = None
+    for rank, file in enumerate(files):
+        sd = _checkpoint.read(file, expect=lambda sd: check_rank_file(
+            file, sd, manifest, rank, pieces[rank]))
+        check_rank_file(file, sd, manifest, rank, pieces[rank])
+        if first is None:
+            first = sd
+        elif sd["iterations"] != first["iterations"]:
+            raise ValueError(f"{file}: at iteration {sd['iterations']}; rank 0 is at "
+                             f"{first['iterations']}")
+        for piece, q, states, k in zip(pieces[rank], sd["params"], sd["state"], sd["steps"]):
+            i, start, m = piece.tensor, piece.start, piece.length
+            full_params[i].reshape(-1)[start:start + m] = q
+            if full_state[i] is None:
+                full_state[i] = [np.zeros(shapes[i], dtype=dtypes[i]) for _ in states]
+                steps[i] = int(k)
+            if len(states) != len(full_state[i]) or int(k) != steps[i]:
+                raise ValueError(f"{file}: pieces of params[{i}] disagree on their state "
+                                 f"(count or step)")
+            for a, b in zip(full_state[i], states):
+                a.reshape(-1)[start:start + m] = b
+            filled[i] += m
+    for i in range(n):
+        if filled[i] != math.prod(shapes[i]) or full_state[i] is None:
+            raise ValueError(f"{prefix}: params[{i}] is not fully covered by the rank files")
+    sd = {
+        "format_version": 1,
+        "class": manifest["class"],
+        "config": manifest["config"],
+        "iterations": int(first["iterations"]),
+        "steps": np.array(steps, dtype=np.int64),
+        "shapes": [list(s) for s in shapes],
+        "dtypes": list(dtypes),
+        "state": full_state,
+        "schedules": first.get("schedules", {}),
+        "params": full_params,
+    }
+    _checkpoint.write(out, sd)

@@ -1,0 +1,392 @@
+"""ZeRO stage 1: :class:`ShardedOptimizer`, optimizer state sharded over the ranks."""
+import numpy as np
+
+from .. import _core
+from .._hyper import split_param_groups
+from . import checkpoint as _checkpoint
+from ._agree import agree, first_difference, hash64, hash_arrays, mismatch, mpi, mpi_type
+from ._inputs import check_disjoint, check_grads, pairs_to_grads, shardable_class
+from ._layout import aligned_empty, flat_view, make_buckets, pieces_of
+
+
+class ShardedOptimizer:
+    r"""ZeRO stage 1: optimizer state sharded over the ranks of an MPI communicator.
+
+    Parameters
+    ----------
+    opt_class : Optimizer subclass or str
+        Any class of :data:`fastopt.optimizers.REGISTRY` (or its name).
+    params : list of ndarray, or list of dict
+        The same parameters on every rank (same order, shapes, dtypes and
+        values), as for ``opt_class``; param groups with their own
+        hyper-parameters are supported.
+    comm : mpi4py.MPI.Comm
+        The communicator, e.g. ``MPI.COMM_WORLD``.
+    **kwargs
+        Passed to ``opt_class`` unchanged (convention, learning rate,
+        schedules, weight decay, ...).
+
+    Notes
+    -----
+    The parameters of each dtype are concatenated in order into one flat
+    index space of :math:`N` elements, split into :math:`R` contiguous
+    shards :math:`[b_r, b_{r+1})` that are balanced and start on 64-byte
+    boundaries.  Rank :math:`r` builds an ordinary ``opt_class`` over the
+    pieces of the tensors that fall into its shard (views, so the C kernels
+    run unchanged) and keeps only their state: about
+    :math:`\text{state bytes} / R` per rank.  One step is
+
+    .. math::
+
+        \hat g_{[b_r, b_{r+1})} &= \Big(\sum_{q} g^{(q)}\Big)_{[b_r, b_{r+1})} / R
+            \qquad \text{(Reduce\_scatter, SUM)} \\
+        w_{[b_r, b_{r+1})} &\leftarrow \text{opt\_class update with } \hat g \\
+        w &\leftarrow \text{Allgatherv of all shards}
+
+    which is :func:`allreduce_gradients` followed by a plain ``opt_class``
+    step, bit for bit with two ranks (one addition either way) and to
+    rounding otherwise.  Per-tensor hyper-parameters, param groups, ``None``
+    gradients and torch's per-parameter step counts carry over, because each
+    piece is a parameter of the inner optimizer with its tensor's group and
+    step count.  Options whose math needs a whole tensor or the whole
+    gradient (``clipnorm``, ``global_clipnorm``, ``skip_nonfinite``) and
+    classes that are not ``elementwise`` (Lamb's per-tensor trust ratio)
+    are refused.
+
+    **Parameter memory.**  If the parameters of a dtype are consecutive views
+    of one buffer (:func:`flat_arrays`), the all-gather writes straight into
+    them.  Otherwise a flat master copy is kept: before each step this
+    rank's shard is copied from your arrays into it (so edits you make to
+    the weights between steps are kept), and after the all-gather the whole
+    copy is written back into your arrays (one extra pass over the
+    parameters per step).  Gradients are likewise packed into a flat send
+    buffer unless they are views of one buffer.  Your arrays are always the
+    objects that hold the result.
+
+    **Memory per rank** for :math:`N` parameter elements of :math:`s`
+    bytes and :math:`k` state arrays (Adam: 2): state :math:`kNs/R` (plain
+    data parallelism: :math:`kNs`), plus the received gradient shard
+    :math:`Ns/R`, plus :math:`Ns` for the master copy and :math:`Ns` for the
+    gradient send buffer unless parameters and gradients come from
+    :func:`flat_arrays`.  :meth:`state_nbytes` and :meth:`buffer_nbytes`
+    report both.  Allocate with :func:`flat_arrays` to get the saving.
+
+    **Agreement.**  Construction checks that every rank passed the same
+    class, options, parameter layout and initial values; every step first
+    exchanges 32 bytes per rank (one Allgather) so that all ranks agree
+    their gradients are valid, ``None`` at the same places, and that
+    hyper-parameters and step counts match.  Any disagreement raises the
+    same ``ValueError`` on every rank before data moves.
+
+    Attributes
+    ----------
+    optimizer : Optimizer
+        This rank's inner optimizer (its params are the shard pieces).
+    buckets : list of dict
+        Per dtype: ``dtype``, ``tensors`` (indices), ``offsets`` (where
+        each starts in the dtype's flat index space), ``total`` (elements)
+        and ``bounds`` (the shard boundaries, ``world_size + 1`` ints).
+
+    Examples
+    --------
+    Run with ``mpiexec -n 2 python script.py``::
+
+        from mpi4py import MPI
+        import fastopt as fo
+        from fastopt.distributed import ShardedOptimizer
+        opt = ShardedOptimizer(fo.Adam, [W, b], MPI.COMM_WORLD, learning_rate=1e-3)
+        opt.step([gW, gb])        # this rank's gradients; averaged over ranks
+    """
+
+    def __init__(self, opt_class, params, comm, **kwargs):
+        self._MPI = mpi()
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.world_size = comm.Get_size()
+        # Build locally, then agree: a rank that fails (or holds different
+        # parameters) must not leave the others waiting in a collective.
+        failure, signature, values = None, 0, 0
+        try:
+            self._build(opt_class, params, kwargs)
+            signature = hash64(repr(self._signature()))
+            values = hash_arrays(self._params)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+            failure = e
+        try:
+            table = agree(comm, [failure is not None, signature, values],
+                          None if failure is None else f"{type(failure).__name__}: {failure}",
+                          "ShardedOptimizer()")
+        except ValueError:
+            if failure is not None:
+                raise failure from None
+            raise
+        mismatch(comm, table, 1, self._signature(),
+                 lambda v: first_difference(v, None),
+                 "ShardedOptimizer(): ranks passed different parameters or options;")
+        mismatch(comm, table, 2, None,
+                 lambda v: "the parameter values differ between ranks; give every rank the "
+                           "same initial weights (same seed, or comm.Bcast(w, root=0) for "
+                           "each w) before building the optimizer",
+                 "ShardedOptimizer():")
+
+    def _signature(self):
+        """What must be equal on every rank: class, parameter layout, options
+        (threads may differ)."""
+        cfg = {k: v for k, v in self.get_config().items() if k != "num_threads"}
+        params = [f"params[{i}] {np.dtype(d)} {s}" for i, (s, d) in
+                  enumerate(zip(self._shapes, self._dtypes))]
+        return [f"class {type(self.optimizer).__name__}", f"{len(params)} params",
+                *params, f"group sizes {self._group_sizes}",
+                *(f"{k}={v!r}" for k, v in sorted(cfg.items()))]
+
+    def _build(self, opt_class, params, kwargs):
+        opt_class = shardable_class(opt_class, kwargs)
+        groups = split_param_groups(params)
+        flat = [p for plist, _ in groups for p in plist]
+        for i, p in enumerate(flat):
+            _core.check_param(p, i)
+        check_disjoint(flat)
+        self._params = flat
+        self._shapes = [tuple(int(d) for d in p.shape) for p in flat]
+        self._dtypes = [p.dtype.str for p in flat]
+        self._group_sizes = [len(plist) for plist, _ in groups]
+        self._buckets = make_buckets(self._shapes, self._dtypes, self.world_size)
+        self.buckets = [b.as_dict() for b in self._buckets]
+        self._allocate_buffers()
+        self._pieces = pieces_of(self._buckets, self._shapes, self.rank)
+        piece_params, self._piece_grads = self._piece_views()
+        if len(groups) == 1 and not groups[0][1]:
+            inner_params = piece_params
+        else:
+            group_of = [gi for gi, (plist, _) in enumerate(groups) for _ in plist]
+            inner_params = [dict(over, params=[q for q, piece in zip(piece_params, self._pieces)
+                                               if group_of[piece.tensor] == gi])
+                            for gi, (_, over) in enumerate(groups)]
+        self.optimizer = opt_class(inner_params, **kwargs)
+
+    def _allocate_buffers(self):
+        """Per bucket: the flat parameters (a view of your arrays, or a master
+        copy of them), whether it is a copy, the gradient send buffer
+        (allocated on first need) and the received gradient shard."""
+        self._flat, self._master, self._send, self._recv = [], [], [], []
+        for b in self._buckets:
+            view = flat_view([self._params[i] for i in b.tensors], np.dtype(b.dtype))
+            self._master.append(view is None)
+            if view is None:
+                view = aligned_empty(b.total, b.dtype)
+                for i, off, n in b.spans(self._shapes):
+                    view[off:off + n] = self._params[i].reshape(-1)
+            self._flat.append(view)
+            self._send.append(None)
+            lo, hi = b.shard(self.rank)
+            self._recv.append(aligned_empty(hi - lo, b.dtype))
+
+    def _piece_views(self):
+        """Views of every piece in the flat parameters and in the received gradient shard."""
+        offset_of = {i: off for b in self._buckets for i, off in zip(b.tensors, b.offsets)}
+        params, grads = [], []
+        for piece in self._pieces:
+            at = offset_of[piece.tensor] + piece.start
+            lo, _ = self._buckets[piece.bucket].shard(self.rank)
+            params.append(self._flat[piece.bucket][at:at + piece.length])
+            grads.append(self._recv[piece.bucket][at - lo:at - lo + piece.length])
+        return params, grads
+
+    # ---- attributes ----------------------------------------------------------
+
+    @property
+    def params(self):
+        """The parameters (your arrays), in the order their grads are expected."""
+        return list(self._params)
+
+    @property
+    def iterations(self):
+        """Updates applied so far (the same on every rank)."""
+        return self.optimizer.iterations
+
+    @property
+    def learning_rate(self):
+        """The optimizer-wide learning rate; set it to the same value on every rank."""
+        return self.optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.optimizer.learning_rate = value
+
+    lr = learning_rate
+
+    @property
+    def convention(self):
+        return self.optimizer.convention
+
+    def state_nbytes(self):
+        """Bytes of optimizer state held by this rank (the sharded part)."""
+        return int(sum(a.nbytes for s in self.optimizer.state_arrays() for a in s))
+
+    def buffer_nbytes(self):
+        """Bytes of the communication buffers this rank holds: flat gradient
+        send buffers, the received gradient shard and, for parameters not
+        allocated with :func:`flat_arrays`, the flat master copy."""
+        n = sum(a.nbytes for a in self._send if a is not None)
+        n += sum(a.nbytes for a in self._recv)
+        return int(n + sum(f.nbytes for f, m in zip(self._flat, self._master) if m))
+
+    def get_config(self):
+        """The configuration of the equivalent single-process optimizer."""
+        cfg = self.optimizer.get_config()
+        if "param_groups" in cfg:
+            cfg["param_groups"] = [dict(g, size=n) for g, n in
+                                   zip(cfg["param_groups"], self._group_sizes)]
+        return cfg
+
+    def __repr__(self):
+        return (f"ShardedOptimizer({type(self.optimizer).__name__}, rank {self.rank} of "
+                f"{self.world_size}, {len(self._params)} params, {len(self._pieces)} pieces, "
+                f"state {self.state_nbytes()} bytes, iterations={self.iterations})")
+
+    # ---- the step ---------------------------------------------------------------
+
+    def step(self, grads):
+        """One update of every parameter from this rank's gradients.
+
+        ``grads[i]`` is this rank's gradient of ``params[i]`` (its mean over
+        this rank's part of the batch); the update uses the mean over ranks.
+        ``None`` skips a parameter and must be ``None`` on every rank.  Every
+        rank checks its gradients and the verdict is agreed before any data
+        moves: on any error every rank raises and nothing changes.
+        """
+        if isinstance(grads, np.ndarray):
+            raise TypeError("grads must be a list of arrays; got a single ndarray: pass [g]")
+        self._step(list(grads))
+
+    def apply_gradients(self, grads_and_vars):
+        """Keras-style: ``opt.apply_gradients(zip(grads, params))``, pairs matched
+        to the parameters by identity; unpaired parameters get ``None``.  A pair
+        that names an unknown parameter, or a parameter named twice, is refused
+        on every rank as a bad gradient is."""
+        grads, refused = pairs_to_grads(grads_and_vars, self._params)
+        self._step(grads, refused)
+
+    def _step(self, grads, refused=None):
+        with self.optimizer.lock:
+            self._agree_step(grads, refused)
+            for bi in range(len(self._buckets)):
+                self._reduce_scatter(bi, grads)
+            self.optimizer.step([None if grads[piece.tensor] is None else g
+                                 for piece, g in zip(self._pieces, self._piece_grads)])
+            self._gather_params()
+
+    def _agree_step(self, grads, refused):
+        """Agree with every rank that all grads are valid, ``None`` at the same
+        places, and that step counts and hyper-parameters match; otherwise
+        raise the same ``ValueError`` on every rank.  ``refused``: this rank's
+        reason to refuse the step found before, if any."""
+        error, message = (1, refused) if refused else check_grads(grads, self._params)
+        mask = [g is None for g in grads] if not error else []
+        hp = None
+        if not error:
+            try:
+                hp = [self.optimizer.hyperparameters(k)
+                      for k in range(len(self.optimizer.param_groups))]
+            except (ValueError, TypeError) as e:
+                error, message = len(grads) + 1, f"hyper-parameters: {e}"
+        code = [error, hash64(repr(mask)) if any(mask) else 0,
+                hash64(repr(hp)), self.optimizer.iterations]
+        table = agree(self.comm, code, message, "ShardedOptimizer.step")
+        mismatch(self.comm, table, 1, [i for i, m in enumerate(mask) if m],
+                 lambda v: "\n".join(f"rank {r}: grads are None at indices {x}"
+                                     for r, x in enumerate(v)) +
+                 "\nNone must be at the same places on every rank",
+                 "ShardedOptimizer.step: ranks skip different parameters;")
+        mismatch(self.comm, table, 3, self.optimizer.iterations,
+                 lambda v: f"iterations per rank: {v}",
+                 "ShardedOptimizer.step: ranks are at different steps;")
+        mismatch(self.comm, table, 2, hp,
+                 lambda v: "\n".join(f"rank {r}: {x}" for r, x in enumerate(v)),
+                 "ShardedOptimizer.step: ranks have different hyper-parameters;")
+
+    def _reduce_scatter(self, bi, grads):
+        """This rank's shard of bucket ``bi``'s gradient, summed over the ranks
+        and divided by their number, into the received gradient shard (the
+        inner optimizer's grads)."""
+        MPI, b, recv = self._MPI, self._buckets[bi], self._recv[bi]
+        mpitype = mpi_type(MPI, np.dtype(b.dtype))
+        send = self._send_buffer(bi, grads)
+        self.comm.Reduce_scatter([send, mpitype], [recv, mpitype], recvcounts=b.counts(),
+                                 op=MPI.SUM)
+        np.divide(recv, self.world_size, out=recv)
+        if self._master[bi]:
+            self._pull_shard(bi)
+
+    def _send_buffer(self, bi, grads):
+        """Bucket ``bi``'s gradients as one flat array: a view of them if they
+        are consecutive views of one buffer, else packed into the send buffer
+        (a ``None`` gradient as zeros)."""
+        b = self._buckets[bi]
+        tensors = [grads[i] for i in b.tensors]
+        if not any(g is None for g in tensors):
+            send = flat_view(tensors, np.dtype(b.dtype))
+            if send is not None:
+                return send
+        if self._send[bi] is None:
+            self._send[bi] = aligned_empty(b.total, b.dtype)
+        send = self._send[bi]
+        for (_, off, n), g in zip(b.spans(self._shapes), tensors):
+            if g is None:
+                send[off:off + n] = 0
+            else:
+                send[off:off + n].reshape(g.shape)[...] = g
+        return send
+
+    def _pull_shard(self, bi):
+        """Copy this rank's shard of your arrays into the master copy, so edits
+        made to the weights between steps are what gets updated."""
+        b = self._buckets[bi]
+        lo, hi = b.shard(self.rank)
+        flat = self._flat[bi]
+        for i, off, n in b.spans(self._shapes):
+            a, z = max(off, lo), min(off + n, hi)
+            if a < z:
+                flat[a:z] = self._params[i].reshape(-1)[a - off:z - off]
+
+    def _gather_params(self):
+        """Every rank's shard into the flat parameters of every rank (and from a
+        master copy into your arrays)."""
+        MPI = self._MPI
+        for b, flat, master in zip(self._buckets, self._flat, self._master):
+            self.comm.Allgatherv(MPI.IN_PLACE, [flat, (b.counts(), list(b.bounds[:-1])),
+                                                mpi_type(MPI, flat.dtype)])
+            if master:
+                for i, off, n in b.spans(self._shapes):
+                    self._params[i].reshape(-1)[...] = flat[off:off + n]
+
+    # ---- checkpoints (fastopt/distributed/checkpoint.py) ------------------------
+
+    def save(self, path):
+        """Write a sharded checkpoint: every rank writes ``<path>.rank<k>.npz``
+        (its state and its shard of the parameters) atomically, then rank 0
+        writes ``<path>.manifest.json`` atomically.  Collective: call it on
+        every rank with the same ``path`` on a file system all ranks share.
+
+        The manifest is written last and names a save id that every rank file
+        carries, so a crash during a save leaves a checkpoint that
+        :meth:`load` and :func:`consolidate` refuse (naming the stale file),
+        never a silently mixed one.  Rank files are replaced in place, so to
+        always keep one loadable checkpoint alternate between two paths.
+        """
+        _checkpoint.save(self, path)
+
+    def load(self, path):
+        """Restore a checkpoint written by :meth:`save` with the same world size
+        and parameter layout.  Collective.  Every rank validates the manifest
+        and its own file first; on any error every rank raises and nothing
+        changes."""
+        _checkpoint.load(self, path)
+
+    def load_consolidated(self, path):
+        """Restore a single-process checkpoint (:func:`fastopt.save` of a plain
+        optimizer, or the output of :func:`consolidate`) into this sharded
+        optimizer, at any world size: every rank reads the file and keeps its
+        pieces.  Collective; on any error every rank raises and nothing changes."""
+        _checkpoint.load_consolidated(self, path)
+
