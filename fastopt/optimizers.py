@@ -7,6 +7,8 @@ the order the kernel reads them, checked at import) and its state arrays.
 The base class (:mod:`fastopt.optimizer`) does everything else.  Adding an
 optimizer: see CONTRIBUTING.md.
 """
+import math
+
 from ._hyper import (CONVENTIONS, HP, NONNEG, NONPOS, POSITIVE, UNIT, UNIT_OPEN,  # noqa: F401
                      ParamGroup, is_schedule)
 from ._statedict import check_counter as _check_counter  # noqa: F401
@@ -744,3 +746,68 @@ class RAdam(Optimizer):
                  betas=None, convention="torch", **kwargs):
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, betas=betas, **kwargs)
+
+
+class Rprop(Optimizer):
+    r"""Rprop: resilient backpropagation, per-element step sizes from gradient signs (torch.optim).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-2: every element's first step size.  ``lr`` is an alias.
+    etaminus, etaplus : float
+        Factors of the step size when the gradient's sign flips (0.5) or
+        stays (1.2); ``0 < etaminus < 1 < etaplus``.  ``etas=(etaminus,
+        etaplus)`` is accepted.
+    step_size_min, step_size_max : float
+        Bounds of the step sizes (1e-6, 50).  ``step_sizes=(min, max)`` is
+        accepted.
+    convention : {"torch"}
+        The default: only torch.optim has Rprop; ``"keras"`` raises ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (``maximize`` negates the gradient
+        first, as torch).
+
+    Notes
+    -----
+    Per element, with ``prev`` the previous (possibly zeroed) gradient::
+
+        f = etaplus if g*prev > 0, etaminus if g*prev < 0, else 1
+        step_size <- clip(step_size * f, step_size_min, step_size_max)
+        g <- 0 where f == etaminus
+        w <- w - sign(g) * step_size;   prev <- g
+
+    As in torch, a parameter's step sizes start at the learning rate of its
+    first step; the learning rate is not read again.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.Rprop([w], learning_rate=0.1)
+    >>> opt.step([np.array([2.0, -0.5])])
+    >>> w
+    array([-0.1,  0.1])
+    """
+
+    kernel = "rprop"
+    hyper = {
+        "learning_rate": HP(torch=1e-2, check=NONNEG),
+        "etaminus": HP(torch=0.5, check=(0.0, False, 1.0, False)),
+        "etaplus": HP(torch=1.2, check=(1.0, False, math.inf, False)),
+        "step_size_min": HP(torch=1e-6, check=NONNEG),
+        "step_size_max": HP(torch=50.0, check=NONNEG),
+    }
+    variables = ("prev", "step_size")
+    tuple_aliases = {"etas": (("etaminus", "etaplus"), "(etaminus, etaplus)"),
+                     "step_sizes": (("step_size_min", "step_size_max"), "(min, max)")}
+
+    def __init__(self, params, learning_rate=None, etaminus=None, etaplus=None,
+                 step_size_min=None, step_size_max=None, *, etas=None, step_sizes=None,
+                 convention="torch", **kwargs):
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
+                         step_size_max=step_size_max, etas=etas, step_sizes=step_sizes,
+                         **kwargs)

@@ -393,6 +393,29 @@ optim_db = [
             {"weight_decay": 0.05, "decoupled_weight_decay": True},
         ],
     ),
+    OptimizerInfo(
+        "Rprop",
+        rules={"torch": ref.rprop_torch},
+        initial_state=_zeros("prev", "step_size"),
+        cases=[
+            ({}, TORCH),
+            ({"etaminus": 0.3, "etaplus": 1.5, "step_size_min": 1e-4, "step_size_max": 0.2,
+              "maximize": True}, TORCH),
+            ({"weight_decay": 0.05, "clipvalue": 0.3}, TORCH),
+        ],
+        # torch 2.13.0+cpu (torch.optim.Rprop, single-tensor path), float64
+        golden=[
+            ({"learning_rate": 0.01},
+             None,
+             [0.9850000000, -1.9900000000, 0.4780000000]),
+            ({"learning_rate": 0.05, "etaminus": 0.3, "etaplus": 1.5, "step_size_min": 0.0001,
+              "step_size_max": 0.2, "maximize": True},
+             None,
+             [1.0650000000, -2.0500000000, 0.6250000000]),
+        ],
+        torch_name="Rprop",
+        torch_cases=[{}],
+    ),
 ]
 
 # Cross-option cases: the optimizer-wide options (clipping, EMA, accumulation,
