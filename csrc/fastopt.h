@@ -84,7 +84,6 @@ typedef struct {
     const char *name;
     int32_t nstate;                      /* most state arrays the kernel can read */
     const char *hp;                      /* hyper-parameters it reads, space-separated */
-    const char *scalars;                 /* names of its slots from FO_S_K on */
     int32_t nhp;
     int32_t has_aux;                     /* keeps a host value per tensor */
     fo_scalars_fn scalars_fn;

@@ -72,7 +72,7 @@ static int32_t FO_CAT(fo_nstate_used_, FO_KERNEL_NAME)(const double *s)
 
 const fo_kernel_info FO_CAT(fo_kernel_, FO_KERNEL_NAME) = {
     FO_STR(FO_KERNEL_NAME), FO_KERNEL_NSTATE,
-    FO_KERNEL_HP(FO_NAME_STR), FO_KERNEL_SCALARS(FO_NAME_STR), FO_NHP, FO_KERNEL_AUX,
+    FO_KERNEL_HP(FO_NAME_STR), FO_NHP, FO_KERNEL_AUX,
     FO_KERNEL_SCALARS_FN, FO_KERNEL_FINISH,
     FO_CAT(fo_nstate_used_, FO_KERNEL_NAME),
     {

@@ -53,7 +53,6 @@ cdef extern from "fastopt.h" nogil:
         const char *name
         int32_t nstate
         const char *hp
-        const char *scalars
         int32_t nhp
         int32_t has_aux
         fo_scalars_fn scalars_fn

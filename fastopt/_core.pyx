@@ -113,19 +113,10 @@ def set_parallel_threshold(int64_t n):
     fo_set_parallel_threshold(n)
 
 
-def kernel_nstate(str name):
-    return fo_kernel(KERNELS[name]).nstate
-
-
 def kernel_hp(str name):
     """The hyper-parameters kernel ``name``'s scalar function reads, in the
     order it reads them (FO_KERNEL_HP in csrc/kernels/<name>.c)."""
     return tuple(fo_kernel(KERNELS[name]).hp.decode().split())
-
-
-def kernel_scalars(str name):
-    """The names of kernel ``name``'s scalar slots (FO_KERNEL_SCALARS)."""
-    return tuple(fo_kernel(KERNELS[name]).scalars.decode().split())
 
 
 # Threads of a step whose optimizer has no num_threads of its own (0: OpenMP's
@@ -506,7 +497,7 @@ cdef class Engine:
 
     def check(self):
         """Raise if a bound param or state array changed since it was bound
-        (what set_grads and run_params check before each step)."""
+        (what set_grads checks before each step)."""
         self._check_arrays()
 
     @property
@@ -566,35 +557,6 @@ cdef class Engine:
             fo_step(&self.plan, self.kernel, self.rows, nthreads)
         self._unbind()
 
-    def run_reduce(self, rows, int nthreads):
-        """Run the kernel's reduction pass over every bound tensor (grads stay
-        bound for the elementwise pass that follows); returns an (n, NRED)
-        float64 array of per-tensor sums, deterministic for any thread count."""
-        self._load_rows(rows)
-        self._check_state_counts()
-        out = np.zeros((self.n, FO_NRED), dtype=np.float64)
-        cdef double[:, ::1] o = out
-        cdef double dummy
-        with nogil:
-            fo_step_reduce(&self.plan, self.kernel, self.rows,
-                           &o[0, 0] if self.n > 0 else &dummy, self.dscratch, nthreads)
-        return out
-
-    def run_params(self, rows, int nthreads):
-        """Apply a kernel that reads only params and state (no grad) to every
-        tensor: each is marked active for this call."""
-        cdef Py_ssize_t i
-        self._check_arrays()
-        self._load_rows(rows)
-        for i in range(self.n):
-            self.tensors[i].grad = self.tensors[i].param
-        try:
-            self._check_state_counts()
-            with nogil:
-                fo_step(&self.plan, self.kernel, self.rows, nthreads)
-        finally:
-            self.clear_grads()
-
     def sumsq(self, int which, int nthreads):
         """Per-tensor sum of squares of the bound grads (which=0) or of the
         params (which=1), deterministic for any thread count."""
@@ -611,15 +573,17 @@ cdef class Engine:
         with finite elements (float64 near 1e155), which is recomputed with
         scaling so that the norm stays finite."""
         out = np.empty(self.n, dtype=np.float64)
-        cdef double *o = <double *>cnp.PyArray_DATA(out)
+        self._norms(which, nthreads, <double *>cnp.PyArray_DATA(out))
+        return out
+
+    cdef void _norms(self, int which, int nthreads, double *out) noexcept:
         cdef Py_ssize_t i
         with nogil:
-            fo_sumsq(&self.plan, which, o, self.dscratch, nthreads)
+            fo_sumsq(&self.plan, which, out, self.dscratch, nthreads)
         for i in range(self.n):
-            o[i] = sqrt(o[i])
-            if o[i] == INFINITY:
-                o[i] = fo_norm_scaled(&self.plan, <int32_t>i, which)
-        return out
+            out[i] = sqrt(out[i])
+            if out[i] == INFINITY:
+                out[i] = fo_norm_scaled(&self.plan, <int32_t>i, which)
 
     def nonfinite(self, int nthreads):
         """Per-tensor count of NaN/Inf elements in the bound grads."""
@@ -988,30 +952,40 @@ cdef class Stepper:
         return _default_threads if _default_threads else fo_max_threads()
 
     cdef int _schedules(self, int64_t step) except -1:
-        """Evaluate every schedule at ``step`` into the groups' values, checked
-        as constants are (finite, learning_rate >= 0, the range)."""
         cdef Py_ssize_t gi
-        cdef double v
-        cdef list entries
         for gi in range(self.ngroups):
-            entries = <list>self.gsched[gi]
-            if not entries:
-                continue
-            for e in entries:
-                v = float((<tuple>e)[0](step))
-                if not isfinite(v):
-                    raise ValueError(f"{(<tuple>e)[2]} evaluated to {v!r} at step {step}; "
-                                     f"hyper-parameters must be finite")
-                self.ghp[gi * self.nhp + <Py_ssize_t>(<tuple>e)[1]] = v
-            v = self.ghp[gi * self.nhp + self.lr_index]
-            if v < 0:
-                raise ValueError(f"learning_rate evaluated to {v!r} at step {step}; it must "
-                                 f"be >= 0")
-            for e in entries:
-                _check_scheduled(<tuple>e, self.ghp[gi * self.nhp + <Py_ssize_t>(<tuple>e)[1]],
-                                 step)
-            if self.cross_check is not None:
-                self.cross_check()(gi, step)
+            if self.gsched[gi]:
+                self._group_schedules(gi, step)
+        return 0
+
+    def evaluate(self, Py_ssize_t gi, int64_t step):
+        """Group ``gi``'s values with its schedules evaluated at ``step`` and
+        checked as a step checks them."""
+        if self.gsched[gi]:
+            self._group_schedules(gi, step)
+        return self.group_values(gi)
+
+    cdef int _group_schedules(self, Py_ssize_t gi, int64_t step) except -1:
+        """Evaluate group ``gi``'s schedules at ``step`` into its values, checked
+        as constants are (finite, learning_rate >= 0, the range, the rules
+        across fields)."""
+        cdef double v
+        cdef list entries = <list>self.gsched[gi]
+        for e in entries:
+            v = float((<tuple>e)[0](step))
+            if not isfinite(v):
+                raise ValueError(f"{(<tuple>e)[2]} evaluated to {v!r} at step {step}; "
+                                 f"hyper-parameters must be finite")
+            self.ghp[gi * self.nhp + <Py_ssize_t>(<tuple>e)[1]] = v
+        v = self.ghp[gi * self.nhp + self.lr_index]
+        if v < 0:
+            raise ValueError(f"learning_rate evaluated to {v!r} at step {step}; it must "
+                             f"be >= 0")
+        for e in entries:
+            _check_scheduled(<tuple>e, self.ghp[gi * self.nhp + <Py_ssize_t>(<tuple>e)[1]],
+                             step)
+        if self.cross_check is not None:
+            self.cross_check()(gi, step)
         return 0
 
     cdef int32_t _row(self, int32_t g, int64_t t, double aux, char ex, int32_t *nrows):
@@ -1020,7 +994,8 @@ cdef class Stepper:
         cdef int32_t r, nr = nrows[0]
         for r in range(nr - 1, -1, -1):
             if (self.key_g[r] == g and self.key_t[r] == t and self.key_ex[r] == ex
-                    and (self.key_aux[r] == aux or (aux != aux and self.key_aux[r] != self.key_aux[r]))):
+                    and (self.key_aux[r] == aux
+                         or (aux != aux and self.key_aux[r] != self.key_aux[r]))):
                 return r
         r = nr
         nrows[0] = nr + 1
@@ -1074,14 +1049,11 @@ cdef class Stepper:
         cdef double *row
         if self.clip_mode == 1:
             c = self.clipnorm
-            with nogil:
-                fo_sumsq(&eng.plan, 0, self.dbuf, eng.dscratch, nthreads)
+            eng._norms(0, nthreads, self.dbuf)
             for i in range(self.n):
                 if eng.tensors[i].grad == NULL:
                     continue
-                nrm = sqrt(self.dbuf[i])
-                if nrm == INFINITY:
-                    nrm = fo_norm_scaled(&eng.plan, <int32_t>i, 0)
+                nrm = self.dbuf[i]
                 # c/max(norm, c), NaN-propagating: NaN norms give NaN, inf gives 0
                 f = 1.0 if nrm <= c else c / nrm
                 if f != 1.0:

@@ -137,6 +137,7 @@ class Optimizer(Options):
     #: Conventions in which ``check`` has anything to say about scheduled values.
     check_conventions: "tuple[str, ...]" = ()
     conventions: "tuple[str, ...]" = ()
+    _hp_order: "tuple[str, ...]" = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -154,6 +155,8 @@ class Optimizer(Options):
                             f"for kernel {cls.kernel!r}, whose scalar function "
                             f"(csrc/kernels/{cls.kernel}.c, FO_KERNEL_HP) reads "
                             f"{list(reads)}: make the two lists the same, in the same order")
+        # the values a group hands the engine: the kernel's, then the engine's own
+        cls._hp_order = reads + ("weight_decay",)
         if cls.__module__.startswith("fastopt."):
             REGISTRY[cls.__name__] = cls
 
@@ -305,7 +308,7 @@ class Optimizer(Options):
         self._check_group(group, f"param group {gi}: ")
         self._check_state_layout(gi, group)
         values, scheduled = [], []
-        for j, key in enumerate(_core.kernel_hp(self.kernel) + ("weight_decay",)):
+        for j, key in enumerate(self._hp_order):
             value = group.get(key, 0.0)
             if is_schedule(value):
                 scheduled.append((value, j, key, self.hyper[key]))
@@ -342,8 +345,7 @@ class Optimizer(Options):
                          f"setting (or set it back); nothing was changed")
 
     def _cross_check(self, gi, step):
-        hp = dict(zip(_core.kernel_hp(self.kernel) + ("weight_decay",),
-                      self._stepper.group_values(gi)))
+        hp = dict(zip(self._hp_order, self._stepper.group_values(gi)))
         self.check(hp, f"schedule value at step {step}: ")
 
     def _configure(self):
@@ -360,18 +362,16 @@ class Optimizer(Options):
 
     def hyperparameters(self, group=0, step=None):
         """The group's hyper-parameters as floats (bools as bools), schedules
-        evaluated at ``step`` (default: the step the next update reads)."""
+        evaluated at ``step`` (default: the step the next update reads) and
+        checked as a step checks them."""
         g = self.param_groups[group]
-        step = self._stepper.schedule_step if step is None else step
-        hp = {}
-        for key, value in g.items():
-            if key == "params":
-                continue
-            if is_schedule(value):
-                value = float(value(step))
-                check_value(self.hyper[key], key, value, f"schedule value at step {step}: ")
-            hp[key] = value if self.hyper[key].kind is bool else float(value)
-        return hp
+        with self._lock:
+            self._sync(group)
+            step = self._stepper.schedule_step if step is None else step
+            values = dict(zip(self._hp_order, self._stepper.evaluate(group, step)))
+        return {key: (bool(value) if self.hyper[key].kind is bool else
+                      values[key] if is_schedule(value) else float(value))
+                for key, value in g.items() if key != "params"}
 
     current_hyperparameters = hyperparameters
 

@@ -11,9 +11,7 @@ import math
 
 from ._hyper import (CONVENTIONS, HP, NONNEG, NONPOS, POSITIVE, UNIT, UNIT_OPEN,  # noqa: F401
                      ParamGroup, is_schedule)
-from ._statedict import check_counter as _check_counter  # noqa: F401
-from ._statedict import check_schedule_states as _check_schedule_states  # noqa: F401
-from .optimizer import REGISTRY, Optimizer, _live_optimizers  # noqa: F401
+from .optimizer import REGISTRY, Optimizer  # noqa: F401
 
 BETAS: "dict[str, tuple[tuple[str, ...], str]]" = {"betas": (("beta_1", "beta_2"), "(b1, b2)")}
 
