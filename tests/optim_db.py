@@ -23,6 +23,8 @@ the class does not say about itself:
   configurations run against ``torch.optim`` itself (fastopt's keyword names;
   :meth:`OptimizerInfo.torch_kwargs` translates them);
 * ``decoupled_always``: weight decay is decoupled in every convention (AdamW).
+* ``frozen``: what else a learning rate of 0 needs to leave the weights as
+  they are (Rprop: its step sizes also have a floor, ``step_size_min``).
 
 A new optimizer needs one entry here and its rule functions in
 ``tests/reference.py``; ``tests/test_optim_db.py`` fails until both exist.
@@ -54,7 +56,7 @@ class OptimizerInfo:
 
     def __init__(self, name, *, rules, initial_state, cases, golden=(), golden_missing=None,
                  stateful=None, torch_name=None, keras_name=None, torch_cases=(),
-                 torch_renames=None, decoupled_always=False):
+                 torch_renames=None, decoupled_always=False, frozen=None):
         self.name = name
         self.rules = dict(rules)
         self.initial_state = initial_state
@@ -67,6 +69,7 @@ class OptimizerInfo:
         self.torch_cases = list(torch_cases)
         self.torch_renames = dict(TORCH_KWARG_NAMES, **(torch_renames or {}))
         self.decoupled_always = decoupled_always
+        self.frozen = dict(frozen or {})
 
     def __repr__(self):
         return f"OptimizerInfo({self.name!r})"
@@ -415,6 +418,8 @@ optim_db = [
         ],
         torch_name="Rprop",
         torch_cases=[{}],
+        # lr only starts the step sizes, which then grow to step_size_min (as in torch)
+        frozen={"step_size_min": 0.0},
     ),
 ]
 

@@ -362,13 +362,13 @@ def test_negative_and_zero_learning_rates(name):
             TALLY["inputs_tried"] += 1
             TALLY["failures_survived"] += 1
         # lr = 0 is valid where the update is a multiple of lr (a frozen model), and
-        # refused clearly where the formula divides by it.  Rprop's lr only starts its
-        # step sizes, which then grow to step_size_min (as in torch): frozen with that 0.
+        # refused clearly where the formula divides by it (with what else an optimizer
+        # needs to be frozen: optim_db's ``frozen``)
         w = np.linspace(-1, 1, 5)
         w0 = w.copy()
-        frozen = {"step_size_min": 0.0} if name == "Rprop" else {}
         try:
-            opt = build(name, [w], convention=conv, learning_rate=0.0, **frozen)
+            opt = build(name, [w], convention=conv, learning_rate=0.0,
+                        **optim_db.info(name).frozen)
         except ValueError as e:
             assert "learning_rate" in str(e), str(e)
             continue
