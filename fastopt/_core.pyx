@@ -453,6 +453,16 @@ cdef class Engine:
                                 f"or a plain ndarray")
             a = <cnp.ndarray>g
             if cnp.PyArray_TYPE(a) != self.typenums[i] or not cnp.PyArray_ISNOTSWAPPED(a):
+                if g.dtype.kind == "f" and g.dtype.itemsize in (4, 8) and g.dtype.isnative:
+                    # float32 <-> float64: the model's weights were likely converted
+                    # (model.double()), which leaves the optimizer on the old arrays
+                    raise TypeError(
+                        f"grads[{i}]: expected dtype {self.params[i].dtype} (the dtype of "
+                        f"params[{i}]); got {g.dtype!r}. If the parameters were converted "
+                        f"after the optimizer was built (model.double(), .float(), "
+                        f"astype), the optimizer still updates the old arrays: build a new "
+                        f"optimizer over the new parameters. Otherwise compute the grad in "
+                        f"the param's dtype (or cast it: g.astype(p.dtype))")
                 raise TypeError(f"grads[{i}]: expected dtype {self.params[i].dtype} (the dtype of "
                                 f"params[{i}]); got {g.dtype!r}. Cast it with "
                                 f"g.astype(p.dtype) or compute the grad in the param's dtype")
@@ -704,7 +714,7 @@ cdef class Stepper:
     cdef double *aux_g
     cdef char *excluded
     cdef int convention
-    cdef bint per_param, sched_calls
+    cdef bint per_param, sched_calls, refuse_no_grads
     cdef list groups
     cdef list gsched             # per group: list of (fn, j, key, spec, lo, lo_closed, hi, hi_closed)
     cdef object sync
@@ -734,7 +744,8 @@ cdef class Stepper:
         self.acc_data = NULL
 
     def __init__(self, Engine engine, list groups, list group_of, int convention,
-                 bint per_param, bint sched_calls, sync, Engine ema=None, list accum=None):
+                 bint per_param, bint sched_calls, sync, Engine ema=None, list accum=None,
+                 *, bint refuse_no_grads=False):
         cdef Py_ssize_t i
         self.engine = engine
         self.info = engine.info
@@ -750,6 +761,7 @@ cdef class Stepper:
         self.convention = convention
         self.per_param = per_param
         self.sched_calls = sched_calls
+        self.refuse_no_grads = refuse_no_grads
         self.sync = _weakref.WeakMethod(sync)
         self.cross_check = None
         self.ema = ema
@@ -972,7 +984,8 @@ cdef class Stepper:
         cdef double v
         cdef list entries = <list>self.gsched[gi]
         for e in entries:
-            v = float((<tuple>e)[0](step))
+            r = (<tuple>e)[0](step)
+            v = r if type(r) is float else _schedule_float(r, (<tuple>e)[2], step)
             if not isfinite(v):
                 raise ValueError(f"{(<tuple>e)[2]} evaluated to {v!r} at step {step}; "
                                  f"hyper-parameters must be finite")
@@ -1119,6 +1132,10 @@ cdef class Stepper:
         cdef fo_ctx ctx
         cdef bint keep_aux
         try:
+            if not active and self.refuse_no_grads and self.n:
+                raise ValueError(f"No gradients provided for any variable: all {self.n} grads "
+                                 f"are None, and Keras 3 refuses such a step (the torch "
+                                 f"convention skips every parameter). Nothing was changed")
             if self.ema is not None:
                 self.ema._check_arrays()    # before the update, not after it
             if self.skip_nonfinite and active:
@@ -1207,6 +1224,16 @@ cdef class Stepper:
             fo_step(&e.plan, e.kernel, row, nthreads)
         for i in range(e.n):
             e.tensors[i].grad = NULL
+
+
+cdef double _schedule_float(object r, str key, int64_t step) except? -1.0:
+    """A schedule's value as a float: a number (a NumPy or 0-d array scalar
+    too), never a string (float("0.1") would parse it) or a bool."""
+    if isinstance(r, (str, bytes, bool, np.bool_)) or not (
+            hasattr(r, "__float__") or hasattr(r, "__index__")):
+        raise TypeError(f"{key}: the schedule returned {r!r:.60} ({type(r).__name__}) at step "
+                        f"{step}; a schedule must return a number (a float)")
+    return float(r)
 
 
 cdef int _check_scheduled(tuple e, double v, int64_t step) except -1:

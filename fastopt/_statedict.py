@@ -6,6 +6,8 @@ the kernel) and returns a function that applies it and cannot fail, so a
 refused load leaves the optimizer as it was.
 """
 import copy
+import json
+import warnings
 
 import numpy as np
 
@@ -26,12 +28,15 @@ def check_counter(value, name):
                      f"Pass a state written by state_dict() (or fastopt.save)")
 
 
-def iter_schedules(opt):
+def iter_schedules(opt, hyper=None):
+    """``(path, schedule)`` of every schedule among the optimizer's
+    hyper-parameters (or among ``hyper = (defaults, overrides)``)."""
     from ._hyper import is_schedule
-    for key, value in opt._defaults.items():
+    defaults, overrides = hyper or (opt._defaults, opt._overrides)
+    for key, value in defaults.items():
         if is_schedule(value):
             yield f"defaults.{key}", value
-    for gi, over in enumerate(opt._overrides):
+    for gi, over in enumerate(overrides):
         for key, value in over.items():
             if is_schedule(value):
                 yield f"group{gi}.{key}", value
@@ -41,10 +46,10 @@ def schedule_states(opt):
     return {path: s.state_dict() for path, s in iter_schedules(opt) if hasattr(s, "state_dict")}
 
 
-def check_schedule_states(opt, states):
+def check_schedule_states(opt, states, hyper=None):
     """Refuse schedule state that does not fit: loaded into a copy of each
     schedule first, so a bad entry raises before anything is restored."""
-    mine = {path: s for path, s in iter_schedules(opt) if hasattr(s, "state_dict")}
+    mine = {path: s for path, s in iter_schedules(opt, hyper) if hasattr(s, "state_dict")}
     extra = set(states) - set(mine)
     if extra:
         raise ValueError(f"state carries schedule state for {sorted(extra)}, which this "
@@ -60,12 +65,12 @@ def check_schedule_states(opt, states):
 
 
 def load_schedule_states(opt, states):
-    for path, sched in iter_schedules(opt):
+    for path, sched in iter_schedules(opt, None):
         if path in states and hasattr(sched, "load_state_dict"):
             sched.load_state_dict(states[path])
 
 
-def build(opt):
+def build(opt, config=True):
     s = opt._stepper
     extra = {"micro_steps": int(opt.micro_steps), "skipped_steps": int(s.skipped)}
     if opt._ema is not None:
@@ -77,7 +82,7 @@ def build(opt):
     return {
         "format_version": 1,
         "class": type(opt).__name__,
-        "config": opt.get_config(),
+        **({"config": opt.get_config()} if config else {}),
         "iterations": int(s.iterations),
         "steps": s.get_steps(),
         "shapes": [list(p.shape) for p in opt._params],
@@ -130,8 +135,114 @@ def _check_extra(opt, extra):
     return out
 
 
-def check(opt, sd):
-    """Validate ``sd`` completely; return a function that applies it and cannot fail."""
+# ---- the hyper-parameters a state holds ----------------------------------------------
+
+POLICIES = ("checkpoint", "optimizer")
+
+
+def _comparable(value):
+    """A value as it can be compared with a checkpoint's config entry."""
+    from . import schedules
+    from ._hyper import is_schedule
+    if is_schedule(value):
+        try:
+            value = schedules.serialize(value)
+        except TypeError:
+            return ("callable", id(value))
+    if isinstance(value, dict) and "class_name" in value:
+        return ("schedule", value.get("class_name"),
+                json.dumps(value.get("config"), sort_keys=True, default=repr))
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def _raw_hyper(opt, config):
+    """Per group, the hyper-parameters as the config gives them (serialized)."""
+    defaults = {k: config[k] for k in opt._defaults if k in config}
+    entries = config.get("param_groups")
+    if entries is None:
+        entries = [{}] * len(opt.param_groups)
+    if not isinstance(entries, list) or len(entries) != len(opt.param_groups) or not all(
+            isinstance(e, dict) for e in entries):
+        n = len(entries) if isinstance(entries, list) else type(entries).__name__
+        raise ValueError(f"config.param_groups: {n} groups; this optimizer has "
+                         f"{len(opt.param_groups)}. Build it with the param groups it was "
+                         f"saved with (or add them with add_param_group)")
+    return defaults, [{k: v for k, v in e.items() if k in opt._defaults} for e in entries]
+
+
+def _differs(opt, raw):
+    defaults, overrides = raw
+    for gi, (group, over) in enumerate(zip(opt.param_groups, overrides)):
+        for key in opt._defaults:
+            theirs = over.get(key, defaults.get(key))
+            if theirs is not None and _comparable(group[key]) != _comparable(theirs):
+                return key
+    return None
+
+
+def checkpoint_hyper(opt, raw):
+    """``(defaults, overrides)`` rebuilt from a checkpoint's config and checked
+    against ``opt`` (ranges, rules across fields, state arrays) without changing
+    it.  Where the checkpoint holds the schedule the optimizer already has (same
+    class and config) the optimizer's own object is kept, so a ReduceOnPlateau
+    the user reports to stays the one that drives the optimizer."""
+    from . import schedules
+
+    def rebuild(v, where):
+        if not (isinstance(v, dict) and "class_name" in v):
+            return v
+        try:
+            return schedules.deserialize(v)
+        except Exception as e:     # crafted metadata may fail any way
+            raise ValueError(f"config.{where}: cannot rebuild the schedule "
+                             f"({type(e).__name__}: {e})") from e
+
+    def keep_mine(mine, theirs):
+        return mine if _comparable(mine) == _comparable(theirs) else theirs
+
+    raw_defaults, raw_overrides = raw
+    defaults = dict(opt._defaults)
+    for key, v in raw_defaults.items():
+        defaults[key] = keep_mine(opt._defaults[key], rebuild(v, key))
+    overrides = []
+    for gi, (over, mine) in enumerate(zip(raw_overrides, opt._overrides)):
+        group = opt.param_groups[gi]
+        overrides.append({k: keep_mine(group[k], rebuild(v, f"param_groups[{gi}].{k}"))
+                          for k, v in over.items()})
+    try:
+        opt._check_group(defaults, "checkpoint hyper-parameters: ")
+        for gi, over in enumerate(overrides):
+            cand = dict(defaults, **over, params=opt.param_groups[gi]["params"])
+            opt._check_group(cand, f"checkpoint hyper-parameters, param group {gi}: ")
+            opt._check_state_layout(gi, cand)
+    except TypeError as e:
+        raise ValueError(str(e)) from e
+    return defaults, overrides
+
+
+def _apply_hyper(opt, hyper):
+    defaults, overrides = hyper
+    opt._defaults.clear()
+    opt._defaults.update(defaults)
+    for gi, (group, over) in enumerate(zip(opt.param_groups, overrides)):
+        opt._overrides[gi] = dict(over)
+        group._set(dict(defaults, **over))
+
+
+def check(opt, sd, hyperparameters=None):
+    """Validate ``sd`` completely; return a function that applies it and cannot fail.
+
+    ``hyperparameters``: ``"checkpoint"`` restores the hyper-parameters ``sd``
+    holds (its config), ``"optimizer"`` keeps the optimizer's; None: the
+    convention's choice (torch restores, Keras keeps)."""
+    explicit = hyperparameters is not None
+    policy = hyperparameters if explicit else opt._conv.load_hyperparameters
+    if policy not in POLICIES:
+        raise ValueError(f"hyperparameters must be 'checkpoint' (restore the saved "
+                         f"hyper-parameters), 'optimizer' (keep the optimizer's) or None "
+                         f"(the convention's choice); got {hyperparameters!r}")
     if not isinstance(sd, dict) or sd.get("format_version") != 1:
         version = sd.get("format_version") if isinstance(sd, dict) else None
         raise ValueError(f"not a fastopt optimizer state: format_version 1 expected, got "
@@ -198,10 +309,25 @@ def check(opt, sd):
     sched_states = sd.get("schedules") or {}
     if not isinstance(sched_states, dict):
         raise ValueError(f"schedules: expected a dict; got {type(sched_states).__name__}")
-    check_schedule_states(opt, sched_states)
     extra = _check_extra(opt, sd.get("extra", {}))
+    raw = _raw_hyper(opt, config) if config else None
+    hyper = checkpoint_hyper(opt, raw) if raw is not None and policy == "checkpoint" else None
+    differs = _differs(opt, raw) if raw is not None and not explicit else None
+    if hyper is not None:
+        check_schedule_states(opt, sched_states, hyper)
+    else:
+        check_schedule_states(opt, sched_states)
 
     def apply():
+        if differs is not None:
+            kept = "restored from the state" if hyper is not None else "kept the optimizer's"
+            warnings.warn(
+                f"the state's hyper-parameters differ from this optimizer's (first: "
+                f"{differs!r}); the {opt._conv.library} convention {kept}. Pass "
+                f"hyperparameters='checkpoint' or 'optimizer' to choose (and silence this)",
+                UserWarning, stacklevel=3)
+        if hyper is not None:
+            _apply_hyper(opt, hyper)
         for mine, theirs in zip(opt._state, state):
             for a, b in zip(mine, theirs):
                 np.copyto(a, np.asarray(b))

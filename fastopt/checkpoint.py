@@ -11,6 +11,10 @@ metadata is read first, then only the ``.npy`` headers of the arrays it
 names, and array data only once every header agrees with the size the zip
 directory gives its member and with what the caller expects.  A member the
 metadata does not name is refused unread.
+
+``save(..., extra={...})`` stores the caller's own metadata (epoch, data
+position, RNG state) with the same rules: plain JSON values and numeric
+arrays, never pickle; :func:`load` returns it.
 """
 import json
 import math
@@ -23,6 +27,7 @@ import numpy as np
 
 FORMAT_VERSION = 1
 _META = "__fastopt_meta__"
+_USER = "user_extra"      # the state-dict key of save(..., extra=...)
 
 
 def _encode(obj, arrays, prefix):
@@ -106,23 +111,70 @@ def write_atomic(path, mode, write):
         os.close(dfd)
 
 
-def save(path, optimizer, include_params=True):
+def _encode_extra(obj, arrays, where):
+    """The caller's metadata as JSON with each array moved into ``arrays``
+    (members ``u/0``, ``u/1``, ...); anything that would need pickle is refused."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf" or not obj.dtype.isnative:
+            raise TypeError(f"extra{where}: a {obj.dtype} array; a checkpoint holds numeric "
+                            f"arrays (bool, int, uint, float) in native byte order only")
+        name = f"u/{sum(k.startswith('u/') for k in arrays)}"
+        arrays[name] = np.ascontiguousarray(obj)
+        return {"__array__": name}
+    if isinstance(obj, (list, tuple)):
+        return [_encode_extra(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"extra{where}: key {k!r} is not a string; JSON keys are "
+                                f"strings (convert it, e.g. str(k))")
+            out[k] = _encode_extra(v, arrays, f"{where}[{k!r}]")
+        if set(out) == {"__array__"}:
+            raise ValueError(f"extra{where}: a dict whose only key is '__array__' is the "
+                             f"checkpoint's array reference; rename the key")
+        return out
+    raise TypeError(f"extra{where}: {type(obj).__name__} cannot be saved without pickle, "
+                    f"which checkpoints never use (a checkpoint may be read from anyone). "
+                    f"Use None, bool, int, float, str, lists, dicts with string keys and "
+                    f"numeric NumPy arrays; for a NumPy Generator save "
+                    f"rng.bit_generator.state (a dict)")
+
+
+def save(path, optimizer, include_params=True, extra=None):
     """Write ``optimizer``'s state (and its parameters unless
-    ``include_params=False``) to ``path`` atomically."""
+    ``include_params=False``) to ``path`` atomically.
+
+    ``extra``: the caller's own metadata (epoch, position in the data, RNG
+    state...), a dict with string keys of plain values (None, bool, int,
+    float, str, lists, dicts) and numeric NumPy arrays, stored without pickle
+    and returned by :func:`load` (tuples come back as lists).  Anything else
+    raises ``TypeError`` before the file is touched."""
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra must be a dict (or None); got {type(extra).__name__}")
+    user_arrays = {}
+    user = _encode_extra(extra, user_arrays, "") if extra is not None else None
     # one lock for state and params: a step from another thread cannot land between them
     with optimizer.lock:
         sd = optimizer.state_dict()
         if include_params:
             sd["params"] = [p.copy() for p in optimizer.params]
-    write(path, sd)
+    if user is not None:
+        sd[_USER] = user
+    write(path, sd, user_arrays)
 
 
-def write(path, sd):
+def write(path, sd, extra_arrays=None):
     """Write the state dict ``sd`` (as :meth:`Optimizer.state_dict` returns it,
     with a ``"params"`` list of arrays if it is to restore parameters) to
-    ``path`` atomically, as :func:`save` does."""
+    ``path`` atomically, as :func:`save` does.  ``extra_arrays``: members
+    already referenced from ``sd`` as ``{"__array__": name}``."""
     path = os.fspath(path)
-    arrays = {}
+    arrays = dict(extra_arrays or {})
     meta = _encode(sd, arrays, "a")
     meta["checkpoint_version"] = FORMAT_VERSION
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -277,28 +329,41 @@ def read_headers(path):
     return _read(path, None, False)
 
 
-def load(path, optimizer):
+def load(path, optimizer, hyperparameters=None):
     """Restore ``optimizer`` (and its parameters, if the file has them) from
-    ``path``.  Any mismatch raises ``ValueError`` and leaves optimizer and
-    parameters as they were."""
+    ``path``; return the ``extra`` dict given to :func:`save` (``{}`` if none).
+    Any mismatch raises ``ValueError`` and leaves optimizer and parameters as
+    they were.
+
+    ``hyperparameters``: ``"checkpoint"`` restores the saved hyper-parameters
+    (learning rate, betas, ... of every param group, schedules included) as
+    torch's ``load_state_dict`` does; ``"optimizer"`` keeps the optimizer's
+    own, as Keras does.  None (the default) follows the optimizer's
+    convention: torch restores, Keras keeps; when the two differ a
+    ``UserWarning`` says which was done (passing the keyword silences it)."""
     path = os.fspath(path)
     # shapes and dtypes are compared with the optimizer's before any array data is read
-    sd = read(path, expect=lambda sd: _check(path, optimizer, sd))
+    sd = read(path, expect=lambda sd: _check(path, optimizer, sd, hyperparameters))
     with optimizer.lock:
-        apply, params = _check(path, optimizer, sd)
+        apply, params = _check(path, optimizer, sd, hyperparameters)
         # everything is checked: from here on nothing can fail half-way
         apply()
         if params is not None:
             for p, q in zip(optimizer.params, params):
                 np.copyto(p, q)
+    user = sd.get(_USER)
+    return user if isinstance(user, dict) else {}
 
 
-def _check(path, optimizer, sd):
+def _check(path, optimizer, sd, hyperparameters=None):
     """Validate the checkpoint ``sd`` read from ``path`` against ``optimizer``
     without changing anything; returns the function that applies its state and
     the params to copy (None if it has none)."""
     sd = dict(sd)
     params = sd.pop("params", None)
+    user = sd.pop(_USER, None)
+    if user is not None and not isinstance(user, dict):
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({_USER} is not a dict)")
     mine = optimizer.params
     if params is not None:
         if not isinstance(params, list) or len(params) != len(mine):
@@ -319,7 +384,7 @@ def _check(path, optimizer, sd):
                                  f"writeable (params[{i}].flags.writeable = True) and load "
                                  f"again")
     try:
-        apply = optimizer.check_state_dict(sd)
+        apply = optimizer.check_state_dict(sd, hyperparameters)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     except (TypeError, AttributeError, OverflowError, RecursionError) as e:

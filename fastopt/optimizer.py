@@ -16,8 +16,8 @@ from typing import Mapping
 import numpy as np
 
 from . import _core, _statedict, _threads
-from ._hyper import (CONVENTIONS, HP, NONNEG, ParamGroup, check_range, check_value, group_names,
-                     is_schedule, split_param_groups)
+from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, ParamGroup, check_range, check_value,
+                     group_names, is_schedule, split_param_groups, step_callable)
 from ._options import Options
 
 _GLOBAL_ALIASES = {"lr": "learning_rate", "eps": "epsilon"}
@@ -27,6 +27,65 @@ REGISTRY: "dict[str, type[Optimizer]]" = {}
 # Optimizers (and sharded ones) whose locks a forked child must replace: a lock
 # held by another thread at the fork would stay held forever in the child.
 _live_optimizers: "weakref.WeakSet[object]" = weakref.WeakSet()
+
+
+_known_cache: "list[object]" = [None, frozenset()]
+
+
+def _known_names():
+    """Every hyper-parameter name and alias of any optimizer: an attribute of
+    one of these names that an optimizer lacks is refused, not created."""
+    if _known_cache[0] != len(REGISTRY):
+        names = set(_GLOBAL_ALIASES)
+        for cls in REGISTRY.values():
+            names.update(cls._attribute_names)
+        _known_cache[:] = [len(REGISTRY), frozenset(names)]
+    return _known_cache[1]
+
+
+class _HyperAttribute:
+    """``opt.<hyper-parameter>``: the optimizer-wide value (a float, bool or
+    schedule); assigning it is checked like the keyword and applies from the
+    next step to every param group that does not set its own.  Made from the
+    class's ``hyper`` table for every name and alias."""
+
+    def __init__(self, key, names=None):
+        self.key = key              # the name as given
+        self.names = names          # a tuple alias: the names it stands for
+
+    def __set_name__(self, owner, name):
+        self.key = name
+
+    def __get__(self, opt, cls=None):
+        if opt is None:
+            return self
+        if self.names is not None:
+            return tuple(opt._hyper_value(n, self.key) for n in self.names)
+        return opt._hyper_value(opt._canonical(self.key), self.key)
+
+    def __set__(self, opt, value):
+        opt._set_hyper({self.key: value})
+
+
+def _tuple_parts(key, value, names, form, where):
+    try:
+        parts = tuple(value)
+    except TypeError:
+        parts = None
+    if parts is None or len(parts) != len(names):
+        raise ValueError(f"{where}{key} must be a tuple {form} of {len(names)} values (for "
+                         f"{', '.join(names)}); got {value!r}")
+    return parts
+
+
+def _check_param(p, i):
+    mod = type(p).__module__.split(".")[0]
+    if mod == "torch" and not isinstance(p, np.ndarray):
+        raise TypeError(f"params[{i}]: a {type(p).__module__}.{type(p).__name__}; fastopt "
+                        f"updates NumPy arrays in place. Pass p.detach().numpy() (for a CPU "
+                        f"tensor: a view sharing the tensor's memory, so the update reaches "
+                        f"the model) and the grads as p.grad.numpy()")
+    _core.check_param(p, i)
 
 
 def _renew_locks_after_fork():
@@ -138,12 +197,14 @@ class Optimizer(Options):
     check_conventions: "tuple[str, ...]" = ()
     conventions: "tuple[str, ...]" = ()
     _hp_order: "tuple[str, ...]" = ()
+    _attribute_names: "frozenset[str]" = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "hyper" in cls.__dict__:
             cls.hyper = dict(cls.hyper)
             cls.hyper.setdefault("weight_decay", HP(0.0, check=NONNEG, kernel=False))
+        cls._install_attributes()
         if cls.kernel is None:
             return
         cls.conventions = tuple(c for c in CONVENTIONS
@@ -159,6 +220,27 @@ class Optimizer(Options):
         cls._hp_order = reads + ("weight_decay",)
         if cls.__module__.startswith("fastopt."):
             REGISTRY[cls.__name__] = cls
+
+    @classmethod
+    def _install_attributes(cls):
+        """An attribute per hyper-parameter and alias (see :class:`_HyperAttribute`)."""
+        names = {k: None for k in cls.hyper}
+        for alias, name in _GLOBAL_ALIASES.items():
+            if name in cls.hyper:
+                names[alias] = None
+        for h in cls.hyper.values():
+            names.update(dict.fromkeys(h.aliases))
+        for key, (parts, _) in cls.tuple_aliases.items():
+            names[key] = tuple(parts)
+        for name, parts in names.items():
+            for klass in cls.__mro__:
+                held = klass.__dict__.get(name)
+                if held is not None and not isinstance(held, _HyperAttribute):
+                    raise TypeError(f"{cls.__name__}: the hyper-parameter (or alias) {name!r} "
+                                    f"would hide {klass.__name__}.{name}; rename it")
+            if not isinstance(cls.__dict__.get(name), _HyperAttribute):
+                setattr(cls, name, _HyperAttribute(name, parts))
+        cls._attribute_names = frozenset(names)
 
     @classmethod
     def defaults(cls, convention):
@@ -190,13 +272,9 @@ class Optimizer(Options):
         self.name = name or cls.__name__.lower()
         defaults = cls.defaults(convention)
         hyper["weight_decay"] = weight_decay
-        for key, value in self._resolve_aliases(hyper).items():
-            if value is None:
-                continue
-            if key not in defaults:
-                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument "
-                                f"{key!r}; known: {', '.join(sorted(defaults))}")
-            defaults[key] = value
+        given = [(k, v) for k, v in hyper.items() if v is not DEFAULT and
+                 (v is not None or self._spec(k).none_refused)]
+        defaults.update(self._canonical_items(given, "", f"{cls.__name__}()"))
         if decoupled_weight_decay is None:
             decoupled_weight_decay = conv.decoupled_weight_decay or cls.decoupled_only
         # step, state_dict and load_state_dict are serialised: two threads stepping one
@@ -213,50 +291,106 @@ class Optimizer(Options):
                           skip_nonfinite=skip_nonfinite)
         self._check_group(defaults, "")
         self._defaults = defaults
+        if not isinstance(params, np.ndarray):
+            params = list(params)
+        if isinstance(params, list) and not params:
+            raise ValueError(f"{cls.__name__}() got an empty parameter list: pass the arrays "
+                             f"to optimize (torch.optim refuses an empty list too)")
+        groups = split_param_groups(params)
+        self.param_groups, self._overrides = [], []
+        self._params, self._param_names, self._state, self._group_state = [], [], [], []
+        self._ema = [] if self._opt_use_ema else None
+        self._accum = [] if self._opt_gradient_accumulation_steps else None
+        self._wd_rule = ((), ())
+        self._wd_excluded = frozenset()
+        self._stepper = None
+        self._add_groups(groups)
 
-        self.param_groups, self._overrides, flat, pnames = [], [], [], []
-        for gi, (plist, over) in enumerate(split_param_groups(params)):
-            over = {self._canonical(k): v for k, v in over.items()}
-            pnames.extend(group_names(over, len(plist), gi))
-            for k in over:
-                if k not in defaults:
-                    raise TypeError(f"param group {gi}: unknown hyper-parameter {k!r}; known: "
-                                    f"{', '.join(sorted(defaults))}")
-            group = ParamGroup(defaults)
-            group.update(over)
-            self._check_group(group, f"param group {gi}: ")
-            group["params"] = plist
+    def _new_group(self, gi, plist, over, start):
+        """A checked param group (not yet added) from its params and overrides;
+        its params are numbered from ``start`` in messages."""
+        where = f"param group {gi}: "
+        names = group_names(over, len(plist), gi)
+        over = self._canonical_items(over.items(), where, f"param group {gi}")
+        group = ParamGroup(self._defaults)
+        group.update(over)
+        self._check_group(group, where)
+        group["params"] = plist
+        for k, p in enumerate(plist):
+            _check_param(p, start + k)
+        return group, over, names
+
+    def _add_groups(self, groups):
+        """Check the new groups, make their state arrays and bind everything
+        again (a new engine and stepper, counters carried over); nothing
+        changes unless all of it succeeds."""
+        n0, gi0 = len(self._params), len(self.param_groups)
+        made, start = [], n0
+        for k, (plist, over) in enumerate(groups):
+            made.append(self._new_group(gi0 + k, plist, over, start))
+            start += len(plist)
+        params, names = list(self._params), list(self._param_names)
+        state, group_state = list(self._state), list(self._group_state)
+        all_groups = self.param_groups + [g for g, _, _ in made]
+        for group, _, pnames in made:
+            params.extend(group["params"])
+            names.extend(pnames)
+            snames = self.state_names(group)
+            group_state.append((dict(group, params=list(group["params"])), snames))
+            for p in group["params"]:
+                state.append([np.full_like(p, group[self.initial[n]])
+                              if n in self.initial else np.zeros_like(p) for n in snames])
+        group_of = [gi for gi, g in enumerate(all_groups) for _ in g["params"]]
+        cls, conv = type(self), self._conv
+        engine = _core.Engine(cls.kernel, params, state)     # refuses overlapping params
+        new = params[n0:]
+        # copies, so finalize() before any step leaves the weights as they are
+        ema = None if self._ema is None else self._ema + [p.copy() for p in new]
+        accum = None if self._accum is None else self._accum + [np.zeros_like(p) for p in new]
+        stepper = _core.Stepper(engine, all_groups, group_of, conv.code, conv.per_param_steps,
+                                conv.schedule_clock_calls, self._sync,
+                                None if ema is None else
+                                _core.Engine("ema", params, [[a] for a in ema]),
+                                accum, refuse_no_grads=conv.refuse_no_grads)
+        old = self._stepper
+        if old is not None:
+            stepper.iterations, stepper.micro = old.iterations, old.micro
+            stepper.skipped = old.skipped
+            stepper.set_steps(list(old.get_steps()) + [0] * len(new))
+            aux = stepper.get_aux()
+            mine = old.get_aux()
+            stepper.set_aux(list(mine) + aux[len(mine):])
+        # from here on nothing can fail: commit
+        for group, over, _ in made:
+            group._bind(self)
             self.param_groups.append(group)
             self._overrides.append(over)
-            flat.extend(plist)
-        for i, p in enumerate(flat):
-            _core.check_param(p, i)
-        self._params, self._param_names = flat, pnames
-        self._index = {id(p): i for i, p in enumerate(flat)}
-        # the state arrays each group keeps; edits of the group must keep them valid
-        self._state, self._group_state, group_of = [], [], []
-        for gi, group in enumerate(self.param_groups):
-            names = self.state_names(group)
-            self._group_state.append((dict(group, params=list(group["params"])), names))
-            for p in group["params"]:
-                self._state.append([np.full_like(p, group[self.initial[n]])
-                                    if n in self.initial else np.zeros_like(p)
-                                    for n in names])
-                group_of.append(gi)
-        self._engine = _core.Engine(cls.kernel, flat, self._state)
-        # copies, so finalize() before any step leaves the weights as they are
-        self._ema = [p.copy() for p in flat] if self._opt_use_ema else None
-        self._accum = ([np.zeros_like(p) for p in flat]
-                       if self._opt_gradient_accumulation_steps else None)
-        ema = (None if self._ema is None else
-               _core.Engine("ema", flat, [[a] for a in self._ema]))
-        self._wd_excluded = frozenset()
-        self._stepper = _core.Stepper(self._engine, self.param_groups, group_of, conv.code,
-                                      conv.per_param_steps, conv.schedule_clock_calls,
-                                      self._sync, ema, self._accum)
+        self._params, self._param_names, self._state = params, names, state
+        self._group_state = group_state
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._engine, self._ema, self._accum, self._stepper = engine, ema, accum, stepper
         self._configure()
+        self._apply_wd_rule()
         for gi in range(len(self.param_groups)):
             self._sync(gi)
+
+    def add_param_group(self, param_group):
+        """Add a param group (torch's ``add_param_group``): ``{"params": [...],
+        <hyper-parameter>: value, ...}``, checked as the constructor checks
+        groups; keys it does not set take the optimizer-wide values.
+
+        The new parameters start with fresh state (zero moments, step count 0
+        where each parameter counts its own); the optimizer's counters carry
+        on.  :meth:`state_dict`, :func:`fastopt.save` and :meth:`get_config`
+        include the group, so a checkpoint loads into an optimizer built (or
+        extended) with the same groups.  Raises and changes nothing on bad
+        input (a parameter already in the optimizer, an unknown key, ...).
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"add_param_group expects a dict {{'params': [...], ...}}; got "
+                            f"{type(param_group).__name__}")
+        with self._lock:
+            self._add_groups(split_param_groups([param_group]))
 
     # ---- hyper-parameters ----------------------------------------------------
 
@@ -268,27 +402,121 @@ class Optimizer(Options):
                 return name
         return key
 
-    def _resolve_aliases(self, hyper):
-        """Constructor keywords by canonical name: ``lr``/``eps`` taken as
-        ``learning_rate``/``epsilon``, a table alias (``alpha``) refused next
-        to its name, a tuple alias (``betas``) split into its parts."""
-        out = {}
-        for key, value in hyper.items():
+    @classmethod
+    def _spec(cls, key):
+        return cls.hyper.get(cls._canonical(key)) or HP()
+
+    def _valid_keys(self):
+        """The names this optimizer takes, each with its aliases, for messages."""
+        out = []
+        for name in self._defaults:
+            aliases = [a for a, n in _GLOBAL_ALIASES.items() if n == name]
+            aliases += list(self.hyper[name].aliases)
+            aliases += [k for k, (parts, _) in self.tuple_aliases.items() if name in parts
+                        and all(p in self._defaults for p in parts)]
+            out.append(f"{name} ({', '.join(aliases)})" if aliases else name)
+        return ", ".join(out)
+
+    def _canonical_items(self, items, where, caller):
+        """``{canonical name: value}`` from ``(key, value)`` pairs as a user wrote
+        them: aliases taken (``lr``, ``eps``, ``alpha``), tuple aliases split
+        (``betas``), unknown names and two spellings of one name refused."""
+        known = self._defaults if hasattr(self, "_defaults") else \
+            type(self).defaults(self.convention)
+        out, given = {}, {}
+        for key, value in items:
+            if key == "params":
+                raise ValueError(f"{where}'params' cannot change after construction (the "
+                                 f"optimizer keeps state for the arrays it was built over). "
+                                 f"Use add_param_group for new arrays, or build a new "
+                                 f"optimizer; nothing was changed")
             if key in self.tuple_aliases:
                 names, form = self.tuple_aliases[key]
-                if value is not None:
-                    if any(hyper.get(k) is not None for k in names):
-                        raise TypeError(f"pass either {key}={form} or {'/'.join(names)}, "
-                                        f"not both")
-                    out.update(zip(names, value))
-                continue
-            name = self._canonical(key)
-            if (name != key and key not in _GLOBAL_ALIASES and value is not None
-                    and hyper.get(name) is not None):
-                raise TypeError(f"pass either {name} or {key} (its torch name), not both")
-            if value is not None or name not in out:
-                out[name] = value
+                pairs = zip(names, _tuple_parts(key, value, names, form, where))
+            else:
+                pairs = [(self._canonical(key), value)]
+            for name, v in pairs:
+                if name not in known:
+                    if where:
+                        raise TypeError(f"{where}unknown hyper-parameter {key!r}; valid keys: "
+                                        f"{self._valid_keys_for(known)}")
+                    raise TypeError(f"{caller} got an unexpected keyword argument {key!r}; "
+                                    f"known: {', '.join(sorted(known))}")
+                if name in given:
+                    raise TypeError(f"{where}pass either {given[name]} or {key} (two names for "
+                                    f"{name}), not both")
+                given[name] = key
+                out[name] = v
         return out
+
+    def _valid_keys_for(self, known):
+        if hasattr(self, "_defaults"):
+            return self._valid_keys()
+        return ", ".join(sorted(known))
+
+    def _hyper_value(self, name, key):
+        try:
+            return self._defaults[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no {key!r} in the "
+                                 f"{self.convention} convention") from None
+
+    def _set_hyper(self, changes):
+        """Assign optimizer-wide values (``opt.beta_1 = 0.5``): checked for the
+        optimizer and for every group that takes them, then applied from the
+        next step; on error nothing changes."""
+        with self._lock:
+            canon = self._canonical_items(changes.items(), "", type(self).__name__)
+            for key in canon:
+                if key not in self._defaults:
+                    raise AttributeError(f"{type(self).__name__} has no {key!r} in the "
+                                         f"{self.convention} convention")
+            self._check_group(dict(self._defaults, **canon), "")
+            plan = []
+            for gi, (group, over) in enumerate(zip(self.param_groups, self._overrides)):
+                mine = {k: v for k, v in canon.items() if k not in over}
+                if mine:
+                    cand = dict(group, **mine)
+                    self._check_group(cand, f"param group {gi}: ")
+                    self._check_state_layout(gi, cand)
+                    plan.append((group, mine))
+            self._defaults.update(canon)
+            for group, mine in plan:
+                group._set(mine)
+
+    def _group_index(self, group):
+        for gi, g in enumerate(self.param_groups):
+            if g is group:
+                return gi
+        raise ValueError("this param group no longer belongs to the optimizer")
+
+    def _edit_group(self, group, changes):
+        """Check an edit of a param group (see :class:`fastopt._hyper.ParamGroup`);
+        returns the changes by canonical name.  Raises, changing nothing."""
+        with self._lock:
+            gi = self._group_index(group)
+            where = f"param group {gi}: "
+            canon = self._canonical_items(changes.items(), where, "")
+            cand = dict(group, **canon)
+            self._check_group(cand, where)
+            self._check_state_layout(gi, cand)
+            self._overrides[gi].update(canon)
+            return canon
+
+    def _refuse_removal(self, group, key):
+        gi = self._group_index(group)
+        what = "its keys" if key is None else repr(key)
+        raise ValueError(f"param group {gi}: {what} cannot be removed; every hyper-parameter "
+                         f"of the group must stay (set a new value instead); nothing was "
+                         f"changed")
+
+    def __setattr__(self, name, value):
+        if (name[:1] != "_" and name in _known_names()
+                and not hasattr(type(self), name)):
+            raise AttributeError(f"{type(self).__name__} has no hyper-parameter {name!r}, so "
+                                 f"setting it would do nothing; its hyper-parameters: "
+                                 f"{self._valid_keys()}")
+        object.__setattr__(self, name, value)
 
     def _check_group(self, group, where):
         """Type and range of every value (schedules are checked per step), then
@@ -311,7 +539,7 @@ class Optimizer(Options):
         for j, key in enumerate(self._hp_order):
             value = group.get(key, 0.0)
             if is_schedule(value):
-                scheduled.append((value, j, key, self.hyper[key]))
+                scheduled.append((step_callable(value), j, key, self.hyper[key]))
                 value = 0.0
             values.append(float(value))
         self._stepper.set_group(gi, values, scheduled, len(self.state_names(group)),
@@ -381,21 +609,6 @@ class Optimizer(Options):
     def params(self):
         """The parameters, in the order their grads are expected."""
         return list(self._params)
-
-    @property
-    def learning_rate(self):
-        """The optimizer-wide learning rate: a float or a schedule."""
-        return self._defaults["learning_rate"]
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        self._check_group(dict(self._defaults, learning_rate=value), "")
-        self._defaults["learning_rate"] = value
-        for group, over in zip(self.param_groups, self._overrides):
-            if "learning_rate" not in over:
-                group["learning_rate"] = value
-
-    lr = learning_rate
 
     @property
     def state(self):
@@ -493,24 +706,35 @@ class Optimizer(Options):
         exclusion; call with no arguments to clear it.  Takes effect at the
         next step.
         """
-        excluded = set()
+        ids = []
         for k, v in enumerate(var_list or ()):
             i = self._index.get(id(v))
             if i is None or self._params[i] is not v:
                 raise ValueError(f"var_list[{k}] is not a parameter of this optimizer; pass "
                                  f"the same array objects as at construction")
-            excluded.add(i)
+            ids.append(i)
+        if var_names and isinstance(var_names, str):
+            raise TypeError("var_names must be a list of strings; got a single string: "
+                            f"pass [{var_names!r}]")
         if var_names:
-            if isinstance(var_names, str):
-                raise TypeError("var_names must be a list of strings; got a single string: "
-                                f"pass [{var_names!r}]")
-            pattern = re.compile("|".join(sorted(set(var_names))))
+            re.compile("|".join(var_names))     # a bad pattern raises before anything changes
+        with self._lock:
+            self._wd_rule = (tuple(ids), tuple(sorted(set(var_names or ()))))
+            self._apply_wd_rule()
+
+    def _apply_wd_rule(self):
+        """Hand the exclusion of :meth:`exclude_from_weight_decay` to the engine
+        (again after :meth:`add_param_group`: a new parameter whose name matches
+        is excluded too)."""
+        ids, names = self._wd_rule
+        excluded = set(ids)
+        if names:
+            pattern = re.compile("|".join(names))
             for i, n in enumerate(self._param_names):
                 if n is not None and pattern.search(n) is not None:
                     excluded.add(i)
-        with self._lock:
-            self._wd_excluded = frozenset(excluded)
-            self._stepper.set_excluded(self._wd_excluded)
+        self._wd_excluded = frozenset(excluded)
+        self._stepper.set_excluded(self._wd_excluded)
 
     def finalize(self):
         """Copy the moving averages into the parameters (``use_ema=True``; a
@@ -580,24 +804,69 @@ class Optimizer(Options):
         with self._lock:
             return _statedict.build(self)
 
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd, hyperparameters=None):
         """Restore :meth:`state_dict`.  Everything is checked first (format
         version, class, convention, shapes, dtypes, counters, schedule state);
-        a mismatch raises ``ValueError`` and leaves the optimizer as it was."""
-        with self._lock:
-            _statedict.check(self, sd)()
+        a mismatch raises ``ValueError`` and leaves the optimizer as it was.
 
-    def check_state_dict(self, sd):
+        ``hyperparameters``: what happens to the hyper-parameters ``sd`` holds
+        (learning rate, betas, ... of every param group, schedules included).
+        ``"checkpoint"`` restores them, as torch's ``load_state_dict`` restores
+        its param groups; ``"optimizer"`` keeps the ones this optimizer was
+        built (or since set) with, as Keras does (it restores variables only).
+        None (the default) follows the convention: torch restores, Keras
+        keeps; when they differ a ``UserWarning`` names the first difference
+        (passing the keyword silences it)."""
+        with self._lock:
+            _statedict.check(self, sd, hyperparameters)()
+
+    def check_state_dict(self, sd, hyperparameters=None):
         """Validate ``sd`` completely (raising ``ValueError`` as
         :meth:`load_state_dict` would); return a function that applies it and
         cannot fail.  Call both under :attr:`lock`."""
-        return _statedict.check(self, sd)
+        return _statedict.check(self, sd, hyperparameters)
+
+    # ---- copies ----------------------------------------------------------------
+
+    def __reduce__(self):
+        """``copy.deepcopy(opt)`` and ``pickle.dumps(opt)``: the constructor's
+        arguments (the parameters, the hyper-parameters as objects, schedules
+        included, the options) and :meth:`state_dict`.  A deep copy owns copies
+        of the parameters (shared with a model copied in the same ``deepcopy``
+        call) and steps independently; an unpickled optimizer continues exactly
+        as one restored from :func:`fastopt.save`."""
+        with self._lock:
+            kwargs = {"convention": self.convention, "name": self.name,
+                      "decoupled_weight_decay": self.decoupled_weight_decay,
+                      "maximize": self.maximize, "clipvalue": self.clipvalue,
+                      "num_threads": self.num_threads, **self._options_config(),
+                      **self._defaults}
+            groups, start = [], 0
+            for group, over in zip(self.param_groups, self._overrides):
+                size = len(group["params"])
+                entry = dict(over, params=list(group["params"]))
+                names = self._param_names[start:start + size]
+                if any(n is not None for n in names):
+                    entry["names"] = list(names)
+                groups.append(entry)
+                start += size
+            return (_rebuild, (type(self), groups, kwargs, _statedict.build(self, config=False),
+                               self._wd_rule))
 
     def __repr__(self):
         n = sum(p.size for p in self._params)
         return (f"{type(self).__name__}(convention={self.convention!r}, "
                 f"learning_rate={self.learning_rate!r}, params={len(self._params)} arrays / "
                 f"{n} elements, iterations={self.iterations})")
+
+
+def _rebuild(cls, groups, kwargs, sd, wd_rule):
+    opt = cls(groups, **kwargs)
+    opt.load_state_dict(sd, hyperparameters="optimizer")
+    with opt._lock:
+        opt._wd_rule = wd_rule
+        opt._apply_wd_rule()
+    return opt
 
 
 def _config_value(value, schedules):

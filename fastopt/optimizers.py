@@ -9,8 +9,8 @@ optimizer: see CONTRIBUTING.md.
 """
 import math
 
-from ._hyper import (CONVENTIONS, HP, NONNEG, NONPOS, POSITIVE, UNIT, UNIT_OPEN,  # noqa: F401
-                     ParamGroup, is_schedule)
+from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, NONPOS, POSITIVE, UNIT,  # noqa: F401
+                     UNIT_LEFT_OPEN, UNIT_OPEN, ParamGroup, is_schedule)
 from .optimizer import REGISTRY, Optimizer  # noqa: F401
 
 BETAS: "dict[str, tuple[tuple[str, ...], str]]" = {"betas": (("beta_1", "beta_2"), "(b1, b2)")}
@@ -196,10 +196,11 @@ class AdamW(Adam):
     """
 
     hyper = dict(Adam.hyper, weight_decay=HP(keras=0.004, torch=0.01, check=NONNEG,
+                                             none_refused=True,
                                              kernel=False))
     decoupled_only = True
 
-    def __init__(self, params, learning_rate=None, weight_decay=None, beta_1=None,
+    def __init__(self, params, learning_rate=None, weight_decay=DEFAULT, beta_1=None,
                  beta_2=None, epsilon=None, amsgrad=None, **kwargs):
         super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay,
@@ -546,7 +547,8 @@ class Lion(Optimizer):
     kernel = "lion"
     hyper = {
         "learning_rate": HP(keras=1e-3, check=NONNEG),
-        "beta_1": HP(keras=0.9, check=UNIT),
+        "beta_1": HP(keras=0.9, check=UNIT_LEFT_OPEN,
+                     note=" (Keras: beta_1 = 0 degenerates Lion to SignSGD)"),
         "beta_2": HP(keras=0.99, check=UNIT),
     }
     variables = ("momentum",)

@@ -122,10 +122,11 @@ def test_param_groups_override_hyperparameters():
     opt.param_groups[1]["learning_rate"] = 2.0   # torch-style edit
     opt.step([np.ones(2), np.ones(2)])
     np.testing.assert_allclose(b, -3.0)
-    opt.param_groups[1]["learning_rate"] = -2.0
     with pytest.raises(ValueError, match="param group 1: learning_rate must be >= 0"):
-        opt.step([np.ones(2), np.ones(2)])
-    np.testing.assert_allclose(b, -3.0)
+        opt.param_groups[1]["learning_rate"] = -2.0     # refused at the assignment
+    assert opt.param_groups[1]["learning_rate"] == 2.0
+    opt.step([np.ones(2), np.ones(2)])
+    np.testing.assert_allclose(b, -5.0)
 
 
 def test_param_group_errors():

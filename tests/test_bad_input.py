@@ -313,7 +313,7 @@ def test_zero_d_and_empty_params_are_allowed(name):
         only_empty = build(name, [np.zeros(0, dtype)])
         only_empty.step([np.zeros(0, dtype)])
         assert only_empty.iterations == 1
-        nothing = build(name, [])
+        nothing = build(name, [{"params": []}])     # an empty group, as torch allows
         nothing.step([])
         assert nothing.iterations == 1
         TALLY["inputs_tried"] += 4
@@ -394,43 +394,265 @@ def test_learning_rate_setter_refusals_change_nothing(name):
         assert opt.learning_rate == twin.learning_rate
 
 
+def _out_of_range(name, conv, key, bad):
+    """True when ``key=bad`` is refused by the constructor (a value legal for the
+    key is not a bad input)."""
+    try:
+        build(name, [np.ones(1)], convention=conv, **{key: bad})
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def _group_edit(opt, key, value):
+    def f():
+        opt.param_groups[0][key] = value
+    return f
+
+
+def _aliases(cls, conv):
+    """``(alias, canonical)`` for every alias the optimizer takes in ``conv``."""
+    defaults = cls.defaults(conv)
+    out = [(a, n) for a, n in (("lr", "learning_rate"), ("eps", "epsilon")) if n in defaults]
+    out += [(a, k) for k, h in cls.hyper.items() if k in defaults for a in h.aliases]
+    return out
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_group_edited_to_bad_value_refuses_next_step(name):
+def test_group_edits_refused_at_the_assignment(name):
+    """A param-group edit is checked when it is made: a bad value, an unknown or
+    misspelt key, a tuple alias of the wrong length, a removed key or new
+    params raise at once and change nothing (the group keeps its value)."""
     rng = np.random.default_rng(17)
     opt, twin, params, buf = _battery_opt(name, rng)
-    cls = type(opt)
-    for key in float_hyper(cls, opt.convention):
-        good = opt.param_groups[0][key]
-        for bad in (float("nan"), -1.0):
-            opt.param_groups[0][key] = bad
-            if bad == -1.0:
-                # a negative value is out of range for most hyper-parameters; where it is
-                # legal (none today) the step just runs, so skip the comparison then
-                try:
-                    probe = build(type(opt).__name__, [np.ones(1)], convention=opt.convention,
-                                  **{key: bad})
-                except ValueError:
-                    probe = None
-                if probe is not None:
-                    opt.param_groups[0][key] = good
-                    continue
-            _refused_then_restore(opt, twin, params, buf, good_grads(rng, params), key, good,
-                                  f"{name} group edit {key}={bad}", rng)
+    cls, conv = type(opt), opt.convention
+    group = opt.param_groups[0]
+    cases = [("no_such_key", 1.0, TypeError, ["param group 0", "unknown hyper-parameter",
+                                               "'no_such_key'", "valid keys", "learning_rate"]),
+             ("learning_rte", 0.1, TypeError, ["learning_rte", "valid keys"]),
+             ("params", [np.zeros(3)], ValueError, ["'params' cannot change",
+                                                    "add_param_group"])]
+    for key in float_hyper(cls, conv):
+        cases.append((key, float("nan"), ValueError, ["param group 0", key, "finite"]))
+        cases.append((key, "0.1", TypeError, ["param group 0", key, "float or a schedule"]))
+        if _out_of_range(name, conv, key, -1.0):
+            cases.append((key, -1.0, ValueError, ["param group 0", key, "must be"]))
+    for alias, key in _aliases(cls, conv):
+        if key in float_hyper(cls, conv):
+            cases.append((alias, float("nan"), ValueError, ["param group 0", key]))
+    for alias, (names, _) in cls.tuple_aliases.items():
+        if all(n in cls.defaults(conv) for n in names):
+            cases.append((alias, (0.5,), ValueError, [alias, "tuple", "got"]))
+            cases.append((alias, 0.5, ValueError, [alias, "tuple", "got"]))
+    for key, bad, exc_type, patterns in cases:
+        kept = dict(group)
+        _refused(opt, twin, params, buf, _group_edit(opt, key, bad), exc_type, patterns,
+                 f"{name} group edit {key}={bad!r}", rng)
+        assert dict(group) == kept
+    # two names for one hyper-parameter in one edit
+    for alias, key in _aliases(cls, conv):
+        value = opt.param_groups[0][key]
+        _refused(opt, twin, params, buf, lambda: group.update({key: value, alias: value}),
+                 TypeError, ["not both", alias, key], f"{name} group update {key}+{alias}", rng)
+    # removing a key
+    for edit in (lambda: group.pop("learning_rate"), group.popitem, group.clear,
+                 lambda: group.__delitem__("learning_rate")):
+        _refused(opt, twin, params, buf, edit, ValueError, ["param group 0", "cannot be removed",
+                                                           "nothing was changed"],
+                 f"{name} group removal", rng)
 
 
-def _refused_then_restore(opt, twin, params, buf, g, key, good, what, rng):
-    before = snapshot(opt, [buf])
-    with pytest.raises(ValueError) as exc:
-        opt.step(g)
-    _check_message(exc, [r"param group 0", key], what)
-    assert_unchanged(before, opt, [buf], what)
-    opt.param_groups[0][key] = good
-    TALLY["inputs_tried"] += 1
-    TALLY["failures_survived"] += 1
-    g = good_grads(rng, params)
-    opt.step(g)
-    twin.step([x.copy() for x in g])
-    assert_same_optimizer(opt, twin, what)
+@pytest.mark.parametrize("name", NAMES)
+def test_hyperparameter_attribute_refusals_change_nothing(name):
+    """``opt.<hyper-parameter> = value`` is checked like the keyword; the name of a
+    hyper-parameter this optimizer lacks (``opt.momentum`` on Adam) is refused
+    rather than stored where nothing reads it."""
+    from fastopt.optimizer import _known_names
+    rng = np.random.default_rng(19)
+    opt, twin, params, buf = _battery_opt(name, rng)
+    cls, conv = type(opt), opt.convention
+
+    def setter(key, v):
+        def f():
+            setattr(opt, key, v)
+        return f
+
+    for key in float_hyper(cls, conv):
+        bads = [(float("nan"), ValueError), ("0.1", TypeError)]
+        if _out_of_range(name, conv, key, -1.0):
+            bads.append((-1.0, ValueError))
+        for bad, exc_type in bads:
+            kept = getattr(opt, key)
+            _refused(opt, twin, params, buf, setter(key, bad), exc_type, [key],
+                     f"{name} opt.{key} = {bad!r}", rng)
+            assert getattr(opt, key) == kept
+    for foreign in sorted(_known_names()):
+        if not hasattr(type(opt), foreign):
+            _refused(opt, twin, params, buf, setter(foreign, 0.5), AttributeError,
+                     [f"no hyper-parameter '{foreign}'", "learning_rate"],
+                     f"{name} opt.{foreign}", rng)
+            assert foreign not in vars(opt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_spellings_of_one_hyperparameter_refused(name):
+    cls = REGISTRY[name]
+    for conv in conventions(cls):
+        for alias, key in _aliases(cls, conv):
+            value = cls.defaults(conv)[key]
+            with pytest.raises(TypeError) as exc:
+                build(name, [np.ones(2)], convention=conv, **{key: value, alias: value})
+            _check_message(exc, ["not both", alias, key], f"{name}/{conv} {key}+{alias}")
+            with pytest.raises(TypeError) as exc:
+                build(name, [{"params": [np.ones(2)], key: value, alias: value}],
+                      convention=conv)
+            _check_message(exc, ["param group 0", "not both"], f"{name}/{conv} group {alias}")
+            TALLY["inputs_tried"] += 2
+            TALLY["failures_survived"] += 2
+        for alias, (names, _) in cls.tuple_aliases.items():
+            if not all(n in cls.defaults(conv) for n in names):
+                continue
+            value = tuple(cls.defaults(conv)[n] for n in names)
+            with pytest.raises(TypeError) as exc:
+                build(name, [np.ones(2)], convention=conv, **{alias: value, names[0]: value[0]})
+            _check_message(exc, ["not both", alias], f"{name}/{conv} {alias}+{names[0]}")
+            for bad in ((value[0],), value + value[:1], 0.5):
+                with pytest.raises(ValueError) as exc:
+                    build(name, [np.ones(2)], convention=conv, **{alias: bad})
+                _check_message(exc, [alias, "tuple", "got"], f"{name}/{conv} {alias}={bad!r}")
+            TALLY["inputs_tried"] += 4
+            TALLY["failures_survived"] += 4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_parameter_list_refused(name):
+    cls = REGISTRY[name]
+    for conv in conventions(cls):
+        for empty in ([], (), iter([])):
+            with pytest.raises(ValueError) as exc:
+                build(name, empty, convention=conv)
+            _check_message(exc, ["empty parameter list"], f"{name}/{conv}")
+            TALLY["inputs_tried"] += 1
+            TALLY["failures_survived"] += 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schedule_returning_a_non_number_refuses_the_step(name):
+    cls = REGISTRY[name]
+    conv = default_convention(cls)
+    rng = np.random.default_rng(20)
+    for bad in ("0.1", b"0.1", None, [0.1], True):
+        params = [rng.standard_normal(4)]
+        opt = build(name, params, convention=conv,
+                    learning_rate=lambda step, bad=bad: 0.01 if step < 1 else bad)
+        opt.step(rng_grads(rng, params))
+        before = snapshot(opt, [])
+        with pytest.raises(TypeError) as exc:
+            opt.step(rng_grads(rng, params))
+        _check_message(exc, ["learning_rate", "schedule returned", "at step 1", "number"],
+                       f"{name} schedule -> {bad!r}")
+        assert_unchanged(before, opt, [], f"{name} schedule -> {bad!r}")
+        TALLY["inputs_tried"] += 1
+        TALLY["failures_survived"] += 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_all_none_grads_follow_the_convention(name):
+    """Keras 3 refuses a step without any gradient ("No gradients provided for any
+    variable"); torch skips every parameter."""
+    cls = REGISTRY[name]
+    rng = np.random.default_rng(21)
+    for conv in conventions(cls):
+        params = [rng.standard_normal(4), rng.standard_normal(3)]
+        opt = build(name, params, convention=conv)
+        opt.step(rng_grads(rng, params))
+        before = snapshot(opt, [])
+        if conv == "keras":
+            for call in (lambda: opt.step([None, None]),
+                         lambda: opt.apply_gradients([(None, params[0])])):
+                with pytest.raises(ValueError) as exc:
+                    call()
+                _check_message(exc, ["No gradients provided for any variable",
+                                     "Nothing was changed"], f"{name}/keras all None")
+                assert_unchanged(before, opt, [], f"{name}/keras all None")
+            TALLY["failures_survived"] += 2
+        else:
+            ws = [p.copy() for p in params]
+            steps = opt._stepper.get_steps().tolist()
+            opt.step([None, None])
+            assert all(p.tobytes() == w.tobytes() for p, w in zip(params, ws))
+            assert opt._stepper.get_steps().tolist() == steps   # no parameter advanced
+        TALLY["inputs_tried"] += 1
+
+
+def test_keras_guards_against_silent_misconfiguration():
+    """The checks Keras 3 makes in its constructors (keras/src/optimizers): Lion's
+    beta_1 in (0, 1] (0 degenerates to SignSGD), AdamW's weight_decay not None,
+    SGD's momentum in [0, 1], Ftrl's signs; each also as a later assignment."""
+    w = np.ones(3)
+    cases = [(fo.Lion, {"beta_1": 0.0}, ValueError, ["beta_1", r"\(0, 1\]", "SignSGD"]),
+             (fo.Lion, {"beta_1": 1.5}, ValueError, ["beta_1"]),
+             (fo.AdamW, {"weight_decay": None}, TypeError, ["weight_decay", "None"]),
+             (fo.AdamW, {"weight_decay": None, "convention": "torch"}, TypeError,
+              ["weight_decay"]),
+             (fo.SGD, {"momentum": 1.5}, ValueError, ["momentum", r"\[0, 1\]"]),
+             (fo.SGD, {"momentum": -0.1}, ValueError, ["momentum"]),
+             (fo.Ftrl, {"initial_accumulator_value": -0.1}, ValueError, ["initial_acc"]),
+             (fo.Ftrl, {"learning_rate_power": 0.5}, ValueError, ["learning_rate_power"]),
+             (fo.Ftrl, {"l1_regularization_strength": -1.0}, ValueError, ["l1_"]),
+             (fo.Ftrl, {"l2_regularization_strength": -1.0}, ValueError, ["l2_"]),
+             (fo.Ftrl, {"l2_shrinkage_regularization_strength": -1.0}, ValueError,
+              ["l2_shrinkage"])]
+    for cls, kw, exc_type, patterns in cases:
+        with pytest.raises(exc_type) as exc:
+            cls([w], **kw)
+        _check_message(exc, patterns, f"{cls.__name__} {kw}")
+        key = next(k for k in kw if k != "convention")
+        opt = cls([w], convention=kw.get("convention", "keras"))
+        kept = getattr(opt, key)
+        with pytest.raises(exc_type):
+            setattr(opt, key, kw[key])
+        assert getattr(opt, key) == kept
+        TALLY["inputs_tried"] += 2
+        TALLY["failures_survived"] += 2
+    assert (w == 1.0).all()
+    assert fo.AdamW([w]).weight_decay == 0.004      # leaving it out is the default
+
+
+class _FakeTorchTensor:
+    """What a torch tensor looks like to fastopt's check: its type's module."""
+    __module__ = "torch"
+
+
+def test_torch_tensor_param_suggests_a_numpy_view():
+    for params in ([_FakeTorchTensor()], [np.ones(2), _FakeTorchTensor()]):
+        with pytest.raises(TypeError) as exc:
+            fo.Adam(params)
+        _check_message(exc, [rf"params\[{len(params) - 1}\]", "torch",
+                             r"\.detach\(\)\.numpy\(\)"], "torch tensor")
+
+
+def test_real_torch_tensor_param_suggests_a_numpy_view():
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(TypeError, match=r"params\[0\].*detach\(\)\.numpy\(\)"):
+        fo.Adam([p])
+    w = p.detach().numpy()
+    fo.Adam([w], learning_rate=0.5).step([np.ones(3, np.float32)])
+    assert float(p[0]) == pytest.approx(0.5)
+
+
+def test_grads_of_another_float_dtype_suggest_rebuilding_the_optimizer():
+    """model.double() after the optimizer was built: the grads are float64 while
+    the optimizer still holds the float32 arrays."""
+    w = np.ones(3, np.float32)
+    opt = fo.Adam([w])
+    before = w.tobytes()
+    with pytest.raises(TypeError) as exc:
+        opt.step([np.ones(3)])
+    _check_message(exc, [r"grads\[0\]", "float32", "float64", "model.double",
+                         "build a new optimizer", "astype"], "model.double")
+    assert w.tobytes() == before and opt.iterations == 0
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -604,7 +826,6 @@ def test_state_deciding_edits_are_refused_or_match_a_twin(name):
             params = [rng.standard_normal(5), rng.standard_normal((2, 3)).astype(np.float32)]
             opt = cls(params, convention=conv)
             kept = list(opt.state[0])
-            opt.param_groups[0][key] = value
             before = snapshot(opt, [])
             g = rng_grads(rng, params)
             twin_params = [p.copy() for p in params]
@@ -613,10 +834,11 @@ def test_state_deciding_edits_are_refused_or_match_a_twin(name):
                 twin = cls(twin_params, convention=conv, **{key: value})
             except ValueError:      # invalid on its own (torch nesterov without momentum)
                 with pytest.raises(ValueError):
-                    opt.step(g)
+                    opt.param_groups[0][key] = value
                 assert_unchanged(before, opt, [], what)
                 continue
             if set(twin.state[0]) <= set(kept):
+                opt.param_groups[0][key] = value
                 opt.step(g)
                 twin.step([x.copy() for x in g])
                 for p, q in zip(params, twin_params):
@@ -625,10 +847,12 @@ def test_state_deciding_edits_are_refused_or_match_a_twin(name):
                     for k, a in theirs.items():
                         assert mine[k].tobytes() == a.tobytes(), f"{what}: state {k}"
                 continue
-            with pytest.raises(ValueError) as exc:
-                opt.step(g)
-            _check_message(exc, [f"param group 0: {key} cannot change", "Build a new optimizer"],
-                           what)
+            for edit in (_group_edit(opt, key, value), lambda: setattr(opt, key, value)):
+                with pytest.raises(ValueError) as exc:
+                    edit()     # refused at the assignment
+                _check_message(exc, [f"param group 0: {key} cannot change",
+                                     "Build a new optimizer"], what)
+                assert_unchanged(before, opt, [], what)
             assert_unchanged(before, opt, [], what)
             TALLY["inputs_tried"] += 1
             TALLY["failures_survived"] += 1

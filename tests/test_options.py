@@ -344,7 +344,9 @@ def test_rmsprop_centered_clamps_negative_variance():
 
 @pytest.mark.parametrize("convention", ["keras", "torch"])
 def test_nadam_products_with_scheduled_beta_and_skipped_params(convention):
-    """Keras: one product advanced every update (even all-None); torch: per parameter."""
+    """Keras: one product advanced every update; torch: per parameter.  A step
+    whose grads are all None is refused in the keras convention (as Keras 3
+    refuses it) and skips every parameter in the torch one."""
     rng = np.random.default_rng(5)
     params = [rng.standard_normal(4) for _ in range(3)]
     b1 = lambda s: 0.9 - 0.02 * (s % 4)  # noqa: E731
@@ -354,6 +356,13 @@ def test_nadam_products_with_scheduled_beta_and_skipped_params(convention):
         grads = [None if (i * 2 + s) % 3 == 0 else rng.standard_normal(4) for i in range(3)]
         if s == 4:
             grads = [None, None, None]
+            if convention == "keras":
+                before = [p.copy() for p in params], opt.iterations
+                with pytest.raises(ValueError, match="No gradients provided for any variable"):
+                    opt.step(grads)
+                assert all((p == q).all() for p, q in zip(params, before[0]))
+                assert opt.iterations == before[1]
+                continue
         opt.step(grads)
         ref.step(grads)
     for w, r in zip(params, ref.w):
