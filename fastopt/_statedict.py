@@ -216,7 +216,7 @@ def checkpoint_hyper(opt, raw):
         for gi, over in enumerate(overrides):
             cand = dict(defaults, **over, params=opt.param_groups[gi]["params"])
             opt._check_group(cand, f"checkpoint hyper-parameters, param group {gi}: ")
-            opt._check_state_layout(gi, cand)
+            opt._check_state_layout(gi, cand, restoring=True)
     except TypeError as e:
         raise ValueError(str(e)) from e
     return defaults, overrides
@@ -229,6 +229,9 @@ def _apply_hyper(opt, hyper):
     for gi, (group, over) in enumerate(zip(opt.param_groups, overrides)):
         opt._overrides[gi] = dict(over)
         group._set(dict(defaults, **over))
+        # the state arrays now come from the state: so do the values that filled them
+        record = opt._group_state[gi][0]
+        record.update({k: group[k] for k in opt.initial.values() if k in record})
 
 
 def check(opt, sd, hyperparameters=None):

@@ -64,6 +64,8 @@ class _HyperAttribute:
         return opt._hyper_value(opt._canonical(self.key), self.key)
 
     def __set__(self, opt, value):
+        for name in self.names or (opt._canonical(self.key),):
+            opt._hyper_value(name, self.key)     # AttributeError for another convention's
         opt._set_hyper({self.key: value})
 
 
@@ -467,10 +469,6 @@ class Optimizer(Options):
         next step; on error nothing changes."""
         with self._lock:
             canon = self._canonical_items(changes.items(), "", type(self).__name__)
-            for key in canon:
-                if key not in self._defaults:
-                    raise AttributeError(f"{type(self).__name__} has no {key!r} in the "
-                                         f"{self.convention} convention")
             self._check_group(dict(self._defaults, **canon), "")
             plan = []
             for gi, (group, over) in enumerate(zip(self.param_groups, self._overrides)):
@@ -545,11 +543,19 @@ class Optimizer(Options):
         self._stepper.set_group(gi, values, scheduled, len(self.state_names(group)),
                                 group.version)
 
-    def _check_state_layout(self, gi, group):
+    def _check_state_layout(self, gi, group, restoring=False):
         """The state arrays are made at construction.  An edit may stop using
         some (momentum set to 0), but not need arrays that do not exist or give
-        an array another role."""
+        an array another role, nor change a value that only filled them
+        (``initial_accumulator_value``: a new value would do nothing), unless
+        the state is being restored with it (``restoring``)."""
         initial, kept = self._group_state[gi]
+        for key in sorted(set(self.initial.values())):
+            if not restoring and key in group and key in initial and group[key] != initial[key]:
+                raise ValueError(f"param group {gi}: {key} cannot change after construction: "
+                                 f"it fills the state arrays when the optimizer is built, so "
+                                 f"a new value would do nothing. Build a new optimizer with "
+                                 f"{key}={group[key]!r}; nothing was changed")
         missing = [k for k in initial if k not in group]
         if missing:
             raise ValueError(f"param group {gi} lacks {', '.join(missing)} (deleted, or the group "

@@ -39,6 +39,8 @@ import operator
 
 import numpy as np
 
+from ._hyper import step_callable
+
 __all__ = [
     "Schedule",
     "Constant",
@@ -550,20 +552,23 @@ class Constant(Schedule):
 
 @_builtin
 class Lambda(Schedule):
-    """Wrap a Python callable: ``value(t) = float(fn(t))``.
+    """Wrap a Python callable: ``value(t) = float(fn(t))``, or ``float(fn())``
+    for a callable without arguments.
 
     Parameters
     ----------
     fn : callable
-        ``fn(step: int) -> float``.
+        ``fn(step: int) -> float``, or ``fn() -> float`` (Keras 3's plain
+        callables); which one is decided once, here, from its signature.
 
     Notes
     -----
     Like torch ``LambdaLR`` with base lr 1 (multiply by a number for a base
-    lr: ``Lambda(f) * 0.01``) and Keras's plain-callable learning rates.  A
-    ``Lambda`` cannot be serialized (``get_config``/:func:`serialize` raise
-    ``TypeError``): for checkpoints write a :class:`Schedule` subclass and
-    :func:`register` it.
+    lr: ``Lambda(f) * 0.01``).  An optimizer takes a plain callable of either
+    form directly too (``learning_rate=lambda: 0.1``, as Keras 3 does); wrap
+    it in ``Lambda`` to combine it with other schedules.  A ``Lambda`` cannot
+    be serialized (``get_config``/:func:`serialize` raise ``TypeError``): for
+    checkpoints write a :class:`Schedule` subclass and :func:`register` it.
 
     Examples
     --------
@@ -571,15 +576,22 @@ class Lambda(Schedule):
     >>> s = schedules.Lambda(lambda t: 0.1 / (t + 1))
     >>> s(0), s(4)
     (0.1, 0.02)
+    >>> schedules.Lambda(lambda: 0.5)(7)
+    0.5
     """
 
     def __init__(self, fn):
         if not callable(fn):
             raise TypeError(f"Lambda: fn must be callable, got {fn!r}")
         self.fn = fn
+        self._call = step_callable(fn, "Lambda: ")
 
     def _compute(self, t):
-        return float(self.fn(t))
+        v = self._call(t)
+        if isinstance(v, (str, bytes)):
+            raise TypeError(f"Lambda: fn returned {v!r:.60} at step {t}; a schedule must "
+                            f"return a number (a float)")
+        return float(v)
 
     def _config(self):
         raise TypeError(
