@@ -10,6 +10,7 @@ place that turns a bad value into a message.
 import inspect
 import math
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ class _Default:
 
 
 #: A keyword's "not given" where an explicit ``None`` is an error.
-DEFAULT = _Default()
+DEFAULT: Any = _Default()
 
 
 def is_schedule(v):

@@ -1,11 +1,12 @@
 """Build and runtime information."""
 import os
+from typing import Any
 
 from . import _core, _threads
 from ._version import __version__
 
 
-def config():
+def config() -> dict[str, Any]:
     """Build and runtime facts as a dict (what :func:`show_config` prints)."""
     return {
         "version": __version__,
@@ -21,7 +22,7 @@ def config():
     }
 
 
-def show_config():
+def show_config() -> None:
     """Print fastopt's version, OpenMP on/off, the SIMD variant in use and threads."""
     c = config()
     print(f"fastopt {c['version']}")

@@ -7,6 +7,7 @@ After an assignment the optimizer pushes the options to its engine again.
 """
 import math
 import operator
+from typing import Optional
 
 import numpy as np
 
@@ -100,6 +101,19 @@ def check_count(key, low):
 
 class Options:
     """Mixin: the option attributes (see :class:`fastopt.Optimizer`)."""
+
+    # the values behind the properties (for type checkers)
+    _opt_maximize: bool
+    _opt_decoupled_weight_decay: bool
+    _opt_clipvalue: Optional[float]
+    _opt_clipnorm: Optional[float]
+    _opt_global_clipnorm: Optional[float]
+    _opt_skip_nonfinite: bool
+    _opt_num_threads: Optional[int]
+    _opt_use_ema: bool
+    _opt_ema_momentum: float
+    _opt_ema_overwrite_frequency: Optional[int]
+    _opt_gradient_accumulation_steps: Optional[int]
 
     maximize = option("maximize", check_truthy)
     decoupled_weight_decay = option("decoupled_weight_decay", check_decoupled)

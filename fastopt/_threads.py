@@ -1,4 +1,6 @@
 """Process-wide thread count for fastopt kernels."""
+from typing import Optional
+
 from . import _core
 
 _num_threads = None
@@ -13,7 +15,7 @@ def check_num_threads(n):
     return n
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Use ``n`` threads for every optimizer without its own ``num_threads``.
 
     ``None`` restores the default: OpenMP's current team size, which follows
@@ -26,6 +28,6 @@ def set_num_threads(n):
     _core.set_default_threads(_num_threads)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads a step uses when its optimizer has no ``num_threads`` of its own."""
     return _num_threads if _num_threads is not None else _core.max_threads()

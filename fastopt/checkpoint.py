@@ -16,14 +16,21 @@ metadata does not name is refused unread.
 position, RNG state) with the same rules: plain JSON values and numeric
 arrays, never pickle; :func:`load` returns it.
 """
+from __future__ import annotations
+
 import json
 import math
 import os
 import stat
 import zipfile
 import zlib
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._types import LoadPolicy
+    from .optimizer import Optimizer
 
 FORMAT_VERSION = 1
 _META = "__fastopt_meta__"
@@ -145,7 +152,8 @@ def _encode_extra(obj, arrays, where):
                     f"rng.bit_generator.state (a dict)")
 
 
-def save(path, optimizer, include_params=True, extra=None):
+def save(path: Union[str, os.PathLike[str]], optimizer: Optimizer, include_params: bool = True,
+         extra: Optional[dict[str, Any]] = None) -> None:
     """Write ``optimizer``'s state (and its parameters unless
     ``include_params=False``) to ``path`` atomically.
 
@@ -156,7 +164,7 @@ def save(path, optimizer, include_params=True, extra=None):
     raises ``TypeError`` before the file is touched."""
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra must be a dict (or None); got {type(extra).__name__}")
-    user_arrays = {}
+    user_arrays: dict[str, Any] = {}
     user = _encode_extra(extra, user_arrays, "") if extra is not None else None
     # one lock for state and params: a step from another thread cannot land between them
     with optimizer.lock:
@@ -329,7 +337,8 @@ def read_headers(path):
     return _read(path, None, False)
 
 
-def load(path, optimizer, hyperparameters=None):
+def load(path: Union[str, os.PathLike[str]], optimizer: Optimizer,
+         hyperparameters: LoadPolicy = None) -> dict[str, Any]:
     """Restore ``optimizer`` (and its parameters, if the file has them) from
     ``path``; return the ``extra`` dict given to :func:`save` (``{}`` if none).
     Any mismatch raises ``ValueError`` and leaves optimizer and parameters as

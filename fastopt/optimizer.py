@@ -7,11 +7,13 @@ checked param groups, state arrays and one engine
 Per step, Python only takes the lock and hands the grads down; schedules are
 called by the engine, at the step the convention says.
 """
+from __future__ import annotations
+
 import os
 import re
 import threading
 import weakref
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -19,6 +21,11 @@ from . import _core, _statedict, _threads
 from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, ParamGroup, check_range, check_value,
                      group_names, is_schedule, split_param_groups, step_callable)
 from ._options import Options
+
+if TYPE_CHECKING:
+    from ._types import Array, Grads, HyperValue, LoadPolicy, Params
+
+_T = TypeVar("_T", bound="Optimizer")
 
 _GLOBAL_ALIASES = {"lr": "learning_rate", "eps": "epsilon"}
 #: Every optimizer class defined in fastopt, by name.
@@ -182,6 +189,12 @@ class Optimizer(Options):
     1
     """
 
+    # every hyper-parameter and alias of a class is an attribute (see _HyperAttribute);
+    # these are the ones all have, for type checkers (each class lists its own)
+    learning_rate: HyperValue
+    lr: HyperValue
+    weight_decay: HyperValue
+
     kernel: "str | None" = None
     hyper: "dict[str, HP]" = {}
     variables: "tuple[str, ...]" = ()
@@ -200,6 +213,21 @@ class Optimizer(Options):
     conventions: "tuple[str, ...]" = ()
     _hp_order: "tuple[str, ...]" = ()
     _attribute_names: "frozenset[str]" = frozenset()
+    # what an instance holds (for type checkers)
+    param_groups: list[ParamGroup]
+    _defaults: dict[str, Any]
+    _overrides: list[dict[str, Any]]
+    _params: list[Any]
+    _param_names: list[Optional[str]]
+    _state: list[list[Any]]
+    _group_state: list[Any]
+    _index: dict[int, int]
+    _ema: Optional[list[Any]]
+    _accum: Optional[list[Any]]
+    _wd_rule: tuple[Any, Any]
+    _wd_excluded: frozenset[int]
+    _engine: Any
+    _stepper: Any
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -257,11 +285,14 @@ class Optimizer(Options):
     def check(self, hp, where):
         """Rules across hyper-parameters (constants, and scheduled values per step)."""
 
-    def __init__(self, params, *, convention="keras", weight_decay=None,
-                 decoupled_weight_decay=None, maximize=False, clipvalue=None,
-                 num_threads=None, name=None, clipnorm=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
-                 gradient_accumulation_steps=None, skip_nonfinite=False, **hyper):
+    def __init__(self, params: Params, *, convention: str = "keras", weight_decay: Any = None,
+                 decoupled_weight_decay: Optional[bool] = None, maximize: bool = False,
+                 clipvalue: Optional[float] = None, num_threads: Optional[int] = None,
+                 name: Optional[str] = None, clipnorm: Optional[float] = None,
+                 global_clipnorm: Optional[float] = None, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: Optional[int] = None,
+                 gradient_accumulation_steps: Optional[int] = None,
+                 skip_nonfinite: bool = False, **hyper: Any) -> None:
         cls = type(self)
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be 'keras' or 'torch'; got {convention!r}")
@@ -274,9 +305,9 @@ class Optimizer(Options):
         self.name = name or cls.__name__.lower()
         defaults = cls.defaults(convention)
         hyper["weight_decay"] = weight_decay
-        given = [(k, v) for k, v in hyper.items() if v is not DEFAULT and
-                 (v is not None or self._spec(k).none_refused)]
-        defaults.update(self._canonical_items(given, "", f"{cls.__name__}()"))
+        passed = [(k, v) for k, v in hyper.items() if v is not DEFAULT and
+                  (v is not None or self._spec(k).none_refused)]
+        defaults.update(self._canonical_items(passed, "", f"{cls.__name__}()"))
         if decoupled_weight_decay is None:
             decoupled_weight_decay = conv.decoupled_weight_decay or cls.decoupled_only
         # step, state_dict and load_state_dict are serialised: two threads stepping one
@@ -293,12 +324,11 @@ class Optimizer(Options):
                           skip_nonfinite=skip_nonfinite)
         self._check_group(defaults, "")
         self._defaults = defaults
-        if not isinstance(params, np.ndarray):
-            params = list(params)
-        if isinstance(params, list) and not params:
+        given: Any = params if isinstance(params, np.ndarray) else list(params)
+        if isinstance(given, list) and not given:
             raise ValueError(f"{cls.__name__}() got an empty parameter list: pass the arrays "
                              f"to optimize (torch.optim refuses an empty list too)")
-        groups = split_param_groups(params)
+        groups = split_param_groups(given)
         self.param_groups, self._overrides = [], []
         self._params, self._param_names, self._state, self._group_state = [], [], [], []
         self._ema = [] if self._opt_use_ema else None
@@ -376,7 +406,7 @@ class Optimizer(Options):
         for gi in range(len(self.param_groups)):
             self._sync(gi)
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Add a param group (torch's ``add_param_group``): ``{"params": [...],
         <hyper-parameter>: value, ...}``, checked as the constructor checks
         groups; keys it does not set take the optimizer-wide values.
@@ -594,7 +624,7 @@ class Optimizer(Options):
             gradient_accumulation_steps=self._opt_gradient_accumulation_steps,
             cross_check=cross)
 
-    def hyperparameters(self, group=0, step=None):
+    def hyperparameters(self, group: int = 0, step: Optional[int] = None) -> dict[str, Any]:
         """The group's hyper-parameters as floats (bools as bools), schedules
         evaluated at ``step`` (default: the step the next update reads) and
         checked as a step checks them."""
@@ -612,53 +642,53 @@ class Optimizer(Options):
     # ---- public attributes ---------------------------------------------------
 
     @property
-    def params(self):
+    def params(self) -> list[Array]:
         """The parameters, in the order their grads are expected."""
         return list(self._params)
 
     @property
-    def state(self):
+    def state(self) -> list[dict[str, Array]]:
         """Per-parameter state arrays, by name (live views: do not resize)."""
-        out = []
+        out: list[dict[str, Array]] = []
         for group in self.param_groups:
             names = self.state_names(group)
             for _ in group["params"]:
                 out.append(dict(zip(names, self._state[len(out)])))
         return out
 
-    def state_arrays(self):
+    def state_arrays(self) -> list[list[Array]]:
         """Per parameter, the list of its state arrays in kernel order (live)."""
         return [list(s) for s in self._state]
 
     @property
-    def lock(self):
+    def lock(self) -> Any:
         """The lock that step, state_dict and load_state_dict hold: hold it to
         read the parameters and state as one consistent snapshot."""
         return self._lock
 
     @property
-    def iterations(self):
+    def iterations(self) -> int:
         """Updates applied (Keras's ``iterations``)."""
         return self._stepper.iterations
 
     @iterations.setter
-    def iterations(self, value):
+    def iterations(self, value: int) -> None:
         self._stepper.iterations = _statedict.check_counter(value, "iterations")
 
     @property
-    def micro_steps(self):
+    def micro_steps(self) -> int:
         """Calls to :meth:`step` that were applied or accumulated (equals
         ``iterations`` unless ``gradient_accumulation_steps`` is set)."""
         s = self._stepper
         return s.micro if self._opt_gradient_accumulation_steps else s.iterations
 
     @property
-    def skipped_steps(self):
+    def skipped_steps(self) -> int:
         """Steps refused by ``skip_nonfinite`` (nothing changed)."""
         return self._stepper.skipped
 
     @property
-    def averages(self):
+    def averages(self) -> list[Array]:
         """The moving averages of the parameters (``use_ema=True``), live arrays."""
         if self._ema is None:
             raise AttributeError("averages exist only with use_ema=True")
@@ -666,7 +696,7 @@ class Optimizer(Options):
 
     # ---- the step ------------------------------------------------------------
 
-    def step(self, grads):
+    def step(self, grads: Grads) -> None:
         """Apply one update in place: ``grads[i]`` is the gradient of ``params[i]``
         (``None`` leaves that parameter and its state untouched).  Every grad is
         checked before anything is written; on error nothing changes.
@@ -678,14 +708,18 @@ class Optimizer(Options):
         finally:
             lock.release()
 
-    def apply_gradients(self, grads_and_vars):
+    def apply_gradients(self, grads_and_vars: Iterable[Tuple[Optional[Array], Array]]) -> None:
         """Keras-style: ``opt.apply_gradients(zip(grads, params))``.
 
         Pairs are matched to the optimizer's parameters by identity; parameters
-        that get no pair are skipped this step.
+        that get no pair are skipped this step.  As in Keras, an empty sequence
+        of pairs does nothing, and pairs whose grads are all None raise in the
+        keras convention.
         """
-        grads = [None] * len(self._params)
+        grads: list[Optional[Array]] = [None] * len(self._params)
+        pairs = 0
         for k, pair in enumerate(grads_and_vars):
+            pairs += 1
             try:
                 g, p = pair
             except (TypeError, ValueError):
@@ -699,9 +733,11 @@ class Optimizer(Options):
             if grads[i] is not None:
                 raise ValueError(f"apply_gradients: params[{i}] appears twice")
             grads[i] = g
-        self.step(grads)
+        if pairs:       # Keras: no pairs at all is a no-op (pairs of None grads are not)
+            self.step(grads)
 
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+    def exclude_from_weight_decay(self, var_list: Optional[Iterable[Array]] = None,
+                                  var_names: Optional[Iterable[str]] = None) -> None:
         """Exclude parameters from weight decay (decoupled or coupled).
 
         ``var_list``: parameters, matched by identity.  ``var_names``: strings
@@ -742,7 +778,7 @@ class Optimizer(Options):
         self._wd_excluded = frozenset(excluded)
         self._stepper.set_excluded(self._wd_excluded)
 
-    def finalize(self):
+    def finalize(self) -> None:
         """Copy the moving averages into the parameters (``use_ema=True``; a
         no-op otherwise).  Keras calls this ``finalize_variable_values``."""
         if self._ema is None:
@@ -755,7 +791,7 @@ class Optimizer(Options):
 
     # ---- configuration and state -------------------------------------------
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-able dict (schedules serialized)."""
         from . import schedules
         cfg = {"name": self.name, "convention": self.convention,
@@ -781,36 +817,37 @@ class Optimizer(Options):
         return cfg
 
     @classmethod
-    def from_config(cls, config, params):
+    def from_config(cls: type[_T], config: Mapping[str, Any], params: Params) -> _T:
         """Rebuild an optimizer from :meth:`get_config` over ``params`` (a flat list
         is split into the configured param groups by their sizes)."""
         from . import schedules
         cfg = {k: _from_config_value(v, schedules) for k, v in config.items()
                if k != "param_groups"}
         groups = config.get("param_groups")
+        given: Any = params
         if groups is not None:
-            params = list(params)
-            if params and not isinstance(params[0], dict):
+            given = list(params)
+            if given and not isinstance(given[0], dict):
                 sizes = [g["size"] for g in groups]
-                if sum(sizes) != len(params):
+                if sum(sizes) != len(given):
                     raise ValueError(f"config has param groups of sizes {sizes} "
-                                     f"({sum(sizes)} params); got {len(params)} params")
+                                     f"({sum(sizes)} params); got {len(given)} params")
                 split, start = [], 0
                 for g in groups:
                     over = {k: _from_config_value(v, schedules) for k, v in g.items()
                             if k != "size"}
-                    split.append(dict(over, params=params[start:start + g["size"]]))
+                    split.append(dict(over, params=given[start:start + g["size"]]))
                     start += g["size"]
-                params = split
-        return cls(params, **cfg)
+                given = split
+        return cls(given, **cfg)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: counters, state arrays (copies),
         config, and the counters of stateful schedules."""
         with self._lock:
             return _statedict.build(self)
 
-    def load_state_dict(self, sd, hyperparameters=None):
+    def load_state_dict(self, sd: Mapping[str, Any], hyperparameters: LoadPolicy = None) -> None:
         """Restore :meth:`state_dict`.  Everything is checked first (format
         version, class, convention, shapes, dtypes, counters, schedule state);
         a mismatch raises ``ValueError`` and leaves the optimizer as it was.
@@ -826,7 +863,8 @@ class Optimizer(Options):
         with self._lock:
             _statedict.check(self, sd, hyperparameters)()
 
-    def check_state_dict(self, sd, hyperparameters=None):
+    def check_state_dict(self, sd: Mapping[str, Any],
+                         hyperparameters: LoadPolicy = None) -> Callable[[], None]:
         """Validate ``sd`` completely (raising ``ValueError`` as
         :meth:`load_state_dict` would); return a function that applies it and
         cannot fail.  Call both under :attr:`lock`."""

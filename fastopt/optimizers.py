@@ -7,11 +7,19 @@ the order the kernel reads them, checked at import) and its state arrays.
 The base class (:mod:`fastopt.optimizer`) does everything else.  Adding an
 optimizer: see CONTRIBUTING.md.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, NONPOS, POSITIVE, UNIT,  # noqa: F401
                      UNIT_LEFT_OPEN, UNIT_OPEN, ParamGroup, is_schedule)
 from .optimizer import REGISTRY, Optimizer  # noqa: F401
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._types import ConventionName, HyperPair, HyperValue, Options, OptionsWithDecay, Params
 
 BETAS: "dict[str, tuple[tuple[str, ...], str]]" = {"betas": (("beta_1", "beta_2"), "(b1, b2)")}
 
@@ -72,6 +80,9 @@ class SGD(Optimizer):
     """
 
     kernel = "sgd"
+    momentum: HyperValue
+    nesterov: bool
+    dampening: HyperValue
     hyper = {
         "learning_rate": HP(keras=0.01, torch=1e-3, check=NONNEG),
         "momentum": HP(0.0, check=UNIT),
@@ -80,8 +91,10 @@ class SGD(Optimizer):
     }
     check_conventions = ("torch",)
 
-    def __init__(self, params, learning_rate=None, momentum=None, nesterov=None, *,
-                 dampening=None, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 momentum: HyperValue | None = None, nesterov: bool | None = None, *,
+                 dampening: HyperValue | None = None, convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          momentum=momentum, nesterov=nesterov, dampening=dampening,
                          **kwargs)
@@ -145,6 +158,12 @@ class Adam(Optimizer):
     """
 
     kernel = "adam"
+    beta_1: HyperValue
+    beta_2: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
+    amsgrad: bool
+    betas: HyperPair
     hyper = {
         "learning_rate": HP(1e-3, check=NONNEG),
         "beta_1": HP(0.9, check=UNIT_OPEN),
@@ -154,8 +173,11 @@ class Adam(Optimizer):
     }
     tuple_aliases = BETAS
 
-    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None,
-                 amsgrad=None, *, betas=None, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 beta_1: HyperValue | None = None, beta_2: HyperValue | None = None,
+                 epsilon: HyperValue | None = None, amsgrad: bool | None = None, *,
+                 betas: HyperPair | None = None, convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
                          betas=betas, **kwargs)
@@ -200,11 +222,14 @@ class AdamW(Adam):
                                              kernel=False))
     decoupled_only = True
 
-    def __init__(self, params, learning_rate=None, weight_decay=DEFAULT, beta_1=None,
-                 beta_2=None, epsilon=None, amsgrad=None, **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 weight_decay: HyperValue = DEFAULT, beta_1: HyperValue | None = None,
+                 beta_2: HyperValue | None = None, epsilon: HyperValue | None = None,
+                 amsgrad: bool | None = None, *, betas: HyperPair | None = None,
+                 convention: ConventionName = "keras", **kwargs: Unpack[Options]) -> None:
         super().__init__(params, learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay,
-                         **kwargs)
+                         betas=betas, convention=convention, **kwargs)
 
 
 class Adagrad(Optimizer):
@@ -250,6 +275,10 @@ class Adagrad(Optimizer):
     """
 
     kernel = "adagrad"
+    initial_accumulator_value: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
+    lr_decay: HyperValue
     hyper = {
         "learning_rate": HP(keras=1e-3, torch=1e-2, check=NONNEG),
         "initial_accumulator_value": HP(keras=0.1, torch=0.0, check=NONNEG,
@@ -260,8 +289,10 @@ class Adagrad(Optimizer):
     variables = ("accumulator",)
     initial = {"accumulator": "initial_accumulator_value"}
 
-    def __init__(self, params, learning_rate=None, initial_accumulator_value=None,
-                 epsilon=None, *, lr_decay=None, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 initial_accumulator_value: HyperValue | None = None,
+                 epsilon: HyperValue | None = None, *, lr_decay: HyperValue | None = None,
+                 convention: ConventionName = "keras", **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          initial_accumulator_value=initial_accumulator_value,
                          epsilon=epsilon, lr_decay=lr_decay, **kwargs)
@@ -317,6 +348,12 @@ class RMSprop(Optimizer):
     """
 
     kernel = "rmsprop"
+    alpha: HyperValue
+    rho: HyperValue
+    momentum: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
+    centered: bool
     hyper = {
         "learning_rate": HP(keras=1e-3, torch=1e-2, check=NONNEG),
         "rho": HP(keras=0.9, torch=0.99, check=UNIT, aliases=("alpha",)),
@@ -325,8 +362,11 @@ class RMSprop(Optimizer):
         "centered": HP(False, kind=bool),
     }
 
-    def __init__(self, params, learning_rate=None, rho=None, momentum=None, epsilon=None,
-                 centered=None, *, alpha=None, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 rho: HyperValue | None = None, momentum: HyperValue | None = None,
+                 epsilon: HyperValue | None = None, centered: bool | None = None, *,
+                 alpha: HyperValue | None = None, convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate, rho=rho,
                          alpha=alpha, momentum=momentum, epsilon=epsilon, centered=centered,
                          **kwargs)
@@ -374,6 +414,11 @@ class Adamax(Optimizer):
     """
 
     kernel = "adamax"
+    beta_1: HyperValue
+    beta_2: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
+    betas: HyperPair
     hyper = {
         "learning_rate": HP(keras=1e-3, torch=2e-3, check=NONNEG),
         "beta_1": HP(0.9, check=UNIT_OPEN),
@@ -383,8 +428,10 @@ class Adamax(Optimizer):
     variables = ("m", "u")
     tuple_aliases = BETAS
 
-    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
-                 betas=None, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 beta_1: HyperValue | None = None, beta_2: HyperValue | None = None,
+                 epsilon: HyperValue | None = None, *, betas: HyperPair | None = None,
+                 convention: ConventionName = "keras", **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, betas=betas, **kwargs)
 
@@ -438,6 +485,12 @@ class Nadam(Optimizer):
     """
 
     kernel = "nadam"
+    beta_1: HyperValue
+    beta_2: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
+    momentum_decay: HyperValue
+    betas: HyperPair
     hyper = {
         "learning_rate": HP(keras=1e-3, torch=2e-3, check=NONNEG),
         "beta_1": HP(0.9, check=UNIT_OPEN),
@@ -449,8 +502,11 @@ class Nadam(Optimizer):
     aux_state = "momentum_products"
     tuple_aliases = BETAS
 
-    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
-                 momentum_decay=None, betas=None, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 beta_1: HyperValue | None = None, beta_2: HyperValue | None = None,
+                 epsilon: HyperValue | None = None, *, momentum_decay: HyperValue | None = None,
+                 betas: HyperPair | None = None, convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                          momentum_decay=momentum_decay, betas=betas, **kwargs)
@@ -494,6 +550,9 @@ class Adadelta(Optimizer):
     """
 
     kernel = "adadelta"
+    rho: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
     hyper = {
         "learning_rate": HP(keras=1e-3, torch=1.0, check=NONNEG),
         "rho": HP(keras=0.95, torch=0.9, check=UNIT),
@@ -501,8 +560,9 @@ class Adadelta(Optimizer):
     }
     variables = ("accumulated_grad", "accumulated_delta")
 
-    def __init__(self, params, learning_rate=None, rho=None, epsilon=None, *,
-                 convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 rho: HyperValue | None = None, epsilon: HyperValue | None = None, *,
+                 convention: ConventionName = "keras", **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate, rho=rho,
                          epsilon=epsilon, **kwargs)
 
@@ -545,6 +605,9 @@ class Lion(Optimizer):
     """
 
     kernel = "lion"
+    beta_1: HyperValue
+    beta_2: HyperValue
+    betas: HyperPair
     hyper = {
         "learning_rate": HP(keras=1e-3, check=NONNEG),
         "beta_1": HP(keras=0.9, check=UNIT_LEFT_OPEN,
@@ -554,8 +617,10 @@ class Lion(Optimizer):
     variables = ("momentum",)
     tuple_aliases = BETAS
 
-    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, *, betas=None,
-                 convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 beta_1: HyperValue | None = None, beta_2: HyperValue | None = None, *,
+                 betas: HyperPair | None = None, convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, betas=betas, **kwargs)
 
@@ -604,6 +669,11 @@ class Lamb(Optimizer):
     """
 
     kernel = "lamb"
+    beta_1: HyperValue
+    beta_2: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
+    betas: HyperPair
     hyper = {
         "learning_rate": HP(keras=1e-3, check=NONNEG),
         "beta_1": HP(keras=0.9, check=UNIT_OPEN),
@@ -614,8 +684,10 @@ class Lamb(Optimizer):
     elementwise = False
     tuple_aliases = BETAS
 
-    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
-                 betas=None, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 beta_1: HyperValue | None = None, beta_2: HyperValue | None = None,
+                 epsilon: HyperValue | None = None, *, betas: HyperPair | None = None,
+                 convention: ConventionName = "keras", **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, betas=betas, **kwargs)
 
@@ -667,6 +739,12 @@ class Ftrl(Optimizer):
     """
 
     kernel = "ftrl"
+    learning_rate_power: HyperValue
+    initial_accumulator_value: HyperValue
+    l1_regularization_strength: HyperValue
+    l2_regularization_strength: HyperValue
+    l2_shrinkage_regularization_strength: HyperValue
+    beta: HyperValue
     hyper = {
         "learning_rate": HP(keras=1e-3, check=POSITIVE, note=" for Ftrl (it divides by it)"),
         "learning_rate_power": HP(keras=-0.5, check=NONPOS, schedulable=False),
@@ -680,10 +758,14 @@ class Ftrl(Optimizer):
     variables = ("accumulator", "linear")
     initial = {"accumulator": "initial_accumulator_value"}
 
-    def __init__(self, params, learning_rate=None, learning_rate_power=None,
-                 initial_accumulator_value=None, l1_regularization_strength=None,
-                 l2_regularization_strength=None, l2_shrinkage_regularization_strength=None,
-                 beta=None, *, convention="keras", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 learning_rate_power: HyperValue | None = None,
+                 initial_accumulator_value: HyperValue | None = None,
+                 l1_regularization_strength: HyperValue | None = None,
+                 l2_regularization_strength: HyperValue | None = None,
+                 l2_shrinkage_regularization_strength: HyperValue | None = None,
+                 beta: HyperValue | None = None, *, convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          learning_rate_power=learning_rate_power,
                          initial_accumulator_value=initial_accumulator_value,
@@ -733,6 +815,11 @@ class RAdam(Optimizer):
     """
 
     kernel = "radam"
+    beta_1: HyperValue
+    beta_2: HyperValue
+    eps: HyperValue
+    epsilon: HyperValue
+    betas: HyperPair
     hyper = {
         "learning_rate": HP(torch=1e-3, check=NONNEG),
         "beta_1": HP(torch=0.9, check=UNIT_OPEN),
@@ -742,8 +829,10 @@ class RAdam(Optimizer):
     variables = ("m", "v")
     tuple_aliases = BETAS
 
-    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None, *,
-                 betas=None, convention="torch", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 beta_1: HyperValue | None = None, beta_2: HyperValue | None = None,
+                 epsilon: HyperValue | None = None, *, betas: HyperPair | None = None,
+                 convention: ConventionName = "torch", **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, betas=betas, **kwargs)
 
@@ -793,6 +882,12 @@ class Rprop(Optimizer):
     """
 
     kernel = "rprop"
+    etaminus: HyperValue
+    etaplus: HyperValue
+    step_size_min: HyperValue
+    step_size_max: HyperValue
+    etas: HyperPair
+    step_sizes: HyperPair
     hyper = {
         "learning_rate": HP(torch=1e-2, check=NONNEG),
         "etaminus": HP(torch=0.5, check=(0.0, False, 1.0, False)),
@@ -804,9 +899,11 @@ class Rprop(Optimizer):
     tuple_aliases = {"etas": (("etaminus", "etaplus"), "(etaminus, etaplus)"),
                      "step_sizes": (("step_size_min", "step_size_max"), "(min, max)")}
 
-    def __init__(self, params, learning_rate=None, etaminus=None, etaplus=None,
-                 step_size_min=None, step_size_max=None, *, etas=None, step_sizes=None,
-                 convention="torch", **kwargs):
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 etaminus: HyperValue | None = None, etaplus: HyperValue | None = None,
+                 step_size_min: HyperValue | None = None, step_size_max: HyperValue | None = None,
+                 *, etas: HyperPair | None = None, step_sizes: HyperPair | None = None,
+                 convention: ConventionName = "torch", **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
                          step_size_max=step_size_max, etas=etas, step_sizes=step_sizes,

@@ -37,6 +37,8 @@ import math
 import numbers
 import operator
 
+from typing import Callable, Optional, Union
+
 import numpy as np
 
 from ._hyper import step_callable
@@ -395,7 +397,7 @@ class Schedule:
     0.25
     """
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return float(self._compute(_as_step(step)))
 
     def _compute(self, t):  # pragma: no cover - abstract
@@ -680,8 +682,8 @@ class ExponentialDecay(Schedule):
     [0.01, 0.01, 0.001]
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate=0.1,
-                 staircase=False):
+    def __init__(self, initial_learning_rate: float, decay_steps: float,
+                 decay_rate: float = 0.1, staircase: bool = False) -> None:
         n = "ExponentialDecay"
         self.initial_learning_rate = _real(n, "initial_learning_rate",
                                            initial_learning_rate)
@@ -1390,9 +1392,10 @@ class OneCycle(Schedule):
     >>> opt = fo.SGD([w], learning_rate=s, momentum=s.momentum)
     """
 
-    def __init__(self, max_lr, total_steps, pct_start=None, anneal="linear",
-                 three_phase=None, div_factor=25.0, final_div_factor=1e4,
-                 base_momentum=0.85, max_momentum=0.95):
+    def __init__(self, max_lr: float, total_steps: int, pct_start: Optional[float] = None,
+                 anneal: str = "linear", three_phase: Optional[bool] = None,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4,
+                 base_momentum: float = 0.85, max_momentum: float = 0.95) -> None:
         n = type(self).__name__
         self.max_lr = _real(n, "max_lr", max_lr, lo=0, lo_open=True)
         self.total_steps = _int(n, "total_steps", total_steps, lo=1)
@@ -1461,7 +1464,7 @@ class OneCycle(Schedule):
         return self._eval(t, 0)
 
     @property
-    def momentum(self):
+    def momentum(self) -> OneCycleMomentum:
         """The matching inverse momentum schedule (:class:`OneCycleMomentum`)."""
         return OneCycleMomentum(**self._config())
 
@@ -1579,9 +1582,10 @@ class ReduceOnPlateau(Schedule):
     (0.005, 1)
     """
 
-    def __init__(self, base=1.0, mode="min", factor=0.1, patience=10,
-                 min_delta=1e-4, threshold_mode=None, cooldown=0, min_lr=0.0,
-                 convention="keras", eps=1e-8):
+    def __init__(self, base: Union[float, Callable[[int], float]] = 1.0, mode: str = "min",
+                 factor: float = 0.1, patience: int = 10, min_delta: float = 1e-4,
+                 threshold_mode: Optional[str] = None, cooldown: int = 0, min_lr: float = 0.0,
+                 convention: str = "keras", eps: float = 1e-8) -> None:
         n = "ReduceOnPlateau"
         if isinstance(base, Schedule) or (callable(base)
                                           and not isinstance(base, numbers.Real)):
@@ -1641,7 +1645,7 @@ class ReduceOnPlateau(Schedule):
             return cur < best - thr
         return cur > best + thr
 
-    def report(self, metric, step=None):
+    def report(self, metric: float, step: Optional[int] = None) -> None:
         """Record one evaluation of the monitored metric.
 
         Parameters

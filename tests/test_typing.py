@@ -142,3 +142,113 @@ def test_mypy_sees_the_stub_types(mypy):
     assert code == 1, out
     assert "user_bad.py:2: error: Incompatible types in assignment" in out, out
     assert "user_bad.py:3: error: Argument 1 to \"set_parallel_threshold\"" in out, out
+
+
+# ---- the README's examples under mypy --strict ------------------------------------
+# A block may use names the prose defines ("params", "model", "loader"): each is
+# declared before the block when it uses the name without assigning it.  A
+# side-by-side comparison ("# Keras 3 ... # fastopt") is checked on its fastopt
+# column.
+
+README = PKG.parent / "README.md"
+FREE_NAMES = {
+    "params": "params: list[npt.NDArray[np.float32]] = []",
+    "epochs": "epochs: int = 2",
+    "steps_per_epoch": "steps_per_epoch: int = 10",
+    "val_loss": "val_loss: float = 0.0",
+    "n": "n: int = 100",
+    "model": "model: Any = None",
+    "loader": "loader: list[tuple[Any, Any]] = []",
+    "batches": "batches: list[tuple[Any, Any]] = []",
+    "global_batches": "global_batches: list[tuple[Any, Any]] = []",
+    "loss_fn": "loss_fn: Any = None",
+    "x": "x: Any = None",
+    "y": "y: Any = None",
+    "my_backward": "def my_backward(params: list[npt.NDArray[np.float32]], x: Any, y: Any"
+                   ") -> list[npt.NDArray[np.float32]]:\n    return params",
+    "init": "def init(params: list[npt.NDArray[np.float32]]) -> None:\n    pass",
+    "grads": "def grads(params: list[npt.NDArray[np.float32]], x: Any, y: Any"
+             ") -> list[npt.NDArray[np.float32]]:\n    return params",
+    "opt": "opt = fo.Adam([np.zeros(3, np.float32)])",
+}
+PREAMBLE = ("from typing import Any\n\nimport numpy as np\nimport numpy.typing as npt\n\n"
+            "import fastopt as fo\nfrom fastopt import schedules\n")
+
+
+def readme_blocks():
+    import re
+    if not README.is_file():
+        pytest.skip("README.md is not next to the package (an installed wheel)")
+    text = README.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    out = []
+    for k, block in enumerate(blocks):
+        lines = block.splitlines()
+        col = lines[0].find("# fastopt") if lines else -1
+        if col > 0 and lines[0].lstrip().startswith("#"):
+            # a line of the left column may run past the right one's start
+            block = "\n".join(line[col:] if line[col - 1:col] in ("", " ") else ""
+                              for line in lines[1:]) + "\n"
+        head = [decl for name, decl in FREE_NAMES.items()
+                if re.search(rf"\b{name}\b", block)
+                and not re.search(rf"^\s*(for\s+)?{name}\s*(=|,)", block, re.M)]
+        out.append((k, PREAMBLE + "\n".join(head) + "\n\n" + block))
+    assert len(out) >= 6, "README lost its examples?"
+    return out
+
+
+def test_mypy_strict_accepts_the_readme_examples(mypy):
+    files = []
+    for k, code in readme_blocks():
+        name = f"readme_{k}.py"
+        (mypy.work / name).write_text(code)
+        files.append(name)
+    # mpi4py and torch are optional: their absence is not the examples' fault
+    code, out = mypy("--strict", "--ignore-missing-imports", *files)
+    assert code == 0, out
+
+
+def test_every_keyword_and_hyperparameter_is_visible_to_a_type_checker(mypy):
+    """An editor completes what mypy sees: every class's own hyper-parameters
+    and aliases as keywords, the options every optimizer takes (convention=
+    included), and every hyper-parameter as an attribute; a misspelt keyword
+    is an error."""
+    from fastopt.optimizers import REGISTRY
+    from fastopt.optimizer import _GLOBAL_ALIASES
+    option_names = ["maximize", "clipnorm", "global_clipnorm", "clipvalue", "num_threads",
+                    "use_ema", "ema_momentum", "ema_overwrite_frequency",
+                    "gradient_accumulation_steps", "skip_nonfinite", "decoupled_weight_decay",
+                    "name", "weight_decay"]
+    values = {"maximize": "False", "use_ema": "False", "skip_nonfinite": "False",
+              "num_threads": "2", "ema_overwrite_frequency": "None",
+              "gradient_accumulation_steps": "None", "decoupled_weight_decay": "None",
+              "name": "'opt'"}
+    lines = [PREAMBLE, "w = np.zeros(3)", "s = schedules.ExponentialDecay(0.1, 10, 0.5)"]
+    bad = []
+    for cname, cls in sorted(REGISTRY.items()):
+        conv = cls.conventions[0]
+        known = cls.defaults(conv)
+        for key in sorted(known):
+            h = cls.hyper[key]
+            v = "True" if h.kind is bool else "s" if h.schedulable else "0.5"
+            lines.append(f"fo.{cname}([w], {key}={v}, convention={conv!r})")
+            lines.append(f"a_{cname}_{key}: {'bool' if h.kind is bool else 'object'} = "
+                         f"fo.{cname}([w]).{key}")
+        for alias in list(cls.tuple_aliases) + [a for k in known for a in cls.hyper[k].aliases]:
+            lines.append(f"fo.{cname}([w], {alias}={'(0.5, 0.5)' if alias in cls.tuple_aliases else '0.5'})")
+        for alias, target in _GLOBAL_ALIASES.items():
+            if target in known:
+                lines.append(f"fo.{cname}([w], {alias}=0.5)")
+        kw = ", ".join(f"{k}={values.get(k, '1.0')}" for k in option_names)
+        lines.append(f"fo.{cname}([w], {kw})")
+        bad.append(f"fo.{cname}([w], convntion='torch')")
+    (mypy.work / "keywords_ok.py").write_text("\n".join(lines) + "\n")
+    code, out = mypy("--strict", "keywords_ok.py")
+    assert code == 0, out
+    (mypy.work / "keywords_bad.py").write_text(PREAMBLE + "w = np.zeros(3)\n" +
+                                               "\n".join(bad) + "\n")
+    code, out = mypy("--strict", "keywords_bad.py")
+    assert code == 1
+    for k in range(len(bad)):
+        assert f"keywords_bad.py:{PREAMBLE.count(chr(10)) + 2 + k}: error: Unexpected keyword " \
+               f"argument \"convntion\"" in out, out

@@ -7,9 +7,10 @@ falls into one rank's shard is a :class:`Piece`.
 """
 import itertools
 import math
-from typing import NamedTuple, Tuple
+from typing import Any, Iterable, NamedTuple, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 #: Byte alignment of flat buffers and of shard boundaries (one cache line).
 ALIGN = 64
@@ -25,7 +26,8 @@ def aligned_empty(n, dtype):
     return raw[skip:skip + n * dtype.itemsize].view(dtype)
 
 
-def flat_arrays(shapes, dtype=np.float32):
+def flat_arrays(shapes: Iterable[Any],
+                dtype: npt.DTypeLike = np.float32) -> list[npt.NDArray[Any]]:
     """Arrays of the given shapes as consecutive views of one aligned buffer.
 
     Parameters

@@ -1,7 +1,11 @@
 """Plain data parallelism: gradients averaged in place over all ranks."""
+from __future__ import annotations
+
 import threading
+from typing import Any, Iterable, Optional
 
 import numpy as np
+import numpy.typing as npt
 
 from ._agree import agree, describe, first_difference, hash64, mismatch, mpi, mpi_type
 from ._layout import aligned_empty, flat_view
@@ -38,7 +42,8 @@ def _check_grads(grads):
     return 0, None
 
 
-def allreduce_gradients(grads, comm, *, bucket_bytes=BUCKET_BYTES):
+def allreduce_gradients(grads: Iterable[Optional[npt.NDArray[Any]]], comm: Any, *,
+                        bucket_bytes: int = BUCKET_BYTES) -> None:
     r"""Average gradients over all ranks of ``comm``, in place.
 
     Parameters
@@ -78,7 +83,7 @@ def allreduce_gradients(grads, comm, *, bucket_bytes=BUCKET_BYTES):
     mismatch(comm, table, 1, layout, lambda v: first_difference(v, "grads"),
              "allreduce_gradients: ranks passed different gradients;")
     world = comm.Get_size()
-    by_dtype = {}
+    by_dtype: dict[str, list[Any]] = {}
     for g in grads:
         if g is not None and g.size:
             by_dtype.setdefault(g.dtype.str, []).append(g)
@@ -91,7 +96,8 @@ def allreduce_gradients(grads, comm, *, bucket_bytes=BUCKET_BYTES):
             continue
         cap = max(1, int(bucket_bytes) // dtype.itemsize)
         with _buffers_lock:
-            pending, used = [], 0
+            pending: list[Any] = []
+            used = 0
             for g in arrays:
                 if g.size >= cap and g.flags.c_contiguous:
                     _allreduce_mean(comm, MPI, g.reshape(-1), mpitype, world)

@@ -1,4 +1,8 @@
 """ZeRO stage 1: :class:`ShardedOptimizer`, optimizer state sharded over the ranks."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Tuple
+
 import numpy as np
 
 from .. import _core
@@ -7,6 +11,10 @@ from . import checkpoint as _checkpoint
 from ._agree import agree, first_difference, hash64, hash_arrays, mismatch, mpi, mpi_type
 from ._inputs import check_disjoint, check_grads, pairs_to_grads, shardable_class
 from ._layout import aligned_empty, flat_view, make_buckets, pieces_of
+
+if TYPE_CHECKING:
+    from .._types import Array, Grads, Params
+    from ..optimizer import Optimizer
 
 
 class ShardedOptimizer:
@@ -98,7 +106,8 @@ class ShardedOptimizer:
         opt.step([gW, gb])        # this rank's gradients; averaged over ranks
     """
 
-    def __init__(self, opt_class, params, comm, **kwargs):
+    def __init__(self, opt_class: type[Optimizer], params: Params, comm: Any,
+                 **kwargs: Any) -> None:
         self._MPI = mpi()
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -246,7 +255,7 @@ class ShardedOptimizer:
 
     # ---- the step ---------------------------------------------------------------
 
-    def step(self, grads):
+    def step(self, grads: Grads) -> None:
         """One update of every parameter from this rank's gradients.
 
         ``grads[i]`` is this rank's gradient of ``params[i]`` (its mean over
@@ -259,7 +268,7 @@ class ShardedOptimizer:
             raise TypeError("grads must be a list of arrays; got a single ndarray: pass [g]")
         self._step(list(grads))
 
-    def apply_gradients(self, grads_and_vars):
+    def apply_gradients(self, grads_and_vars: Iterable[Tuple[Optional[Array], Array]]) -> None:
         """Keras-style: ``opt.apply_gradients(zip(grads, params))``, pairs matched
         to the parameters by identity; unpaired parameters get ``None``.  A pair
         that names an unknown parameter, or a parameter named twice, is refused
