@@ -236,7 +236,8 @@ def test_every_keyword_and_hyperparameter_is_visible_to_a_type_checker(mypy):
             lines.append(f"a_{cname}_{key}: {'bool' if h.kind is bool else 'object'} = "
                          f"fo.{cname}([w]).{key}")
         for alias in list(cls.tuple_aliases) + [a for k in known for a in cls.hyper[k].aliases]:
-            lines.append(f"fo.{cname}([w], {alias}={'(0.5, 0.5)' if alias in cls.tuple_aliases else '0.5'})")
+            v = "(0.5, 0.5)" if alias in cls.tuple_aliases else "0.5"
+            lines.append(f"fo.{cname}([w], {alias}={v})")
         for alias, target in _GLOBAL_ALIASES.items():
             if target in known:
                 lines.append(f"fo.{cname}([w], {alias}=0.5)")
