@@ -638,8 +638,8 @@ def test_real_torch_tensor_param_suggests_a_numpy_view():
     with pytest.raises(TypeError, match=r"params\[0\].*detach\(\)\.numpy\(\)"):
         fo.Adam([p])
     w = p.detach().numpy()
-    fo.Adam([w], learning_rate=0.5).step([np.ones(3, np.float32)])
-    assert float(p[0]) == pytest.approx(0.5)
+    fo.SGD([w], learning_rate=0.5).step([np.ones(3, np.float32)])
+    assert float(p[0]) == 0.5          # the update reached the tensor
 
 
 def test_grads_of_another_float_dtype_suggest_rebuilding_the_optimizer():
