@@ -14,6 +14,8 @@ figures and the machine) and, when matplotlib is installed, NAME.png
 ``--smoke`` runs tiny sizes in a few seconds (used by the test suite);
 ``--threshold`` measures, per kernel, the size from which two threads beat one.
 ``--fixed-cost`` prints only the per-step fixed cost table (bench/fixed_cost.py).
+``--in-loop`` times the step inside NumPy and torch training loops, beside BLAS
+and torch threads and a second process (bench/in_loop.py).
 """
 import argparse
 import datetime
@@ -34,6 +36,7 @@ import fastopt as fo  # noqa: E402
 from fastopt import _core  # noqa: E402
 
 import fixed_cost  # noqa: E402
+import in_loop  # noqa: E402
 import impls as I  # noqa: E402
 import resnet50  # noqa: E402
 
@@ -403,6 +406,9 @@ def parse(argv):
     ap.add_argument("--fixed-cost", action="store_true",
                     help="only the fixed cost of a step (1e3 elements, options, schedules, "
                          "100 tensors), at the largest --threads")
+    ap.add_argument("--in-loop", action="store_true",
+                    help="only the step inside training loops beside BLAS/torch threads and a "
+                         "second process, with the step-only figures (bench/in_loop.py)")
     args = ap.parse_args(argv)
     args.optimizers = [o for o in args.optimizers.split(",") if o]
     for o in args.optimizers:
@@ -425,6 +431,10 @@ def parse(argv):
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.in_loop:
+        text, _ = in_loop.run(smoke=args.smoke, torch=not args.no_torch, log=log)
+        log(text)
+        return 0
     if args.fixed_cost:
         threads = max(args.threads)
         number, repeat = (200, 2) if args.smoke else (20000, 5)

@@ -7,8 +7,11 @@
 >>> opt.iterations
 1
 """
+from . import _openmp
+
+_wait = _openmp.spincount_setting()
 try:
-    from . import _core
+    _core = _openmp.import_core(__name__, _wait)
 except ImportError as _error:     # a source checkout without the built extension
     from ._checkout import use_installed_copy
     _core = use_installed_copy(__file__, _error)._core

@@ -2,7 +2,7 @@
 import os
 from typing import Any
 
-from . import _core, _threads
+from . import _core, _openmp, _threads
 from ._version import __version__
 
 
@@ -19,6 +19,8 @@ def config() -> dict[str, Any]:
         "parallel_threshold": _core.parallel_threshold(),
         "kernels": sorted(_core.KERNELS),
         "cpu_count": os.cpu_count(),
+        "omp_wait": _openmp.describe(),
+        "omp_spincount": _openmp.state["spincount"],
     }
 
 
@@ -30,6 +32,7 @@ def show_config() -> None:
     print(f"  SIMD variant       : {c['simd']} (this CPU supports: {', '.join(c['simd_supported'])})")
     print(f"  threads            : {c['threads']} (OpenMP default {c['omp_max_threads']}, "
           f"{c['cpu_count']} CPUs; a step uses at most {c['max_team']})")
+    print(f"  OpenMP wait        : {c['omp_wait']}")
     print(f"  parallel threshold : {c['parallel_threshold']} elements for SGD, "
           f"{c['parallel_threshold'] // 2} for Adam-like kernels")
     print(f"  kernels            : {', '.join(c['kernels'])}")

@@ -96,3 +96,18 @@ def test_implementations_agree():
                      lambda ps: impls.NumpyAdam(ps, lr=2e-3), None)
     with pytest.raises(AssertionError, match="numpy disagrees with fastopt"):
         impls.check_agreement(bad, ["fastopt", "numpy"])
+
+
+def test_in_loop_smoke():
+    """--in-loop runs every configuration in its own process and reports each
+    loop, the step-only figures and the targets."""
+    r = subprocess.run([sys.executable, str(RUN), "--in-loop", "--smoke", "--no-torch"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    for part in ("BLAS 1 thread", "BLAS 2 thread", "Two processes", "Step alone", "Targets"):
+        assert part in out, out
+    for config in ("default", "1 thread", "passive", "stock spin"):
+        assert f"  {config} " in out, out
+    # each configuration's process reports the wait policy it ran with
+    assert "user: OMP_WAIT_POLICY=passive" in out and "user: GOMP_SPINCOUNT=300000" in out
