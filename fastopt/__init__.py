@@ -11,7 +11,8 @@ from . import _openmp
 
 _wait = _openmp.spincount_setting()
 try:
-    _core = _openmp.import_core(__name__, _wait)
+    _openmp.import_core(__name__, _wait)
+    from . import _core
 except ImportError as _error:     # a source checkout without the built extension
     from ._checkout import use_installed_copy
     _core = use_installed_copy(__file__, _error)._core
