@@ -78,6 +78,16 @@ class Optimizer(Options):
         (``m = 0`` until the first update has been applied, so the average
         starts as a copy); every ``ema_overwrite_frequency`` updates copy the
         averages into the parameters; :meth:`finalize` copies them at the end.
+    use_swa, swa_start, swa_freq, swa_decay : bool, int, int, float or None
+        Weight averaging in torch ``swa_utils``' arithmetic: after the ``u``-th
+        update (``u`` counted from 1) with ``u > swa_start`` and
+        ``u % swa_freq == 0`` (torchcontrib's ``SWA`` clock) the averages are
+        updated as ``AveragedModel.update_parameters`` does: a copy the first
+        time, then ``avg + (w - avg)/(n + 1)`` (``swa_decay=None``, uniform,
+        ``n`` averaged so far) or ``lerp(avg, w, 1 - swa_decay)`` (torch's
+        ``get_ema_multi_avg_fn``).  :meth:`swap_averages` swaps parameters and
+        averages (to evaluate with the averages, and back); :attr:`n_averaged`
+        counts the averaged updates.  Not with ``use_ema``.
     gradient_accumulation_steps : int
         ``k >= 2``: calls accumulate ``acc += g``; every k-th call applies
         ``(g + acc)/k`` and resets.  ``iterations`` (bias corrections, EMA) counts
@@ -177,7 +187,8 @@ class Optimizer(Options):
                  decoupled_weight_decay=None, maximize=False, clipvalue=None,
                  num_threads=None, name=None, clipnorm=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
-                 gradient_accumulation_steps=None, skip_nonfinite=False, **hyper):
+                 gradient_accumulation_steps=None, skip_nonfinite=False, use_swa=False,
+                 swa_start=0, swa_freq=1, swa_decay=None, **hyper):
         cls = type(self)
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be 'keras' or 'torch'; got {convention!r}")
@@ -210,7 +221,8 @@ class Optimizer(Options):
                           ema_momentum=ema_momentum,
                           ema_overwrite_frequency=ema_overwrite_frequency,
                           gradient_accumulation_steps=gradient_accumulation_steps,
-                          skip_nonfinite=skip_nonfinite)
+                          skip_nonfinite=skip_nonfinite, use_swa=use_swa, swa_start=swa_start,
+                          swa_freq=swa_freq, swa_decay=swa_decay)
         self._check_group(defaults, "")
         self._defaults = defaults
 
@@ -248,8 +260,11 @@ class Optimizer(Options):
         self._ema = [p.copy() for p in flat] if self._opt_use_ema else None
         self._accum = ([np.zeros_like(p) for p in flat]
                        if self._opt_gradient_accumulation_steps else None)
+        self._swa = [p.copy() for p in flat] if self._opt_use_swa else None
         ema = (None if self._ema is None else
                _core.Engine("ema", flat, [[a] for a in self._ema]))
+        if self._swa is not None:
+            ema = _core.Engine("average", flat, [[a] for a in self._swa])
         self._wd_excluded = frozenset()
         self._stepper = _core.Stepper(self._engine, self.param_groups, group_of, conv.code,
                                       conv.per_param_steps, conv.schedule_clock_calls,
@@ -358,7 +373,8 @@ class Optimizer(Options):
             num_threads=self._opt_num_threads, ema_momentum=self._opt_ema_momentum,
             ema_overwrite_frequency=self._opt_ema_overwrite_frequency,
             gradient_accumulation_steps=self._opt_gradient_accumulation_steps,
-            cross_check=cross)
+            cross_check=cross, swa_start=self._opt_swa_start, swa_freq=self._opt_swa_freq,
+            swa_decay=self._opt_swa_decay)
 
     def hyperparameters(self, group=0, step=None):
         """The group's hyper-parameters as floats (bools as bools), schedules
@@ -440,10 +456,41 @@ class Optimizer(Options):
 
     @property
     def averages(self):
-        """The moving averages of the parameters (``use_ema=True``), live arrays."""
+        """The averages of the parameters (``use_ema=True`` or ``use_swa=True``),
+        live arrays."""
+        if self._swa is not None:
+            return list(self._swa)
         if self._ema is None:
-            raise AttributeError("averages exist only with use_ema=True")
+            raise AttributeError("averages exist only with use_ema=True or use_swa=True")
         return list(self._ema)
+
+    @property
+    def n_averaged(self):
+        """Updates averaged so far (``use_swa=True``; torch's ``n_averaged``)."""
+        if self._swa is None:
+            raise AttributeError("n_averaged exists only with use_swa=True")
+        return self._stepper.n_averaged
+
+    @property
+    def swapped(self):
+        """Whether the parameters hold the averages (:meth:`swap_averages`)."""
+        return self._stepper.swapped
+
+    def swap_averages(self):
+        """Swap every parameter with its average, in place (``use_swa=True``).
+
+        The values are moved, not recomputed, so calling it twice restores
+        parameters and averages bit for bit.  Evaluate between the two calls;
+        stepping, :meth:`state_dict` and :meth:`load_state_dict` refuse while
+        swapped.  Returns :attr:`swapped`.
+        """
+        if self._swa is None:
+            raise ValueError("swap_averages needs use_swa=True (an exponential average "
+                             "in torch's form is use_swa=True with swa_decay=...; with "
+                             "use_ema, finalize() copies the averages)")
+        with self._lock:
+            self._stepper.swap_averages()
+            return self._stepper.swapped
 
     # ---- the step ------------------------------------------------------------
 
