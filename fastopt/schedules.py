@@ -10,7 +10,9 @@ serialization.
 There is no hidden global state and no call-order heuristic.  The only stateful
 schedule is :class:`ReduceOnPlateau`, whose state changes only through
 :meth:`ReduceOnPlateau.report` (the metrics it was told) and
-:meth:`~Schedule.load_state_dict`.
+:meth:`~Schedule.load_state_dict`; :class:`MultiplicativeLR` keeps its running
+product (a cache of a function of the step, in its state so that a resumed run
+continues it bit for bit).
 
 Every schedule
 

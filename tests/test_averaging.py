@@ -226,3 +226,28 @@ def test_live_torch_averaged_model(rng, dtype, decay):
     assert opt.n_averaged == int(avg_model.n_averaged)
     for a, t in zip(opt.averages, avg_model.module.parameters()):
         np.testing.assert_array_equal(a, t.detach().numpy())
+
+
+def test_optimizer_checkpoint_with_swa_and_a_stateful_schedule(tmp_path):
+    import json
+    from fastopt import schedules as S
+
+    @S.register_function(name="test_averaging.alternate")
+    def alternate(t):
+        return 0.9 if t % 2 else 1.0
+
+    def run(cut=None):
+        w = [np.ones(5)]
+        opt = fo.SGD(w, learning_rate=S.MultiplicativeLR(alternate, base_lr=0.1),
+                     use_swa=True, swa_decay=0.5, swa_start=1)
+        for k in range(10):
+            if k == cut:
+                fo.save(tmp_path / "ck.npz", opt)
+                w = [np.zeros(5)]
+                opt = fo.SGD.from_config(json.loads(json.dumps(opt.get_config())), w)
+                fo.load(tmp_path / "ck.npz", opt)
+            opt.step([np.full(5, 0.3)])
+        return w[0].tobytes(), opt.averages[0].tobytes(), opt.n_averaged, \
+            opt.hyperparameters()["learning_rate"]
+
+    assert run() == run(4) == run(7)
