@@ -1380,6 +1380,9 @@ class CyclicLR(Schedule):
     scale_mode : {"cycle", "iterations"} or None
         ``None``: ``"iterations"`` for exp_range, ``"cycle"`` otherwise (torch;
         also ``"cycle"`` with a ``scale_fn``).
+    cycle_momentum : bool, default True
+        Whether :attr:`momentum` is offered (``False``: it raises), torch's
+        switch for cycling the optimizer's momentum.
     base_momentum, max_momentum : float, default 0.8, 0.9
         For the :attr:`momentum` schedule (momentum moves inversely).
 
@@ -1390,9 +1393,9 @@ class CyclicLR(Schedule):
 
     Notes
     -----
-    torch ``CyclicLR`` with the same arguments (less the optimizer;
-    ``cycle_momentum``: use :attr:`momentum` or not); the schedule does not
-    write the optimizer.  Keras has none.
+    torch ``CyclicLR`` with the same arguments (less the optimizer; pass
+    :attr:`momentum` as the optimizer's momentum to cycle it); the schedule
+    does not write the optimizer.  Keras has none.
 
     Examples
     --------
@@ -1404,7 +1407,7 @@ class CyclicLR(Schedule):
 
     def __init__(self, base_lr, max_lr, step_size_up=2000, step_size_down=None,
                  mode="triangular", gamma=1.0, scale_fn=None, scale_mode=None,
-                 base_momentum=0.8, max_momentum=0.9):
+                 cycle_momentum=True, base_momentum=0.8, max_momentum=0.9):
         n = type(self).__name__
         self.base_lr = _real(n, "base_lr", base_lr, lo=0)
         self.max_lr = _real(n, "max_lr", max_lr)
@@ -1427,6 +1430,7 @@ class CyclicLR(Schedule):
             scale_mode = "iterations" if self.mode == "exp_range" else "cycle"
         self.scale_mode = _choice(n, "scale_mode", scale_mode,
                                   ("cycle", "iterations"))
+        self.cycle_momentum = _bool(n, "cycle_momentum", cycle_momentum)
         self.base_momentum = _real(n, "base_momentum", base_momentum)
         self.max_momentum = _real(n, "max_momentum", max_momentum)
 
@@ -1455,6 +1459,9 @@ class CyclicLR(Schedule):
     @property
     def momentum(self):
         """The matching inverse momentum schedule (:class:`CyclicMomentum`)."""
+        if not self.cycle_momentum:
+            raise ValueError(f"{type(self).__name__}: cycle_momentum=False, there is no "
+                             f"momentum schedule; pass cycle_momentum=True")
         return CyclicMomentum(**self._config())
 
     def _config(self):
@@ -1463,6 +1470,7 @@ class CyclicLR(Schedule):
                 "step_size_down": self.step_size_down, "mode": self.mode,
                 "gamma": self.gamma, "scale_fn": self.scale_fn,
                 "scale_mode": self.scale_mode,
+                "cycle_momentum": self.cycle_momentum,
                 "base_momentum": self.base_momentum,
                 "max_momentum": self.max_momentum}
 

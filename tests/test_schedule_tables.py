@@ -250,3 +250,5 @@ def test_lambda_serialises_by_registered_name():
     c = S.CyclicLR(0.1, 1.0, 2, scale_fn=inv)
     assert S.deserialize(S.serialize(c)).values(9).tolist() == c.values(9).tolist()
     assert c.momentum.scale_fn is inv
+    with pytest.raises(ValueError, match="cycle_momentum=False"):
+        S.CyclicLR(0.1, 1.0, 2, cycle_momentum=False).momentum
