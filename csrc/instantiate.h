@@ -7,24 +7,28 @@
 #define FO_SQRT sqrtf
 #define FO_FABS fabsf
 #define FO_POW powf
+#define FO_FMA fmaf
 #include "variants.h"
 #undef FO_T
 #undef FO_DT
 #undef FO_SQRT
 #undef FO_FABS
 #undef FO_POW
+#undef FO_FMA
 
 #define FO_T double
 #define FO_DT f64
 #define FO_SQRT sqrt
 #define FO_FABS fabs
 #define FO_POW pow
+#define FO_FMA fma
 #include "variants.h"
 #undef FO_T
 #undef FO_DT
 #undef FO_SQRT
 #undef FO_FABS
 #undef FO_POW
+#undef FO_FMA
 
 #define FO_ENTRY_(name, dt, var) fo_k_##name##_##dt##_##var
 #define FO_ENTRY(name, dt, var) FO_ENTRY_(name, dt, var)

@@ -725,6 +725,10 @@ cdef class Stepper:
     cdef int clip_mode           # 0 none, 1 per-tensor norm, 2 global norm
     cdef int64_t accum_k, ema_freq
     cdef double ema_momentum
+    # use_swa: the averaging engine runs the "average" kernel (torch's swa_utils)
+    cdef bint swa, _swapped
+    cdef int64_t swa_start, swa_freq, _n_averaged
+    cdef double swa_decay        # < 0: uniform average
     cdef int own_threads
     # counters
     cdef int64_t _iterations, _micro, _skipped
@@ -765,6 +769,11 @@ cdef class Stepper:
         self.sync = _weakref.WeakMethod(sync)
         self.cross_check = None
         self.ema = ema
+        self.swa = ema is not None and ema.info.name == b"average"
+        self._swapped = False
+        self.swa_start = self._n_averaged = 0
+        self.swa_freq = 1
+        self.swa_decay = -1.0
         if ema is not None:
             self.ema_info = ema.info
             if ema.rows_cap < FO_NSCALARS:
@@ -876,7 +885,8 @@ cdef class Stepper:
 
     def configure(self, *, maximize, decoupled, clipvalue, clipnorm, global_clipnorm,
                   skip_nonfinite, num_threads, ema_momentum, ema_overwrite_frequency,
-                  gradient_accumulation_steps, cross_check=None):
+                  gradient_accumulation_steps, cross_check=None, swa_start=0, swa_freq=1,
+                  swa_decay=None):
         self.maximize = bool(maximize)
         self.decoupled = bool(decoupled)
         self.has_clipvalue = clipvalue is not None
@@ -888,6 +898,9 @@ cdef class Stepper:
         self.own_threads = num_threads or 0
         self.ema_momentum = ema_momentum
         self.ema_freq = ema_overwrite_frequency or 0
+        self.swa_start = swa_start
+        self.swa_freq = swa_freq
+        self.swa_decay = -1.0 if swa_decay is None else swa_decay
         k = gradient_accumulation_steps or 0
         if k and self.accum is None:
             raise ValueError("gradient accumulation needs accumulators")
@@ -1121,6 +1134,9 @@ cdef class Stepper:
         cdef Engine eng = self.engine
         cdef Py_ssize_t gi, i
         cdef list groups = self.groups
+        if self._swapped:
+            raise RuntimeError("the parameters hold the averages (swap_averages() was "
+                               "called): call swap_averages() again before the next step")
         for gi in range(self.ngroups):
             if groups[gi].version != self.gversion[gi]:
                 self.sync()(gi)
@@ -1128,7 +1144,7 @@ cdef class Stepper:
         cdef int nthreads = self._threads()
         cdef int64_t k = self.accum_k, updates_before = self._iterations, step, t_shared
         cdef int32_t nrows = 0, g
-        cdef double ema_hp[2]
+        cdef double ema_hp[3]
         cdef fo_ctx ctx
         cdef bint keep_aux
         try:
@@ -1195,13 +1211,59 @@ cdef class Stepper:
                             self.aux_t[i] = self.row_aux[self.trow[i]]
                             self.steps[i] += 1
                 self._iterations += 1
-            if self.ema is not None:
+            if self.swa:
+                # torchcontrib's clock: after the u-th update, u > swa_start, u % swa_freq == 0
+                if (self._iterations > updates_before and self._iterations > self.swa_start
+                        and self._iterations % self.swa_freq == 0):
+                    self._average(nthreads)
+            elif self.ema is not None:
                 ema_hp[0] = self.ema_momentum if updates_before else 0.0
                 ema_hp[1] = 1.0 if self.ema_freq and (updates_before + 1) % self.ema_freq == 0 else 0.0
                 self._run_ema(ema_hp, nthreads)
             self._micro += 1
         finally:
             eng._unbind()
+
+    cdef void _average(self, int nthreads) noexcept:
+        """One update of the averages (AveragedModel.update_parameters): a
+        copy the first time, then the uniform or the exponential average."""
+        cdef double hp[3]
+        hp[0] = 0.0 if self._n_averaged == 0 else (1.0 if self.swa_decay < 0 else 2.0)
+        hp[1] = <double>(self._n_averaged + 1)
+        hp[2] = self.swa_decay if self.swa_decay >= 0 else 0.0
+        self._run_ema(hp, nthreads)
+        self._n_averaged += 1
+
+    def swap_averages(self):
+        """Swap every parameter with its average (bits moved, no arithmetic)."""
+        cdef double hp[3]
+        if not self.swa:
+            raise ValueError("swap_averages needs use_swa=True")
+        if self._n_averaged == 0:
+            raise ValueError(f"there is no average yet: averaging starts after update "
+                             f"swa_start + 1 = {self.swa_start + 1} (and every swa_freq="
+                             f"{self.swa_freq} updates); {self._iterations} applied so far")
+        self.ema._check_arrays()
+        hp[0] = 3.0
+        hp[1] = hp[2] = 0.0
+        self._run_ema(hp, self._threads())
+        self._swapped = not self._swapped
+
+    @property
+    def swapped(self):
+        """Whether the parameters hold the averages (between two swaps)."""
+        return self._swapped
+
+    @property
+    def n_averaged(self):
+        """Updates averaged so far (use_swa)."""
+        return self._n_averaged
+
+    @n_averaged.setter
+    def n_averaged(self, int64_t value):
+        if value < 0:
+            raise ValueError(f"n_averaged must be >= 0; got {value}")
+        self._n_averaged = value
 
     cdef void _run_ema(self, double *hp, int nthreads) noexcept:
         cdef Engine e = self.ema

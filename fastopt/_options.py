@@ -99,6 +99,44 @@ def check_count(key, low):
     return check
 
 
+def check_int(key, low):
+    def check(opt, value):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{key} must be an int >= {low}; got {value!r}")
+        return int(value)
+    return check
+
+
+def check_swa(key, default, check):
+    """An averaging setting: refused unless use_swa=True (it would do nothing)."""
+    def checked(opt, value):
+        value = check(opt, value)
+        if value != default and not opt.__dict__.get("_opt_use_swa"):
+            raise ValueError(f"{key}={value!r} sets up weight averaging, which is off: pass "
+                             f"use_swa=True with it (or leave {key} at {default!r})")
+        return value
+    return checked
+
+
+def check_swa_decay(opt, value):
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
+            or not 0.0 <= value <= 1.0):
+        raise ValueError(f"swa_decay must be None (a uniform average) or a float in [0, 1] "
+                         f"(torch's EMA decay); got {value!r}")
+    return float(value)
+
+
+def check_use_swa(opt, value):
+    value = check_bool("use_swa")(opt, value)
+    if value and opt.__dict__.get("_opt_use_ema"):
+        raise ValueError("use_ema and use_swa both keep an average of the parameters; choose "
+                         "one (an exponential average in torch's form is use_swa=True with "
+                         "swa_decay=...)")
+    return value
+
+
 class Options:
     """Mixin: the option attributes (see :class:`fastopt.Optimizer`)."""
 
@@ -114,6 +152,10 @@ class Options:
     _opt_ema_momentum: float
     _opt_ema_overwrite_frequency: Optional[int]
     _opt_gradient_accumulation_steps: Optional[int]
+    _opt_use_swa: bool
+    _opt_swa_start: int
+    _opt_swa_freq: int
+    _opt_swa_decay: Optional[float]
 
     maximize = option("maximize", check_truthy)
     decoupled_weight_decay = option("decoupled_weight_decay", check_decoupled)
@@ -126,6 +168,10 @@ class Options:
     ema_momentum = option("ema_momentum", check_ema_momentum)
     ema_overwrite_frequency = option("ema_overwrite_frequency",
                                      check_count("ema_overwrite_frequency", 1))
+    use_swa = option("use_swa", check_use_swa, fixed=True)
+    swa_start = option("swa_start", check_swa("swa_start", 0, check_int("swa_start", 0)))
+    swa_freq = option("swa_freq", check_swa("swa_freq", 1, check_int("swa_freq", 1)))
+    swa_decay = option("swa_decay", check_swa("swa_decay", None, check_swa_decay))
     gradient_accumulation_steps = option("gradient_accumulation_steps",
                                          check_count("gradient_accumulation_steps", 2),
                                          fixed=True)
@@ -146,5 +192,7 @@ class Options:
         return {"clipnorm": self.clipnorm, "global_clipnorm": self.global_clipnorm,
                 "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
                 "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                "use_swa": self.use_swa, "swa_start": self.swa_start,
+                "swa_freq": self.swa_freq, "swa_decay": self.swa_decay,
                 "gradient_accumulation_steps": self.gradient_accumulation_steps,
                 "skip_nonfinite": self.skip_nonfinite}

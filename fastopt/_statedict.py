@@ -70,13 +70,23 @@ def load_schedule_states(opt, states):
             sched.load_state_dict(states[path])
 
 
+def _refuse_swapped(opt, what):
+    if opt._stepper.swapped:
+        raise ValueError(f"{what}: the parameters hold the averages (swap_averages() was "
+                         f"called); call swap_averages() again first")
+
+
 def build(opt, config=True):
     s = opt._stepper
+    _refuse_swapped(opt, "state_dict")
     extra = {"micro_steps": int(opt.micro_steps), "skipped_steps": int(s.skipped)}
     if opt._ema is not None:
         extra["ema"] = [a.copy() for a in opt._ema]
     if opt._accum is not None:
         extra["accumulators"] = [a.copy() for a in opt._accum]
+    if opt._swa is not None:
+        extra["swa"] = [a.copy() for a in opt._swa]
+        extra["swa_n_averaged"] = int(s.n_averaged)
     if opt.aux_state is not None:
         extra[opt.aux_state] = np.array(s.get_aux(), dtype=np.float64)
     return {
@@ -119,6 +129,10 @@ def _check_extra(opt, extra):
            for key in ("micro_steps", "skipped_steps")}
     out["ema"] = _check_arrays(opt._ema, extra.get("ema"), "ema")
     out["accumulators"] = _check_arrays(opt._accum, extra.get("accumulators"), "accumulators")
+    out["swa"] = _check_arrays(opt._swa, extra.get("swa"), "swa")
+    if opt._swa is not None:
+        out["swa_n_averaged"] = check_counter(extra.get("swa_n_averaged"),
+                                              "extra.swa_n_averaged")
     key = opt.aux_state
     if key is not None:
         n = len(opt._stepper.get_aux())
@@ -246,6 +260,7 @@ def check(opt, sd, hyperparameters=None):
         raise ValueError(f"hyperparameters must be 'checkpoint' (restore the saved "
                          f"hyper-parameters), 'optimizer' (keep the optimizer's) or None "
                          f"(the convention's choice); got {hyperparameters!r}")
+    _refuse_swapped(opt, "load_state_dict")
     if not isinstance(sd, dict) or sd.get("format_version") != 1:
         version = sd.get("format_version") if isinstance(sd, dict) else None
         raise ValueError(f"not a fastopt optimizer state: format_version 1 expected, got "
@@ -340,10 +355,13 @@ def check(opt, sd, hyperparameters=None):
         load_schedule_states(opt, sched_states)
         s.micro = extra["micro_steps"]
         s.skipped = extra["skipped_steps"]
-        for mine, key in ((opt._ema, "ema"), (opt._accum, "accumulators")):
+        for mine, key in ((opt._ema, "ema"), (opt._accum, "accumulators"),
+                          (opt._swa, "swa")):
             if mine is not None:
                 for a, b in zip(mine, extra[key]):
                     np.copyto(a, b)
+        if opt._swa is not None:
+            s.n_averaged = extra["swa_n_averaged"]
         if "aux" in extra:
             s.set_aux(extra["aux"])
 

@@ -50,6 +50,10 @@ class Options(TypedDict, total=False):
     ema_overwrite_frequency: Optional[int]
     gradient_accumulation_steps: Optional[int]
     skip_nonfinite: bool
+    use_swa: bool
+    swa_start: int
+    swa_freq: int
+    swa_decay: Optional[float]
 
 
 class OptionsWithDecay(Options, total=False):

@@ -146,6 +146,16 @@ class Optimizer(Options):
         (``m = 0`` until the first update has been applied, so the average
         starts as a copy); every ``ema_overwrite_frequency`` updates copy the
         averages into the parameters; :meth:`finalize` copies them at the end.
+    use_swa, swa_start, swa_freq, swa_decay : bool, int, int, float or None
+        Weight averaging in torch ``swa_utils``' arithmetic: after the ``u``-th
+        update (``u`` counted from 1) with ``u > swa_start`` and
+        ``u % swa_freq == 0`` (torchcontrib's ``SWA`` clock) the averages are
+        updated as ``AveragedModel.update_parameters`` does: a copy the first
+        time, then ``avg + (w - avg)/(n + 1)`` (``swa_decay=None``, uniform,
+        ``n`` averaged so far) or ``lerp(avg, w, 1 - swa_decay)`` (torch's
+        ``get_ema_multi_avg_fn``).  :meth:`swap_averages` swaps parameters and
+        averages (to evaluate with the averages, and back); :attr:`n_averaged`
+        counts the averaged updates.  Not with ``use_ema``.
     gradient_accumulation_steps : int
         ``k >= 2``: calls accumulate ``acc += g``; every k-th call applies
         ``(g + acc)/k`` and resets.  ``iterations`` (bias corrections, EMA) counts
@@ -223,6 +233,7 @@ class Optimizer(Options):
     _group_state: list[Any]
     _index: dict[int, int]
     _ema: Optional[list[Any]]
+    _swa: Optional[list[Any]]
     _accum: Optional[list[Any]]
     _wd_rule: tuple[Any, Any]
     _wd_excluded: frozenset[int]
@@ -292,7 +303,9 @@ class Optimizer(Options):
                  global_clipnorm: Optional[float] = None, use_ema: bool = False,
                  ema_momentum: float = 0.99, ema_overwrite_frequency: Optional[int] = None,
                  gradient_accumulation_steps: Optional[int] = None,
-                 skip_nonfinite: bool = False, **hyper: Any) -> None:
+                 skip_nonfinite: bool = False, use_swa: bool = False, swa_start: int = 0,
+                 swa_freq: int = 1, swa_decay: Optional[float] = None,
+                 **hyper: Any) -> None:
         cls = type(self)
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be 'keras' or 'torch'; got {convention!r}")
@@ -321,7 +334,8 @@ class Optimizer(Options):
                           ema_momentum=ema_momentum,
                           ema_overwrite_frequency=ema_overwrite_frequency,
                           gradient_accumulation_steps=gradient_accumulation_steps,
-                          skip_nonfinite=skip_nonfinite)
+                          skip_nonfinite=skip_nonfinite, use_swa=use_swa, swa_start=swa_start,
+                          swa_freq=swa_freq, swa_decay=swa_decay)
         self._check_group(defaults, "")
         self._defaults = defaults
         given: Any = params if isinstance(params, np.ndarray) else list(params)
@@ -332,6 +346,7 @@ class Optimizer(Options):
         self.param_groups, self._overrides = [], []
         self._params, self._param_names, self._state, self._group_state = [], [], [], []
         self._ema = [] if self._opt_use_ema else None
+        self._swa = [] if self._opt_use_swa else None
         self._accum = [] if self._opt_gradient_accumulation_steps else None
         self._wd_rule = ((), ())
         self._wd_excluded = frozenset()
@@ -378,16 +393,26 @@ class Optimizer(Options):
         new = params[n0:]
         # copies, so finalize() before any step leaves the weights as they are
         ema = None if self._ema is None else self._ema + [p.copy() for p in new]
+        swa = None if self._swa is None else self._swa + [p.copy() for p in new]
         accum = None if self._accum is None else self._accum + [np.zeros_like(p) for p in new]
+        averager = None
+        if ema is not None:
+            averager = _core.Engine("ema", params, [[a] for a in ema])
+        elif swa is not None:
+            averager = _core.Engine("average", params, [[a] for a in swa])
         stepper = _core.Stepper(engine, all_groups, group_of, conv.code, conv.per_param_steps,
-                                conv.schedule_clock_calls, self._sync,
-                                None if ema is None else
-                                _core.Engine("ema", params, [[a] for a in ema]),
+                                conv.schedule_clock_calls, self._sync, averager,
                                 accum, refuse_no_grads=conv.refuse_no_grads)
         old = self._stepper
         if old is not None:
+            if old.swapped:
+                raise ValueError("add_param_group: the parameters hold the averages "
+                                 "(swap_averages() was called); call swap_averages() again "
+                                 "first")
             stepper.iterations, stepper.micro = old.iterations, old.micro
             stepper.skipped = old.skipped
+            if swa is not None:
+                stepper.n_averaged = old.n_averaged
             stepper.set_steps(list(old.get_steps()) + [0] * len(new))
             aux = stepper.get_aux()
             mine = old.get_aux()
@@ -401,6 +426,7 @@ class Optimizer(Options):
         self._group_state = group_state
         self._index = {id(p): i for i, p in enumerate(params)}
         self._engine, self._ema, self._accum, self._stepper = engine, ema, accum, stepper
+        self._swa = swa
         self._configure()
         self._apply_wd_rule()
         for gi in range(len(self.param_groups)):
@@ -622,7 +648,8 @@ class Optimizer(Options):
             num_threads=self._opt_num_threads, ema_momentum=self._opt_ema_momentum,
             ema_overwrite_frequency=self._opt_ema_overwrite_frequency,
             gradient_accumulation_steps=self._opt_gradient_accumulation_steps,
-            cross_check=cross)
+            cross_check=cross, swa_start=self._opt_swa_start, swa_freq=self._opt_swa_freq,
+            swa_decay=self._opt_swa_decay)
 
     def hyperparameters(self, group: int = 0, step: Optional[int] = None) -> dict[str, Any]:
         """The group's hyper-parameters as floats (bools as bools), schedules
@@ -689,10 +716,41 @@ class Optimizer(Options):
 
     @property
     def averages(self) -> list[Array]:
-        """The moving averages of the parameters (``use_ema=True``), live arrays."""
+        """The averages of the parameters (``use_ema=True`` or ``use_swa=True``),
+        live arrays."""
+        if self._swa is not None:
+            return list(self._swa)
         if self._ema is None:
-            raise AttributeError("averages exist only with use_ema=True")
+            raise AttributeError("averages exist only with use_ema=True or use_swa=True")
         return list(self._ema)
+
+    @property
+    def n_averaged(self) -> int:
+        """Updates averaged so far (``use_swa=True``; torch's ``n_averaged``)."""
+        if self._swa is None:
+            raise AttributeError("n_averaged exists only with use_swa=True")
+        return self._stepper.n_averaged
+
+    @property
+    def swapped(self) -> bool:
+        """Whether the parameters hold the averages (:meth:`swap_averages`)."""
+        return self._stepper.swapped
+
+    def swap_averages(self) -> bool:
+        """Swap every parameter with its average, in place (``use_swa=True``).
+
+        The values are moved, not recomputed, so calling it twice restores
+        parameters and averages bit for bit.  Evaluate between the two calls;
+        stepping, :meth:`state_dict` and :meth:`load_state_dict` refuse while
+        swapped.  Returns :attr:`swapped`.
+        """
+        if self._swa is None:
+            raise ValueError("swap_averages needs use_swa=True (an exponential average "
+                             "in torch's form is use_swa=True with swa_decay=...; with "
+                             "use_ema, finalize() copies the averages)")
+        with self._lock:
+            self._stepper.swap_averages()
+            return self._stepper.swapped
 
     # ---- the step ------------------------------------------------------------
 

@@ -10,7 +10,9 @@ serialization.
 There is no hidden global state and no call-order heuristic.  The only stateful
 schedule is :class:`ReduceOnPlateau`, whose state changes only through
 :meth:`ReduceOnPlateau.report` (the metrics it was told) and
-:meth:`~Schedule.load_state_dict`.
+:meth:`~Schedule.load_state_dict`; :class:`MultiplicativeLR` keeps its running
+product (a cache of a function of the step, in its state so that a resumed run
+continues it bit for bit).
 
 Every schedule
 
@@ -23,8 +25,23 @@ Every schedule
   ``state_dict()``/``load_state_dict(state)``, ``values(n)`` and a ``repr``;
 * composes: ``a * b``, ``a * 0.5`` and ``0.5 * a`` build a :class:`Product`.
 
-Module-level functions: :func:`serialize`, :func:`deserialize`,
-:func:`register` (a class decorator for user subclasses) and :func:`plot`.
+Every constructor also takes ``name=`` (a label kept in the config, as in
+Keras).  Module-level functions: :func:`serialize`, :func:`deserialize`,
+:func:`register` (a class decorator for user subclasses),
+:func:`register_function` (names a plain function so a :class:`Lambda`, a
+:class:`MultiplicativeLR` or a ``CyclicLR(scale_fn=...)`` serialises) and
+:func:`plot`.
+
+Porting is one rename away: torch's scheduler names with torch's arguments
+(less the optimizer, plus ``base_lr=``) are plain schedules of the step whose
+values equal torch's ``get_last_lr()`` after as many ``scheduler.step()``
+calls: :class:`LinearLR`, :class:`ConstantLR`, :class:`MultiplicativeLR`,
+:class:`PolynomialLR`, :class:`StepLR`, :class:`MultiStepLR`,
+:class:`ExponentialLR`, :class:`CosineAnnealingLR`,
+:class:`CosineAnnealingWarmRestarts`, :class:`CyclicLR`, :class:`OneCycleLR`,
+:class:`SWALR`; optax's piecewise interpolation, linear 1cycle and warmup
+presets are :class:`PiecewiseInterpolate`, :class:`LinearOneCycle`,
+:class:`WarmupCosineDecay`, :class:`WarmupExponentialDecay`.
 
 This module is pure Python + NumPy and imports nothing from the rest of
 fastopt.
@@ -33,11 +50,12 @@ fastopt.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import numbers
 import operator
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -64,7 +82,24 @@ __all__ = [
     "ReduceOnPlateau",
     "Sequential",
     "Product",
+    "LinearLR",
+    "ConstantLR",
+    "MultiplicativeLR",
+    "PolynomialLR",
+    "StepLR",
+    "MultiStepLR",
+    "ExponentialLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "OneCycleLR",
+    "SWALR",
+    "PiecewiseInterpolate",
+    "LinearOneCycle",
+    "WarmupCosineDecay",
+    "WarmupExponentialDecay",
+    "WarmupStableDecay",
     "register",
+    "register_function",
     "serialize",
     "deserialize",
     "plot",
@@ -255,6 +290,73 @@ def _builtin(cls):
     return cls
 
 
+_FUNCTIONS: dict[str, object] = {}
+_FUNCTION_NAMES: dict[object, str] = {}
+
+
+def register_function(fn=None, *, name=None):
+    """Register a plain function under a name so that schedules holding it
+    (:class:`Lambda`, :class:`MultiplicativeLR`, ``CyclicLR(scale_fn=...)``)
+    serialise: the config stores the name, and :func:`deserialize` (in the
+    same or another process that registered the function again) looks it up.
+
+    Use as a decorator, ``@register_function`` or
+    ``@register_function(name="warmup")``, or call it.  Re-registering a name
+    replaces the previous function.  The registered name may be passed where
+    the function is expected: ``Lambda("warmup")``.
+
+    Returns the function unchanged.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> @schedules.register_function(name="inv_sqrt")
+    ... def inv_sqrt(t):
+    ...     return 1.0 / (1.0 + t) ** 0.5
+    >>> s = schedules.Lambda(inv_sqrt)
+    >>> s.get_config()
+    {'fn': 'inv_sqrt'}
+    >>> schedules.deserialize(schedules.serialize(s))(3)
+    0.5
+    """
+    def deco(f):
+        if not callable(f) or isinstance(f, (Schedule, type)):
+            raise TypeError(
+                f"register_function: expected a plain function, got {f!r}")
+        key = name if name is not None else getattr(f, "__name__", None)
+        if not isinstance(key, str) or not key or key == "<lambda>":
+            raise ValueError(
+                f"register_function: name must be a non-empty str (a lambda "
+                f"needs name=...), got {key!r}")
+        old = _FUNCTIONS.get(key)
+        if old is not None:
+            _FUNCTION_NAMES.pop(old, None)
+        _FUNCTIONS[key] = f
+        _FUNCTION_NAMES[f] = key
+        return f
+
+    if fn is None:
+        return deco
+    return deco(fn)
+
+
+def _function(owner, argname, fn):
+    """A callable, or the name of a registered function, as a callable."""
+    if isinstance(fn, str):
+        f = _FUNCTIONS.get(fn)
+        if f is None:
+            raise ValueError(
+                f"{owner}: {argname}={fn!r} is not a registered function; "
+                f"known: {sorted(_FUNCTIONS)}. Register it with "
+                f"@fastopt.schedules.register_function before deserializing")
+        return f
+    if not callable(fn):
+        raise TypeError(
+            f"{owner}: {argname} must be callable or the name of a registered "
+            f"function, got {fn!r}")
+    return fn
+
+
 def _class_name(sched):
     cls = type(sched)
     key = _NAMES.get(cls)
@@ -269,6 +371,17 @@ def _encode(v):
     """Encode a raw config value into JSON-able data."""
     if isinstance(v, Schedule):
         return {"class_name": _class_name(v), "config": v.get_config()}
+    if callable(v):
+        try:
+            return _FUNCTION_NAMES[v]
+        except (KeyError, TypeError):
+            raise TypeError(
+                f"{v!r} cannot be serialized: a lambda or Python function has "
+                f"no portable config. Register it with "
+                f"@fastopt.schedules.register_function (its name is stored), "
+                f"or write a Schedule subclass implementing _compute() and "
+                f"get_config(), decorated with @fastopt.schedules.register"
+            ) from None
     if isinstance(v, (list, tuple)):
         return [_encode(x) for x in v]
     if isinstance(v, dict):
@@ -397,6 +510,29 @@ class Schedule:
     0.25
     """
 
+    name = None
+
+    def __init_subclass__(cls, **kwargs):
+        # every constructor takes name= (Keras keeps a schedule's name in its
+        # config); a class whose own __init__ has a ``name`` keeps it
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        code = init.__code__
+        if "name" in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]:
+            return
+
+        @functools.wraps(init)
+        def __init__(self, *args, name=None, **kw):
+            init(self, *args, **kw)
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"{type(self).__name__}: name must be a str or "
+                                f"None, got {name!r}")
+            self.name = name
+
+        cls.__init__ = __init__
+
     def __call__(self, step: int) -> float:
         return float(self._compute(_as_step(step)))
 
@@ -411,8 +547,12 @@ class Schedule:
 
     def get_config(self):
         """Constructor arguments as a JSON-able dict (nested schedules encoded
-        as ``{"class_name", "config"}``)."""
-        return _encode(self._config())
+        as ``{"class_name", "config"}``, registered functions by their name,
+        ``name`` only when one was given)."""
+        cfg = _encode(self._config())
+        if self.name is not None:
+            cfg["name"] = self.name
+        return cfg
 
     @classmethod
     def from_config(cls, config):
@@ -568,9 +708,11 @@ class Lambda(Schedule):
     Like torch ``LambdaLR`` with base lr 1 (multiply by a number for a base
     lr: ``Lambda(f) * 0.01``).  An optimizer takes a plain callable of either
     form directly too (``learning_rate=lambda: 0.1``, as Keras 3 does); wrap
-    it in ``Lambda`` to combine it with other schedules.  A ``Lambda`` cannot
-    be serialized (``get_config``/:func:`serialize` raise ``TypeError``): for
-    checkpoints write a :class:`Schedule` subclass and :func:`register` it.
+    it in ``Lambda`` to combine it with other schedules.  A ``Lambda``
+    serialises when its function was registered with
+    :func:`register_function` (the config stores the name; ``fn`` may also be
+    given as that name); otherwise ``get_config``/:func:`serialize` raise
+    ``TypeError``.
 
     Examples
     --------
@@ -583,10 +725,8 @@ class Lambda(Schedule):
     """
 
     def __init__(self, fn):
-        if not callable(fn):
-            raise TypeError(f"Lambda: fn must be callable, got {fn!r}")
-        self.fn = fn
-        self._call = step_callable(fn, "Lambda: ")
+        self.fn = _function("Lambda", "fn", fn)
+        self._call = step_callable(self.fn, "Lambda: ")
 
     def _compute(self, t):
         v = self._call(t)
@@ -596,11 +736,7 @@ class Lambda(Schedule):
         return float(v)
 
     def _config(self):
-        raise TypeError(
-            "Lambda schedules cannot be serialized: a lambda or Python function "
-            "has no portable config. Use a Schedule subclass implementing "
-            "_compute() and get_config(), decorated with "
-            "@fastopt.schedules.register")
+        return {"fn": self.fn}
 
     def __repr__(self):
         return f"Lambda({self.fn!r})"
@@ -665,11 +801,19 @@ class ExponentialDecay(Schedule):
         ``decay_steps``).  ``> 1`` grows (overflow gives ``inf``).
     staircase : bool, default False
         Integer division of the exponent (torch ``StepLR`` shape).
+    transition_begin : int, default 0
+        ``b >= 0``: the value holds at ``lr0`` until step ``b`` and the decay
+        counts from there (``p = (t - b)/decay_steps``; optax).
+    end_value : float or None, default None
+        A floor (``decay_rate < 1``) or ceiling (``decay_rate > 1``) on the
+        value (optax).
 
     Notes
     -----
     Keras ``ExponentialDecay`` (Keras requires ``decay_rate``; here it defaults
-    to 0.1), torch ``ExponentialLR(gamma=decay_rate ** (1/decay_steps))``.
+    to 0.1), torch ``ExponentialLR(gamma=decay_rate ** (1/decay_steps))``,
+    optax ``exponential_decay(init_value, transition_steps, decay_rate,
+    transition_begin, staircase, end_value)``.
 
     Examples
     --------
@@ -683,26 +827,41 @@ class ExponentialDecay(Schedule):
     """
 
     def __init__(self, initial_learning_rate: float, decay_steps: float,
-                 decay_rate: float = 0.1, staircase: bool = False) -> None:
+                 decay_rate: float = 0.1, staircase: bool = False, transition_begin: int = 0,
+                 end_value: Optional[float] = None) -> None:
         n = "ExponentialDecay"
         self.initial_learning_rate = _real(n, "initial_learning_rate",
                                            initial_learning_rate)
         self.decay_steps = _real(n, "decay_steps", decay_steps, lo=0, lo_open=True)
         self.decay_rate = _real(n, "decay_rate", decay_rate, lo=0, lo_open=True)
         self.staircase = _bool(n, "staircase", staircase)
+        self.transition_begin = _int(n, "transition_begin", transition_begin,
+                                     lo=0)
+        self.end_value = (None if end_value is None else
+                          _real(n, "end_value", end_value))
 
     def _compute(self, t):
+        t = t - self.transition_begin
+        if t <= 0:
+            return self.initial_learning_rate
         p = t / self.decay_steps
         if self.staircase:
             p = math.floor(p)
-        if self.initial_learning_rate == 0.0:
-            return 0.0
-        return self.initial_learning_rate * _pow(self.decay_rate, p)
+        v = (0.0 if self.initial_learning_rate == 0.0 else
+             self.initial_learning_rate * _pow(self.decay_rate, p))
+        if self.end_value is not None:
+            v = (max(v, self.end_value) if self.decay_rate < 1.0 else
+                 min(v, self.end_value))
+        return v
 
     def _config(self):
-        return {"initial_learning_rate": self.initial_learning_rate,
-                "decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
-                "staircase": self.staircase}
+        cfg = {"initial_learning_rate": self.initial_learning_rate,
+               "decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
+               "staircase": self.staircase}
+        if self.transition_begin or self.end_value is not None:
+            cfg.update(transition_begin=self.transition_begin,
+                       end_value=self.end_value)
+        return cfg
 
 
 @_builtin
@@ -878,7 +1037,10 @@ class PolynomialDecay(Schedule):
                 "power": self.power, "cycle": self.cycle}
 
 
-def _cos_decay(frac, alpha):
+def _cos_decay(frac, alpha, exponent=1.0):
+    if exponent != 1.0:
+        return (1.0 - alpha) * _pow(0.5 * (1.0 + math.cos(math.pi * frac)),
+                                    exponent) + alpha
     return (1.0 - alpha) * 0.5 * (1.0 + math.cos(math.pi * frac)) + alpha
 
 
@@ -908,12 +1070,17 @@ class CosineDecay(Schedule):
     warmup_steps : int, default 0
         ``W >= 0``; requires ``warmup_target`` when positive (Keras silently
         ignores ``warmup_steps`` without a target; we raise).
+    exponent : float, default 1.0
+        ``> 0``: the cosine factor ``0.5 * (1 + cos(...))`` is raised to this
+        power (optax ``cosine_decay_schedule(exponent=)``).
 
     Notes
     -----
     Keras ``CosineDecay``; torch ``CosineAnnealingLR(T_max=D, eta_min=alpha*lr0)``
     for ``t <= D``, but torch is not clamped past ``T_max`` (it rises again),
-    this schedule stays at its final value.
+    this schedule stays at its final value (:class:`CosineAnnealingLR` has
+    both).  optax ``cosine_decay_schedule(init_value, decay_steps, alpha,
+    exponent)``.
 
     Examples
     --------
@@ -924,8 +1091,9 @@ class CosineDecay(Schedule):
     """
 
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0,
-                 warmup_target=None, warmup_steps=0):
+                 warmup_target=None, warmup_steps=0, exponent=1.0):
         n = "CosineDecay"
+        self.exponent = _real(n, "exponent", exponent, lo=0, lo_open=True)
         self.initial_learning_rate = _real(n, "initial_learning_rate",
                                            initial_learning_rate)
         self.decay_steps = _real(n, "decay_steps", decay_steps, lo=0, lo_open=True)
@@ -942,19 +1110,24 @@ class CosineDecay(Schedule):
         d = self.decay_steps
         if self.warmup_target is None:
             s = min(float(t), d)
-            return self.initial_learning_rate * _cos_decay(s / d, self.alpha)
+            return self.initial_learning_rate * _cos_decay(s / d, self.alpha,
+                                                           self.exponent)
         w = self.warmup_steps
         s = min(float(t), d + w)
         if s < w:
             lr0 = self.initial_learning_rate
             return lr0 + (self.warmup_target - lr0) * s / w
-        return self.warmup_target * _cos_decay((s - w) / d, self.alpha)
+        return self.warmup_target * _cos_decay((s - w) / d, self.alpha,
+                                               self.exponent)
 
     def _config(self):
-        return {"initial_learning_rate": self.initial_learning_rate,
-                "decay_steps": self.decay_steps, "alpha": self.alpha,
-                "warmup_target": self.warmup_target,
-                "warmup_steps": self.warmup_steps}
+        cfg = {"initial_learning_rate": self.initial_learning_rate,
+               "decay_steps": self.decay_steps, "alpha": self.alpha,
+               "warmup_target": self.warmup_target,
+               "warmup_steps": self.warmup_steps}
+        if self.exponent != 1.0:
+            cfg["exponent"] = self.exponent
+        return cfg
 
 
 @_builtin
@@ -1216,8 +1389,16 @@ class CyclicLR(Schedule):
     mode : {"triangular", "triangular2", "exp_range"}, default "triangular"
     gamma : float, default 1.0
         ``0 < gamma <= 1``, used by ``exp_range``.
+    scale_fn : callable or str or None, default None
+        A custom ``scale(k)`` replacing ``mode`` (torch): a function of the
+        cycle number or the step (``scale_mode``), or the name of one
+        registered with :func:`register_function` (needed to serialise).
     scale_mode : {"cycle", "iterations"} or None
-        ``None``: ``"iterations"`` for exp_range, ``"cycle"`` otherwise (torch).
+        ``None``: ``"iterations"`` for exp_range, ``"cycle"`` otherwise (torch;
+        also ``"cycle"`` with a ``scale_fn``).
+    cycle_momentum : bool, default True
+        Whether :attr:`momentum` is offered (``False``: it raises), torch's
+        switch for cycling the optimizer's momentum.
     base_momentum, max_momentum : float, default 0.8, 0.9
         For the :attr:`momentum` schedule (momentum moves inversely).
 
@@ -1228,8 +1409,9 @@ class CyclicLR(Schedule):
 
     Notes
     -----
-    torch ``CyclicLR`` (no custom ``scale_fn``; the schedule does not write
-    the optimizer).  Keras has none.
+    torch ``CyclicLR`` with the same arguments (less the optimizer; pass
+    :attr:`momentum` as the optimizer's momentum to cycle it); the schedule
+    does not write the optimizer.  Keras has none.
 
     Examples
     --------
@@ -1240,8 +1422,8 @@ class CyclicLR(Schedule):
     """
 
     def __init__(self, base_lr, max_lr, step_size_up=2000, step_size_down=None,
-                 mode="triangular", gamma=1.0, scale_mode=None,
-                 base_momentum=0.8, max_momentum=0.9):
+                 mode="triangular", gamma=1.0, scale_fn=None, scale_mode=None,
+                 cycle_momentum=True, base_momentum=0.8, max_momentum=0.9):
         n = type(self).__name__
         self.base_lr = _real(n, "base_lr", base_lr, lo=0)
         self.max_lr = _real(n, "max_lr", max_lr)
@@ -1256,10 +1438,15 @@ class CyclicLR(Schedule):
         self.mode = _choice(n, "mode", mode,
                             ("triangular", "triangular2", "exp_range"))
         self.gamma = _real(n, "gamma", gamma, lo=0, lo_open=True, hi=1)
+        self.scale_fn = (None if scale_fn is None else
+                         _function(n, "scale_fn", scale_fn))
+        if scale_mode is None and self.scale_fn is not None:
+            scale_mode = "cycle"
         if scale_mode is None:
             scale_mode = "iterations" if self.mode == "exp_range" else "cycle"
         self.scale_mode = _choice(n, "scale_mode", scale_mode,
                                   ("cycle", "iterations"))
+        self.cycle_momentum = _bool(n, "cycle_momentum", cycle_momentum)
         self.base_momentum = _real(n, "base_momentum", base_momentum)
         self.max_momentum = _real(n, "max_momentum", max_momentum)
 
@@ -1271,6 +1458,9 @@ class CyclicLR(Schedule):
         x = 1.0 + t / size - cycle
         s = x / ratio if x <= ratio else (x - 1.0) / (ratio - 1.0)
         k = cycle if self.scale_mode == "cycle" else t
+        if self.scale_fn is not None:
+            # a custom scale is the user's: not clamped (as in torch)
+            return min(max(s, 0.0), 1.0) * float(self.scale_fn(k))
         if self.mode == "triangular":
             scale = 1.0
         elif self.mode == "triangular2":
@@ -1285,13 +1475,18 @@ class CyclicLR(Schedule):
     @property
     def momentum(self):
         """The matching inverse momentum schedule (:class:`CyclicMomentum`)."""
+        if not self.cycle_momentum:
+            raise ValueError(f"{type(self).__name__}: cycle_momentum=False, there is no "
+                             f"momentum schedule; pass cycle_momentum=True")
         return CyclicMomentum(**self._config())
 
     def _config(self):
         return {"base_lr": self.base_lr, "max_lr": self.max_lr,
                 "step_size_up": self.step_size_up,
                 "step_size_down": self.step_size_down, "mode": self.mode,
-                "gamma": self.gamma, "scale_mode": self.scale_mode,
+                "gamma": self.gamma, "scale_fn": self.scale_fn,
+                "scale_mode": self.scale_mode,
+                "cycle_momentum": self.cycle_momentum,
                 "base_momentum": self.base_momentum,
                 "max_momentum": self.max_momentum}
 
@@ -1506,6 +1701,22 @@ class OneCycleMomentum(OneCycle):
 # performance scheduling
 # ---------------------------------------------------------------------------
 
+# Keras 3 metrics by direction (their ``_direction``), for mode="auto"
+_KERAS_UP = frozenset((
+    "accuracy", "auc", "binary_accuracy", "binary_io_u", "categorical_accuracy",
+    "concordance_correlation", "cosine_similarity", "f1_score", "fbeta_score",
+    "pearson_correlation", "precision", "r2_score", "recall",
+    "sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy",
+    "top_k_categorical_accuracy"))
+_KERAS_DOWN = frozenset((
+    "loss", "binary_crossentropy", "categorical_crossentropy",
+    "categorical_hinge", "hinge", "kl_divergence", "logcosh",
+    "mean_absolute_error", "mean_absolute_percentage_error",
+    "mean_squared_error", "mean_squared_logarithmic_error", "poisson",
+    "root_mean_squared_error", "sparse_categorical_crossentropy",
+    "squared_hinge"))
+
+
 @_builtin
 class ReduceOnPlateau(Schedule):
     """Performance scheduling: reduce a multiplicative scale when a reported
@@ -1546,7 +1757,12 @@ class ReduceOnPlateau(Schedule):
     ----------
     base : float, Schedule or callable, default 1.0
         What the scale multiplies.
-    mode : {"min", "max"}, default "min"
+    mode : {"min", "max", "auto"}, default "min"
+        ``"auto"`` (Keras 3): from ``monitor`` without its ``val_`` prefix:
+        ``"min"`` for ``loss`` and Keras's decreasing metrics (``mean_squared_error``,
+        crossentropies, ...), ``"max"`` for its increasing ones (``accuracy``,
+        ``auc``, ``precision``, ``recall``, ...); any other name raises, as
+        in Keras.
     factor : float, default 0.1
         In (0, 1).
     patience : int, default 10
@@ -1559,6 +1775,9 @@ class ReduceOnPlateau(Schedule):
     convention : {"keras", "torch"}, default "keras"
     eps : float, default 1e-8
         torch: skip reductions smaller than ``eps`` (unused for keras).
+    monitor : str or None, default None
+        The name of the reported metric (Keras's ``monitor``, e.g.
+        ``"val_accuracy"``); only ``mode="auto"`` reads it.
 
     Notes
     -----
@@ -1585,14 +1804,31 @@ class ReduceOnPlateau(Schedule):
     def __init__(self, base: Union[float, Callable[[int], float]] = 1.0, mode: str = "min",
                  factor: float = 0.1, patience: int = 10, min_delta: float = 1e-4,
                  threshold_mode: Optional[str] = None, cooldown: int = 0, min_lr: float = 0.0,
-                 convention: str = "keras", eps: float = 1e-8) -> None:
+                 convention: str = "keras", eps: float = 1e-8,
+                 monitor: Optional[str] = None) -> None:
         n = "ReduceOnPlateau"
         if isinstance(base, Schedule) or (callable(base)
                                           and not isinstance(base, numbers.Real)):
             self.base = _as_schedule(n, "base", base)
         else:
             self.base = _real(n, "base", base)
-        self.mode = _choice(n, "mode", mode, ("min", "max"))
+        self.mode = _choice(n, "mode", mode, ("min", "max", "auto"))
+        if monitor is not None and not isinstance(monitor, str):
+            raise TypeError(f"{n}: monitor must be a str or None, got {monitor!r}")
+        self.monitor = monitor
+        self._mode = self.mode
+        if self.mode == "auto":
+            metric = (monitor or "").removeprefix("val_")
+            if metric in _KERAS_DOWN:
+                self._mode = "min"
+            elif metric in _KERAS_UP:
+                self._mode = "max"
+            else:
+                raise ValueError(
+                    f"{n}: mode='auto' cannot tell whether monitor={monitor!r} "
+                    f"should be minimized or maximized (known: 'loss' and "
+                    f"Keras's metric names, with or without 'val_'); pass "
+                    f"mode='min' or mode='max'")
         self.factor = _real(n, "factor", factor, lo=0, lo_open=True, hi=1,
                             hi_open=True)
         self.patience = _int(n, "patience", patience, lo=0)
@@ -1618,7 +1854,7 @@ class ReduceOnPlateau(Schedule):
     # -- reporting ------------------------------------------------------------
     def reset(self):
         """Forget all reports: scale 1, best = +-inf, counters 0."""
-        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best = math.inf if self._mode == "min" else -math.inf
         self.wait = 0
         self.cooldown_counter = 0
         self.scale = 1.0
@@ -1639,9 +1875,9 @@ class ReduceOnPlateau(Schedule):
             return False
         best = self.best
         if not math.isfinite(best):
-            return cur < best if self.mode == "min" else cur > best
+            return cur < best if self._mode == "min" else cur > best
         thr = self.min_delta * (abs(best) if self.threshold_mode == "rel" else 1.0)
-        if self.mode == "min":
+        if self._mode == "min":
             return cur < best - thr
         return cur > best + thr
 
@@ -1745,7 +1981,7 @@ class ReduceOnPlateau(Schedule):
                 "patience": self.patience, "min_delta": self.min_delta,
                 "threshold_mode": self.threshold_mode, "cooldown": self.cooldown,
                 "min_lr": self.min_lr, "convention": self.convention,
-                "eps": self.eps}
+                "eps": self.eps, "monitor": self.monitor}
 
 
 # ---------------------------------------------------------------------------
@@ -1782,7 +2018,8 @@ class Sequential(Schedule):
     [0.0, 0.05, 0.1, 0.05, 0.0]
     """
 
-    def __init__(self, schedules, boundaries):
+    def __init__(self, schedules: Sequence[Union[float, Schedule, Callable[[int], float]]],
+                 boundaries: Sequence[int]) -> None:
         n = "Sequential"
         if isinstance(schedules, (Schedule, str, bytes)) or not hasattr(
                 schedules, "__iter__"):
@@ -1857,13 +2094,893 @@ class Product(Schedule):
 
     @classmethod
     def from_config(cls, config):
-        if not isinstance(config, dict) or set(config) != {"factors"}:
+        if not isinstance(config, dict) or not (
+                {"factors"} <= set(config) <= {"factors", "name"}):
             raise TypeError(
                 f"Product.from_config: expected {{'factors': [...]}}, got {config!r}")
-        return cls(*_decode(config["factors"]))
+        return cls(*_decode(config["factors"]), name=config.get("name"))
 
     def __repr__(self):
         return "Product(" + ", ".join(repr(f) for f in self.factors) + ")"
+
+
+# ---------------------------------------------------------------------------
+# torch's scheduler names with torch's arguments
+# ---------------------------------------------------------------------------
+#
+# Each value at step t equals torch's ``get_last_lr()`` after t calls of
+# ``scheduler.step()`` (to rounding: torch multiplies the previous lr, these
+# are closed forms), for an optimizer whose lr was ``base_lr``.
+
+def _base_lr(owner, base_lr):
+    return _real(owner, "base_lr", base_lr, lo=0)
+
+
+@_builtin
+class LinearLR(LinearWarmup):
+    """torch ``LinearLR``: a factor ramped linearly from ``start_factor`` to
+    ``end_factor`` over ``total_iters`` steps, then held.
+
+    ``lr(t) = base_lr * (start_factor + (end_factor - start_factor) *
+    min(t, total_iters) / total_iters)``.
+
+    Parameters
+    ----------
+    start_factor : float, default 1/3
+        In ``(0, 1]`` (torch).
+    end_factor : float, default 1.0
+        In ``[0, 1]``.
+    total_iters : int, default 5
+        ``>= 1``.
+    base_lr : float
+        Keyword only: the optimizer's learning rate the factor multiplies.
+
+    Notes
+    -----
+    Equal to ``LinearWarmup(total_iters, end_factor*base_lr,
+    start=start_factor*base_lr)`` to rounding; torch's own arithmetic is a
+    running product of ratios, these values are its closed form.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.LinearLR(start_factor=0.25, total_iters=4, base_lr=0.1)
+    >>> [round(s(t), 6) for t in (0, 2, 4, 100)]
+    [0.025, 0.0625, 0.1, 0.1]
+    """
+
+    def __init__(self, start_factor=1.0 / 3, end_factor=1.0, total_iters=5, *,
+                 base_lr):
+        n = "LinearLR"
+        self.start_factor = _real(n, "start_factor", start_factor, lo=0,
+                                  lo_open=True, hi=1)
+        self.end_factor = _real(n, "end_factor", end_factor, lo=0, hi=1)
+        self.total_iters = _int(n, "total_iters", total_iters, lo=1)
+        self.base_lr = _base_lr(n, base_lr)
+        super().__init__(self.total_iters, self.end_factor * self.base_lr,
+                         start=self.start_factor * self.base_lr)
+
+    def _compute(self, t):
+        sf, ef = self.start_factor, self.end_factor
+        if t >= self.total_iters:
+            return self.base_lr * ef       # exact, as torch's ramp ends
+        f = sf + (ef - sf) * t / self.total_iters
+        return self.base_lr * min(max(f, min(sf, ef)), max(sf, ef))
+
+    def _config(self):
+        return {"start_factor": self.start_factor, "end_factor": self.end_factor,
+                "total_iters": self.total_iters, "base_lr": self.base_lr}
+
+
+@_builtin
+class ConstantLR(PiecewiseConstant):
+    """torch ``ConstantLR``: ``base_lr * factor`` for ``t < total_iters``,
+    then ``base_lr``.
+
+    Parameters
+    ----------
+    factor : float, default 1/3
+        In ``[0, 1]`` (torch).
+    total_iters : int, default 5
+        ``>= 1``.
+    base_lr : float
+        Keyword only.
+
+    Notes
+    -----
+    A :class:`PiecewiseConstant` with one boundary.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.ConstantLR(factor=0.5, total_iters=2, base_lr=0.1)
+    >>> [s(t) for t in range(4)]
+    [0.05, 0.05, 0.1, 0.1]
+    """
+
+    def __init__(self, factor=1.0 / 3, total_iters=5, *, base_lr):
+        n = "ConstantLR"
+        self.factor = _real(n, "factor", factor, lo=0, hi=1)
+        self.total_iters = _int(n, "total_iters", total_iters, lo=1)
+        self.base_lr = _base_lr(n, base_lr)
+        super().__init__([self.total_iters],
+                         [self.base_lr * self.factor, self.base_lr])
+
+    def _config(self):
+        return {"factor": self.factor, "total_iters": self.total_iters,
+                "base_lr": self.base_lr}
+
+
+@_builtin
+class MultiplicativeLR(Schedule):
+    """torch ``MultiplicativeLR``: ``lr(0) = base_lr``,
+    ``lr(t) = lr(t-1) * lr_lambda(t)``.
+
+    The running product is the schedule's state: consecutive steps cost one
+    call of ``lr_lambda`` each (an earlier step recomputes from 0), and
+    :meth:`state_dict` holds ``{"step", "lr"}`` so that a resumed run continues
+    the product bit for bit, as torch's scheduler state does.
+
+    Parameters
+    ----------
+    lr_lambda : callable or str
+        ``f(step) -> factor``, or the name of a function registered with
+        :func:`register_function` (needed to serialise).
+    base_lr : float
+        Keyword only.
+
+    Notes
+    -----
+    The factor for step ``t`` is ``lr_lambda(t)`` for ``t >= 1`` (torch never
+    calls it with 0).  Multiply in this order, as torch does, so the values
+    equal torch's bit for bit.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.MultiplicativeLR(lambda t: 0.5, base_lr=1.0)
+    >>> [s(t) for t in range(4)]
+    [1.0, 0.5, 0.25, 0.125]
+    """
+
+    def __init__(self, lr_lambda, *, base_lr):
+        n = "MultiplicativeLR"
+        self.lr_lambda = _function(n, "lr_lambda", lr_lambda)
+        self.base_lr = _base_lr(n, base_lr)
+        self._step, self._lr = 0, self.base_lr
+
+    def _compute(self, t):
+        if t < self._step:
+            self._step, self._lr = 0, self.base_lr
+        while self._step < t:
+            self._step += 1
+            self._lr = self._lr * float(self.lr_lambda(self._step))
+        return self._lr
+
+    def _own_state(self):
+        return {"step": self._step, "lr": self._lr}
+
+    def _load_own_state(self, state):
+        n = "MultiplicativeLR.load_state_dict"
+        if set(state) != {"step", "lr"}:
+            raise ValueError(f"{n}: expected keys ['lr', 'step'], got "
+                             f"{sorted(state)}")
+        self._step = _int(n, "step", state["step"], lo=0)
+        self._lr = _real(n, "lr", state["lr"], finite=False)
+
+    def _config(self):
+        return {"lr_lambda": self.lr_lambda, "base_lr": self.base_lr}
+
+
+@_builtin
+class PolynomialLR(PolynomialDecay):
+    """torch ``PolynomialLR``:
+    ``lr(t) = base_lr * (1 - min(t, total_iters)/total_iters) ** power``
+    (0 from ``total_iters`` on; torch has no end value and no cycle).
+
+    Parameters
+    ----------
+    total_iters : int, default 5
+        ``>= 1``.
+    power : float, default 1.0
+        ``>= 0``.
+    base_lr : float
+        Keyword only.
+
+    Notes
+    -----
+    A :class:`PolynomialDecay` with ``end_learning_rate=0``; Keras's and
+    optax's polynomial schedules have an end value (``PolynomialDecay``).
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.PolynomialLR(total_iters=4, power=2.0, base_lr=1.0)
+    >>> [s(t) for t in range(6)]
+    [1.0, 0.5625, 0.25, 0.0625, 0.0, 0.0]
+    """
+
+    def __init__(self, total_iters=5, power=1.0, *, base_lr):
+        n = "PolynomialLR"
+        self.total_iters = _int(n, "total_iters", total_iters, lo=1)
+        self.base_lr = _base_lr(n, base_lr)
+        super().__init__(self.base_lr, self.total_iters, end_learning_rate=0.0,
+                         power=_real(n, "power", power, lo=0))
+
+    def _config(self):
+        return {"total_iters": self.total_iters, "power": self.power,
+                "base_lr": self.base_lr}
+
+
+@_builtin
+class StepLR(StepDecay):
+    """torch ``StepLR``: ``lr(t) = base_lr * gamma ** floor(t / step_size)``.
+
+    Notes
+    -----
+    A :class:`StepDecay` with torch's argument names.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.StepLR(step_size=2, gamma=0.5, base_lr=1.0)
+    >>> [s(t) for t in range(5)]
+    [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
+
+    def __init__(self, step_size, gamma=0.1, *, base_lr):
+        super().__init__(_base_lr("StepLR", base_lr), step_size, gamma)
+        self.base_lr = self.initial_learning_rate
+
+    def _config(self):
+        return {"step_size": self.step_size, "gamma": self.gamma,
+                "base_lr": self.base_lr}
+
+
+@_builtin
+class MultiStepLR(MultiStepDecay):
+    """torch ``MultiStepLR``: ``lr(t) = base_lr * gamma ** (number of
+    milestones <= t)``; milestones in any order, a repeated one counts twice.
+
+    Notes
+    -----
+    A :class:`MultiStepDecay` with torch's argument names.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.MultiStepLR([3, 1], gamma=0.1, base_lr=1.0)
+    >>> [round(s(t), 6) for t in range(4)]
+    [1.0, 0.1, 0.1, 0.01]
+    """
+
+    def __init__(self, milestones, gamma=0.1, *, base_lr):
+        n = "MultiStepLR"
+        if isinstance(milestones, (str, bytes)) or not hasattr(
+                milestones, "__iter__"):
+            raise TypeError(f"{n}: milestones must be a sequence of integers, "
+                            f"got {milestones!r}")
+        ms = sorted(_int(n, f"milestones[{i}]", m, lo=0)
+                    for i, m in enumerate(milestones))
+        super().__init__(_base_lr(n, base_lr), ms, gamma)
+        self.base_lr = self.initial_learning_rate
+
+    def _config(self):
+        return {"milestones": list(self.milestones), "gamma": self.gamma,
+                "base_lr": self.base_lr}
+
+
+@_builtin
+class ExponentialLR(ExponentialDecay):
+    """torch ``ExponentialLR``: ``lr(t) = base_lr * gamma ** t``.
+
+    Notes
+    -----
+    An :class:`ExponentialDecay` with ``decay_steps=1``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.ExponentialLR(gamma=0.5, base_lr=1.0)
+    >>> [s(t) for t in range(4)]
+    [1.0, 0.5, 0.25, 0.125]
+    """
+
+    def __init__(self, gamma, *, base_lr):
+        super().__init__(_base_lr("ExponentialLR", base_lr), 1, gamma)
+        self.base_lr, self.gamma = self.initial_learning_rate, self.decay_rate
+
+    def _config(self):
+        return {"gamma": self.gamma, "base_lr": self.base_lr}
+
+
+@_builtin
+class CosineAnnealingLR(Schedule):
+    """torch ``CosineAnnealingLR``:
+    ``lr(t) = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2``.
+
+    Past ``T_max`` torch's cosine rises again (period ``2 * T_max``); that is
+    the default here too.  ``hold=True`` keeps ``eta_min`` from ``T_max`` on
+    (as :class:`CosineDecay` does).
+
+    Parameters
+    ----------
+    T_max : int
+        Half period, ``>= 1``.
+    eta_min : float, default 0.0
+    hold : bool, default False
+        Hold ``eta_min`` after ``T_max`` instead of rising again.
+    base_lr : float
+        Keyword only.
+
+    Notes
+    -----
+    torch's ``get_last_lr()`` is a recursive product whose values are this
+    closed form to rounding, including the rise after ``T_max``.  With
+    ``eta_min = alpha * base_lr`` and ``hold=True`` this is
+    ``CosineDecay(base_lr, T_max, alpha)``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.CosineAnnealingLR(T_max=4, base_lr=1.0)
+    >>> [round(s(t), 6) for t in (0, 2, 4, 6, 8)]
+    [1.0, 0.5, 0.0, 0.5, 1.0]
+    >>> h = schedules.CosineAnnealingLR(T_max=4, base_lr=1.0, hold=True)
+    >>> [round(h(t), 6) for t in (0, 2, 4, 6, 8)]
+    [1.0, 0.5, 0.0, 0.0, 0.0]
+    """
+
+    def __init__(self, T_max: int, eta_min: float = 0.0, *, base_lr: float,
+                 hold: bool = False) -> None:
+        n = "CosineAnnealingLR"
+        self.T_max = _int(n, "T_max", T_max, lo=1)
+        self.eta_min = _real(n, "eta_min", eta_min)
+        self.base_lr = _base_lr(n, base_lr)
+        self.hold = _bool(n, "hold", hold)
+
+    def _compute(self, t):
+        if self.hold:
+            t = min(t, self.T_max)
+        else:
+            t = t % (2 * self.T_max)        # exact period, no large-t drift
+        return self.eta_min + (self.base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * t / self.T_max)) / 2
+
+    def _config(self):
+        return {"T_max": self.T_max, "eta_min": self.eta_min,
+                "base_lr": self.base_lr, "hold": self.hold}
+
+
+@_builtin
+class CosineAnnealingWarmRestarts(Schedule):
+    """torch ``CosineAnnealingWarmRestarts`` (SGDR):
+    ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2``,
+    with ``T_i = T_0 * T_mult**i`` the length of the current cycle and
+    ``T_cur`` the steps since its start (integers, as torch counts them).
+
+    Parameters
+    ----------
+    T_0 : int
+        First cycle, ``>= 1``.
+    T_mult : int, default 1
+        ``>= 1``.
+    eta_min : float, default 0.0
+    base_lr : float
+        Keyword only.
+
+    Notes
+    -----
+    :class:`CosineDecayRestarts` is the Keras form (``m_mul``, ``alpha``,
+    real ``t_mul``).
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.CosineAnnealingWarmRestarts(T_0=2, T_mult=2, base_lr=1.0)
+    >>> [round(s(t), 6) for t in range(7)]
+    [1.0, 0.5, 1.0, 0.853553, 0.5, 0.146447, 1.0]
+    """
+
+    def __init__(self, T_0, T_mult=1, eta_min=0.0, *, base_lr):
+        n = "CosineAnnealingWarmRestarts"
+        self.T_0 = _int(n, "T_0", T_0, lo=1)
+        self.T_mult = _int(n, "T_mult", T_mult, lo=1)
+        self.eta_min = _real(n, "eta_min", eta_min)
+        self.base_lr = _base_lr(n, base_lr)
+
+    def _compute(self, t):
+        t_i = self.T_0
+        if self.T_mult == 1:
+            t %= t_i
+        else:
+            while t >= t_i:
+                t -= t_i
+                t_i *= self.T_mult
+        return self.eta_min + (self.base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * t / t_i)) / 2
+
+    def _config(self):
+        return {"T_0": self.T_0, "T_mult": self.T_mult, "eta_min": self.eta_min,
+                "base_lr": self.base_lr}
+
+
+@_builtin
+class OneCycleLR(OneCycle):
+    """torch ``OneCycleLR`` with torch's arguments and defaults (two-phase
+    cosine, ``pct_start=0.3``); ``total_steps`` or ``epochs *
+    steps_per_epoch``.  See :class:`OneCycle` for the phases; past the end the
+    final value is held (torch raises).
+
+    Parameters
+    ----------
+    max_lr : float
+    total_steps : int or None
+    epochs, steps_per_epoch : int or None
+        Used when ``total_steps`` is None: ``total_steps = epochs *
+        steps_per_epoch``.
+    pct_start : float, default 0.3
+    anneal_strategy : {"cos", "linear"}, default "cos"
+    cycle_momentum : bool, default True
+        Whether :attr:`momentum` is offered (``False``: it raises).
+    base_momentum, max_momentum : float, default 0.85, 0.95
+    div_factor, final_div_factor : float, default 25.0, 1e4
+    three_phase : bool, default False
+
+    Notes
+    -----
+    An :class:`OneCycle` with torch's argument names and defaults; the values
+    are torch's at every step up to ``total_steps - 1``.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.OneCycleLR(1.0, epochs=2, steps_per_epoch=5)
+    >>> round(s(0), 6), round(s(2), 6), s.total_steps
+    (0.04, 1.0, 10)
+    """
+
+    def __init__(self, max_lr, total_steps=None, epochs=None,
+                 steps_per_epoch=None, pct_start=0.3, anneal_strategy="cos",
+                 cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
+                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+        n = "OneCycleLR"
+        if total_steps is None:
+            if epochs is None or steps_per_epoch is None:
+                raise ValueError(
+                    f"{n}: give total_steps, or epochs and steps_per_epoch "
+                    f"(got total_steps=None, epochs={epochs!r}, "
+                    f"steps_per_epoch={steps_per_epoch!r})")
+            self.epochs = _int(n, "epochs", epochs, lo=1)
+            self.steps_per_epoch = _int(n, "steps_per_epoch", steps_per_epoch,
+                                        lo=1)
+            total = self.epochs * self.steps_per_epoch
+        else:
+            if epochs is not None or steps_per_epoch is not None:
+                raise ValueError(
+                    f"{n}: give total_steps or epochs and steps_per_epoch, not "
+                    f"both (got total_steps={total_steps!r}, epochs={epochs!r}, "
+                    f"steps_per_epoch={steps_per_epoch!r})")
+            self.epochs = self.steps_per_epoch = None
+            total = total_steps
+        self.cycle_momentum = _bool(n, "cycle_momentum", cycle_momentum)
+        self.given_total_steps = total_steps
+        super().__init__(max_lr, total, pct_start=pct_start,
+                         anneal=_choice(n, "anneal_strategy", anneal_strategy,
+                                        ("cos", "linear")),
+                         three_phase=three_phase, div_factor=div_factor,
+                         final_div_factor=final_div_factor,
+                         base_momentum=base_momentum, max_momentum=max_momentum)
+
+    @property
+    def momentum(self):
+        """The matching momentum schedule (``cycle_momentum=True`` only)."""
+        if not self.cycle_momentum:
+            raise ValueError("OneCycleLR: cycle_momentum=False, there is no "
+                             "momentum schedule; pass cycle_momentum=True")
+        return OneCycleMomentum(**OneCycle._config(self))
+
+    def _config(self):
+        return {"max_lr": self.max_lr, "total_steps": self.given_total_steps,
+                "epochs": self.epochs, "steps_per_epoch": self.steps_per_epoch,
+                "pct_start": self.pct_start, "anneal_strategy": self.anneal,
+                "cycle_momentum": self.cycle_momentum,
+                "base_momentum": self.base_momentum,
+                "max_momentum": self.max_momentum,
+                "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor,
+                "three_phase": self.three_phase}
+
+
+@_builtin
+class SWALR(Schedule):
+    """torch ``swa_utils.SWALR``: anneal from ``base_lr`` to ``swa_lr`` over
+    ``anneal_epochs`` steps, then hold ``swa_lr``.
+
+    ``q = clip(t / max(1, anneal_epochs), 0, 1)`` (``t >= 1`` when
+    ``anneal_epochs == 0``), ``a = (1 - cos(pi q))/2`` (``"cos"``) or ``q``
+    (``"linear"``), ``lr = swa_lr * a + base_lr * (1 - a)``.
+
+    Parameters
+    ----------
+    swa_lr : float
+        ``>= 0``.
+    anneal_epochs : int, default 10
+        ``>= 0``.
+    anneal_strategy : {"cos", "linear"}, default "cos"
+    base_lr : float
+        Keyword only: the rate it anneals from (torch: the optimizer's lr when
+        the scheduler is made).
+
+    Notes
+    -----
+    Usually joined after the pre-SWA schedule with :class:`Sequential`; the
+    averaging itself is the optimizers' ``use_swa=True`` option.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.SWALR(0.05, anneal_epochs=2, anneal_strategy="linear",
+    ...                     base_lr=0.1)
+    >>> [round(s(t), 6) for t in range(4)]
+    [0.1, 0.075, 0.05, 0.05]
+    """
+
+    def __init__(self, swa_lr: float, anneal_epochs: int = 10, anneal_strategy: str = "cos", *,
+                 base_lr: float) -> None:
+        n = "SWALR"
+        self.swa_lr = _real(n, "swa_lr", swa_lr, lo=0)
+        self.anneal_epochs = _int(n, "anneal_epochs", anneal_epochs, lo=0)
+        self.anneal_strategy = _choice(n, "anneal_strategy", anneal_strategy,
+                                       ("cos", "linear"))
+        self.base_lr = _base_lr(n, base_lr)
+
+    def _compute(self, t):
+        if self.anneal_epochs == 0:
+            t = max(1, t)
+        q = max(0.0, min(1.0, t / max(1, self.anneal_epochs)))
+        a = (1 - math.cos(math.pi * q)) / 2 if self.anneal_strategy == "cos" \
+            else q
+        return self.swa_lr * a + self.base_lr * (1 - a)
+
+    def _config(self):
+        return {"swa_lr": self.swa_lr, "anneal_epochs": self.anneal_epochs,
+                "anneal_strategy": self.anneal_strategy, "base_lr": self.base_lr}
+
+
+# ---------------------------------------------------------------------------
+# optax's interpolations and warmup presets; warmup-stable-decay
+# ---------------------------------------------------------------------------
+
+@_builtin
+class PiecewiseInterpolate(Schedule):
+    """optax ``piecewise_interpolate_schedule``: values interpolated between
+    boundaries, each boundary multiplying the value by its scale.
+
+    With sorted boundaries ``b_1 < ... < b_n`` (``b_0 = 0``) and values
+    ``v_0 = init_value``, ``v_i = v_{i-1} * scale_i``: for
+    ``b_i <= t < b_{i+1}``, ``q = (t - b_i) / max(b_{i+1} - b_i, 1)`` and the
+    value is ``v_i + (v_{i+1} - v_i) * q`` (``"linear"``) or
+    ``v_{i+1} + (v_i - v_{i+1})/2 * (1 + cos(pi q))`` (``"cosine"``);
+    ``v_n`` from ``b_n`` on.
+
+    Parameters
+    ----------
+    interpolate_type : {"linear", "cosine"}
+    init_value : float
+    boundaries_and_scales : dict int -> float, or list of [boundary, scale]
+        Boundaries ``>= 0`` (distinct), scales ``>= 0``; may be empty.
+
+    Notes
+    -----
+    optax computes the same per step; a boundary 0 makes ``init_value`` unused
+    (the first interval is empty).
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.PiecewiseInterpolate("linear", 1.0, {4: 0.5, 8: 0.0})
+    >>> [s(t) for t in (0, 2, 4, 6, 8, 9)]
+    [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+
+    def __init__(self, interpolate_type, init_value, boundaries_and_scales=None):
+        n = type(self).__name__
+        self.interpolate_type = _choice(n, "interpolate_type", interpolate_type,
+                                        ("linear", "cosine"))
+        self.init_value = _real(n, "init_value", init_value)
+        pairs = boundaries_and_scales or []
+        if isinstance(pairs, dict):
+            pairs = list(pairs.items())
+        if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+            raise TypeError(f"{n}: boundaries_and_scales must be a dict or a "
+                            f"list of [boundary, scale] pairs, got {pairs!r}")
+        pairs = list(pairs)
+        for i, p in enumerate(pairs):
+            if not isinstance(p, (list, tuple)) or len(p) != 2:
+                raise TypeError(f"{n}: boundaries_and_scales[{i}] must be a "
+                                f"[boundary, scale] pair, got {p!r}")
+        keys = [_int(n, f"boundary[{i}]", int(p[0]) if isinstance(p[0], str)
+                     else p[0], lo=0) for i, p in enumerate(pairs)]
+        pairs = sorted((k, _real(n, f"scale for boundary {k}", p[1], lo=0))
+                       for k, p in zip(keys, pairs))
+        _int_list(n, "boundaries", [k for k, _ in pairs], allow_empty=True)
+        self.boundaries_and_scales = pairs
+        self._bounds = [0] + [k for k, _ in pairs]
+        self._values = [self.init_value]
+        for _, sc in pairs:
+            self._values.append(self._values[-1] * sc)
+
+    def _compute(self, t):
+        b, v = self._bounds, self._values
+        if t >= b[-1]:
+            return v[-1]
+        i = bisect.bisect_right(b, t) - 1
+        q = (t - b[i]) / max(b[i + 1] - b[i], 1)
+        a, c = v[i], v[i + 1]
+        if self.interpolate_type == "linear":
+            return (c - a) * q + a
+        return c + (a - c) / 2.0 * (math.cos(math.pi * q) + 1)
+
+    def _config(self):
+        return {"interpolate_type": self.interpolate_type,
+                "init_value": self.init_value,
+                "boundaries_and_scales": [list(p) for p in
+                                          self.boundaries_and_scales]}
+
+
+@_builtin
+class LinearOneCycle(PiecewiseInterpolate):
+    """optax ``linear_onecycle_schedule``: linear
+    ``peak/div_factor -> peak`` until ``int(pct_start*T)``, back to
+    ``peak/div_factor`` at ``int(pct_final*T)``, down to
+    ``peak/div_factor/final_div_factor`` at ``T``, then held.
+
+    Notes
+    -----
+    :class:`OneCycle` is torch's phase layout (and momentum); this is optax's.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.LinearOneCycle(100, peak_value=1.0)
+    >>> round(s(0), 6), round(s(30), 6), round(s(85), 6), f"{s(100):.1e}"
+    (0.04, 1.0, 0.04, '4.0e-06')
+    """
+
+    def __init__(self, transition_steps, peak_value, pct_start=0.3,
+                 pct_final=0.85, div_factor=25.0, final_div_factor=1e4):
+        n = "LinearOneCycle"
+        self.transition_steps = _int(n, "transition_steps", transition_steps,
+                                     lo=1)
+        self.peak_value = _real(n, "peak_value", peak_value)
+        self.pct_start = _real(n, "pct_start", pct_start, lo=0, hi=1)
+        self.pct_final = _real(n, "pct_final", pct_final, lo=0, hi=1)
+        self.div_factor = _real(n, "div_factor", div_factor, lo=0, lo_open=True)
+        self.final_div_factor = _real(n, "final_div_factor", final_div_factor,
+                                      lo=0, lo_open=True)
+        T = self.transition_steps
+        scales = {}         # a dict, as optax: a later equal boundary wins
+        scales[int(self.pct_start * T)] = self.div_factor
+        scales[int(self.pct_final * T)] = 1.0 / self.div_factor
+        scales[T] = 1.0 / self.final_div_factor
+        super().__init__("linear", self.peak_value / self.div_factor, scales)
+
+    def _config(self):
+        return {"transition_steps": self.transition_steps,
+                "peak_value": self.peak_value, "pct_start": self.pct_start,
+                "pct_final": self.pct_final, "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor}
+
+
+class _Joined(Schedule):
+    """A preset defined as a :class:`Sequential` of simpler schedules."""
+
+    def _compute(self, t):
+        return self._joined._compute(t)
+
+
+def _linear(init_value, end_value, steps):
+    """optax ``linear_schedule`` (a 0-step ramp is its end value)."""
+    if steps == 0:
+        return Constant(end_value)
+    return PolynomialDecay(init_value, steps, end_learning_rate=end_value)
+
+
+@_builtin
+class WarmupCosineDecay(_Joined):
+    """optax ``warmup_cosine_decay_schedule``: linear ``init_value ->
+    peak_value`` over ``warmup_steps``, then cosine decay to ``end_value`` at
+    ``decay_steps`` (the total, warmup included), then held.
+
+    Parameters
+    ----------
+    init_value, peak_value : float
+    warmup_steps : int
+        ``>= 0``.
+    decay_steps : int
+        ``> warmup_steps``.
+    end_value : float, default 0.0
+    exponent : float, default 1.0
+
+    Notes
+    -----
+    Built as ``Sequential([linear ramp, CosineDecay(peak_value,
+    decay_steps - warmup_steps, alpha=end_value/peak_value, exponent)],
+    [warmup_steps])``, as optax joins its two schedules.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.WarmupCosineDecay(0.0, 1.0, warmup_steps=2, decay_steps=6)
+    >>> [round(s(t), 6) for t in range(8)]
+    [0.0, 0.5, 1.0, 0.853553, 0.5, 0.146447, 0.0, 0.0]
+    """
+
+    def __init__(self, init_value, peak_value, warmup_steps, decay_steps,
+                 end_value=0.0, exponent=1.0):
+        n = "WarmupCosineDecay"
+        self.init_value = _real(n, "init_value", init_value)
+        self.peak_value = _real(n, "peak_value", peak_value)
+        self.warmup_steps = _int(n, "warmup_steps", warmup_steps, lo=0)
+        self.decay_steps = _int(n, "decay_steps", decay_steps,
+                                lo=self.warmup_steps + 1)
+        self.end_value = _real(n, "end_value", end_value)
+        self.exponent = _real(n, "exponent", exponent, lo=0, lo_open=True)
+        alpha = 0.0 if self.peak_value == 0.0 else self.end_value / self.peak_value
+        self._joined = Sequential(
+            [_linear(self.init_value, self.peak_value, self.warmup_steps),
+             CosineDecay(self.peak_value, self.decay_steps - self.warmup_steps,
+                         alpha=alpha, exponent=self.exponent)],
+            [self.warmup_steps])
+
+    def _config(self):
+        return {"init_value": self.init_value, "peak_value": self.peak_value,
+                "warmup_steps": self.warmup_steps,
+                "decay_steps": self.decay_steps, "end_value": self.end_value,
+                "exponent": self.exponent}
+
+
+@_builtin
+class WarmupExponentialDecay(_Joined):
+    """optax ``warmup_exponential_decay_schedule``: linear ``init_value ->
+    peak_value`` over ``warmup_steps``, then :class:`ExponentialDecay` from
+    ``peak_value`` (restarting its count at the end of the warmup).
+
+    Parameters
+    ----------
+    init_value, peak_value : float
+    warmup_steps : int
+        ``>= 0``.
+    transition_steps : float
+        ``> 0``.
+    decay_rate : float
+        ``> 0``.
+    transition_begin : int, default 0
+    staircase : bool, default False
+    end_value : float or None, default None
+
+    Notes
+    -----
+    Built as ``Sequential([linear ramp, ExponentialDecay(peak_value, ...)],
+    [warmup_steps])``, as optax joins its two schedules.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.WarmupExponentialDecay(0.0, 1.0, 2, 1, 0.5, end_value=0.2)
+    >>> [s(t) for t in range(6)]
+    [0.0, 0.5, 1.0, 0.5, 0.25, 0.2]
+    """
+
+    def __init__(self, init_value, peak_value, warmup_steps, transition_steps,
+                 decay_rate, transition_begin=0, staircase=False,
+                 end_value=None):
+        n = "WarmupExponentialDecay"
+        self.init_value = _real(n, "init_value", init_value)
+        self.peak_value = _real(n, "peak_value", peak_value)
+        self.warmup_steps = _int(n, "warmup_steps", warmup_steps, lo=0)
+        decay = ExponentialDecay(self.peak_value, transition_steps, decay_rate,
+                                 staircase=staircase,
+                                 transition_begin=transition_begin,
+                                 end_value=end_value)
+        self.transition_steps, self.decay_rate = decay.decay_steps, decay.decay_rate
+        self.transition_begin, self.staircase = (decay.transition_begin,
+                                                 decay.staircase)
+        self.end_value = decay.end_value
+        self._joined = Sequential(
+            [_linear(self.init_value, self.peak_value, self.warmup_steps), decay],
+            [self.warmup_steps])
+
+    def _config(self):
+        return {"init_value": self.init_value, "peak_value": self.peak_value,
+                "warmup_steps": self.warmup_steps,
+                "transition_steps": self.transition_steps,
+                "decay_rate": self.decay_rate,
+                "transition_begin": self.transition_begin,
+                "staircase": self.staircase, "end_value": self.end_value}
+
+
+@_builtin
+class WarmupStableDecay(Schedule):
+    """Warmup-stable-decay (WSD, "trapezoidal"): a linear warmup, a long
+    constant phase at the peak, a short decay of a chosen shape, then held.
+
+    With ``W, S, D`` the three lengths and ``q = (t - W - S) / D``:
+
+    * ``t < W``: ``init_value + (peak_value - init_value) * t / W``
+    * ``W <= t < W + S``: ``peak_value``
+    * ``W + S <= t < W + S + D``: ``end + (peak - end) * f(q)`` with
+      ``f = 1 - q`` (``"linear"``), ``(1 + cos(pi q))/2`` (``"cosine"``),
+      ``1 - sqrt(q)`` (``"1-sqrt"``), ``1 - q**2`` (``"square"``)
+    * ``t >= W + S + D``: ``end_value``
+
+    A pure function of the step: resuming from a checkpoint in any phase
+    continues exactly (and the stable phase can be extended by loading the
+    same step into a schedule with a longer ``stable_steps``).
+
+    Parameters
+    ----------
+    peak_value : float
+    warmup_steps, stable_steps, decay_steps : int
+        ``>= 0`` each.
+    decay_shape : {"linear", "cosine", "1-sqrt", "square"}, default "linear"
+    init_value : float, default 0.0
+    end_value : float, default 0.0
+
+    Notes
+    -----
+    The schedule of recent LLM pre-training (MiniCPM; Hägele et al. 2024 for
+    ``"1-sqrt"``); Keras, torch and optax have no single schedule for it.
+
+    Examples
+    --------
+    >>> from fastopt import schedules
+    >>> s = schedules.WarmupStableDecay(1.0, warmup_steps=2, stable_steps=3,
+    ...                                 decay_steps=4)
+    >>> [s(t) for t in range(11)]
+    [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+
+    _SHAPES = ("linear", "cosine", "1-sqrt", "square")
+
+    def __init__(self, peak_value, warmup_steps, stable_steps, decay_steps,
+                 decay_shape="linear", init_value=0.0, end_value=0.0):
+        n = "WarmupStableDecay"
+        self.peak_value = _real(n, "peak_value", peak_value)
+        self.warmup_steps = _int(n, "warmup_steps", warmup_steps, lo=0)
+        self.stable_steps = _int(n, "stable_steps", stable_steps, lo=0)
+        self.decay_steps = _int(n, "decay_steps", decay_steps, lo=0)
+        self.decay_shape = _choice(n, "decay_shape", decay_shape, self._SHAPES)
+        self.init_value = _real(n, "init_value", init_value)
+        self.end_value = _real(n, "end_value", end_value)
+
+    def _compute(self, t):
+        w, s, d = self.warmup_steps, self.stable_steps, self.decay_steps
+        peak, end = self.peak_value, self.end_value
+        if t < w:
+            return self.init_value + (peak - self.init_value) * t / w
+        if t < w + s:
+            return peak
+        if t >= w + s + d:
+            return end
+        q = (t - w - s) / d
+        shape = self.decay_shape
+        if shape == "linear":
+            f = 1.0 - q
+        elif shape == "cosine":
+            f = (1.0 + math.cos(math.pi * q)) / 2
+        elif shape == "1-sqrt":
+            f = 1.0 - math.sqrt(q)
+        else:
+            f = 1.0 - q * q
+        return end + (peak - end) * f
+
+    def _config(self):
+        return {"peak_value": self.peak_value, "warmup_steps": self.warmup_steps,
+                "stable_steps": self.stable_steps,
+                "decay_steps": self.decay_steps, "decay_shape": self.decay_shape,
+                "init_value": self.init_value, "end_value": self.end_value}
 
 
 # ---------------------------------------------------------------------------

@@ -39,7 +39,7 @@ KERAS = ("keras",)
 TORCH = ("torch",)
 
 #: Registry kernels that serve options rather than one optimizer.
-OPTION_KERNELS = {"ema"}
+OPTION_KERNELS = {"ema", "average"}
 
 #: torch.optim's names of fastopt's keyword arguments, where they differ
 #: (per optimizer additions in ``OptimizerInfo.torch_renames``); ``beta_1`` and

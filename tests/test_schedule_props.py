@@ -221,3 +221,140 @@ def test_onecycle_config_round_trip(max_lr, n, pct, anneal):
     c = S.deserialize(json.loads(json.dumps(S.serialize(s))))
     np.testing.assert_array_equal(c.values(n + 3), s.values(n + 3))
     np.testing.assert_array_equal(c.momentum.values(n + 3), s.momentum.values(n + 3))
+
+
+# ---------------------------------------------------------------------------
+# torch names, optax presets, warmup-stable-decay
+# ---------------------------------------------------------------------------
+
+FAR = (10**6, 10**12, 10**15)       # far past every end: defined, finite
+
+
+def non_decreasing(sched, ts):
+    ts = sorted(ts)
+    v = [sched(t) for t in ts]
+    return all(b >= a * (1 - 1e-12) - 1e-300 for a, b in zip(v, v[1:]))
+
+
+def _bounded(sched, ts, lo, hi, far=FAR):
+    for t in list(ts) + list(far):
+        v = sched(t)
+        assert math.isfinite(v) and v >= 0
+        assert lo - 1e-12 * max(1.0, abs(lo)) <= v <= hi + 1e-12 * max(1.0, abs(hi))
+
+
+@FAST
+@given(lr, st.floats(0.01, 1.0), st.floats(0.0, 1.0), st.integers(1, 200),
+       st.floats(0.0, 4.0), st.integers(1, 50), st.floats(0.0, 1.0),
+       st.lists(steps, min_size=2, max_size=30))
+def test_torch_decays_monotone_bounded(base, sf, ef, total, power, size, gamma, ts):
+    for s in (S.PolynomialLR(total, power, base_lr=base),
+              S.StepLR(size, gamma, base_lr=base),
+              S.MultiStepLR([size, 2 * size, 2 * size], gamma, base_lr=base),
+              S.ExponentialLR(max(gamma, 1e-3), base_lr=base)):
+        assert non_increasing(s, ts)
+        _bounded(s, ts, 0.0, base)
+    c = S.ConstantLR(ef, total, base_lr=base)
+    assert non_decreasing(c, ts)
+    _bounded(c, ts, base * ef, base)
+    lin = S.LinearLR(sf, ef, total, base_lr=base)
+    assert (non_decreasing if ef >= sf else non_increasing)(lin, ts)
+    _bounded(lin, ts, base * min(sf, ef), base * max(sf, ef))
+    assert lin(total) == lin(10**15)
+
+
+@FAST
+@given(lr, st.floats(0.0, 1.0), st.integers(1, 60), st.integers(1, 3),
+       st.lists(steps, min_size=1, max_size=30))
+def test_cosine_annealing_bounds_and_period(base, frac, t_max, t_mult, ts):
+    eta = base * frac
+    rise = S.CosineAnnealingLR(t_max, eta, base_lr=base)
+    hold = S.CosineAnnealingLR(t_max, eta, base_lr=base, hold=True)
+    for t in ts:
+        assert rise(t) == rise(t + 2 * t_max)
+        assert hold(t) == rise(min(t, t_max))
+    _bounded(rise, ts, eta, base)
+    assert non_increasing(hold, ts)
+    w = S.CosineAnnealingWarmRestarts(t_max, t_mult, eta, base_lr=base)
+    _bounded(w, ts, eta, base)
+    t_i, t_cur = t_max, 0          # torch's T_cur/T_i bookkeeping
+    for t in range(200):
+        if t > 0:
+            t_cur += 1
+            if t_cur >= t_i:
+                t_cur -= t_i
+                t_i *= t_mult
+        ref = eta + (base - eta) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+        assert w(t) == ref
+
+
+@FAST
+@given(lr, lr, st.integers(0, 40), st.sampled_from(["cos", "linear"]),
+       st.lists(steps, min_size=2, max_size=30))
+def test_swalr_monotone_to_swa_lr(base, swa, epochs, strategy, ts):
+    s = S.SWALR(swa, epochs, strategy, base_lr=base)
+    assert (non_increasing if swa <= base else non_decreasing)(s, ts)
+    _bounded(s, ts, min(base, swa), max(base, swa))
+    assert math.isclose(s(max(epochs, 1)), swa, rel_tol=1e-12, abs_tol=1e-15)
+
+
+@FAST
+@given(lr, st.integers(0, 50), st.integers(0, 200), st.integers(0, 100),
+       st.sampled_from(list(S.WarmupStableDecay._SHAPES)), st.floats(0.0, 1.0),
+       st.floats(0.0, 1.0), st.integers(0, 400))
+def test_wsd_phases(peak, w, stable, d, shape, fi, fe, cut):
+    init, end = peak * fi, peak * fe
+    s = S.WarmupStableDecay(peak, w, stable, d, decay_shape=shape,
+                            init_value=init, end_value=end)
+    v = s.values(w + stable + d + 3)
+    rise = v[:w + 1] if stable + d else v[:w]     # no stable/decay: ends at w
+    assert np.all(np.diff(rise) >= -1e-15)                      # warmup rises
+    assert np.all(v[w:w + stable] == peak)                      # stable
+    assert np.all(np.diff(v[w + stable:]) <= 1e-15)             # decay falls
+    _bounded(s, range(0, len(v)), min(init, end), peak)
+    # resumable from any phase: a serialised copy continues identically
+    c = S.deserialize(json.loads(json.dumps(S.serialize(s))))
+    assert [c(t) for t in range(cut, cut + 20)] == [s(t) for t in range(cut, cut + 20)]
+
+
+@FAST
+@given(st.sampled_from(["linear", "cosine"]), lr,
+       st.dictionaries(st.integers(0, 100), st.floats(0.0, 3.0), max_size=5),
+       st.lists(steps, min_size=1, max_size=30))
+def test_piecewise_interpolate_between_knots(kind, init, bs, ts):
+    s = S.PiecewiseInterpolate(kind, init, bs)
+    knots = list(s._values)
+    _bounded(s, ts, min(knots), max(knots))
+    for b, v in zip(s._bounds[1:], knots[1:]):
+        if s._bounds.count(b) == 1 and b == max(s._bounds[1:]):
+            assert s(b) == v
+
+
+@FAST
+@given(lr, lr, st.integers(0, 30), st.integers(1, 100), st.floats(0.0, 1.0),
+       st.floats(0.3, 3.0), st.lists(steps, min_size=2, max_size=30))
+def test_warmup_presets(init, peak, w, d, fend, expo, ts):
+    end = peak * fend
+    c = S.WarmupCosineDecay(init, peak, w, w + d, end_value=end, exponent=expo)
+    assert non_increasing(c, [t for t in ts if t >= w] + [w])
+    assert (non_decreasing if peak >= init else non_increasing)(
+        c, [t for t in ts if t <= w] + [w])
+    _bounded(c, ts, min(init, end), max(init, peak))
+    e = S.WarmupExponentialDecay(init, peak, w, max(d, 1) / 3, 0.5, end_value=end)
+    assert non_increasing(e, [t for t in ts if t >= w] + [w])
+    _bounded(e, ts, min(init, end), max(init, peak))
+
+
+@FAST
+@given(st.lists(st.floats(0.5, 1.0), min_size=1, max_size=30), lr,
+       st.integers(0, 40), st.integers(0, 40))
+def test_multiplicative_resume_exact(factors, base, cut, back):
+    S.register_function(lambda t: factors[t % len(factors)], name="props.factors")
+    a = S.MultiplicativeLR("props.factors", base_lr=base)
+    ref = a.values(60).tolist()
+    a(cut)
+    b = S.deserialize(json.loads(json.dumps(S.serialize(a))))
+    assert [b(t) for t in range(cut, 60)] == ref[cut:]
+    assert a(back) == ref[back]                  # stepping back recomputes
+    assert non_increasing(a, range(60))
+    _bounded(a, range(0, 60, 7), 0.0, base, far=())

@@ -487,11 +487,34 @@ def all_schedules():
                       0.01], [3, 40]),
         S.Product(S.StepDecay(1, 4), 0.5, S.Constant(2.0)),
         Halving(0.4, every=3),
+        S.LinearLR(0.5, 0.9, 7, base_lr=0.3),
+        S.ConstantLR(0.25, 3, base_lr=0.3),
+        S.MultiplicativeLR("halving_factor", base_lr=0.3),
+        S.PolynomialLR(9, 1.5, base_lr=0.3),
+        S.StepLR(4, 0.7, base_lr=0.3),
+        S.MultiStepLR([9, 3, 3], 0.5, base_lr=0.3),
+        S.ExponentialLR(0.95, base_lr=0.3),
+        S.CosineAnnealingLR(7, 0.01, base_lr=0.3),
+        S.CosineAnnealingWarmRestarts(3, 2, 0.01, base_lr=0.3),
+        S.OneCycleLR(0.3, epochs=3, steps_per_epoch=9),
+        S.SWALR(0.05, 6, "linear", base_lr=0.3),
+        S.PiecewiseInterpolate("cosine", 0.3, {4: 0.5, 20: 0.1}),
+        S.LinearOneCycle(30, 0.3),
+        S.WarmupCosineDecay(0.0, 0.3, 5, 30, end_value=0.01, exponent=2.0),
+        S.WarmupExponentialDecay(0.0, 0.3, 5, 4, 0.5, transition_begin=3,
+                                 end_value=0.01),
+        S.WarmupStableDecay(0.3, 5, 20, 10, decay_shape="1-sqrt", end_value=0.01),
+        S.Lambda("halving_factor", name="lam"),
     ]
 
 
+@S.register_function
+def halving_factor(t):
+    return 0.5 if t % 2 else 1.0
+
+
 def test_all_builtin_classes_covered():
-    covered = {type(s).__name__ for s in all_schedules()} | {"Lambda"}
+    covered = {type(s).__name__ for s in all_schedules()}
     builtin = {n for n, c in S._REGISTRY.items() if c.__module__ == S.__name__}
     assert builtin <= covered, builtin - covered
     for name in S.__all__:
@@ -507,6 +530,12 @@ def test_config_round_trip(sched):
     np.testing.assert_array_equal(clone.values(51), sched.values(51))
     assert repr(clone) == repr(sched)
     assert repr(sched).startswith(type(sched).__name__ + "(")
+    # name= on every schedule, kept in the config (Keras); a user class that
+    # writes its own get_config decides what it keeps
+    named = type(sched).from_config(dict(cfg_json, name="kept"))
+    assert named.name == "kept"
+    if type(sched).get_config is S.Schedule.get_config:
+        assert named.get_config()["name"] == "kept"
 
 
 @pytest.mark.parametrize("sched", all_schedules(), ids=lambda s: type(s).__name__)
@@ -522,7 +551,8 @@ def test_serialize_round_trip(sched):
 
 def test_stateless_schedules_have_empty_state():
     for s in all_schedules():
-        if not isinstance(s, (S.ReduceOnPlateau, S.Sequential)):
+        if not isinstance(s, (S.ReduceOnPlateau, S.Sequential,
+                              S.MultiplicativeLR)):
             assert s.state_dict() == {}
             s.load_state_dict({})
     with pytest.raises(ValueError, match="no state"):
@@ -680,7 +710,7 @@ BAD_ARGS = [
     (lambda: S.ReduceOnPlateau(factor=1.0), ValueError, r"factor must be < 1, got 1.0"),
     (lambda: S.ReduceOnPlateau(factor=2), ValueError, r"factor must be < 1"),
     (lambda: S.ReduceOnPlateau(factor=0), ValueError, r"factor must be > 0"),
-    (lambda: S.ReduceOnPlateau(mode="auto"), ValueError, r"mode must be one of"),
+    (lambda: S.ReduceOnPlateau(mode="avg"), ValueError, r"mode must be one of"),
     (lambda: S.ReduceOnPlateau(patience=-1), ValueError, r"patience must be >= 0"),
     (lambda: S.ReduceOnPlateau(min_delta=-1), ValueError, r"min_delta must be >= 0"),
     (lambda: S.ReduceOnPlateau(threshold_mode="pct"), ValueError, r"threshold_mode"),
