@@ -9,6 +9,8 @@ optimizer: see CONTRIBUTING.md.
 """
 import math
 
+import numpy as np
+
 from ._hyper import (CONVENTIONS, HP, NONNEG, NONPOS, POSITIVE, UNIT, UNIT_OPEN,  # noqa: F401
                      ParamGroup, is_schedule)
 from .optimizer import REGISTRY, Optimizer  # noqa: F401
@@ -809,3 +811,85 @@ class Rprop(Optimizer):
                          etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
                          step_size_max=step_size_max, etas=etas, step_sizes=step_sizes,
                          **kwargs)
+
+
+class ASGD(Optimizer):
+    r"""ASGD: averaged stochastic gradient descent (torch.optim.ASGD).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-2.  ``lr`` is an alias.
+    lambd : float or schedule
+        Decay term (1e-4): shrinks the weights by ``1 - lambd*eta`` per step
+        and slows the step size ``eta`` down.
+    alpha : float or schedule
+        Power of the step-size decay (0.75).
+    t0 : float or schedule
+        Step at which averaging starts (1e6): before it the average is a copy
+        of the weights.
+    convention : {"torch"}
+        The default: only torch.optim has ASGD; ``"keras"`` raises ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (``weight_decay`` is coupled L2, as
+        torch; ``maximize``).
+
+    Notes
+    -----
+    Per parameter, with ``t`` its 1-based step::
+
+        w  <- w*(1 - lambd*eta_t) - eta_t*g
+        ax <- w  if mu_t == 1,  else  ax + (w - ax)*mu_t
+        eta_1 = lr_1,  eta_{t+1} = lr_t / (1 + lambd*lr_t*t)^alpha
+        mu_1 = 1,      mu_{t+1} = 1 / max(1, t - t0)
+
+    As in torch, ``eta`` is computed at the end of a step and used at the
+    next one, so a learning-rate schedule reaches the update one step late.
+    ``eta`` and ``mu`` are kept in double (torch keeps them in its default
+    dtype: the numbers agree with ``torch.set_default_dtype(torch.float64)``).
+    The averaged weights ``ax`` are :attr:`averaged_params` (live arrays,
+    as :attr:`~Optimizer.averages` are for ``use_ema``);
+    :meth:`use_averaged_params` copies them into the parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.ASGD([w], learning_rate=0.1, t0=0.0)
+    >>> for g in ([1.0, -1.0], [1.0, -1.0], [1.0, -1.0]):
+    ...     opt.step([np.array(g)])
+    >>> np.round(w, 6), np.round(opt.averaged_params[0], 6)
+    (array([-0.299995,  0.299995]), array([-0.249997,  0.249997]))
+    """
+
+    kernel = "asgd"
+    hyper = {
+        "learning_rate": HP(torch=1e-2, check=NONNEG),
+        "lambd": HP(torch=1e-4, check=NONNEG),
+        "alpha": HP(torch=0.75, check=NONNEG),
+        "t0": HP(torch=1e6, check=NONNEG),
+    }
+    variables = ("ax",)
+    aux_state = "etas"
+
+    def __init__(self, params, learning_rate=None, lambd=None, alpha=None, t0=None, *,
+                 convention="torch", **kwargs):
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         lambd=lambd, alpha=alpha, t0=t0, **kwargs)
+
+    @property
+    def averaged_params(self):
+        """The running averages ``ax`` of the parameters (live arrays; a
+        parameter not stepped yet has zeros, as torch's fresh state)."""
+        return [st[0] for st in self._state]
+
+    def use_averaged_params(self):
+        """Copy the averages ``ax`` into the parameters (parameters not
+        stepped yet keep their values)."""
+        with self._lock:
+            steps = self._stepper.get_steps()
+            for p, st, n in zip(self._params, self._state, steps):
+                if n:
+                    np.copyto(p, st[0])

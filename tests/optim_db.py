@@ -421,6 +421,34 @@ optim_db = [
         # lr only starts the step sizes, which then grow to step_size_min (as in torch)
         frozen={"step_size_min": 0.0},
     ),
+    OptimizerInfo(
+        "ASGD",
+        rules={"torch": ref.asgd_torch},
+        initial_state=lambda hp, w: {"ax": np.zeros_like(w), "eta": 0.0},
+        cases=[
+            ({}, TORCH),
+            # t0 small: the average moves (mu < 1) within the run
+            ({"lambd": 0.05, "alpha": 0.6, "t0": 2.0}, TORCH),
+            ({"lambd": 0.01, "t0": 0.0, "weight_decay": 0.05, "maximize": True}, TORCH),
+        ],
+        # tests/make_golden.py: torch 2.13.0+cpu (torch.optim.ASGD, single-tensor path),
+        # default dtype float64
+        golden=[
+            ({"learning_rate": 0.01},
+             None,
+             [0.997497004130, -2.001993997011, 0.494998509753]),
+            ({"learning_rate": 0.05, "lambd": 0.1, "alpha": 0.5, "t0": 1.0,
+              "weight_decay": 0.1},
+             None,
+             [0.957989771232, -1.950694042477, 0.460644849243]),
+        ],
+        torch_name="ASGD",
+        torch_cases=[
+            {},
+            {"lambd": 0.05, "alpha": 0.6, "t0": 3.0, "weight_decay": 0.03},
+            {"lambd": 0.01, "t0": 0.0, "maximize": True},
+        ],
+    ),
 ]
 
 # Cross-option cases: the optimizer-wide options (clipping, EMA, accumulation,

@@ -212,6 +212,16 @@ def rprop_torch(w, g, st, hp, t):
     st["prev"] = g
     return w - np.where(g > 0, 1.0, np.where(g < 0, -1.0, 0.0)) * st["step_size"]
 
+def asgd_torch(w, g, st, hp, t):
+    # eta and mu are computed at the end of a step and used at the next one
+    lr, lambd = hp["learning_rate"], hp["lambd"]
+    eta = lr if t == 1 else st["eta"]
+    mu = 1.0 if t == 1 else 1.0 / max(1.0, (t - 1) - hp["t0"])
+    w = w * (1 - lambd * eta) - eta * g
+    st["ax"] = w.copy() if mu == 1 else st["ax"] + (w - st["ax"]) * mu
+    st["eta"] = lr / (1 + lambd * lr * t) ** hp["alpha"]
+    return w
+
 # ---- the driver --------------------------------------------------------------
 
 #: Options the driver applies itself (keyword arguments of :class:`Reference`)
