@@ -46,7 +46,8 @@ class Optimizer(Options):
     aliases, in the order the kernel reads them) and ``variables`` (the names
     of its state arrays); optionally ``state_names(group)`` when the arrays
     depend on a setting, ``initial`` (state arrays filled from a
-    hyper-parameter instead of zeros), ``check(hp, where)`` for a rule across fields and
+    hyper-parameter, or copied from the parameter with ``"param"``, instead of
+    zeros), ``check(hp, where)`` for a rule across fields and
     ``aux_state`` (the name its kernel's host values have in a state dict).
 
     Options every optimizer takes (keyword-only), applied per update in
@@ -131,6 +132,9 @@ class Optimizer(Options):
     elementwise = True
     #: True when weight decay can only be decoupled (AdamW).
     decoupled_only = False
+    #: True when the algorithm counts steps per optimizer in every convention
+    #: (schedule-free's ``k``), not per parameter as the torch convention does.
+    shared_clock = False
     #: Keywords that give several hyper-parameters at once: ``{"betas":
     #: (("beta_1", "beta_2"), "(b1, b2)")}``.
     tuple_aliases: "Mapping[str, tuple[tuple[str, ...], str]]" = {}
@@ -239,9 +243,7 @@ class Optimizer(Options):
             names = self.state_names(group)
             self._group_state.append((dict(group, params=list(group["params"])), names))
             for p in group["params"]:
-                self._state.append([np.full_like(p, group[self.initial[n]])
-                                    if n in self.initial else np.zeros_like(p)
-                                    for n in names])
+                self._state.append([self._initial_array(p, group, n) for n in names])
                 group_of.append(gi)
         self._engine = _core.Engine(cls.kernel, flat, self._state)
         # copies, so finalize() before any step leaves the weights as they are
@@ -252,11 +254,20 @@ class Optimizer(Options):
                _core.Engine("ema", flat, [[a] for a in self._ema]))
         self._wd_excluded = frozenset()
         self._stepper = _core.Stepper(self._engine, self.param_groups, group_of, conv.code,
-                                      conv.per_param_steps, conv.schedule_clock_calls,
+                                      conv.per_param_steps and not cls.shared_clock,
+                                      conv.schedule_clock_calls,
                                       self._sync, ema, self._accum)
         self._configure()
         for gi in range(len(self.param_groups)):
             self._sync(gi)
+
+    def _initial_array(self, p, group, name):
+        """A new state array: a copy of the parameter (``initial[name] ==
+        "param"``), filled with a hyper-parameter's value, or zeros."""
+        source = self.initial.get(name)
+        if source == "param":
+            return p.copy()
+        return np.zeros_like(p) if source is None else np.full_like(p, group[source])
 
     # ---- hyper-parameters ----------------------------------------------------
 

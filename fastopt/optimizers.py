@@ -893,3 +893,311 @@ class ASGD(Optimizer):
             for p, st, n in zip(self._params, self._state, steps):
                 if n:
                     np.copyto(p, st[0])
+
+
+OPEN_UNIT = (0.0, False, 1.0, False)     # (0, 1)
+
+
+class _ScheduleFree(Optimizer):
+    """The train/eval modes of the schedule-free methods.
+
+    The parameters hold ``y`` while training and ``x`` (the average, the
+    point to evaluate) in eval mode.  :meth:`eval` keeps ``y`` aside and
+    writes ``x`` into the parameters; :meth:`train` puts the kept ``y``
+    back, so a round trip restores the parameters bit for bit (recomputing
+    ``y`` from ``x`` and ``z`` would not).
+    """
+
+    shared_clock = True
+    initial = {"z": "param"}
+    #: the hyper-parameter that interpolates y between z and x
+    interpolation = "beta_1"
+
+    def _start_modes(self):
+        self._training = True
+        self._kept_y = None
+
+    @property
+    def training(self):
+        """True in train mode (the parameters hold y), False in eval mode (x)."""
+        return self._training
+
+    def check(self, hp, where):
+        steps = hp.get("warmup_steps", 0.0)
+        if not is_schedule(steps) and steps != math.floor(steps):
+            raise ValueError(f"{where}warmup_steps must be a whole number of steps (an int in "
+                             f"both libraries); got {steps!r}")
+
+    def _x_of(self, gi, y, z):
+        """x from y and z in the param's dtype, as the library computes it."""
+        b1 = dict(zip(self._hp_order, self._stepper.group_values(gi)))[self.interpolation]
+        if self.convention == "keras":
+            one = y.dtype.type(1)
+            b = y.dtype.type(b1)
+            return (y - (one - b) * z) / b
+        wt = y.dtype.type(1.0 - 1.0 / b1)
+        if abs(wt) < 0.5:
+            return y + wt * (z - y)
+        return z - (z - y) * (y.dtype.type(1) - wt)
+
+    def _averages(self):
+        out = []
+        i = 0
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                z = self._state[i][0]
+                out.append(p.copy() if self.iterations == 0 else self._x_of(gi, p, z))
+                i += 1
+        return out
+
+    def eval_params(self):
+        """The averaged parameters x (new arrays), whichever the mode; the
+        parameters are not touched."""
+        with self._lock:
+            if not self._training:
+                return [p.copy() for p in self._params]
+            return self._averages()
+
+    def eval(self):
+        """Switch the parameters to x (the point to evaluate and to ship);
+        ``y`` is kept for :meth:`train`.  A no-op in eval mode."""
+        with self._lock:
+            if not self._training:
+                return
+            xs = self._averages()
+            if self._kept_y is None:
+                self._kept_y = [np.empty_like(p) for p in self._params]
+            for p, y, x in zip(self._params, self._kept_y, xs):
+                np.copyto(y, p)
+                np.copyto(p, x)
+            self._training = False
+
+    def train(self):
+        """Switch the parameters back to y, exactly as they were before
+        :meth:`eval`.  A no-op in train mode."""
+        with self._lock:
+            if self._training:
+                return
+            for p, y in zip(self._params, self._kept_y):
+                np.copyto(p, y)
+            self._training = True
+
+    def step(self, grads):
+        if not self._training:
+            raise ValueError(f"{type(self).__name__} is in eval mode: the parameters hold the "
+                             f"average x, not the point y that gradients are taken at. Call "
+                             f"opt.train() before computing gradients and stepping; nothing "
+                             f"was changed")
+        super().step(grads)
+
+    def state_dict(self):
+        """As :meth:`Optimizer.state_dict`, with the mode (and, in eval mode,
+        the kept y) in ``extra``."""
+        with self._lock:
+            sd = super().state_dict()
+            sd["extra"]["mode"] = "train" if self._training else "eval"
+            if not self._training:
+                sd["extra"]["train_params"] = [y.copy() for y in self._kept_y]
+            return sd
+
+    def load_state_dict(self, sd):
+        with self._lock:
+            self.check_state_dict(sd)()
+
+    def check_state_dict(self, sd):
+        apply = super().check_state_dict(sd)
+        extra = sd.get("extra") or {}
+        mode = extra.get("mode", "train")
+        if mode not in ("train", "eval"):
+            raise ValueError(f"extra.mode: expected 'train' or 'eval'; got {mode!r:.40}")
+        kept = None
+        if mode == "eval":
+            ys = extra.get("train_params")
+            if not isinstance(ys, (list, tuple)) or len(ys) != len(self._params):
+                raise ValueError(f"extra.train_params: a state saved in eval mode keeps the "
+                                 f"{len(self._params)} train-mode parameters y; got "
+                                 f"{type(ys).__name__}")
+            kept = []
+            for i, (p, y) in enumerate(zip(self._params, ys)):
+                y = np.asarray(y)
+                if y.shape != p.shape or y.dtype != p.dtype:
+                    raise ValueError(f"extra.train_params[{i}]: expected {p.dtype} {p.shape}; "
+                                     f"got {y.dtype} {y.shape}")
+                kept.append(y.copy())
+
+        def apply_all():
+            apply()
+            self._training = mode == "train"
+            if kept is not None:
+                self._kept_y = kept
+
+        return apply_all
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    r"""Schedule-free AdamW: no learning-rate schedule to set, an average to evaluate.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place (they hold ``y`` while training), or param
+        groups.
+    learning_rate : float or schedule
+        Default 0.0025.  ``lr`` is an alias.
+    beta_1 : float or schedule
+        In (0, 1), default 0.9: the interpolation between ``z`` and ``x``.
+    beta_2 : float or schedule
+        0.999, the decay of the second moment.  ``betas=(b1, b2)`` is accepted.
+    epsilon : float
+        1e-8, added to the bias-corrected ``sqrt(v)``.  ``eps`` is an alias.
+    warmup_steps : int
+        Linear warmup of the learning rate over the first steps (0).
+    r, weight_lr_power : float
+        torch convention only: the average's weights ``t^r * lr_max^power``
+        (0 and 2).
+    convention : {"keras", "torch"}
+        ``"torch"`` reproduces the ``schedulefree`` package
+        (``AdamWScheduleFree``), ``"keras"`` ``keras.optimizers.ScheduleFreeAdamW``.
+    weight_decay : float or schedule
+        torch: added to the normalised gradient at ``y`` (the package's form;
+        ``decoupled_weight_decay=True`` decays ``y`` by ``1 - lr*wd`` before
+        the step instead).  Keras: decoupled, before the step.
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    With ``t`` the optimizer's step (one clock in both conventions, as both
+    libraries count), ``lr_t`` the warmed-up rate and ``c`` the average's
+    weight::
+
+        v <- beta_2*v + (1 - beta_2)*g^2
+        d  = g / (sqrt(v/(1 - beta_2^t)) + eps)   (torch: + weight_decay*y)
+        z' = z - lr_t*d
+        x' = (1 - c)*x + c*z'                      (x is implicit: never stored)
+        y' = (1 - beta_1)*z' + beta_1*x'
+
+    torch: ``c = t^r*lr_max^p / sum of those weights`` (``lr_max`` the
+    largest ``lr_t`` so far; ``c = 0`` while every weight is 0, so a learning
+    rate of 0 at the first steps divides by nothing), ``y`` updated in place
+    as the package does.  Keras: ``c = 1/t``, ``x`` recovered from ``y`` and
+    ``z`` as ``(y - (1 - beta_1)*z)/beta_1``.  Keras's numbers are those of
+    its torch backend: there ``x`` is recovered from the new ``z'`` (Keras
+    reads ``momentum.value`` before updating it, and the torch backend
+    updates that tensor in place; on JAX and TensorFlow it is the old
+    ``z``), and the warmup factor ``min(t/W, 1)`` is rounded to float32.
+
+    The parameters hold ``y``, where gradients are taken.  :meth:`eval`
+    writes ``x`` into them (for evaluation and checkpoints to ship),
+    :meth:`train` restores ``y`` exactly; stepping in eval mode raises;
+    :meth:`eval_params` returns ``x`` without touching the parameters.  An
+    optimizer starts in train mode (the package starts in eval mode and
+    needs ``train()`` first; Keras has no modes).  :meth:`state_dict` records
+    the mode.  The package's own ``train()`` recomputes ``y`` from ``x`` with
+    a rounding error; fastopt keeps ``y`` instead, so its numbers agree with
+    the package's for runs without an eval/train round trip.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.ScheduleFreeAdamW([w], learning_rate=0.1, convention="torch")
+    >>> for _ in range(2):
+    ...     opt.step([np.array([1.0, -1.0])])
+    >>> np.round(w, 6)                  # y
+    array([-0.155,  0.155])
+    >>> opt.eval(); np.round(w, 6)      # x
+    array([-0.15,  0.15])
+    >>> opt.train(); np.round(w, 6)     # y again, bit for bit
+    array([-0.155,  0.155])
+    """
+
+    kernel = "sfadamw"
+    hyper = {
+        "learning_rate": HP(0.0025, check=NONNEG),
+        "beta_1": HP(0.9, check=OPEN_UNIT),
+        "beta_2": HP(0.999, check=UNIT_OPEN),
+        "epsilon": HP(1e-8, check=NONNEG),
+        "warmup_steps": HP(0.0, check=NONNEG, schedulable=False),
+        "r": HP(torch=0.0),
+        "weight_lr_power": HP(torch=2.0, check=NONNEG),
+    }
+    variables = ("z", "v")
+    aux_state = "weight_sum_lr_max"
+    tuple_aliases = BETAS
+
+    def __init__(self, params, learning_rate=None, beta_1=None, beta_2=None, epsilon=None,
+                 warmup_steps=None, *, r=None, weight_lr_power=None, betas=None,
+                 convention="keras", **kwargs):
+        self._start_modes()
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power,
+                         betas=betas, **kwargs)
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    r"""Schedule-free SGD (the ``schedulefree`` package's ``SGDScheduleFree``).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place (they hold ``y`` while training), or param
+        groups.
+    learning_rate : float or schedule
+        Default 1.0.  ``lr`` is an alias.
+    momentum : float or schedule
+        In (0, 1), default 0.9: the interpolation between ``z`` and ``x``.
+    warmup_steps : int
+        Linear warmup of the learning rate over the first steps (0).
+    r, weight_lr_power : float
+        The average's weights ``t^r * lr_max^power`` (0 and 2).
+    convention : {"torch"}
+        The default: only the schedulefree package has it; ``"keras"`` raises
+        ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (``weight_decay`` is L2 at ``y``, as
+        the package).
+
+    Notes
+    -----
+    With ``t`` the optimizer's step, ``lr_t`` the warmed-up rate and ``c``
+    the average's weight (see :class:`ScheduleFreeAdamW`)::
+
+        z' = z - lr_t*g
+        x' = (1 - c)*x + c*z'
+        y' = (1 - momentum)*z' + momentum*x'
+
+    computed in place on ``y`` as the package does.  Modes, :meth:`eval`,
+    :meth:`train`, :meth:`eval_params` and checkpoints as in
+    :class:`ScheduleFreeAdamW`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.ScheduleFreeSGD([w], learning_rate=0.5)
+    >>> for _ in range(2):
+    ...     opt.step([np.array([1.0, -1.0])])
+    >>> np.round(w, 6), np.round(opt.eval_params()[0], 6)     # y, and x
+    (array([-0.775,  0.775]), array([-0.75,  0.75]))
+    """
+
+    kernel = "sfsgd"
+    hyper = {
+        "learning_rate": HP(torch=1.0, check=NONNEG),
+        "momentum": HP(torch=0.9, check=OPEN_UNIT),
+        "warmup_steps": HP(torch=0.0, check=NONNEG, schedulable=False),
+        "r": HP(torch=0.0),
+        "weight_lr_power": HP(torch=2.0, check=NONNEG),
+    }
+    variables = ("z",)
+    aux_state = "weight_sum_lr_max"
+    interpolation = "momentum"
+
+    def __init__(self, params, learning_rate=None, momentum=None, warmup_steps=None, *,
+                 r=None, weight_lr_power=None, convention="torch", **kwargs):
+        self._start_modes()
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         momentum=momentum, warmup_steps=warmup_steps, r=r,
+                         weight_lr_power=weight_lr_power, **kwargs)

@@ -23,6 +23,19 @@ ROWS = [
     ("ASGD", {"learning_rate": 0.01}, "torch", "ASGD", {"lr": 0.01}),
     ("ASGD", {"learning_rate": 0.05, "lambd": 0.1, "alpha": 0.5, "t0": 1.0, "weight_decay": 0.1},
      "torch", "ASGD", {"lr": 0.05, "lambd": 0.1, "alpha": 0.5, "t0": 1.0, "weight_decay": 0.1}),
+    ("ScheduleFreeAdamW", {"learning_rate": 0.01}, "schedulefree", "AdamWScheduleFree",
+     {"lr": 0.01}),
+    ("ScheduleFreeAdamW", {"learning_rate": 0.01}, "keras", "ScheduleFreeAdamW",
+     {"learning_rate": 0.01}),
+    ("ScheduleFreeAdamW", {"learning_rate": 0.01, "warmup_steps": 2, "weight_decay": 0.1},
+     "schedulefree", "AdamWScheduleFree", {"lr": 0.01, "warmup_steps": 2, "weight_decay": 0.1}),
+    ("ScheduleFreeAdamW", {"learning_rate": 0.01, "warmup_steps": 2, "weight_decay": 0.1},
+     "keras", "ScheduleFreeAdamW", {"learning_rate": 0.01, "warmup_steps": 2, "weight_decay": 0.1}),
+    ("ScheduleFreeSGD", {"learning_rate": 0.1}, "schedulefree", "SGDScheduleFree", {"lr": 0.1}),
+    ("ScheduleFreeSGD", {"learning_rate": 0.1, "momentum": 0.5, "warmup_steps": 2,
+                         "weight_decay": 0.1},
+     "schedulefree", "SGDScheduleFree",
+     {"lr": 0.1, "momentum": 0.5, "warmup_steps": 2, "weight_decay": 0.1}),
 ]
 
 
