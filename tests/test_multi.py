@@ -1,0 +1,155 @@
+"""MultiOptimizer: routing by param group and by name, one step, one state
+dict and checkpoint, and the refusals (a parameter routed twice or not at
+all, a refused step that changes nothing)."""
+import functools
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+
+ADAM = functools.partial(fo.Adam, learning_rate=0.01)
+SGD = functools.partial(fo.SGD, learning_rate=0.1, momentum=0.9)
+SF = functools.partial(fo.ScheduleFreeAdamW, learning_rate=0.02, convention="torch")
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s) for s in ((4, 3), (3,), (3, 2), (2,))]
+
+
+def _grads(seed, n=12):
+    rng = np.random.default_rng(seed + 100)
+    out = []
+    for s in range(n):
+        g = [rng.standard_normal(p.shape) for p in _params()]
+        if s % 3 == 1:
+            g[1] = None
+        out.append(g)
+    return out
+
+
+def _named(params):
+    return [{"params": [params[0]], "name": "enc/kernel"}, {"params": [params[1]], "name": "enc/bias"},
+            {"params": [params[2]], "name": "dec/kernel"}, {"params": [params[3]], "name": "dec/bias"}]
+
+
+def test_routing_by_name_matches_the_optimizers_stepped_alone():
+    params = _params()
+    multi = fo.MultiOptimizer(_named(params), {"adam": ADAM, "sgd": SGD, "sf": SF},
+                              routes={".*/kernel": "adam", "enc/bias": "sgd"}, default="sf")
+    assert [multi.label_of(i) for i in range(4)] == ["adam", "sgd", "adam", "sf"]
+    alone = [p.copy() for p in _params()]
+    adam, sgd, sf = ADAM([alone[0], alone[2]]), SGD([alone[1]]), SF([alone[3]])
+    for g in _grads(0):
+        multi.step(g)
+        adam.step([g[0], g[2]])
+        sgd.step([g[1]])
+        sf.step([g[3]])
+    for a, b in zip(params, alone):
+        assert a.tobytes() == b.tobytes()
+    assert multi.iterations == 12 and multi.optimizers["sgd"].iterations == 12
+
+
+def test_routing_by_param_group_keeps_the_group_overrides():
+    params = _params()
+    multi = fo.MultiOptimizer(
+        [{"params": params[:2], "optimizer": "adam", "learning_rate": 0.5},
+         {"params": params[2:], "optimizer": "sgd"}],
+        {"adam": ADAM, "sgd": SGD})
+    adam = multi.optimizers["adam"]
+    assert adam.params[0] is params[0] and adam.param_groups[0]["learning_rate"] == 0.5
+    twin = [p.copy() for p in _params()]
+    a2 = fo.Adam([{"params": twin[:2], "learning_rate": 0.5}], learning_rate=0.01)
+    s2 = SGD([{"params": twin[2:]}])
+    for g in _grads(1):
+        multi.apply_gradients(zip(g, params))
+        a2.step(g[:2])
+        s2.step(g[2:])
+    for a, b in zip(params, twin):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"routes": {"enc/.*": "adam", ".*/bias": "sgd"}, "default": "adam"},
+     r"params\[1\] \(name 'enc/bias'\) is routed twice: routes \['enc/\.\*', '\.\*/bias'\]"),
+    ({"routes": {".*/kernel": "adam"}},
+     r"params\[1\] \(name 'enc/bias', param group 1\) is routed to no optimizer"),
+    ({"routes": {".*": "nadam"}}, r"'nadam', which is not one of the optimizers"),
+    ({"routes": {".*": "adam"}}, r"optimizers \['sgd'\] get no parameter"),
+])
+def test_bad_routing_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fo.MultiOptimizer(_named(_params()), {"adam": ADAM, "sgd": SGD}, **kwargs)
+
+
+def test_a_group_and_a_route_claiming_one_param_is_routed_twice():
+    p = _params()
+    with pytest.raises(ValueError, match=r"params\[0\] .* routed twice: param group 0"):
+        fo.MultiOptimizer([{"params": p[:2], "name": "w", "optimizer": "adam"},
+                           {"params": p[2:], "optimizer": "sgd"}],
+                          {"adam": ADAM, "sgd": SGD}, routes={"w": "sgd"})
+
+
+def test_the_same_array_twice_is_refused():
+    p = _params()
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[2\] are the same array"):
+        fo.MultiOptimizer([{"params": p[:2], "optimizer": "adam"},
+                           {"params": [p[0]], "optimizer": "sgd"}], {"adam": ADAM, "sgd": SGD})
+
+
+def test_a_refused_step_changes_nothing():
+    params = _params()
+    multi = fo.MultiOptimizer(_named(params), {"adam": ADAM, "sgd": SGD},
+                              routes={"enc/.*": "adam"}, default="sgd")
+    multi.step(_grads(2)[0])
+    before = [p.copy() for p in params] + [
+        a.copy() for o in multi.optimizers.values() for s in o.state_arrays() for a in s]
+    good = _grads(2)[2]
+    bad = list(good)
+    bad[3] = bad[3].astype(np.float32)         # the second optimizer's grad
+    with pytest.raises(TypeError, match=r"optimizer 'sgd' \(SGD, whose grads are params\[2, 3\]"):
+        multi.step(bad)
+    with pytest.raises(ValueError, match="expected 4 grads"):
+        multi.step(good[:3])
+    multi.optimizers["sgd"].param_groups[0]["momentum"] = 2.0    # refused at the next step
+    with pytest.raises(ValueError, match="momentum"):
+        multi.step(good)
+    after = [p.copy() for p in params] + [
+        a.copy() for o in multi.optimizers.values() for s in o.state_arrays() for a in s]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(before, after))
+    assert multi.iterations == 1 and multi.optimizers["adam"].iterations == 1
+
+
+def test_one_checkpoint_resumes_every_optimizer(tmp_path):
+    def build(params):
+        return fo.MultiOptimizer(_named(params), {"adam": ADAM, "sgd": SGD, "sf": SF},
+                                 routes={".*/kernel": "adam", "enc/bias": "sgd"}, default="sf")
+
+    grads = _grads(3, n=14)
+    a = _params()
+    multi = build(a)
+    for g in grads[:6]:
+        multi.step(g)
+    fo.save(tmp_path / "multi.npz", multi)
+    b = [np.zeros_like(p) for p in a]
+    twin = build(b)
+    fo.load(tmp_path / "multi.npz", twin)
+    assert twin.iterations == 6
+    for g in grads[6:]:
+        multi.step(g)
+        twin.step(g)
+    for x, y in zip(a, b):
+        assert x.tobytes() == y.tobytes()
+    # the same state dict into a MultiOptimizer routed otherwise is refused, unchanged
+    other = fo.MultiOptimizer(_named([p.copy() for p in a]), {"adam": ADAM, "sgd": SGD},
+                              routes={"enc/.*": "adam"}, default="sgd")
+    with pytest.raises(ValueError, match="routes its parameters as"):
+        other.load_state_dict(multi.state_dict())
+    assert other.iterations == 0
+    sd = multi.state_dict()
+    sd["optimizers"]["sgd"]["state"][0][0] = np.zeros(5)
+    fresh = build([p.copy() for p in a])
+    with pytest.raises(ValueError, match=r"optimizers\['sgd'\]: params\[0\] state 0"):
+        fresh.load_state_dict(sd)
+    assert fresh.iterations == 0 and fresh.optimizers["adam"].iterations == 0
