@@ -153,3 +153,39 @@ def test_one_checkpoint_resumes_every_optimizer(tmp_path):
     with pytest.raises(ValueError, match=r"optimizers\['sgd'\]: params\[0\] state 0"):
         fresh.load_state_dict(sd)
     assert fresh.iterations == 0 and fresh.optimizers["adam"].iterations == 0
+
+
+def test_matches_keras_multi_optimizer():
+    """Keras 3's MultiOptimizer with an OptimizerMap (patterns over variable
+    paths) against routes over param names (Keras on its torch backend)."""
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    multi_mod = pytest.importorskip("keras.src.optimizers.multi_optimizer")
+    saved = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        names = ["enc_kernel", "enc_bias", "dec_kernel", "dec_bias"]   # Keras: no "/"
+        w0 = _params()
+        theirs = [keras.Variable(w.copy(), dtype="float64", name=n) for w, n in zip(w0, names)]
+        omap = multi_mod.OptimizerMap(
+            default_optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9),
+            optimizer_map={"enc_.*": keras.optimizers.Adam(learning_rate=0.01)})
+        kopt = multi_mod.MultiOptimizer(omap)
+        mine = [w.copy() for w in w0]
+        opt = fo.MultiOptimizer(
+            [{"params": mine, "names": names}],
+            {"adam": functools.partial(fo.Adam, learning_rate=0.01),
+             "sgd": functools.partial(fo.SGD, learning_rate=0.05, momentum=0.9)},
+            routes={"enc_.*": "adam"}, default="sgd")
+        for g in _grads(5, n=25):
+            g = [np.zeros(p.shape) if gi is None else gi for gi, p in zip(g, w0)]
+            kopt.apply_gradients([(keras.ops.convert_to_tensor(gi), v)
+                                  for gi, v in zip(g, theirs)])
+            opt.step(g)
+        for i, (p, v) in enumerate(zip(mine, theirs)):
+            assert v.path == names[i]
+            np.testing.assert_allclose(p, np.asarray(v.numpy()), rtol=1e-10, atol=1e-12,
+                                       err_msg=names[i])
+    finally:
+        keras.config.set_floatx(saved)
