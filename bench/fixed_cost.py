@@ -66,7 +66,16 @@ def cases():
         params, grads = _arrays(100, count=100)
         return fo.Adam(params, learning_rate=1e-4), grads
 
+    def multi():
+        params, grads = _arrays(SIZE // 2, count=2)
+        routed = [{"params": [params[0]], "optimizer": "adam"},
+                  {"params": [params[1]], "optimizer": "sgd"}]
+        return fo.MultiOptimizer(routed, {
+            "adam": lambda p: fo.Adam(p, learning_rate=1e-4),
+            "sgd": lambda p: fo.SGD(p, learning_rate=1e-4, momentum=0.9)}), grads
+
     out = [(f"{name} plain", plain(cls)) for name, cls in REGISTRY.items()]
+    out += [("MultiOptimizer (Adam + SGD, 2 x 500)", multi)]
     out += [(f"Adam + {label}", adam_with(opts)) for label, opts in OPTIONS.items()]
     out += [("Adam + schedule on lr (ExponentialDecay)", scheduled),
             ("SGD + OneCycle on lr and momentum", one_cycle),

@@ -62,14 +62,17 @@ typedef void (*fo_reduce_fn)(const fo_tensor *t, int64_t begin, int64_t end,
 /* What a kernel's scalar function reads to fill one scalar row: the group's
  * hyper-parameters (in the order the kernel names them), the tensor's 1-based
  * step, the convention, how many state arrays the group uses now (SGD without
- * momentum keeps none), and the tensor's host value (Nadam's momentum product;
- * 0 for other kernels). */
+ * momentum keeps none), and the tensor's host values (Nadam's momentum product;
+ * unused by other kernels).  A kernel with two host values (FO_KERNEL_AUX 2)
+ * reads the second as aux2 and writes its new value to *aux2_next. */
 typedef struct {
     const double *hp;
     int64_t t;
     int32_t convention;
     int32_t nstate;
     double aux;
+    double aux2;
+    double *aux2_next;
 } fo_ctx;
 
 /* Fills the kernel's slots s[FO_S_K..] in double; returns the host value the
@@ -85,7 +88,7 @@ typedef struct {
     int32_t nstate;                      /* most state arrays the kernel can read */
     const char *hp;                      /* hyper-parameters it reads, space-separated */
     int32_t nhp;
-    int32_t has_aux;                     /* keeps a host value per tensor */
+    int32_t has_aux;                     /* host values kept per tensor (0, 1 or 2) */
     fo_scalars_fn scalars_fn;
     fo_finish_fn finish;                 /* NULL unless the kernel has a reduction pass */
     /* State arrays the kernel reads with this scalar row (Adam reads vhat only

@@ -31,8 +31,9 @@
  * reads with the scalar row s (Adam reads vhat only with amsgrad; the host
  * checks a tensor has them before each step); FO_KERNEL_REDUCE with a
  * reduction pass FO_RFN(NAME) and FO_KERNEL_FINISH, the function that turns
- * its sums into the row of the elementwise pass (Lamb); FO_KERNEL_AUX when
- * the scalar function keeps a host value per tensor (Nadam).
+ * its sums into the row of the elementwise pass (Lamb); FO_KERNEL_AUX, the
+ * number of host values (1 or 2) the scalar function keeps per tensor, or
+ * per group with one clock (Nadam's momentum product).
  * Variants differ only in the instruction set gcc may use to vectorise the
  * plain C loop; with -ffp-contract=off they give bit-identical results.
  */

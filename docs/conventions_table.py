@@ -62,6 +62,13 @@ ROWS = [
     ("SGD(weight_decay=0.01), no momentum", "SGD",
      {"learning_rate": 1e-2, "weight_decay": 0.01},
      {"learning_rate": 1e-2, "weight_decay": 0.01}),
+    ("ScheduleFreeAdamW, equal defaults, constant lr (Keras: x from the new z)",
+     "ScheduleFreeAdamW", {}, {}),
+    ("ScheduleFreeAdamW, lr x0.97 per step (torch weights the average by lr_max^2)",
+     "ScheduleFreeAdamW", {"learning_rate": decaying(2.5e-3)},
+     {"learning_rate": decaying(2.5e-3)}),
+    ("ScheduleFreeAdamW(weight_decay=0.01): Keras decoupled vs torch at y",
+     "ScheduleFreeAdamW", {"weight_decay": 0.01}, {"weight_decay": 0.01}),
 ]
 
 

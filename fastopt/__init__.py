@@ -23,12 +23,15 @@ from ._version import __version__
 from .checkpoint import load, save
 from .optimizers import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lamb, Lion, Nadam,
                          Optimizer, RAdam, RMSprop, Rprop)
+from .optimizers import ASGD, ScheduleFreeAdamW, ScheduleFreeSGD
+from .multi import MultiOptimizer
 
 _apply_env_simd()
 
 __all__ = [
     "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Nadam", "Adadelta",
-    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "schedules",
+    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "ASGD",
+    "ScheduleFreeAdamW", "ScheduleFreeSGD", "MultiOptimizer", "schedules",
     "save", "load", "set_num_threads", "get_num_threads", "show_config", "config",
     "__version__",
 ]

@@ -45,6 +45,8 @@ cdef extern from "fastopt.h" nogil:
         int32_t convention
         int32_t nstate
         double aux
+        double aux2
+        double *aux2_next
 
     ctypedef double (*fo_scalars_fn)(const fo_ctx *c, double *s)
     ctypedef void (*fo_finish_fn)(const double *sums, double *s)

@@ -58,6 +58,9 @@ NSCALARS = FO_NSCALARS
 CHUNK = FO_CHUNK
 NRED = FO_NRED
 MAX_STATE = FO_MAX_STATE
+# host values a kernel may keep per tensor (FO_KERNEL_AUX)
+cdef enum:
+    _NAUX = 2
 
 
 def simd_supported():
@@ -710,7 +713,7 @@ cdef class Stepper:
     cdef int64_t *gversion
     cdef int32_t *group_of
     cdef int64_t *steps
-    cdef double *aux_t
+    cdef double *aux_t           # the host values, _NAUX per tensor / per group
     cdef double *aux_g
     cdef char *excluded
     cdef int convention
@@ -785,16 +788,17 @@ cdef class Stepper:
         memset(self.ghp, 0, ng * self.nhp * sizeof(double))
         self.gnstate = <int32_t *>_alloc(ng * sizeof(int32_t))
         self.gversion = <int64_t *>_alloc(ng * sizeof(int64_t))
-        self.aux_g = <double *>_alloc(ng * sizeof(double))
+        self.aux_g = <double *>_alloc(ng * _NAUX * sizeof(double))
         self.group_row = <int32_t *>_alloc(ng * sizeof(int32_t))
         for i in range(self.ngroups):
             self.gnstate[i] = 0
             self.gversion[i] = -1
-            self.aux_g[i] = 1.0
+            self.aux_g[i * _NAUX] = 1.0
+            self.aux_g[i * _NAUX + 1] = 0.0
         self.gsched = [[] for _ in range(self.ngroups)]
         self.group_of = <int32_t *>_alloc(nt * sizeof(int32_t))
         self.steps = <int64_t *>_alloc(nt * sizeof(int64_t))
-        self.aux_t = <double *>_alloc(nt * sizeof(double))
+        self.aux_t = <double *>_alloc(nt * _NAUX * sizeof(double))
         self.excluded = <char *>_alloc(nt)
         self.dbuf = <double *>_alloc(nt * FO_NRED * sizeof(double))
         self.trow = <int32_t *>_alloc(nt * sizeof(int32_t))
@@ -804,16 +808,17 @@ cdef class Stepper:
         for i in range(self.n):
             self.group_of[i] = group_of[i]
             self.steps[i] = 0
-            self.aux_t[i] = 1.0
+            self.aux_t[i * _NAUX] = 1.0
+            self.aux_t[i * _NAUX + 1] = 0.0
             self.excluded[i] = 0
         # rows: one per group, one per tensor at another step, one per clipped
         # tensor, one per tensor of a second pass
         self.row_cap = 3 * nt + ng
         self.key_g = <int32_t *>_alloc(self.row_cap * sizeof(int32_t))
         self.key_t = <int64_t *>_alloc(self.row_cap * sizeof(int64_t))
-        self.key_aux = <double *>_alloc(self.row_cap * sizeof(double))
+        self.key_aux = <double *>_alloc(self.row_cap * _NAUX * sizeof(double))
         self.key_ex = <char *>_alloc(self.row_cap)
-        self.row_aux = <double *>_alloc(self.row_cap * sizeof(double))
+        self.row_aux = <double *>_alloc(self.row_cap * _NAUX * sizeof(double))
         if self.row_cap * FO_NSCALARS > engine.rows_cap:
             engine.rows = <double *>_realloc(engine.rows, self.row_cap * FO_NSCALARS * sizeof(double))
             engine.rows_cap = self.row_cap * FO_NSCALARS
@@ -955,19 +960,23 @@ cdef class Stepper:
             self.steps[i] = steps[i]
 
     def get_aux(self):
-        """The host values: per group (one clock) or per tensor (per_param)."""
-        if self.per_param:
-            return [self.aux_t[i] for i in range(self.n)]
-        return [self.aux_g[i] for i in range(self.ngroups)]
+        """The host values: per group (one clock) or per tensor (per_param);
+        a float each, or a pair for a kernel with two."""
+        cdef double *a = self.aux_t if self.per_param else self.aux_g
+        cdef Py_ssize_t i, m = self.n if self.per_param else self.ngroups
+        if self.info.has_aux > 1:
+            return [[a[i * _NAUX], a[i * _NAUX + 1]] for i in range(m)]
+        return [a[i * _NAUX] for i in range(m)]
 
     def set_aux(self, values):
-        cdef Py_ssize_t i
-        if self.per_param:
-            for i in range(self.n):
-                self.aux_t[i] = values[i]
-        else:
-            for i in range(self.ngroups):
-                self.aux_g[i] = values[i]
+        cdef double *a = self.aux_t if self.per_param else self.aux_g
+        cdef Py_ssize_t i, m = self.n if self.per_param else self.ngroups
+        for i in range(m):
+            if self.info.has_aux > 1:
+                a[i * _NAUX] = values[i][0]
+                a[i * _NAUX + 1] = values[i][1]
+            else:
+                a[i * _NAUX] = values[i]
 
     # ---- the step ------------------------------------------------------------
 
@@ -1014,20 +1023,21 @@ cdef class Stepper:
             self.cross_check()(gi, step)
         return 0
 
-    cdef int32_t _row(self, int32_t g, int64_t t, double aux, char ex, int32_t *nrows):
-        """Index of this step's row for (group, step, host value, excluded),
+    cdef int32_t _row(self, int32_t g, int64_t t, const double *aux, char ex, int32_t *nrows):
+        """Index of this step's row for (group, step, host values, excluded),
         computed on first use."""
         cdef int32_t r, nr = nrows[0]
         for r in range(nr - 1, -1, -1):
             if (self.key_g[r] == g and self.key_t[r] == t and self.key_ex[r] == ex
-                    and (self.key_aux[r] == aux
-                         or (aux != aux and self.key_aux[r] != self.key_aux[r]))):
+                    and _same(self.key_aux[r * _NAUX], aux[0])
+                    and _same(self.key_aux[r * _NAUX + 1], aux[1])):
                 return r
         r = nr
         nrows[0] = nr + 1
         self.key_g[r] = g
         self.key_t[r] = t
-        self.key_aux[r] = aux
+        self.key_aux[r * _NAUX] = aux[0]
+        self.key_aux[r * _NAUX + 1] = aux[1]
         self.key_ex[r] = ex
         cdef double *row = self.engine.rows + <int64_t>r * FO_NSCALARS
         cdef const double *h = self.ghp + <int64_t>g * self.nhp
@@ -1055,8 +1065,11 @@ cdef class Stepper:
         ctx.t = t
         ctx.convention = self.convention
         ctx.nstate = self.gnstate[g]
-        ctx.aux = aux
-        self.row_aux[r] = self.info.scalars_fn(&ctx, row)
+        ctx.aux = aux[0]
+        ctx.aux2 = aux[1]
+        self.row_aux[r * _NAUX + 1] = aux[1]
+        ctx.aux2_next = &self.row_aux[r * _NAUX + 1]
+        self.row_aux[r * _NAUX] = self.info.scalars_fn(&ctx, row)
         return r
 
     cdef int32_t _copy_row(self, int32_t r, int32_t *nrows):
@@ -1175,16 +1188,16 @@ cdef class Stepper:
                     if keep_aux:
                         for gi in range(self.ngroups):
                             self.group_row[gi] = self._row(<int32_t>gi, t_shared,
-                                                           self.aux_g[gi], 0, &nrows)
+                                                           &self.aux_g[gi * _NAUX], 0, &nrows)
                     for i in range(self.n):
                         if eng.tensors[i].grad == NULL:
                             continue
                         g = self.group_of[i]
                         if self.per_param:
-                            self.trow[i] = self._row(g, self.steps[i] + 1, self.aux_t[i],
+                            self.trow[i] = self._row(g, self.steps[i] + 1, &self.aux_t[i * _NAUX],
                                                      self.excluded[i], &nrows)
                         else:
-                            self.trow[i] = self._row(g, t_shared, self.aux_g[g],
+                            self.trow[i] = self._row(g, t_shared, &self.aux_g[g * _NAUX],
                                                      self.excluded[i], &nrows)
                         eng.tensors[i].row = self.trow[i]
                     eng.nrows = nrows
@@ -1204,11 +1217,13 @@ cdef class Stepper:
                                eng.tensors[i].size * (4 if eng.tensors[i].dtype == FO_FLOAT32 else 8))
                 if keep_aux:
                     for gi in range(self.ngroups):
-                        self.aux_g[gi] = self.row_aux[self.group_row[gi]]
+                        memcpy(&self.aux_g[gi * _NAUX], &self.row_aux[self.group_row[gi] * _NAUX],
+                               _NAUX * sizeof(double))
                 if self.per_param:
                     for i in range(self.n):
                         if eng.tensors[i].grad != NULL:
-                            self.aux_t[i] = self.row_aux[self.trow[i]]
+                            memcpy(&self.aux_t[i * _NAUX], &self.row_aux[self.trow[i] * _NAUX],
+                                   _NAUX * sizeof(double))
                             self.steps[i] += 1
                 self._iterations += 1
             if self.swa:
@@ -1278,6 +1293,8 @@ cdef class Stepper:
         ctx.convention = self.convention
         ctx.nstate = 1
         ctx.aux = 0.0
+        ctx.aux2 = 0.0
+        ctx.aux2_next = NULL
         self.ema_info.scalars_fn(&ctx, row)
         for i in range(e.n):
             e.tensors[i].grad = e.tensors[i].param
@@ -1296,6 +1313,11 @@ cdef double _schedule_float(object r, str key, int64_t step) except? -1.0:
         raise TypeError(f"{key}: the schedule returned {r!r:.60} ({type(r).__name__}) at step "
                         f"{step}; a schedule must return a number (a float)")
     return float(r)
+
+
+cdef inline bint _same(double a, double b) noexcept:
+    """Equal, or both NaN (a row's key)."""
+    return a == b or (a != a and b != b)
 
 
 cdef int _check_scheduled(tuple e, double v, int64_t step) except -1:

@@ -135,17 +135,18 @@ def _check_extra(opt, extra):
                                               "extra.swa_n_averaged")
     key = opt.aux_state
     if key is not None:
-        n = len(opt._stepper.get_aux())
+        shape = np.shape(opt._stepper.get_aux())
         values = extra.get(key, ())
         try:
-            if np.shape(values) != (n,):     # first: converting a huge array costs its size
+            if np.shape(values) != shape:     # first: converting a huge array costs its size
                 raise ValueError(f"shape {np.shape(values)}")
             values = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"extra.{key}: expected {n} values; got {e}") from e
+            what = f"{shape[0]} values" if len(shape) == 1 else f"values of shape {shape}"
+            raise ValueError(f"extra.{key}: expected {what}; got {e}") from e
         if not np.isfinite(values).all():
             raise ValueError(f"extra.{key}: expected finite values; got {values}")
-        out["aux"] = [float(x) for x in values]
+        out["aux"] = values.tolist()
     return out
 
 

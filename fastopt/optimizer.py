@@ -114,7 +114,8 @@ class Optimizer(Options):
     aliases, in the order the kernel reads them) and ``variables`` (the names
     of its state arrays); optionally ``state_names(group)`` when the arrays
     depend on a setting, ``initial`` (state arrays filled from a
-    hyper-parameter instead of zeros), ``check(hp, where)`` for a rule across fields and
+    hyper-parameter, or copied from the parameter with ``"param"``, instead of
+    zeros), ``check(hp, where)`` for a rule across fields and
     ``aux_state`` (the name its kernel's host values have in a state dict).
 
     Options every optimizer takes (keyword-only), applied per update in
@@ -215,6 +216,9 @@ class Optimizer(Options):
     elementwise = True
     #: True when weight decay can only be decoupled (AdamW).
     decoupled_only = False
+    #: True when the algorithm counts steps per optimizer in every convention
+    #: (schedule-free's ``k``), not per parameter as the torch convention does.
+    shared_clock = False
     #: Keywords that give several hyper-parameters at once: ``{"betas":
     #: (("beta_1", "beta_2"), "(b1, b2)")}``.
     tuple_aliases: "Mapping[str, tuple[tuple[str, ...], str]]" = {}
@@ -385,8 +389,7 @@ class Optimizer(Options):
             snames = self.state_names(group)
             group_state.append((dict(group, params=list(group["params"])), snames))
             for p in group["params"]:
-                state.append([np.full_like(p, group[self.initial[n]])
-                              if n in self.initial else np.zeros_like(p) for n in snames])
+                state.append([self._initial_array(p, group, n) for n in snames])
         group_of = [gi for gi, g in enumerate(all_groups) for _ in g["params"]]
         cls, conv = type(self), self._conv
         engine = _core.Engine(cls.kernel, params, state)     # refuses overlapping params
@@ -400,7 +403,8 @@ class Optimizer(Options):
             averager = _core.Engine("ema", params, [[a] for a in ema])
         elif swa is not None:
             averager = _core.Engine("average", params, [[a] for a in swa])
-        stepper = _core.Stepper(engine, all_groups, group_of, conv.code, conv.per_param_steps,
+        stepper = _core.Stepper(engine, all_groups, group_of, conv.code,
+                                conv.per_param_steps and not cls.shared_clock,
                                 conv.schedule_clock_calls, self._sync, averager,
                                 accum, refuse_no_grads=conv.refuse_no_grads)
         old = self._stepper
@@ -448,7 +452,21 @@ class Optimizer(Options):
             raise TypeError(f"add_param_group expects a dict {{'params': [...], ...}}; got "
                             f"{type(param_group).__name__}")
         with self._lock:
+            if type(self).shared_clock and self.iterations:
+                raise ValueError(
+                    f"add_param_group: {type(self).__name__} keeps one step count for every "
+                    f"group, so a group added after {self.iterations} steps would start "
+                    f"mid-way (the reference counts each group from 0); build the optimizer "
+                    f"with every group, or add it before the first step")
             self._add_groups(split_param_groups([param_group]))
+
+    def _initial_array(self, p, group, name):
+        """A new state array: a copy of the parameter (``initial[name] ==
+        "param"``), filled with a hyper-parameter's value, or zeros."""
+        source = self.initial.get(name)
+        if source == "param":
+            return p.copy()
+        return np.zeros_like(p) if source is None else np.full_like(p, group[source])
 
     # ---- hyper-parameters ----------------------------------------------------
 

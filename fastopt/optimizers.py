@@ -12,14 +12,19 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, NONPOS, POSITIVE, UNIT,  # noqa: F401
                      UNIT_LEFT_OPEN, UNIT_OPEN, ParamGroup, is_schedule)
 from .optimizer import REGISTRY, Optimizer  # noqa: F401
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
+
     from typing_extensions import Unpack
 
-    from ._types import ConventionName, HyperPair, HyperValue, Options, OptionsWithDecay, Params
+    from ._types import (ConventionName, HyperPair, HyperValue, LoadPolicy, Options,
+                         OptionsWithDecay, Params)
 
 BETAS: "dict[str, tuple[tuple[str, ...], str]]" = {"betas": (("beta_1", "beta_2"), "(b1, b2)")}
 
@@ -908,3 +913,416 @@ class Rprop(Optimizer):
                          etaminus=etaminus, etaplus=etaplus, step_size_min=step_size_min,
                          step_size_max=step_size_max, etas=etas, step_sizes=step_sizes,
                          **kwargs)
+
+
+class ASGD(Optimizer):
+    r"""ASGD: averaged stochastic gradient descent (torch.optim.ASGD).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-2.  ``lr`` is an alias.
+    lambd : float or schedule
+        Decay term (1e-4): shrinks the weights by ``1 - lambd*eta`` per step
+        and slows the step size ``eta`` down.
+    alpha : float or schedule
+        Power of the step-size decay (0.75).
+    t0 : float or schedule
+        Step at which averaging starts (1e6): before it the average is a copy
+        of the weights.
+    convention : {"torch"}
+        The default: only torch.optim has ASGD; ``"keras"`` raises ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (``weight_decay`` is coupled L2, as
+        torch; ``maximize``).
+
+    Notes
+    -----
+    Per parameter, with ``t`` its 1-based step::
+
+        w  <- w*(1 - lambd*eta_t) - eta_t*g
+        ax <- w  if mu_t == 1,  else  ax + (w - ax)*mu_t
+        eta_1 = lr_1,  eta_{t+1} = lr_t / (1 + lambd*lr_t*t)^alpha
+        mu_1 = 1,      mu_{t+1} = 1 / max(1, t - t0)
+
+    As in torch, ``eta`` is computed at the end of a step and used at the
+    next one, so a learning-rate schedule reaches the update one step late.
+    ``eta`` and ``mu`` are kept in double (torch keeps them in its default
+    dtype: the numbers agree with ``torch.set_default_dtype(torch.float64)``).
+    The averaged weights ``ax`` are :attr:`averaged_params` (live arrays,
+    as :attr:`~Optimizer.averages` are for ``use_ema``);
+    :meth:`use_averaged_params` copies them into the parameters.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.ASGD([w], learning_rate=0.1, t0=0.0)
+    >>> for g in ([1.0, -1.0], [1.0, -1.0], [1.0, -1.0]):
+    ...     opt.step([np.array(g)])
+    >>> np.round(w, 6), np.round(opt.averaged_params[0], 6)
+    (array([-0.299995,  0.299995]), array([-0.249997,  0.249997]))
+    """
+
+    kernel = "asgd"
+    hyper = {
+        "learning_rate": HP(torch=1e-2, check=NONNEG),
+        "lambd": HP(torch=1e-4, check=NONNEG),
+        "alpha": HP(torch=0.75, check=NONNEG),
+        "t0": HP(torch=1e6, check=NONNEG),
+    }
+    variables = ("ax",)
+    aux_state = "etas"
+
+    lambd: HyperValue
+    alpha: HyperValue
+    t0: HyperValue
+
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None, lambd: HyperValue | None = None,
+                 alpha: HyperValue | None = None, t0: HyperValue | None = None, *,
+                 convention: ConventionName = "torch", **kwargs: Unpack[OptionsWithDecay]) -> None:
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         lambd=lambd, alpha=alpha, t0=t0, **kwargs)
+
+    @property
+    def averaged_params(self) -> list[np.ndarray]:
+        """The running averages ``ax`` of the parameters (live arrays; a
+        parameter not stepped yet has zeros, as torch's fresh state)."""
+        return [st[0] for st in self._state]
+
+    def use_averaged_params(self) -> None:
+        """Copy the averages ``ax`` into the parameters (parameters not
+        stepped yet keep their values)."""
+        with self._lock:
+            steps = self._stepper.get_steps()
+            for p, st, n in zip(self._params, self._state, steps):
+                if n:
+                    np.copyto(p, st[0])
+
+
+OPEN_UNIT = (0.0, False, 1.0, False)     # (0, 1)
+
+
+class _ScheduleFree(Optimizer):
+    """The train/eval modes of the schedule-free methods.
+
+    The parameters hold ``y`` while training and ``x`` (the average, the
+    point to evaluate) in eval mode.  :meth:`eval` keeps ``y`` aside and
+    writes ``x`` into the parameters; :meth:`train` puts the kept ``y``
+    back, so a round trip restores the parameters bit for bit (recomputing
+    ``y`` from ``x`` and ``z`` would not).
+    """
+
+    shared_clock = True
+    initial = {"z": "param"}
+    #: the hyper-parameter that interpolates y between z and x
+    interpolation = "beta_1"
+
+    def _start_modes(self):
+        self._training = True
+        self._kept_y = None
+
+    @property
+    def training(self) -> bool:
+        """True in train mode (the parameters hold y), False in eval mode (x)."""
+        return self._training
+
+    def check(self, hp, where):
+        steps = hp.get("warmup_steps", 0.0)
+        if not is_schedule(steps) and steps != math.floor(steps):
+            raise ValueError(f"{where}warmup_steps must be a whole number of steps (an int in "
+                             f"both libraries); got {steps!r}")
+
+    def _x_of(self, gi, y, z):
+        """x from y and z in the param's dtype, as the library computes it."""
+        b1 = dict(zip(self._hp_order, self._stepper.group_values(gi)))[self.interpolation]
+        if self.convention == "keras":
+            one = y.dtype.type(1)
+            b = y.dtype.type(b1)
+            return (y - (one - b) * z) / b
+        wt = y.dtype.type(1.0 - 1.0 / b1)
+        if abs(wt) < 0.5:
+            return y + wt * (z - y)
+        return z - (z - y) * (y.dtype.type(1) - wt)
+
+    def _averages(self):
+        out = []
+        i = 0
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                z = self._state[i][0]
+                out.append(p.copy() if self.iterations == 0 else self._x_of(gi, p, z))
+                i += 1
+        return out
+
+    def eval_params(self) -> list[np.ndarray]:
+        """The averaged parameters x (new arrays), whichever the mode; the
+        parameters are not touched."""
+        with self._lock:
+            if not self._training:
+                return [p.copy() for p in self._params]
+            return self._averages()
+
+    def eval(self) -> None:
+        """Switch the parameters to x (the point to evaluate and to ship);
+        ``y`` is kept for :meth:`train`.  A no-op in eval mode."""
+        with self._lock:
+            if not self._training:
+                return
+            xs = self._averages()
+            if self._kept_y is None:
+                self._kept_y = [np.empty_like(p) for p in self._params]
+            for p, y, x in zip(self._params, self._kept_y, xs):
+                np.copyto(y, p)
+                np.copyto(p, x)
+            self._training = False
+
+    def train(self) -> None:
+        """Switch the parameters back to y, exactly as they were before
+        :meth:`eval`.  A no-op in train mode."""
+        with self._lock:
+            if self._training:
+                return
+            for p, y in zip(self._params, self._kept_y):
+                np.copyto(p, y)
+            self._training = True
+
+    def step(self, grads):
+        if not self._training:
+            raise ValueError(f"{type(self).__name__} is in eval mode: the parameters hold the "
+                             f"average x, not the point y that gradients are taken at. Call "
+                             f"opt.train() before computing gradients and stepping; nothing "
+                             f"was changed")
+        super().step(grads)
+
+    def state_dict(self) -> dict[str, Any]:
+        """As :meth:`Optimizer.state_dict`, with the mode (and, in eval mode,
+        the kept y) in ``extra``."""
+        with self._lock:
+            sd = super().state_dict()
+            sd["extra"]["mode"] = "train" if self._training else "eval"
+            if not self._training:
+                sd["extra"]["train_params"] = [y.copy() for y in self._kept_y]
+            return sd
+
+    def load_state_dict(self, sd: Mapping[str, Any], hyperparameters: LoadPolicy = None) -> None:
+        with self._lock:
+            self.check_state_dict(sd, hyperparameters)()
+
+    def check_state_dict(self, sd: Mapping[str, Any],
+                         hyperparameters: LoadPolicy = None) -> Callable[[], None]:
+        apply = super().check_state_dict(sd, hyperparameters)
+        extra = sd.get("extra") or {}
+        mode = extra.get("mode", "train")
+        if mode not in ("train", "eval"):
+            raise ValueError(f"extra.mode: expected 'train' or 'eval'; got {mode!r:.40}")
+        kept = None
+        if mode == "eval":
+            ys = extra.get("train_params")
+            if not isinstance(ys, (list, tuple)) or len(ys) != len(self._params):
+                raise ValueError(f"extra.train_params: a state saved in eval mode keeps the "
+                                 f"{len(self._params)} train-mode parameters y; got "
+                                 f"{type(ys).__name__}")
+            kept = []
+            for i, (p, y) in enumerate(zip(self._params, ys)):
+                y = np.asarray(y)
+                if y.shape != p.shape or y.dtype != p.dtype:
+                    raise ValueError(f"extra.train_params[{i}]: expected {p.dtype} {p.shape}; "
+                                     f"got {y.dtype} {y.shape}")
+                kept.append(y.copy())
+
+        def apply_all():
+            apply()
+            self._training = mode == "train"
+            if kept is not None:
+                self._kept_y = kept
+
+        return apply_all
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    r"""Schedule-free AdamW: no learning-rate schedule to set, an average to evaluate.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place (they hold ``y`` while training), or param
+        groups.
+    learning_rate : float or schedule
+        Default 0.0025.  ``lr`` is an alias.
+    beta_1 : float or schedule
+        In (0, 1), default 0.9: the interpolation between ``z`` and ``x``.
+    beta_2 : float or schedule
+        0.999, the decay of the second moment.  ``betas=(b1, b2)`` is accepted.
+    epsilon : float
+        1e-8, added to the bias-corrected ``sqrt(v)``.  ``eps`` is an alias.
+    warmup_steps : int
+        Linear warmup of the learning rate over the first steps (0).
+    r, weight_lr_power : float
+        torch convention only: the average's weights ``t^r * lr_max^power``
+        (0 and 2).
+    convention : {"keras", "torch"}
+        ``"torch"`` reproduces the ``schedulefree`` package
+        (``AdamWScheduleFree``), ``"keras"`` ``keras.optimizers.ScheduleFreeAdamW``.
+    weight_decay : float or schedule
+        torch: added to the normalised gradient at ``y`` (the package's form;
+        ``decoupled_weight_decay=True`` decays ``y`` by ``1 - lr*wd`` before
+        the step instead).  Keras: decoupled, before the step.
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    With ``t`` the optimizer's step (one clock in both conventions, as both
+    libraries count), ``lr_t`` the warmed-up rate and ``c`` the average's
+    weight::
+
+        v <- beta_2*v + (1 - beta_2)*g^2
+        d  = g / (sqrt(v/(1 - beta_2^t)) + eps)   (torch: + weight_decay*y)
+        z' = z - lr_t*d
+        x' = (1 - c)*x + c*z'                      (x is implicit: never stored)
+        y' = (1 - beta_1)*z' + beta_1*x'
+
+    torch: ``c = t^r*lr_max^p / sum of those weights`` (``lr_max`` the
+    largest ``lr_t`` so far; ``c = 0`` while every weight is 0, so a learning
+    rate of 0 at the first steps divides by nothing), ``y`` updated in place
+    as the package does.  Keras: ``c = 1/t``, ``x`` recovered from ``y`` and
+    ``z`` as ``(y - (1 - beta_1)*z)/beta_1``.  Keras's numbers are those of
+    its torch backend: there ``x`` is recovered from the new ``z'`` (Keras
+    reads ``momentum.value`` before updating it, and the torch backend
+    updates that tensor in place; on JAX and TensorFlow it is the old
+    ``z``), and the warmup factor ``min(t/W, 1)`` is rounded to float32.
+
+    The parameters hold ``y``, where gradients are taken.  :meth:`eval`
+    writes ``x`` into them (for evaluation and checkpoints to ship),
+    :meth:`train` restores ``y`` exactly; stepping in eval mode raises;
+    :meth:`eval_params` returns ``x`` without touching the parameters.  An
+    optimizer starts in train mode (the package starts in eval mode and
+    needs ``train()`` first; Keras has no modes).  :meth:`state_dict` records
+    the mode.  The package's own ``train()`` recomputes ``y`` from ``x`` with
+    a rounding error; fastopt keeps ``y`` instead, so its numbers agree with
+    the package's for runs without an eval/train round trip.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.ScheduleFreeAdamW([w], learning_rate=0.1, convention="torch")
+    >>> for _ in range(2):
+    ...     opt.step([np.array([1.0, -1.0])])
+    >>> np.round(w, 6)                  # y
+    array([-0.155,  0.155])
+    >>> opt.eval(); np.round(w, 6)      # x
+    array([-0.15,  0.15])
+    >>> opt.train(); np.round(w, 6)     # y again, bit for bit
+    array([-0.155,  0.155])
+    """
+
+    kernel = "sfadamw"
+    hyper = {
+        "learning_rate": HP(0.0025, check=NONNEG),
+        "beta_1": HP(0.9, check=OPEN_UNIT),
+        "beta_2": HP(0.999, check=UNIT_OPEN),
+        "epsilon": HP(1e-8, check=NONNEG),
+        "warmup_steps": HP(0.0, check=NONNEG, schedulable=False),
+        "r": HP(torch=0.0),
+        "weight_lr_power": HP(torch=2.0, check=NONNEG),
+    }
+    variables = ("z", "v")
+    aux_state = "weight_sum_lr_max"
+    tuple_aliases = BETAS
+
+    beta_1: HyperValue
+    beta_2: HyperValue
+    epsilon: HyperValue
+    warmup_steps: HyperValue
+    r: HyperValue
+    weight_lr_power: HyperValue
+    betas: HyperPair
+
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None, beta_1: HyperValue | None = None,
+                 beta_2: HyperValue | None = None, epsilon: HyperValue | None = None,
+                 warmup_steps: HyperValue | None = None, *, r: HyperValue | None = None,
+                 weight_lr_power: HyperValue | None = None, betas: HyperPair | None = None,
+                 convention: ConventionName = "keras", **kwargs: Unpack[OptionsWithDecay]) -> None:
+        self._start_modes()
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power,
+                         betas=betas, **kwargs)
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    r"""Schedule-free SGD (the ``schedulefree`` package's ``SGDScheduleFree``).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place (they hold ``y`` while training), or param
+        groups.
+    learning_rate : float or schedule
+        Default 1.0.  ``lr`` is an alias.
+    momentum : float or schedule
+        In (0, 1), default 0.9: the interpolation between ``z`` and ``x``.
+    warmup_steps : int
+        Linear warmup of the learning rate over the first steps (0).
+    r, weight_lr_power : float
+        The average's weights ``t^r * lr_max^power`` (0 and 2).
+    convention : {"torch"}
+        The default: only the schedulefree package has it; ``"keras"`` raises
+        ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (``weight_decay`` is L2 at ``y``, as
+        the package).
+
+    Notes
+    -----
+    With ``t`` the optimizer's step, ``lr_t`` the warmed-up rate and ``c``
+    the average's weight (see :class:`ScheduleFreeAdamW`)::
+
+        z' = z - lr_t*g
+        x' = (1 - c)*x + c*z'
+        y' = (1 - momentum)*z' + momentum*x'
+
+    computed in place on ``y`` as the package does.  Modes, :meth:`eval`,
+    :meth:`train`, :meth:`eval_params` and checkpoints as in
+    :class:`ScheduleFreeAdamW`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> w = np.zeros(2)
+    >>> opt = fo.ScheduleFreeSGD([w], learning_rate=0.5)
+    >>> for _ in range(2):
+    ...     opt.step([np.array([1.0, -1.0])])
+    >>> np.round(w, 6), np.round(opt.eval_params()[0], 6)     # y, and x
+    (array([-0.775,  0.775]), array([-0.75,  0.75]))
+    """
+
+    kernel = "sfsgd"
+    hyper = {
+        "learning_rate": HP(torch=1.0, check=NONNEG),
+        "momentum": HP(torch=0.9, check=OPEN_UNIT),
+        "warmup_steps": HP(torch=0.0, check=NONNEG, schedulable=False),
+        "r": HP(torch=0.0),
+        "weight_lr_power": HP(torch=2.0, check=NONNEG),
+    }
+    variables = ("z",)
+    aux_state = "weight_sum_lr_max"
+    interpolation = "momentum"
+
+    momentum: HyperValue
+    warmup_steps: HyperValue
+    r: HyperValue
+    weight_lr_power: HyperValue
+
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None, momentum: HyperValue | None = None,
+                 warmup_steps: HyperValue | None = None, *, r: HyperValue | None = None,
+                 weight_lr_power: HyperValue | None = None, convention: ConventionName = "torch",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
+        self._start_modes()
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         momentum=momentum, warmup_steps=warmup_steps, r=r,
+                         weight_lr_power=weight_lr_power, **kwargs)

@@ -19,12 +19,20 @@ the class does not say about itself:
   and :data:`GOLDEN_GRADS` (w after three steps); ``None`` in a column is a
   library that does not have the optimizer.  ``golden_missing`` names, with
   the reason, a convention that has no row yet;
-* ``torch_name`` / ``keras_name``: the anchor classes; ``torch_cases``:
+* ``torch_name`` / ``keras_name``: the anchor classes (``torch_module``: where
+  the torch-convention anchor lives, ``torch.optim`` unless it is the
+  ``schedulefree`` package); ``torch_cases``:
   configurations run against ``torch.optim`` itself (fastopt's keyword names;
   :meth:`OptimizerInfo.torch_kwargs` translates them);
 * ``decoupled_always``: weight decay is decoupled in every convention (AdamW).
 * ``frozen``: what else a learning rate of 0 needs to leave the weights as
   they are (Rprop: its step sizes also have a floor, ``step_size_min``).
+* ``shared_clock``: one step count for the optimizer in every convention
+  (schedule-free); ``per_update``: per convention, a function
+  ``(shared, hp, t)`` the reference calls once per update, before the rule,
+  for what the algorithm keeps per group across steps (it adds its values
+  to ``hp``); ``coupled_decay_in_rule``: conventions whose rule applies the
+  coupled weight decay itself (given as ``hp["_wd"]``), not the driver.
 
 A new optimizer needs one entry here and its rule functions in
 ``tests/reference.py``; ``tests/test_optim_db.py`` fails until both exist.
@@ -56,7 +64,8 @@ class OptimizerInfo:
 
     def __init__(self, name, *, rules, initial_state, cases, golden=(), golden_missing=None,
                  stateful=None, torch_name=None, keras_name=None, torch_cases=(),
-                 torch_renames=None, decoupled_always=False, frozen=None):
+                 torch_renames=None, decoupled_always=False, frozen=None, shared_clock=False,
+                 per_update=None, coupled_decay_in_rule=(), torch_module="torch.optim"):
         self.name = name
         self.rules = dict(rules)
         self.initial_state = initial_state
@@ -70,6 +79,10 @@ class OptimizerInfo:
         self.torch_renames = dict(TORCH_KWARG_NAMES, **(torch_renames or {}))
         self.decoupled_always = decoupled_always
         self.frozen = dict(frozen or {})
+        self.shared_clock = shared_clock
+        self.per_update = dict(per_update or {})
+        self.coupled_decay_in_rule = tuple(coupled_decay_in_rule)
+        self.torch_module = torch_module
 
     def __repr__(self):
         return f"OptimizerInfo({self.name!r})"
@@ -420,6 +433,94 @@ optim_db = [
         torch_cases=[{}],
         # lr only starts the step sizes, which then grow to step_size_min (as in torch)
         frozen={"step_size_min": 0.0},
+    ),
+    OptimizerInfo(
+        "ASGD",
+        rules={"torch": ref.asgd_torch},
+        initial_state=lambda hp, w: {"ax": np.zeros_like(w), "eta": 0.0},
+        cases=[
+            ({}, TORCH),
+            # t0 small: the average moves (mu < 1) within the run
+            ({"lambd": 0.05, "alpha": 0.6, "t0": 2.0}, TORCH),
+            ({"lambd": 0.01, "t0": 0.0, "weight_decay": 0.05, "maximize": True}, TORCH),
+        ],
+        # tests/make_golden.py: torch 2.13.0+cpu (torch.optim.ASGD, single-tensor path),
+        # default dtype float64
+        golden=[
+            ({"learning_rate": 0.01},
+             None,
+             [0.997497004130, -2.001993997011, 0.494998509753]),
+            ({"learning_rate": 0.05, "lambd": 0.1, "alpha": 0.5, "t0": 1.0,
+              "weight_decay": 0.1},
+             None,
+             [0.957989771232, -1.950694042477, 0.460644849243]),
+        ],
+        torch_name="ASGD",
+        torch_cases=[
+            {},
+            {"lambd": 0.05, "alpha": 0.6, "t0": 3.0, "weight_decay": 0.03},
+            {"lambd": 0.01, "t0": 0.0, "maximize": True},
+        ],
+    ),
+    OptimizerInfo(
+        "ScheduleFreeAdamW",
+        rules={"keras": ref.sfadamw_keras, "torch": ref.sfadamw_torch},
+        initial_state=lambda hp, w: {"z": w.copy(), "v": np.zeros_like(w)},
+        shared_clock=True,
+        per_update={"torch": ref.schedule_free_weights, "keras": ref.schedule_free_keras_weights},
+        coupled_decay_in_rule=TORCH,
+        cases=[
+            ({}, BOTH),
+            ({"warmup_steps": 5, "weight_decay": 0.05}, BOTH),
+            # beta_1 0.4: the other form of torch's lerp in eval
+            ({"beta_1": 0.4, "beta_2": 0.9, "epsilon": 1e-3, "r": 0.5, "weight_lr_power": 1.0},
+             TORCH),
+            ({"weight_decay": 0.05, "decoupled_weight_decay": True, "maximize": True}, TORCH),
+        ],
+        # tests/make_golden.py: schedulefree 1.4.1 (AdamWScheduleFree, foreach=False) and
+        # Keras 3.15 (torch backend, floatx float64)
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.989178917996, -1.998431475402, 0.484658145316],
+             [0.988382151006, -1.998853049147, 0.484589774280]),
+            ({"learning_rate": 0.01, "warmup_steps": 2, "weight_decay": 0.1},
+             [0.993182140661, -2.001432924414, 0.489166643483],
+             [0.991241339892, -2.002586523550, 0.487048870455]),
+        ],
+        torch_name="AdamWScheduleFree", keras_name="ScheduleFreeAdamW",
+        torch_module="schedulefree",
+        torch_cases=[
+            {},
+            {"warmup_steps": 4, "weight_decay": 0.05, "r": 0.5, "weight_lr_power": 1.0,
+             "beta_1": 0.8},
+        ],
+    ),
+    OptimizerInfo(
+        "ScheduleFreeSGD",
+        rules={"torch": ref.sfsgd_torch},
+        initial_state=lambda hp, w: {"z": w.copy()},
+        shared_clock=True,
+        per_update={"torch": ref.schedule_free_weights},
+        cases=[
+            ({}, TORCH),
+            ({"warmup_steps": 3, "momentum": 0.5, "weight_decay": 0.05}, TORCH),
+            ({"r": 1.0, "weight_lr_power": 0.0, "maximize": True}, TORCH),
+        ],
+        # tests/make_golden.py: schedulefree 1.4.1 (SGDScheduleFree, foreach=False)
+        golden=[
+            ({"learning_rate": 0.1},
+             None,
+             [0.985500000000, -2.008000000000, 0.453000000000]),
+            ({"learning_rate": 0.1, "momentum": 0.5, "warmup_steps": 2, "weight_decay": 0.1},
+             None,
+             [0.963809627778, -1.984646477778, 0.453573584722]),
+        ],
+        torch_name="SGDScheduleFree",
+        torch_module="schedulefree",
+        torch_cases=[
+            {},
+            {"warmup_steps": 4, "weight_decay": 0.05, "momentum": 0.6, "r": 1.0},
+        ],
     ),
 ]
 

@@ -212,6 +212,71 @@ def rprop_torch(w, g, st, hp, t):
     st["prev"] = g
     return w - np.where(g > 0, 1.0, np.where(g < 0, -1.0, 0.0)) * st["step_size"]
 
+def asgd_torch(w, g, st, hp, t):
+    # eta and mu are computed at the end of a step and used at the next one
+    lr, lambd = hp["learning_rate"], hp["lambd"]
+    eta = lr if t == 1 else st["eta"]
+    mu = 1.0 if t == 1 else 1.0 / max(1.0, (t - 1) - hp["t0"])
+    w = w * (1 - lambd * eta) - eta * g
+    st["ax"] = w.copy() if mu == 1 else st["ax"] + (w - st["ax"]) * mu
+    st["eta"] = lr / (1 + lambd * lr * t) ** hp["alpha"]
+    return w
+
+def _lerp(a, b, wt):
+    # torch's lerp: the form depends on the size of the weight
+    return a + wt * (b - a) if abs(wt) < 0.5 else b - (b - a) * (1 - wt)
+
+
+def _sf_lr(hp, t):
+    steps = hp["warmup_steps"]
+    return hp["learning_rate"] * (t / steps if t - 1 < steps else 1.0)
+
+
+def schedule_free_weights(shared, hp, t):
+    """Once per update (the package's per-group k, lr_max, weight_sum): the
+    warmed-up rate ``_lr`` and the average's weight ``_ckp1``."""
+    lr = _sf_lr(hp, t)
+    shared["lr_max"] = max(lr, shared.get("lr_max", -1.0))
+    weight = t ** hp["r"] * shared["lr_max"] ** hp["weight_lr_power"]
+    shared["weight_sum"] = shared.get("weight_sum", 0.0) + weight
+    hp["_lr"] = lr
+    hp["_ckp1"] = weight / shared["weight_sum"] if shared["weight_sum"] else 0.0
+
+
+def schedule_free_keras_weights(shared, hp, t):
+    # Keras on its torch backend rounds min(t/W, 1) to float32
+    steps = hp["warmup_steps"]
+    factor = float(np.float32(min(t / steps, 1.0))) if steps > 0 else 1.0
+    hp["_lr"] = hp["learning_rate"] * factor
+    hp["_ckp1"] = 1.0 / t
+
+
+def sfadamw_torch(w, g, st, hp, t):
+    b1, b2, lr, ck = hp["beta_1"], hp["beta_2"], hp["_lr"], hp["_ckp1"]
+    st["v"] = st["v"] * b2 + (1 - b2) * g * g
+    d = g / (np.sqrt(st["v"] / (1 - b2 ** t)) + hp["epsilon"]) + hp["_wd"] * w
+    y = _lerp(w, st["z"], ck) + lr * (b1 * (1 - ck) - 1) * d
+    st["z"] = st["z"] - lr * d
+    return y
+
+
+def sfadamw_keras(w, g, st, hp, t):
+    # x from the new z: Keras on its torch backend (see csrc/kernels/sfadamw.c)
+    b1, b2, lr, ck = hp["beta_1"], hp["beta_2"], hp["_lr"], hp["_ckp1"]
+    st["v"] = st["v"] + (g * g - st["v"]) * (1 - b2)
+    z = st["z"] - lr * g / (np.sqrt(st["v"] / (1 - b2 ** t)) + hp["epsilon"])
+    x = (w - (1 - b1) * z) / b1
+    st["z"] = z
+    return (1 - b1) * z + b1 * ((1 - ck) * x + ck * z)
+
+
+def sfsgd_torch(w, g, st, hp, t):
+    lr, ck = hp["_lr"], hp["_ckp1"]
+    y = _lerp(w, st["z"], ck) + lr * (hp["momentum"] * (1 - ck) - 1) * g
+    st["z"] = st["z"] - lr * g
+    return y
+
+
 # ---- the driver --------------------------------------------------------------
 
 #: Options the driver applies itself (keyword arguments of :class:`Reference`)
@@ -266,6 +331,8 @@ class Reference:
         self.ema_freq = ema_overwrite_frequency
         self.skip_nonfinite = skip_nonfinite
         self.avg = [w.copy() for w in self.w] if use_ema else None
+        self.info = info
+        self.shared = {}
 
     def step(self, grads):
         grads = [None if g is None else np.array(g, dtype=np.float64) for g in grads]
@@ -306,20 +373,27 @@ class Reference:
         if self.name == "Nadam" and self.convention == "keras":
             self.u_product *= _nadam_mu(hp, self.iterations + 1)
             hp["_u_product"] = self.u_product
+        per_update = self.info.per_update.get(self.convention)
+        if per_update is not None:
+            per_update(self.shared, hp, self.iterations + 1)
         for i, g in enumerate(grads):
             if g is None:
                 continue
             self.steps[i] += 1
-            t = self.iterations + 1 if self.convention == "keras" else self.steps[i]
+            t = (self.iterations + 1 if self.convention == "keras" or self.info.shared_clock
+                 else self.steps[i])
             w = self.w[i]
             if self.maximize:
                 g = -g
             if self.clipvalue is not None:
                 g = np.clip(g, -self.clipvalue, self.clipvalue)
             wd = hp.get("weight_decay", 0.0)
+            hp["_wd"] = 0.0
             if wd and i not in self.exclude:
                 if self.decoupled:
                     w = w * (1 - hp["learning_rate"] * wd)
+                elif self.convention in self.info.coupled_decay_in_rule:
+                    hp["_wd"] = wd
                 else:
                     g = g + wd * w
             self.w[i] = self.rule(w, g, self.state[i], hp, t)
