@@ -207,6 +207,32 @@ static int64_t fo_active_size(const fo_tensor *t)
     return t->rows != NULL ? t->nrows * t->width : t->size;
 }
 
+/* Rows are scattered over a table far larger than the caches: the loads of
+ * the row FO_ROW_AHEAD rows on are started before a row is updated, so the
+ * misses overlap instead of coming one after another (the first
+ * FO_ROW_PREFETCH_BYTES of each array's row; the hardware streams the rest). */
+#define FO_ROW_AHEAD 4
+#define FO_ROW_PREFETCH_BYTES 1024
+
+static void fo_prefetch_row(const fo_tensor *t, int64_t j, size_t es)
+{
+#if defined(__GNUC__)
+    const size_t off = (size_t)(t->rows[j] * t->width) * es;
+    size_t bytes = (size_t)t->width * es;
+    if (bytes > FO_ROW_PREFETCH_BYTES)
+        bytes = FO_ROW_PREFETCH_BYTES;
+    for (size_t b = 0; b < bytes; b += 64) {
+        __builtin_prefetch((const char *)t->param + off + b, 1);
+        __builtin_prefetch((const char *)t->rgrad[j] + b, 0);
+        for (int k = 0; k < FO_MAX_STATE; k++)
+            if (t->state[k] != NULL)
+                __builtin_prefetch((const char *)t->state[k] + off + b, 1);
+    }
+#else
+    (void)t; (void)j; (void)es;
+#endif
+}
+
 /* The row list's rows [ra, rb): the kernel body runs on each row as on a
  * tensor of `width` elements whose param, grad and state start at the row. */
 static void fo_run_rows(const fo_tensor *t, fo_kernel_fn f, int64_t ra, int64_t rb,
@@ -217,7 +243,11 @@ static void fo_run_rows(const fo_tensor *t, fo_kernel_fn f, int64_t ra, int64_t 
     r.rows = NULL;
     r.rgrad = NULL;
     r.size = t->width;
+    for (int64_t j = ra; j < rb && j < ra + FO_ROW_AHEAD; j++)
+        fo_prefetch_row(t, j, es);
     for (int64_t j = ra; j < rb; j++) {
+        if (j + FO_ROW_AHEAD < rb)
+            fo_prefetch_row(t, j + FO_ROW_AHEAD, es);
         const size_t off = (size_t)(t->rows[j] * t->width) * es;
         r.param = (char *)t->param + off;
         r.grad = t->rgrad[j];
