@@ -102,8 +102,8 @@ def allreduce_gradients(grads, comm, *, bucket_bytes=BUCKET_BYTES):
     on every rank (ranks in order, two ``Allgatherv``): the step then sums the
     repeated rows in that fixed order and applies them once, bit for bit as
     one process given those rows would.  Its arrays cannot grow in place, so
-    the entry of ``grads`` (when it is a list) is replaced; the list is also
-    returned.
+    the entry of ``grads`` (when it is a list) is replaced.  Returns ``grads``
+    (a list of the averaged gradients when ``grads`` was not a list).
     """
     MPI = mpi()
     if isinstance(grads, np.ndarray):
@@ -150,7 +150,7 @@ def allreduce_gradients(grads, comm, *, bucket_bytes=BUCKET_BYTES):
             grads[i] = _gather_rows(comm, MPI, grads[i], table[:, k], world)
             if given is not None:
                 given[i] = grads[i]
-    return grads
+    return grads if given is None else given
 
 
 def _gather_rows(comm, MPI, g, counts, world):
