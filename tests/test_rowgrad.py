@@ -290,3 +290,17 @@ def test_resume_with_rowgrads_is_bit_identical(name, tmp_path):
             opt.step([rg])
     assert_same_optimizer(a, b, f"{name} state_dict")
     assert_same_optimizer(a, c, f"{name} checkpoint")
+
+
+def test_skip_nonfinite_reads_the_summed_rows():
+    table = np.ones((5, 2))
+    opt = fo.Adam([table], skip_nonfinite=True)
+    before = snapshot(opt)
+    opt.step([fo.RowGrad(np.array([3, 1, 3]), np.array([[1.0, 2.0], [0.5, 0.5], [np.inf, 0.0]]))])
+    assert opt.skipped_steps == 1 and opt.iterations == 0
+    assert (table == 1).all() and not any(a.any() for a in opt.state_arrays()[0])
+    # finite rows whose sum overflows are not finite either
+    big = np.finfo(np.float64).max
+    opt.step([fo.RowGrad(np.array([2, 2]), np.array([[big, 0.0], [big, 0.0]]))])
+    assert opt.skipped_steps == 2 and opt.iterations == 0
+    del before
