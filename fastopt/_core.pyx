@@ -143,16 +143,40 @@ cdef inline bint _native_float(cnp.ndarray a):
 cdef class RowGrad:
     """The gradient of some rows of a 2-D parameter (an embedding table).
 
-    ``RowGrad(indices, values)``: ``indices`` a 1-D int32 or int64 array of
-    row indices, in any order, duplicates allowed; ``values`` a C-contiguous
-    ``(len(indices), dim)`` array in the parameter's dtype, row ``k`` the
-    gradient of row ``indices[k]``.  Pass it to ``step`` in place of the
-    dense gradient of a ``(rows, dim)`` parameter: only the rows named are
-    read and written, in the parameter and in its optimizer state.  The rows
-    of an index given several times are summed first, in the order given,
-    so the update does not depend on the thread count.  Both arrays are
-    checked against the parameter at the step (as a dense gradient is), and
-    read during it, not copied.
+    Pass it to ``step`` in place of the dense gradient of a ``(rows, dim)``
+    parameter: only the rows named are read and written, in the parameter
+    and in its optimizer state.  Both arrays are checked against the
+    parameter at the step (as a dense gradient is) and read during it, not
+    copied.
+
+    Parameters
+    ----------
+    indices : ndarray of int32 or int64, shape (n,)
+        Row indices in ``[0, rows)``, in any order; repeats allowed.
+    values : ndarray, shape (n, dim)
+        C-contiguous, in the parameter's dtype: row ``k`` is the gradient of
+        row ``indices[k]``.
+
+    Notes
+    -----
+    The step first sums the rows of every index given more than once, in
+    the order given (a stable sort of the indices, then a sum in index
+    order), so the result is the same for any thread count; with ``G`` the
+    summed rows, a row ``r`` in ``indices`` is updated by the optimizer's
+    rule with gradient ``G[r]``, and every other row and its state stay as
+    they are.  Norms (``clipnorm``, ``global_clipnorm``) are those of
+    ``G``; the step count is the optimizer's.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> table = np.zeros((3, 2))
+    >>> opt = fo.SGD([table], learning_rate=0.5)
+    >>> opt.step([fo.RowGrad(np.array([2, 0, 2]), np.ones((3, 2)))])
+    >>> table
+    array([[-0.5, -0.5],
+           [ 0. ,  0. ],
+           [-1. , -1. ]])
     """
     cdef readonly object indices
     cdef readonly object values
