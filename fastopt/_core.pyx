@@ -201,6 +201,10 @@ cdef class Engine:
     ``set_grads(grads)`` validates and binds the gradients (raising before
     anything is written), optional reductions read them, ``run(rows,
     nthreads)`` applies the kernel with the scalar rows and unbinds them.
+    A :class:`RowGrad` is checked like a dense grad, then its repeated rows
+    are summed into the Engine's own buffers (the only writes before the
+    kernel) and the tensor is bound as a row list: the kernel, the norms
+    and the finite check see only its rows.
 
     The Engine caches raw pointers, so before each step it checks that every
     param and state array still has the buffer, size, dtype and flags it had
@@ -524,7 +528,7 @@ cdef class Engine:
             if g is None:
                 self.pending[i] = NULL
                 continue
-            if type(g) is RowGrad:
+            if isinstance(g, RowGrad):
                 self._check_rowgrad(i, <RowGrad>g)
                 if rowgrads is None:
                     rowgrads = []
