@@ -16,6 +16,9 @@ figures and the machine) and, when matplotlib is installed, NAME.png
 ``--fixed-cost`` prints only the per-step fixed cost table (bench/fixed_cost.py).
 ``--in-loop`` times the step inside NumPy and torch training loops, beside BLAS
 and torch threads and a second process (bench/in_loop.py).
+``--rows`` prints only the embedding-table comparison (bench/rows.py): a
+1e6 x 64 float32 table, 1% and 0.1% of its rows per step, fastopt with row
+gradients against its dense step and torch.optim.SparseAdam.
 """
 import argparse
 import datetime
@@ -39,6 +42,7 @@ import fixed_cost  # noqa: E402
 import in_loop  # noqa: E402
 import impls as I  # noqa: E402
 import resnet50  # noqa: E402
+import rows as rows_bench  # noqa: E402
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000, 1_000_000, 16_000_000)
 SMOKE_SIZES = (1_000, 4_096)
@@ -409,6 +413,12 @@ def parse(argv):
     ap.add_argument("--in-loop", action="store_true",
                     help="only the step inside training loops beside BLAS/torch threads and a "
                          "second process, with the step-only figures (bench/in_loop.py)")
+    ap.add_argument("--rows", action="store_true",
+                    help="only the embedding-table comparison (bench/rows.py), at the largest "
+                         "--threads")
+    ap.add_argument("--rows-table", default=None,
+                    help="ROWSxDIM of the --rows table (default 1000000x64; 20000x64 with "
+                         "--smoke)")
     args = ap.parse_args(argv)
     args.optimizers = [o for o in args.optimizers.split(",") if o]
     for o in args.optimizers:
@@ -444,6 +454,17 @@ def main(argv=None):
         return 0
     load_before = loadavg()
     log(f"load average before: {load_before}")
+    if args.rows:
+        spec = args.rows_table or ("20000x64" if args.smoke else "1000000x64")
+        nrows, dim = (int(float(x)) for x in spec.lower().split("x"))
+        threads = max(args.threads)
+        torch_ok = not args.no_torch and I.torch_available()
+        results = rows_bench.run(nrows, dim, threads, measure, args.reps, args.batch_ms * 1e-3,
+                                 args.pause_ms * 1e-3, torch_ok, log)
+        log("")
+        log(rows_bench.markdown(results, nrows, dim, threads))
+        log(f"load average after: {loadavg()}")
+        return 0
     impl_list = ["fastopt", "fastopt_keras", "numpy"]
     if not args.no_torch and I.torch_available():
         impl_list += list(I.TORCH_VARIANTS)

@@ -201,6 +201,62 @@ static int fo_team_size(int64_t elems, int64_t cost, int nthreads)
 
 static int64_t fo_align_down(int64_t x) { return x - x % FO_ALIGN; }
 
+/* Elements a bound tensor updates this step: all of them, or its rows. */
+static int64_t fo_active_size(const fo_tensor *t)
+{
+    return t->rows != NULL ? t->nrows * t->width : t->size;
+}
+
+/* Rows are scattered over a table far larger than the caches: the loads of
+ * the row FO_ROW_AHEAD rows on are started before a row is updated, so the
+ * misses overlap instead of coming one after another (the first
+ * FO_ROW_PREFETCH_BYTES of each array's row; the hardware streams the rest). */
+#define FO_ROW_AHEAD 4
+#define FO_ROW_PREFETCH_BYTES 1024
+
+static void fo_prefetch_row(const fo_tensor *t, int64_t j, size_t es)
+{
+#if defined(__GNUC__)
+    const size_t off = (size_t)(t->rows[j] * t->width) * es;
+    size_t bytes = (size_t)t->width * es;
+    if (bytes > FO_ROW_PREFETCH_BYTES)
+        bytes = FO_ROW_PREFETCH_BYTES;
+    for (size_t b = 0; b < bytes; b += 64) {
+        __builtin_prefetch((const char *)t->param + off + b, 1);
+        __builtin_prefetch((const char *)t->rgrad[j] + b, 0);
+        for (int k = 0; k < FO_MAX_STATE; k++)
+            if (t->state[k] != NULL)
+                __builtin_prefetch((const char *)t->state[k] + off + b, 1);
+    }
+#else
+    (void)t; (void)j; (void)es;
+#endif
+}
+
+/* The row list's rows [ra, rb): the kernel body runs on each row as on a
+ * tensor of `width` elements whose param, grad and state start at the row. */
+static void fo_run_rows(const fo_tensor *t, fo_kernel_fn f, int64_t ra, int64_t rb,
+                        const double *s)
+{
+    const size_t es = t->dtype == FO_FLOAT32 ? sizeof(float) : sizeof(double);
+    fo_tensor r = *t;
+    r.rows = NULL;
+    r.rgrad = NULL;
+    r.size = t->width;
+    for (int64_t j = ra; j < rb && j < ra + FO_ROW_AHEAD; j++)
+        fo_prefetch_row(t, j, es);
+    for (int64_t j = ra; j < rb; j++) {
+        if (j + FO_ROW_AHEAD < rb)
+            fo_prefetch_row(t, j + FO_ROW_AHEAD, es);
+        const size_t off = (size_t)(t->rows[j] * t->width) * es;
+        r.param = (char *)t->param + off;
+        r.grad = t->rgrad[j];
+        for (int k = 0; k < FO_MAX_STATE; k++)
+            r.state[k] = t->state[k] != NULL ? (char *)t->state[k] + off : NULL;
+        f(&r, 0, t->width, s);
+    }
+}
+
 /* Thread `part` of `parts` updates the active elements [lo, hi) of the
  * concatenation of active tensors.  Cut points inside a tensor are rounded to
  * FO_ALIGN elements so no two threads write one cache line. */
@@ -212,10 +268,16 @@ static void fo_run_part(const fo_plan *plan, fo_kernel_fn f32, fo_kernel_fn f64,
     int64_t off = 0;
     for (int32_t i = 0; i < plan->ntensors && off < hi; i++) {
         const fo_tensor *t = &plan->tensors[i];
-        if (t->grad == NULL || t->size == 0)
+        const int64_t size = t->grad != NULL ? fo_active_size(t) : 0;
+        if (size == 0)
             continue;
-        const int64_t end = off + t->size;
-        if (end > lo) {
+        const int64_t end = off + size;
+        if (end > lo && t->rows != NULL) {
+            /* whole rows: a row goes to the part holding its first element */
+            const int64_t a = lo > off ? lo - off : 0, b = hi < end ? hi - off : size;
+            fo_run_rows(t, t->dtype == FO_FLOAT32 ? f32 : f64, (a + t->width - 1) / t->width,
+                        (b + t->width - 1) / t->width, rows + (int64_t)t->row * FO_NSCALARS);
+        } else if (end > lo) {
             int64_t a = lo > off ? lo - off : 0;
             int64_t b = hi < end ? hi - off : t->size;
             if (a > 0)
@@ -237,7 +299,7 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
     int64_t active = 0;
     for (int32_t i = 0; i < plan->ntensors; i++)
         if (plan->tensors[i].grad != NULL)
-            active += plan->tensors[i].size;
+            active += fo_active_size(&plan->tensors[i]);
     if (active == 0)
         return;
     const int team = fo_team_size(active, fo_costs[kernel], nthreads);
@@ -295,12 +357,35 @@ static double fo_sumsq_f64(const void *p, int64_t n) { FO_SUMSQ_BODY(double) }
 static double fo_norm_scaled_f32(const void *p, int64_t n) { FO_NORM_SCALED_BODY(float) }
 static double fo_norm_scaled_f64(const void *p, int64_t n) { FO_NORM_SCALED_BODY(double) }
 
+/* The same over a row list's gradients, read as one array in row order. */
+#define FO_NORM_SCALED_ROWS_BODY(T)                                          \
+    double m = 0.0, s = 0.0;                                                 \
+    for (int64_t j = 0; j < t->nrows; j++)                                   \
+        for (int64_t i = 0; i < t->width; i++) {                             \
+            double a = fabs((double)((const T *)t->rgrad[j])[i]);            \
+            if (!(a <= m) && m == m)                                         \
+                m = a;                                                       \
+        }                                                                    \
+    if (m == 0.0 || !(m <= DBL_MAX))                                         \
+        return m;                                                            \
+    for (int64_t j = 0; j < t->nrows; j++)                                   \
+        for (int64_t i = 0; i < t->width; i++) {                             \
+            double r = (double)((const T *)t->rgrad[j])[i] / m;              \
+            s += r * r;                                                      \
+        }                                                                    \
+    return m * sqrt(s);
+
+static double fo_norm_scaled_rows_f32(const fo_tensor *t) { FO_NORM_SCALED_ROWS_BODY(float) }
+static double fo_norm_scaled_rows_f64(const fo_tensor *t) { FO_NORM_SCALED_ROWS_BODY(double) }
+
 double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which)
 {
     const fo_tensor *t = &plan->tensors[tensor];
     const void *base = which == 1 ? (const void *)t->param : t->grad;
     if (base == NULL)
         return 0.0;
+    if (which == 0 && t->rows != NULL)
+        return t->dtype == FO_FLOAT32 ? fo_norm_scaled_rows_f32(t) : fo_norm_scaled_rows_f64(t);
     return t->dtype == FO_FLOAT32 ? fo_norm_scaled_f32(base, t->size)
                                   : fo_norm_scaled_f64(base, t->size);
 }
@@ -325,10 +410,31 @@ static int64_t fo_active_chunk_elems(const fo_plan *plan, int which)
 {
     int64_t active = 0;
     for (int32_t i = 0; i < plan->ntensors; i++)
-        if (which == 1 || plan->tensors[i].grad != NULL)
+        if (which == 1)
             active += plan->tensors[i].size;
+        else if (plan->tensors[i].grad != NULL)
+            active += fo_active_size(&plan->tensors[i]);
     return active;
 }
+
+/* A row list's gradients are read as one array of nrows*width elements in
+ * row order, cut by the tensor's own chunks (there are enough: nrows never
+ * exceeds the param's rows), so each chunk's partial result is a fixed
+ * function of the rows whichever thread computes it.  Chunk [b, e) of that
+ * array, in pieces of at most one row. */
+#define FO_ROWS_PIECES(t, b, e, PIECE)                                       \
+    do {                                                                     \
+        const int64_t nv_ = (t)->nrows * (t)->width;                         \
+        const size_t es_ = (t)->dtype == FO_FLOAT32 ? sizeof(float) : sizeof(double); \
+        int64_t b_ = (b), e_ = (e) < nv_ ? (e) : nv_;                        \
+        while (b_ < e_) {                                                    \
+            const int64_t j_ = b_ / (t)->width, o_ = b_ % (t)->width;        \
+            const int64_t len = (t)->width - o_ < e_ - b_ ? (t)->width - o_ : e_ - b_; \
+            const char *p = (const char *)(t)->rgrad[j_] + (size_t)o_ * es_; \
+            PIECE;                                                           \
+            b_ += len;                                                       \
+        }                                                                    \
+    } while (0)
 
 void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads)
 {
@@ -343,7 +449,11 @@ void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int 
         const fo_tensor *t = &plan->tensors[ch->tensor];
         const void *base = which == 1 ? (const void *)t->param : t->grad;
         double r = 0.0;
-        if (base != NULL) {
+        if (base != NULL && which == 0 && t->rows != NULL) {
+            FO_ROWS_PIECES(t, ch->begin, ch->end,
+                           r += t->dtype == FO_FLOAT32 ? fo_sumsq_f32(p, len)
+                                                       : fo_sumsq_f64(p, len));
+        } else if (base != NULL) {
             const size_t es = t->dtype == FO_FLOAT32 ? sizeof(float) : sizeof(double);
             const char *p = (const char *)base + (size_t)ch->begin * es;
             r = t->dtype == FO_FLOAT32 ? fo_sumsq_f32(p, ch->end - ch->begin)
@@ -381,7 +491,9 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
         double *acc = scratch + c * FO_NRED;
         for (int j = 0; j < FO_NRED; j++)
             acc[j] = 0.0;
-        if (t->grad != NULL)
+        /* a row list never reaches a kernel with a reduction pass (the host
+         * refuses it): its update depends on the whole tensor */
+        if (t->grad != NULL && t->rows == NULL)
             (t->dtype == FO_FLOAT32 ? f32 : f64)(t, ch->begin, ch->end,
                                                  rows + (int64_t)t->row * FO_NSCALARS, acc);
     }
@@ -402,7 +514,11 @@ void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int
         const fo_chunk *ch = &plan->chunks[c];
         const fo_tensor *t = &plan->tensors[ch->tensor];
         int64_t r = 0;
-        if (t->grad != NULL)
+        if (t->grad != NULL && t->rows != NULL)
+            FO_ROWS_PIECES(t, ch->begin, ch->end,
+                           r += t->dtype == FO_FLOAT32 ? fo_nonfinite_f32((const float *)p, len)
+                                                       : fo_nonfinite_f64((const double *)p, len));
+        else if (t->grad != NULL)
             r = t->dtype == FO_FLOAT32
                     ? fo_nonfinite_f32((const float *)t->grad + ch->begin, ch->end - ch->begin)
                     : fo_nonfinite_f64((const double *)t->grad + ch->begin, ch->end - ch->begin);
@@ -478,4 +594,84 @@ double fo_fsum(const double *x, int64_t n)
         }
     }
     return hi;
+}
+
+/* ---- row lists ---------------------------------------------------------- */
+
+#define FO_RADIX_BITS 11
+
+static int64_t fo_idx_at(const void *idx, int idx64, int64_t p)
+{
+    return idx64 ? ((const int64_t *)idx)[p] : (int64_t)((const int32_t *)idx)[p];
+}
+
+#define FO_ROW_ADD(T)                                                        \
+    for (int64_t i = 0; i < width; i++)                                      \
+        ((T *)dst)[i] = ((T *)dst)[i] + ((const T *)src)[i]
+
+int64_t fo_rows_coalesce(const void *idx, int idx64, int64_t n, int64_t limit,
+                         const void *values, int64_t width, int32_t dtype, int64_t *rows,
+                         const void **rgrad, void *sums, int64_t *scratch)
+{
+    const size_t es = dtype == FO_FLOAT32 ? sizeof(float) : sizeof(double);
+    const size_t rowbytes = (size_t)width * es;
+    int64_t *perm = scratch, *tmp = scratch + n;
+    int64_t sorted = 1;
+    for (int64_t p = 0; p < n; p++) {
+        const int64_t k = fo_idx_at(idx, idx64, p);
+        if (k < 0 || k >= limit)
+            return -1 - p;
+        perm[p] = p;
+        if (p > 0 && k <= fo_idx_at(idx, idx64, p - 1))
+            sorted = 0;
+    }
+    /* Stable LSD radix sort of the positions by index: equal indices keep the
+     * order in which they were given. */
+    int bits = 0;
+    while (bits < 63 && ((int64_t)1 << bits) < limit)
+        bits++;
+    for (int shift = 0; !sorted && shift < bits; shift += FO_RADIX_BITS) {
+        int64_t count[1 << FO_RADIX_BITS];
+        const int64_t mask = ((int64_t)1 << FO_RADIX_BITS) - 1;
+        memset(count, 0, sizeof(count));
+        for (int64_t p = 0; p < n; p++)
+            count[(fo_idx_at(idx, idx64, perm[p]) >> shift) & mask]++;
+        int64_t at = 0;
+        for (int64_t d = 0; d <= mask; d++) {
+            const int64_t c = count[d];
+            count[d] = at;
+            at += c;
+        }
+        for (int64_t p = 0; p < n; p++)
+            tmp[count[(fo_idx_at(idx, idx64, perm[p]) >> shift) & mask]++] = perm[p];
+        int64_t *swap = perm;
+        perm = tmp;
+        tmp = swap;
+    }
+    int64_t nu = 0, nsum = 0;
+    for (int64_t a = 0; a < n;) {
+        const int64_t k = fo_idx_at(idx, idx64, perm[a]);
+        int64_t b = a + 1;
+        while (b < n && fo_idx_at(idx, idx64, perm[b]) == k)
+            b++;
+        const char *first = (const char *)values + (size_t)perm[a] * rowbytes;
+        if (b - a == 1) {
+            rgrad[nu] = first;
+        } else {
+            char *dst = (char *)sums + (size_t)nsum++ * rowbytes;
+            memcpy(dst, first, rowbytes);
+            for (int64_t q = a + 1; q < b; q++) {
+                const char *src = (const char *)values + (size_t)perm[q] * rowbytes;
+                if (dtype == FO_FLOAT32) {
+                    FO_ROW_ADD(float);
+                } else {
+                    FO_ROW_ADD(double);
+                }
+            }
+            rgrad[nu] = dst;
+        }
+        rows[nu++] = k;
+        a = b;
+    }
+    return nu;
 }

@@ -49,6 +49,15 @@ typedef struct {
     int64_t size;
     int32_t dtype;               /* FO_FLOAT32 or FO_FLOAT64 */
     int32_t row;                 /* row of the scalar table used this step */
+    /* A row list (the gradient of some rows of a C-contiguous 2-D param, made
+     * by fo_rows_coalesce): when rows is not NULL, only the nrows distinct rows
+     * rows[j] (each `width` contiguous elements) are updated, row j's gradient
+     * read at rgrad[j]; grad is then non-NULL and not read.  The reductions
+     * see the rows' gradients as one array of nrows*width elements. */
+    const int64_t *rows;
+    const void *const *rgrad;
+    int64_t nrows;
+    int64_t width;
 } fo_tensor;
 
 typedef void (*fo_kernel_fn)(const fo_tensor *t, int64_t begin, int64_t end,
@@ -153,6 +162,19 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
 /* The correctly rounded sum of x[0..n) (as Python's math.fsum), +inf when
  * the exact sum overflows, NaN when any x is NaN. */
 double fo_fsum(const double *x, int64_t n);
+
+/* Coalesce the gradient of rows of a 2-D param (width elements per row):
+ * idx holds n row indices (int32, or int64 when idx64), in any order, with
+ * duplicates; values is n x width in dtype.  Writes the distinct indices in
+ * ascending order to rows[0..nu) and, for each, rgrad[j]: its row of values,
+ * or for an index given several times the sum of its rows in the order they
+ * appear (written to sums, room for (n/2)*width elements).  Serial and in a
+ * fixed order: the result does not depend on the thread count.  scratch has
+ * 2*n int64.  Returns nu, or -1-p when idx[p] is outside [0, limit) (then
+ * nothing but scratch, rows, rgrad and sums was written). */
+int64_t fo_rows_coalesce(const void *idx, int idx64, int64_t n, int64_t limit,
+                         const void *values, int64_t width, int32_t dtype, int64_t *rows,
+                         const void **rgrad, void *sums, int64_t *scratch);
 
 /* Number of non-finite grad elements per tensor (same determinism). */
 void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads);

@@ -20,9 +20,10 @@ from . import schedules
 from ._info import _apply_env_simd, config, show_config
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
+from ._core import RowGrad
 from .checkpoint import load, save
 from .optimizers import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lamb, Lion, Nadam,
-                         Optimizer, RAdam, RMSprop, Rprop)
+                         Optimizer, RAdam, RMSprop, Rprop, SparseAdam)
 from .optimizers import ASGD, ScheduleFreeAdamW, ScheduleFreeSGD
 from .multi import MultiOptimizer
 
@@ -30,7 +31,7 @@ _apply_env_simd()
 
 __all__ = [
     "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Nadam", "Adadelta",
-    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "ASGD",
+    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "ASGD", "SparseAdam", "RowGrad",
     "ScheduleFreeAdamW", "ScheduleFreeSGD", "MultiOptimizer", "schedules",
     "save", "load", "set_num_threads", "get_num_threads", "show_config", "config",
     "__version__",

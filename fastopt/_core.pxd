@@ -38,6 +38,10 @@ cdef extern from "fastopt.h" nogil:
         int64_t size
         int32_t dtype
         int32_t row
+        const int64_t *rows
+        const void *const *rgrad
+        int64_t nrows
+        int64_t width
 
     ctypedef struct fo_ctx:
         const double *hp
@@ -77,6 +81,9 @@ cdef extern from "fastopt.h" nogil:
     double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which)
     void fo_init()
     double fo_fsum(const double *x, int64_t n)
+    int64_t fo_rows_coalesce(const void *idx, int idx64, int64_t n, int64_t limit,
+                             const void *values, int64_t width, int32_t dtype, int64_t *rows,
+                             const void **rgrad, void *sums, int64_t *scratch)
     void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
     int fo_simd_supported(int level)
     int fo_simd_best()

@@ -9,7 +9,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uintptr_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.math cimport INFINITY, isfinite, sqrt
 from libc.string cimport memcpy, memset
 
@@ -143,6 +143,58 @@ cdef inline bint _native_float(cnp.ndarray a):
     return (tn == cnp.NPY_FLOAT or tn == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(a)
 
 
+cdef class RowGrad:
+    """The gradient of some rows of a 2-D parameter (an embedding table).
+
+    Pass it to ``step`` in place of the dense gradient of a ``(rows, dim)``
+    parameter: only the rows named are read and written, in the parameter
+    and in its optimizer state.  Both arrays are checked against the
+    parameter at the step (as a dense gradient is) and read during it, not
+    copied.
+
+    Parameters
+    ----------
+    indices : ndarray of int32 or int64, shape (n,)
+        Row indices in ``[0, rows)``, in any order; repeats allowed.
+    values : ndarray, shape (n, dim)
+        C-contiguous, in the parameter's dtype: row ``k`` is the gradient of
+        row ``indices[k]``.
+
+    Notes
+    -----
+    The step first sums the rows of every index given more than once, in
+    the order given (a stable sort of the indices, then a sum in index
+    order), so the result is the same for any thread count; with ``G`` the
+    summed rows, a row ``r`` in ``indices`` is updated by the optimizer's
+    rule with gradient ``G[r]``, and every other row and its state stay as
+    they are.  Norms (``clipnorm``, ``global_clipnorm``) are those of
+    ``G``; the step count is the optimizer's.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> table = np.zeros((3, 2))
+    >>> opt = fo.SGD([table], learning_rate=0.5)
+    >>> opt.step([fo.RowGrad(np.array([2, 0, 2]), np.ones((3, 2)))])
+    >>> table
+    array([[-0.5, -0.5],
+           [ 0. ,  0. ],
+           [-1. , -1. ]])
+    """
+    cdef readonly object indices
+    cdef readonly object values
+
+    def __init__(self, indices, values):
+        self.indices = indices
+        self.values = values
+
+    def __reduce__(self):
+        return (RowGrad, (self.indices, self.values))
+
+    def __repr__(self):
+        return f"RowGrad(indices={_describe(self.indices)}, values={_describe(self.values)})"
+
+
 cdef class Engine:
     """The arrays of one optimizer and the C work list over them.
 
@@ -152,6 +204,10 @@ cdef class Engine:
     ``set_grads(grads)`` validates and binds the gradients (raising before
     anything is written), optional reductions read them, ``run(rows,
     nthreads)`` applies the kernel with the scalar rows and unbinds them.
+    A :class:`RowGrad` is checked like a dense grad, then its repeated rows
+    are summed into the Engine's own buffers (the only writes before the
+    kernel) and the tensor is bound as a row list: the kernel, the norms
+    and the finite check see only its rows.
 
     The Engine caches raw pointers, so before each step it checks that every
     param and state array still has the buffer, size, dtype and flags it had
@@ -193,10 +249,26 @@ cdef class Engine:
     cdef double *dscratch
     cdef int64_t *iscratch
     cdef list held
+    # row gradients: per tensor, the distinct rows, their gradients and the
+    # sums of repeated rows of the RowGrad bound now (grown, never shrunk)
+    cdef int64_t **rg_rows
+    cdef const void ***rg_ptr
+    cdef char **rg_sums
+    cdef int64_t *rg_cap
+    cdef int64_t *rg_scratch
+    cdef int64_t rg_scratch_cap
+    cdef readonly int32_t nrowgrads     # RowGrads bound now
 
     def __cinit__(self):
         self.tensors = NULL
         self.planned = False
+        self.rg_rows = NULL
+        self.rg_ptr = NULL
+        self.rg_sums = NULL
+        self.rg_cap = NULL
+        self.rg_scratch = NULL
+        self.rg_scratch_cap = 0
+        self.nrowgrads = 0
 
     def __init__(self, str kernel, list params, list states):
         if kernel not in KERNELS:
@@ -234,6 +306,10 @@ cdef class Engine:
         self.atype = <int *>_alloc(max(ntot, 1) * sizeof(int))
         self.aowner = <int32_t *>_alloc(max(ntot, 1) * sizeof(int32_t))
         self.aslot = <int32_t *>_alloc(max(ntot, 1) * sizeof(int32_t))
+        self.rg_rows = <int64_t **>_calloc(max(n, 1), sizeof(int64_t *))
+        self.rg_ptr = <const void ***>_calloc(max(n, 1), sizeof(void **))
+        self.rg_sums = <char **>_calloc(max(n, 1), sizeof(char *))
+        self.rg_cap = <int64_t *>_calloc(max(n, 1), sizeof(int64_t))
         memset(self.tensors, 0, max(n, 1) * sizeof(fo_tensor))
         self.arrays = []
 
@@ -361,8 +437,19 @@ cdef class Engine:
         return 0
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
         if self.planned:
             fo_plan_free(&self.plan)
+        if self.rg_cap != NULL:
+            for i in range(self.n):
+                free(self.rg_rows[i])
+                free(self.rg_ptr[i])
+                free(self.rg_sums[i])
+        free(self.rg_rows)
+        free(self.rg_ptr)
+        free(self.rg_sums)
+        free(self.rg_cap)
+        free(self.rg_scratch)
         free(self.tensors)
         free(self.nstates)
         free(self.adata)
@@ -437,13 +524,20 @@ cdef class Engine:
         cdef cnp.ndarray a
         cdef object g
         cdef int nd
-        cdef uintptr_t lo, hi
-        cdef int64_t left, right, mid
         cdef int active = 0
+        cdef list rowgrads = None
         for i in range(self.n):
             g = grads[i]
             if g is None:
                 self.pending[i] = NULL
+                continue
+            if isinstance(g, RowGrad):
+                self._check_rowgrad(i, <RowGrad>g)
+                if rowgrads is None:
+                    rowgrads = []
+                rowgrads.append(i)
+                self.pending[i] = NULL
+                active += 1
                 continue
             if not cnp.PyArray_Check(g):
                 raise TypeError(f"grads[{i}]: expected a numpy.ndarray of dtype "
@@ -484,29 +578,151 @@ cdef class Engine:
             if not cnp.PyArray_ISALIGNED(a):
                 raise ValueError(f"grads[{i}]: expected an aligned array; got a misaligned view. "
                                  f"Pass g.copy()")
-            if cnp.PyArray_NBYTES(a) > 0 and self.nranges > 0:
-                lo = <uintptr_t>cnp.PyArray_DATA(a)
-                hi = lo + <uintptr_t>cnp.PyArray_NBYTES(a)
-                # last range starting below hi; ranges are disjoint and sorted
-                left = 0
-                right = self.nranges
-                while left < right:
-                    mid = (left + right) // 2
-                    if self.rlo[mid] < hi:
-                        left = mid + 1
-                    else:
-                        right = mid
-                if left > 0 and self.rhi[left - 1] > lo:
-                    k = self.rowner[left - 1]
-                    raise ValueError(f"grads[{i}] shares memory with params[{k}] or its optimizer "
-                                     f"state; an update would overwrite the gradient while reading "
-                                     f"it. Pass a separate gradient array")
+            self._check_alias(a, f"grads[{i}]")
             self.pending[i] = cnp.PyArray_DATA(a)
             active += 1
+        # every grad is valid but for the row indices' range, which coalescing
+        # checks; it writes only the Engine's own buffers
+        if rowgrads is not None:
+            for i in rowgrads:
+                self._coalesce(i, <RowGrad>grads[i])
         for i in range(self.n):
             self.tensors[i].grad = self.pending[i]
+        self.nrowgrads = 0 if rowgrads is None else len(rowgrads)
+        if rowgrads is not None:
+            for i in rowgrads:
+                self.tensors[i].grad = <const void *>self.rg_rows[i]   # set: not read
+                self.tensors[i].rows = self.rg_rows[i]
+                self.tensors[i].rgrad = self.rg_ptr[i]
         self.held = grads
         return active
+
+    cdef int _check_alias(self, cnp.ndarray a, str what) except -1:
+        """Refuse an array the step reads that shares memory with a param or
+        state array the step writes."""
+        cdef uintptr_t lo, hi
+        cdef int64_t left, right, mid, k
+        if cnp.PyArray_NBYTES(a) == 0 or self.nranges == 0:
+            return 0
+        lo = <uintptr_t>cnp.PyArray_DATA(a)
+        hi = lo + <uintptr_t>cnp.PyArray_NBYTES(a)
+        # last range starting below hi; ranges are disjoint and sorted
+        left = 0
+        right = self.nranges
+        while left < right:
+            mid = (left + right) // 2
+            if self.rlo[mid] < hi:
+                left = mid + 1
+            else:
+                right = mid
+        if left > 0 and self.rhi[left - 1] > lo:
+            k = self.rowner[left - 1]
+            raise ValueError(f"{what} shares memory with params[{k}] or its optimizer "
+                             f"state; an update would overwrite the gradient while reading "
+                             f"it. Pass a separate gradient array")
+        return 0
+
+    cdef int _check_rowgrad(self, Py_ssize_t i, RowGrad rg) except -1:
+        """Everything about a RowGrad for params[i] but its indices' range."""
+        cdef cnp.ndarray a
+        if self.ndims[i] != 2:
+            raise ValueError(f"grads[{i}]: a RowGrad updates rows of a 2-D parameter (rows x "
+                             f"dim); params[{i}] has shape {self._shape_str(i)}. Pass a dense "
+                             f"gradient of that shape")
+        if self.info.finish != NULL:
+            raise ValueError(f"grads[{i}]: a RowGrad, but the update of kernel "
+                             f"{self.info.name.decode()!r} reads the whole tensor (a per-tensor "
+                             f"norm), so it has no form that touches only some rows. Pass a "
+                             f"dense gradient")
+        idx = rg.indices
+        if not cnp.PyArray_Check(idx):
+            raise TypeError(f"grads[{i}].indices: expected a 1-D numpy.ndarray of int32 or "
+                            f"int64 row indices; got {_describe(idx)}. Convert it with "
+                            f"np.asarray(indices, dtype=np.int64)")
+        a = <cnp.ndarray>idx
+        if (idx.dtype.kind != "i" or cnp.PyArray_ITEMSIZE(a) not in (4, 8)
+                or not cnp.PyArray_ISNOTSWAPPED(a)):
+            raise TypeError(f"grads[{i}].indices: expected dtype int32 or int64 (native byte "
+                            f"order); got {idx.dtype!r}. Cast it with "
+                            f"indices.astype(np.int64)")
+        if cnp.PyArray_NDIM(a) != 1:
+            raise ValueError(f"grads[{i}].indices: expected a 1-D array of row indices; got "
+                             f"shape {idx.shape}. Pass indices.ravel() with the rows of values "
+                             f"in the same order")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a):
+            raise ValueError(f"grads[{i}].indices: expected a contiguous, aligned array; got "
+                             f"strides {idx.strides}. Pass np.ascontiguousarray(indices)")
+        self._check_alias(a, f"grads[{i}].indices")
+        vals = rg.values
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(a)[0]
+        cdef cnp.npy_intp dim = self.shapes[self.shape_at[i] + 1]
+        expected = f"({n}, {dim})"
+        if not cnp.PyArray_Check(vals):
+            raise TypeError(f"grads[{i}].values: expected a numpy.ndarray of dtype "
+                            f"{self.params[i].dtype} and shape {expected}; got "
+                            f"{_describe(vals)}. Convert it with "
+                            f"np.asarray(values, dtype=np.{self.params[i].dtype})")
+        if not cnp.PyArray_CheckExact(vals) and isinstance(vals, _MaskedArray):
+            raise TypeError(f"grads[{i}].values: a masked array; fastopt reads the data under "
+                            f"the mask too. Pass values.filled(0) or a plain ndarray")
+        a = <cnp.ndarray>vals
+        if cnp.PyArray_TYPE(a) != self.typenums[i] or not cnp.PyArray_ISNOTSWAPPED(a):
+            raise TypeError(f"grads[{i}].values: expected dtype {self.params[i].dtype} (the "
+                            f"dtype of params[{i}]); got {vals.dtype!r}. Cast it with "
+                            f"values.astype(p.dtype)")
+        if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_DIMS(a)[0] != n
+                or cnp.PyArray_DIMS(a)[1] != dim):
+            raise ValueError(f"grads[{i}].values: expected shape {expected} (one row of "
+                             f"params[{i}]'s {dim} columns per index); got {vals.shape}")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            raise ValueError(f"grads[{i}].values: expected a C-contiguous array; got strides "
+                             f"{vals.strides}. Pass np.ascontiguousarray(values)")
+        if not cnp.PyArray_ISALIGNED(a):
+            raise ValueError(f"grads[{i}].values: expected an aligned array; got a misaligned "
+                             f"view. Pass values.copy()")
+        self._check_alias(a, f"grads[{i}].values")
+        return 0
+
+    cdef int _coalesce(self, Py_ssize_t i, RowGrad rg) except -1:
+        """Sum the repeated rows of a checked RowGrad into tensor i's buffers;
+        raise for an index outside the param's rows."""
+        cdef cnp.ndarray idx = <cnp.ndarray>rg.indices
+        cdef cnp.ndarray vals = <cnp.ndarray>rg.values
+        cdef int64_t n = cnp.PyArray_DIMS(idx)[0]
+        cdef int64_t limit = self.shapes[self.shape_at[i]]
+        cdef int64_t width = self.shapes[self.shape_at[i] + 1]
+        cdef int64_t es = 4 if self.tensors[i].dtype == FO_FLOAT32 else 8
+        cdef int64_t cap = max(n, 1), nu
+        if cap > self.rg_cap[i]:
+            free(self.rg_rows[i])
+            free(self.rg_ptr[i])
+            free(self.rg_sums[i])
+            self.rg_rows[i] = NULL
+            self.rg_ptr[i] = NULL
+            self.rg_sums[i] = NULL
+            self.rg_cap[i] = 0
+            self.rg_rows[i] = <int64_t *>_alloc(cap * sizeof(int64_t))
+            self.rg_ptr[i] = <const void **>_alloc(cap * sizeof(void *))
+            self.rg_sums[i] = <char *>_alloc(max(cap // 2, 1) * max(width, 1) * es)
+            self.rg_cap[i] = cap
+        if 2 * cap > self.rg_scratch_cap:
+            self.rg_scratch = <int64_t *>_realloc(self.rg_scratch, 2 * cap * sizeof(int64_t))
+            self.rg_scratch_cap = 2 * cap
+        cdef const void *ip = cnp.PyArray_DATA(idx)
+        cdef const void *vp = cnp.PyArray_DATA(vals)
+        cdef int idx64 = cnp.PyArray_ITEMSIZE(idx) == 8
+        cdef int32_t dtype = self.tensors[i].dtype
+        with nogil:
+            nu = fo_rows_coalesce(ip, idx64, n, limit, vp, width, dtype, self.rg_rows[i],
+                                  self.rg_ptr[i], self.rg_sums[i], self.rg_scratch)
+        if nu < 0:
+            p = -1 - nu
+            raise ValueError(f"grads[{i}].indices[{p}] is {int(rg.indices[p])}; row indices of "
+                             f"params[{i}] must be in [0, {limit}) (a negative index is not "
+                             f"counted from the end). Nothing was changed")
+        self.tensors[i].nrows = nu
+        self.tensors[i].width = width
+        return 0
 
     def check(self):
         """Raise if a bound param or state array changed since it was bound
@@ -522,6 +738,9 @@ cdef class Engine:
         cdef Py_ssize_t i
         for i in range(self.n):
             self.tensors[i].grad = NULL
+            self.tensors[i].rows = NULL
+            self.tensors[i].rgrad = NULL
+        self.nrowgrads = 0
         self.held = None
 
     def clear_grads(self):
@@ -610,6 +829,13 @@ cdef class Engine:
 
 cdef void *_alloc(size_t nbytes) except NULL:
     cdef void *p = malloc(nbytes)
+    if p == NULL:
+        raise MemoryError()
+    return p
+
+
+cdef void *_calloc(size_t count, size_t size) except NULL:
+    cdef void *p = calloc(count, size)
     if p == NULL:
         raise MemoryError()
     return p
@@ -1165,6 +1391,12 @@ cdef class Stepper:
                 raise ValueError(f"No gradients provided for any variable: all {self.n} grads "
                                  f"are None, and Keras 3 refuses such a step (the torch "
                                  f"convention skips every parameter). Nothing was changed")
+            if k and eng.nrowgrads:
+                raise ValueError("a RowGrad cannot be accumulated (gradient_accumulation_steps "
+                                 "keeps a dense sum of every grad): concatenate the micro-"
+                                 "batches' indices and values into one RowGrad (repeated rows "
+                                 "are summed), divide the values by the number of micro-"
+                                 "batches, and step without accumulation. Nothing was changed")
             if self.ema is not None:
                 self.ema._check_arrays()    # before the update, not after it
             if self.skip_nonfinite and active:

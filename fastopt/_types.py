@@ -7,10 +7,13 @@ editor completes them on every class (``**kwargs: Unpack[Options]``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Optional, Tuple, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Tuple, TypedDict, Union
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from ._core import RowGrad
 
 try:
     from typing import Literal
@@ -28,7 +31,7 @@ HyperPair = Tuple[HyperValue, HyperValue]
 #: The constructor's ``params``: arrays, or param groups ``{"params": [...], ...}``.
 Params = Union[Iterable[Array], Iterable[Mapping[str, Any]]]
 #: ``step``'s grads: one per parameter, None skips it.
-Grads = Iterable[Optional[Array]]
+Grads = Iterable[Optional[Union[Array, "RowGrad"]]]
 ConventionName = Literal["keras", "torch"]
 LoadPolicy = Optional[Literal["checkpoint", "optimizer"]]
 

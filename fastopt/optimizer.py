@@ -774,7 +774,9 @@ class Optimizer(Options):
 
     def step(self, grads: Grads) -> None:
         """Apply one update in place: ``grads[i]`` is the gradient of ``params[i]``
-        (``None`` leaves that parameter and its state untouched).  Every grad is
+        (``None`` leaves that parameter and its state untouched), or for a 2-D
+        parameter a :class:`fastopt.RowGrad` (only the rows it names, and their
+        state, are updated; see "Embedding tables" in the README).  Every grad is
         checked before anything is written; on error nothing changes.
         """
         lock = self._lock

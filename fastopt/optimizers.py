@@ -1326,3 +1326,78 @@ class ScheduleFreeSGD(_ScheduleFree):
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          momentum=momentum, warmup_steps=warmup_steps, r=r,
                          weight_lr_power=weight_lr_power, **kwargs)
+
+
+class SparseAdam(Optimizer):
+    r"""SparseAdam: lazy Adam for embedding tables (torch.optim.SparseAdam).
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        Default 1e-3.  ``lr`` is an alias.
+    beta_1, beta_2 : float or schedule
+        Decay rates of the moments (0.9, 0.999), in [0, 1).  ``betas`` is
+        accepted.
+    epsilon : float
+        Default 1e-8, added to ``sqrt(v)`` outside the bias correction (> 0).
+        ``eps`` is an alias.
+    convention : {"torch"}
+        The default: only torch.optim has SparseAdam; ``"keras"`` raises
+        ValueError.
+    **kwargs
+        The options of :class:`Optimizer` (see "Embedding tables" in the
+        README for what each means with a :class:`RowGrad`).
+
+    Notes
+    -----
+    Give the gradient of a ``(rows, dim)`` table as
+    ``fastopt.RowGrad(indices, values)``: repeated indices are summed first,
+    then only the rows named move, with their moments (untouched rows keep
+    their ``m`` and ``v`` as they are).  With ``t`` the parameter's step
+    count (every step that gives it a gradient, however few rows)::
+
+        m <- m + (g - m)*(1 - beta_1)
+        v <- v + (g*g - v)*(1 - beta_2)
+        w <- w - lr*sqrt(1 - beta_2^t)/(1 - beta_1^t) * m/(sqrt(v) + eps)
+
+    in torch's order of operations.  A dense gradient updates every element
+    by the same rule (torch refuses dense gradients; a RowGrad naming every
+    row gives the same result).  Any other elementwise optimizer accepts a
+    RowGrad too, with the same lazy meaning.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> table = np.zeros((4, 2))
+    >>> opt = fo.SparseAdam([table], learning_rate=0.1)
+    >>> opt.step([fo.RowGrad(np.array([2, 0, 2]), np.ones((3, 2)))])
+    >>> np.round(table, 6)
+    array([[-0.1, -0.1],
+           [ 0. ,  0. ],
+           [-0.1, -0.1],
+           [ 0. ,  0. ]])
+    """
+
+    kernel = "sparse_adam"
+    hyper = {
+        "learning_rate": HP(torch=1e-3, check=NONNEG),
+        "beta_1": HP(torch=0.9, check=UNIT_OPEN),
+        "beta_2": HP(torch=0.999, check=UNIT_OPEN),
+        "epsilon": HP(torch=1e-8, check=POSITIVE),
+    }
+    variables = ("m", "v")
+    tuple_aliases = BETAS
+
+    beta_1: HyperValue
+    beta_2: HyperValue
+    epsilon: HyperValue
+    betas: HyperPair
+
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None, beta_1: HyperValue | None = None,
+                 beta_2: HyperValue | None = None, epsilon: HyperValue | None = None, *,
+                 betas: HyperPair | None = None, convention: ConventionName = "torch",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, betas=betas, **kwargs)

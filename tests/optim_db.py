@@ -24,6 +24,8 @@ the class does not say about itself:
   ``schedulefree`` package); ``torch_cases``:
   configurations run against ``torch.optim`` itself (fastopt's keyword names;
   :meth:`OptimizerInfo.torch_kwargs` translates them);
+* ``torch_sparse``: the torch class takes sparse gradients only (SparseAdam): the
+  live comparisons hand it each gradient as a sparse tensor naming every element.
 * ``decoupled_always``: weight decay is decoupled in every convention (AdamW).
 * ``frozen``: what else a learning rate of 0 needs to leave the weights as
   they are (Rprop: its step sizes also have a floor, ``step_size_min``).
@@ -37,6 +39,9 @@ the class does not say about itself:
 A new optimizer needs one entry here and its rule functions in
 ``tests/reference.py``; ``tests/test_optim_db.py`` fails until both exist.
 """
+import json
+from pathlib import Path
+
 import numpy as np
 
 import reference as ref
@@ -65,7 +70,8 @@ class OptimizerInfo:
     def __init__(self, name, *, rules, initial_state, cases, golden=(), golden_missing=None,
                  stateful=None, torch_name=None, keras_name=None, torch_cases=(),
                  torch_renames=None, decoupled_always=False, frozen=None, shared_clock=False,
-                 per_update=None, coupled_decay_in_rule=(), torch_module="torch.optim"):
+                 per_update=None, coupled_decay_in_rule=(), torch_module="torch.optim",
+                 torch_sparse=False):
         self.name = name
         self.rules = dict(rules)
         self.initial_state = initial_state
@@ -83,6 +89,7 @@ class OptimizerInfo:
         self.per_update = dict(per_update or {})
         self.coupled_decay_in_rule = tuple(coupled_decay_in_rule)
         self.torch_module = torch_module
+        self.torch_sparse = torch_sparse
 
     def __repr__(self):
         return f"OptimizerInfo({self.name!r})"
@@ -119,6 +126,16 @@ class OptimizerInfo:
             out["betas"] = (kwargs.get("beta_1", hyper["beta_1"].default("torch")),
                             kwargs.get("beta_2", hyper["beta_2"].default("torch")))
         return out
+
+
+def recorded_golden(filename):
+    """Golden rows that a generator script recorded from the anchor library into
+    ``tests/data/<filename>`` (its ``optim_db`` list); none while it is being
+    recorded, which test_optim_db reports as a missing golden column."""
+    path = Path(__file__).resolve().parent / "data" / filename
+    if not path.exists():
+        return []
+    return [tuple(row) for row in json.loads(path.read_text())["optim_db"]]
 
 
 # ---- initial states -------------------------------------------------------------------
@@ -521,6 +538,22 @@ optim_db = [
             {},
             {"warmup_steps": 4, "weight_decay": 0.05, "momentum": 0.6, "r": 1.0},
         ],
+    ),
+    OptimizerInfo(
+        "SparseAdam",
+        rules={"torch": ref.sparse_adam_torch},
+        initial_state=_zeros("m", "v"),
+        cases=[
+            ({}, TORCH),
+            ({"beta_1": 0.0, "beta_2": 0.9, "epsilon": 1e-3, "maximize": True}, TORCH),
+            ({"weight_decay": 0.05, "clipvalue": 0.3}, TORCH),
+        ],
+        # torch 2.13.0+cpu, float64, each grad as a sparse tensor naming every element
+        # (tests/golden_sparse_adam.py)
+        golden=recorded_golden("sparse_adam_golden.json"),
+        torch_name="SparseAdam",
+        torch_cases=[{}, {"beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-3, "maximize": True}],
+        torch_sparse=True,
     ),
 ]
 

@@ -277,7 +277,38 @@ def sfsgd_torch(w, g, st, hp, t):
     return y
 
 
+def sparse_adam_torch(w, g, st, hp, t):
+    # torch.optim.SparseAdam on the elements given (a dense g gives every one)
+    b1, b2 = hp["beta_1"], hp["beta_2"]
+    st["m"] = st["m"] + (g - st["m"]) * (1 - b1)
+    st["v"] = st["v"] + (g * g - st["v"]) * (1 - b2)
+    step_size = hp["learning_rate"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    return w - step_size * (st["m"] / (np.sqrt(st["v"]) + hp["epsilon"]))
+
+
 # ---- the driver --------------------------------------------------------------
+
+class Rows:
+    """A row gradient in float64, coalesced: the distinct rows in ascending
+    order and the sum of the values given for each (in the order given)."""
+
+    def __init__(self, indices, values):
+        indices = np.asarray(indices, dtype=np.int64)
+        self.rows = np.unique(indices)
+        self.g = np.zeros((len(self.rows), np.shape(values)[1]))
+        np.add.at(self.g, np.searchsorted(self.rows, indices), np.asarray(values, np.float64))
+
+
+def _as_float64(g):
+    if g is None:
+        return None
+    if hasattr(g, "indices") and hasattr(g, "values"):
+        return Rows(g.indices, g.values)
+    return np.array(g, dtype=np.float64)
+
+
+def _values(g):
+    return g.g if isinstance(g, Rows) else g
 
 #: Options the driver applies itself (keyword arguments of :class:`Reference`)
 #: rather than passing them to the rule as hyper-parameters.
@@ -335,12 +366,14 @@ class Reference:
         self.shared = {}
 
     def step(self, grads):
-        grads = [None if g is None else np.array(g, dtype=np.float64) for g in grads]
-        if self.skip_nonfinite and any(g is not None and not np.isfinite(g).all()
+        grads = [_as_float64(g) for g in grads]
+        if self.skip_nonfinite and any(g is not None and not np.isfinite(_values(g)).all()
                                        for g in grads):
             self.skipped += 1
             return
         updates_before = self.iterations
+        if self.k and any(isinstance(g, Rows) for g in grads):
+            raise ValueError("a row gradient is not accumulated")
         if self.k and (self.micro + 1) % self.k:
             for a, g in zip(self.acc, grads):
                 if g is not None:
@@ -362,6 +395,10 @@ class Reference:
             grads = [None if g is None else (g + a) / self.k for g, a in zip(grads, self.acc)]
             for a in self.acc:
                 a[...] = 0
+        # a row gradient: the rule runs on the rows given, alone (lazy); the
+        # norms are those of the rows given
+        rows = [g.rows if isinstance(g, Rows) else None for g in grads]
+        grads = [_values(g) for g in grads]
         if self.clipnorm is not None:
             c = self.clipnorm
             grads = [None if g is None else g * c / max(np.linalg.norm(g), c) for g in grads]
@@ -382,7 +419,10 @@ class Reference:
             self.steps[i] += 1
             t = (self.iterations + 1 if self.convention == "keras" or self.info.shared_clock
                  else self.steps[i])
-            w = self.w[i]
+            w, st = self.w[i], self.state[i]
+            if rows[i] is not None:
+                w, st = w[rows[i]], {k: v[rows[i]] if np.shape(v) == w.shape else v
+                                     for k, v in st.items()}
             if self.maximize:
                 g = -g
             if self.clipvalue is not None:
@@ -396,5 +436,13 @@ class Reference:
                     hp["_wd"] = wd
                 else:
                     g = g + wd * w
-            self.w[i] = self.rule(w, g, self.state[i], hp, t)
+            if rows[i] is None:
+                self.w[i] = self.rule(w, g, st, hp, t)
+            else:
+                self.w[i][rows[i]] = self.rule(w, g, st, hp, t)
+                for k, v in st.items():
+                    if np.shape(self.state[i].get(k)) == self.w[i].shape:
+                        self.state[i][k][rows[i]] = v
+                    else:       # a value per tensor (Nadam's product)
+                        self.state[i][k] = v
         self.iterations += 1

@@ -196,6 +196,111 @@ def test_bad_grads_refused_and_nothing_changes(name, bad_index):
                  patterns, what + " (apply_gradients)", rng)
 
 
+def _rows(p, idx=None, dtype=np.int64):
+    """A good RowGrad for the 2-D param p: its rows 1, 0, 1 (a repeat)."""
+    idx = np.array([1, 0, 1] if idx is None else idx, dtype=dtype)
+    return fo.RowGrad(idx, np.full((len(idx), p.shape[1]), 0.25, dtype=p.dtype))
+
+
+def _bad_rows(i, indices=None, values=None):
+    """A RowGrad for params[i] with its indices or values replaced."""
+    def f(grads, params, buf, opt):
+        grads = list(grads)
+        good = _rows(params[i])
+        idx = indices(good.indices, params[i]) if indices else good.indices
+        vals = values(good.values, params[i], opt) if values else good.values
+        grads[i] = fo.RowGrad(idx, vals)
+        return grads
+    return f
+
+
+def rowgrad_cases(i):
+    """RowGrads for the 2-D params[i] (rows 3 or 2), each wrong in one way."""
+    at = rf"grads\[{i}\]"
+    rows = SHAPES[i][0]
+    cases = [
+        ("indices-out-of-range", _bad_rows(i, lambda x, p: np.array([0, rows, 1])), ValueError,
+         [at + r"\.indices\[1\] is " + str(rows), rf"\[0, {rows}\)"]),
+        ("indices-negative", _bad_rows(i, lambda x, p: np.array([0, 1, -1])), ValueError,
+         [at + r"\.indices\[2\] is -1", "negative"]),
+        ("indices-float", _bad_rows(i, lambda x, p: x.astype(np.float64)), TypeError,
+         [at + r"\.indices", "int32 or int64", "astype"]),
+        ("indices-uint32", _bad_rows(i, lambda x, p: x.astype(np.uint32)), TypeError,
+         [at + r"\.indices", "int32 or int64"]),
+        ("indices-int16", _bad_rows(i, lambda x, p: x.astype(np.int16)), TypeError,
+         [at + r"\.indices", "int32 or int64"]),
+        ("indices-byte-swapped", _bad_rows(i, lambda x, p: _swapped(x)), TypeError,
+         [at + r"\.indices", "native byte order"]),
+        ("indices-list", _bad_rows(i, lambda x, p: x.tolist()), TypeError,
+         [at + r"\.indices", r"np\.asarray"]),
+        ("indices-2-d", _bad_rows(i, lambda x, p: x.reshape(3, 1)), ValueError,
+         [at + r"\.indices", "1-D"]),
+        ("indices-strided", _bad_rows(i, lambda x, p: np.repeat(x, 2)[::2]), ValueError,
+         [at + r"\.indices", "contiguous", "ascontiguousarray"]),
+        ("values-other-float", _bad_rows(i, values=lambda v, p, o: v.astype(
+            np.float64 if p.dtype == np.float32 else np.float32)), TypeError,
+         [at + r"\.values", "astype"]),
+        ("values-int32", _bad_rows(i, values=lambda v, p, o: v.astype(np.int32)), TypeError,
+         [at + r"\.values", "astype"]),
+        ("values-list", _bad_rows(i, values=lambda v, p, o: v.tolist()), TypeError,
+         [at + r"\.values", r"np\.asarray"]),
+        ("values-wrong-width", _bad_rows(i, values=lambda v, p, o: np.zeros(
+            (3, p.shape[1] + 1), p.dtype)), ValueError, [at + r"\.values", "expected shape"]),
+        ("values-wrong-count", _bad_rows(i, values=lambda v, p, o: v[:2].copy()), ValueError,
+         [at + r"\.values", "expected shape", r"\(3, "]),
+        ("values-1-d", _bad_rows(i, values=lambda v, p, o: v.ravel()), ValueError,
+         [at + r"\.values", "expected shape"]),
+        ("values-transposed", _bad_rows(i, values=lambda v, p, o: _transposed(v)), ValueError,
+         [at + r"\.values", "C-contiguous", "ascontiguousarray"]),
+        ("values-sliced", _bad_rows(i, values=lambda v, p, o: np.repeat(v, 2, 1)[:, ::2]),
+         ValueError, [at + r"\.values", "C-contiguous", "ascontiguousarray"]),
+        ("values-misaligned", _bad_rows(i, values=lambda v, p, o: _misaligned(v.shape, v.dtype)),
+         ValueError, [at + r"\.values", "aligned", r"copy\(\)"]),
+        ("values-view-of-the-param", _bad_rows(i, lambda x, p: np.arange(rows),
+                                               lambda v, p, o: p.reshape(p.shape)),
+         ValueError, [at + r"\.values", "shares memory", "separate gradient array"]),
+        ("values-is-optimizer-state", _bad_rows(
+            i, lambda x, p: np.arange(rows),
+            lambda v, p, o: o.state_arrays()[i][-1] if o.state_arrays()[i] else p),
+         ValueError, [at + r"\.values", "shares memory"]),
+        ("values-masked", _bad_rows(i, values=lambda v, p, o: np.ma.masked_array(v)), TypeError,
+         [at + r"\.values", "masked"]),
+    ]
+    if i == 2:   # a good RowGrad for params[0] first: its coalescing must leave no trace
+        cases.append(("out-of-range-after-a-good-rowgrad", lambda grads, params, buf, opt: [
+            _rows(params[0]), grads[1], _rows(params[2], [0, 5])], ValueError,
+            [at + r"\.indices\[1\] is 5"]))
+    return cases
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad_index", [0, 2])
+def test_bad_rowgrads_refused_and_nothing_changes(name, bad_index):
+    rng = np.random.default_rng(12)
+    opt, twin, params, buf = _battery_opt(name, rng)
+    if not REGISTRY[name].elementwise:
+        grads = [_rows(params[0]), None, None]
+        _refused(opt, twin, params, buf, lambda: opt.step(grads), ValueError,
+                 [r"grads\[0\]: a RowGrad", "reads the whole tensor", "dense gradient"],
+                 f"{name} RowGrad", rng)
+        return
+    # a good RowGrad step lands where the twin's does
+    grads = [_rows(params[0]), good_grads(rng, params)[1], _rows(params[2], [1, 1], np.int32)]
+    opt.step(grads)
+    twin.step(grads)
+    assert_same_optimizer(opt, twin, f"{name} good RowGrad")
+    for case_id, make_bad, exc_type, patterns in rowgrad_cases(bad_index):
+        grads = make_bad(good_grads(rng, params), params, buf, opt)
+        what = f"{name} grads[{bad_index}] {case_id}"
+        _refused(opt, twin, params, buf, lambda: opt.step(grads), exc_type, patterns, what, rng)
+    # a RowGrad for the 1-D params[1]
+    grads = good_grads(rng, params)
+    grads[1] = fo.RowGrad(np.array([0]), np.ones((1, 5)))
+    _refused(opt, twin, params, buf, lambda: opt.step(grads), ValueError,
+             [r"grads\[1\]: a RowGrad updates rows of a 2-D parameter", r"\(5,\)"],
+             f"{name} RowGrad of a 1-D param", rng)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_grad_lists_refused_and_nothing_changes(name):
     rng = np.random.default_rng(12)

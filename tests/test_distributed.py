@@ -639,3 +639,35 @@ def test_example_matches_single_process(tmp_path):
     rel = float(proc.stdout.split("relative difference ")[1].split(")")[0])
     assert len(losses) == 2 and rel <= 1e-12, proc.stdout
     assert losses[0] == losses[1], proc.stdout     # printed to 12 significant digits
+
+
+# ---- row gradients -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rows_run(tmp_path_factory):
+    if _skip_reason():
+        pytest.skip(_skip_reason())
+    results = mpirun("run_rows.py", tmp_path_factory.mktemp("rows"))
+    assert sorted(results) == list(range(WORLD))
+    return results
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", ["SparseAdam", "Adam", "SGD"])
+def test_allreduce_of_rowgrads_is_one_process_bit_for_bit(rows_run, name):
+    """Every rank's rows gathered in rank order: the step equals, bit for bit,
+    one process given all of them (repeats within and across ranks, a rank
+    with no rows); every rank ends with the same table."""
+    for r in range(WORLD):
+        got = rows_run[r][name]
+        assert got["same"] and got["same_state"] and got["replaced"], (r, got)
+    assert rows_run[0][name]["table"] == rows_run[1][name]["table"]
+
+
+@needs_mpi
+def test_sharded_optimizer_refuses_rowgrads(rows_run):
+    for r in range(WORLD):
+        msg = rows_run[r]["sharded"]
+        assert msg is not None and "refused on every rank; nothing was changed" in msg
+        assert "grads[0]: a RowGrad" in msg and "allreduce_gradients" in msg
+        assert rows_run[r]["sharded_unchanged"]

@@ -16,6 +16,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fastopt as fo
 from fastopt.optimizers import REGISTRY
 
 import optim_db
@@ -40,7 +41,9 @@ shapes = st.one_of(
 # "none" is weighted so most examples reach a step and most steps are accepted
 PARAM_DEFECTS = ["none"] * 40 + ["float16", "int64", "complex", "byteswap", "sliced",
                                  "transposed", "readonly", "duplicate", "list", "misaligned"]
-GRAD_DEFECTS = (["none"] * 60 + ["skip", "readonly", "view-in-buffer"] * 3 +
+GRAD_DEFECTS = (["none"] * 60 + ["skip", "readonly", "view-in-buffer"] * 3 + ["rowgrad"] * 6 +
+                ["rowgrad-out-of-range", "rowgrad-values-dtype", "rowgrad-values-sliced",
+                 "rowgrad-indices-float"] +
                 ["float16", "int32", "other-float", "byteswap", "shape", "0-d", "sliced",
                  "fortran", "misaligned", "alias-param", "alias-state", "list"])
 LIST_DEFECTS = ["none"] * 30 + ["short", "long", "ndarray", "tuple", "generator"]
@@ -90,6 +93,8 @@ def make_grad(data, p, state, defect):
     if data.draw(st.booleans(), label="zeros in grad") and g.size:
         g.reshape(-1)[::3] = 0
     clean = g.copy()
+    if defect.startswith("rowgrad"):
+        return make_rowgrad(data, rng, p, scale, defect)
     if defect == "skip":
         return None, None
     if defect == "readonly":
@@ -126,6 +131,28 @@ def make_grad(data, p, state, defect):
     elif defect == "list":
         g = g.tolist()
     return g, clean
+
+
+def make_rowgrad(data, rng, p, scale, defect):
+    """A RowGrad (refused for a param that is not 2-D, and by Lamb) and its clean copy."""
+    rows, dim = p.shape if p.ndim == 2 else (max(p.size, 1), 1)
+    n = int(data.draw(st.integers(0, 2 * rows), label="rowgrad length")) if rows else 0
+    idx = rng.integers(0, max(rows, 1), n).astype(
+        data.draw(st.sampled_from([np.int32, np.int64]), label="index dtype"))
+    vals = np.asarray(rng.standard_normal((n, dim)) * scale, dtype=p.dtype)
+    clean = fo.RowGrad(idx.copy(), vals.copy())
+    if defect == "rowgrad-out-of-range":
+        idx = np.append(idx, data.draw(st.sampled_from([rows, -1, 2**40]), label="bad index"))
+        vals = np.concatenate([vals, np.zeros((1, dim), p.dtype)])
+    elif defect == "rowgrad-values-dtype":
+        vals = vals.astype(np.float64 if p.dtype == np.float32 else np.float32)
+    elif defect == "rowgrad-values-sliced":
+        vals = np.repeat(vals, 2, axis=1)[:, ::2]
+        if vals.size == 0 or dim < 2 and n < 2:
+            vals = np.zeros((n, dim + 1), p.dtype)      # then a wrong width
+    elif defect == "rowgrad-indices-float":
+        idx = idx.astype(np.float64)
+    return fo.RowGrad(idx, vals), clean
 
 
 def draw_optimizer(data):
@@ -228,7 +255,7 @@ def test_fuzz_public_api(data):
         assert_same_optimizer(opt, twin, f"{name}/{conv} step {s}")
         TALLY["updates_verified"] += 1
         if ref is not None:
-            ref.step(clean)
+            ref.step(clean)     # a RowGrad: the reference's lazy rule on its rows
     if ref is not None:
         TALLY["reference_checked"] += 1
         with np.errstate(all="ignore"):

@@ -18,6 +18,8 @@ CASES = [(entry.name, kw) for entry in optim_db for kw in entry.torch_cases]
 
 
 def _torch_kwargs(name, kwargs):
+    if info(name).torch_sparse:     # one implementation, no foreach switch
+        return info(name).torch_kwargs(kwargs)
     return dict(info(name).torch_kwargs(kwargs), foreach=False)
 
 
@@ -26,6 +28,13 @@ def _torch_class(name):
     entry = info(name)
     module = pytest.importorskip(entry.torch_module)
     return getattr(module, entry.torch_name)
+
+
+def _torch_grad(name, g):
+    t = torch.tensor(g)
+    if info(name).torch_sparse:     # every element named, zeros included
+        return torch.sparse_coo_tensor(torch.arange(len(t))[None], t, t.shape)
+    return t
 
 
 def lr_at(step):
@@ -70,7 +79,7 @@ def test_trajectory_matches_torch(name, kwargs, float64_default):
         for group in topt.param_groups:
             group["lr"] = lr_at(step)
         for p, g in zip(theirs, grads):
-            p.grad = None if g is None else torch.tensor(g)
+            p.grad = None if g is None else _torch_grad(name, g)
         topt.step()
         opt.step(grads)
     for i, (a, b) in enumerate(zip(mine, theirs)):

@@ -171,6 +171,10 @@ FREE_NAMES = {
     "grads": "def grads(params: list[npt.NDArray[np.float32]], x: Any, y: Any"
              ") -> list[npt.NDArray[np.float32]]:\n    return params",
     "opt": "opt = fo.Adam([np.zeros(3, np.float32)])",
+    "dense_weights": "dense_weights = np.zeros(8, np.float32)",
+    "g_dense": "g_dense = np.zeros(8, np.float32)",
+    "indices": "indices = np.array([3, 1, 3])",
+    "values": "values = np.zeros((3, 64), np.float32)",
 }
 PREAMBLE = ("from typing import Any\n\nimport numpy as np\nimport numpy.typing as npt\n\n"
             "import fastopt as fo\nfrom fastopt import schedules\n")

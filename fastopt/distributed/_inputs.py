@@ -4,6 +4,7 @@ gradient checks return their verdict instead of raising, for the agreement
 protocol."""
 import numpy as np
 
+from .._core import RowGrad
 from ..optimizers import REGISTRY, Optimizer
 
 # Options whose value depends on whole tensors (a norm) or on the whole
@@ -61,6 +62,11 @@ def check_grads(grads, params):
     for i, (g, p) in enumerate(zip(grads, params)):
         if g is None:
             continue
+        if isinstance(g, RowGrad):
+            return i + 1, (f"grads[{i}]: a RowGrad; ShardedOptimizer splits each table's "
+                           f"elements, not its rows, over the ranks, so it has no lazy row "
+                           f"update. Use allreduce_gradients (it gathers every rank's rows) "
+                           f"with a plain optimizer, or pass the dense gradient")
         if not isinstance(g, np.ndarray):
             return i + 1, (f"grads[{i}]: expected a numpy.ndarray of dtype {p.dtype} and "
                            f"shape {p.shape}; got {type(g).__name__}")
