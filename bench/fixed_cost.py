@@ -66,7 +66,15 @@ def cases():
         params, grads = _arrays(100, count=100)
         return fo.Adam(params, learning_rate=1e-4), grads
 
+    def factored(cls):
+        def build():
+            params, grads = _arrays(SIZE)
+            params, grads = [params[0][:992].reshape(32, 31)], [grads[0][:992].reshape(32, 31)]
+            return cls(params, learning_rate=1e-4), grads
+        return build
+
     out = [(f"{name} plain", plain(cls)) for name, cls in REGISTRY.items()]
+    out += [("Adafactor, 32x31 matrix (factored)", factored(fo.Adafactor))]
     out += [(f"Adam + {label}", adam_with(opts)) for label, opts in OPTIONS.items()]
     out += [("Adam + schedule on lr (ExponentialDecay)", scheduled),
             ("SGD + OneCycle on lr and momentum", one_cycle),

@@ -13,7 +13,8 @@ figures and the machine) and, when matplotlib is installed, NAME.png
 (ns/element against size, log-log) into --out (default bench/results/).
 ``--smoke`` runs tiny sizes in a few seconds (used by the test suite);
 ``--threshold`` measures, per kernel, the size from which two threads beat one.
-``--fixed-cost`` prints only the per-step fixed cost table (bench/fixed_cost.py).
+``--fixed-cost`` prints only the per-step fixed cost table (bench/fixed_cost.py);
+``--matrix`` only the large-matrix optimizers beside torch (bench/matrix.py).
 """
 import argparse
 import datetime
@@ -34,6 +35,7 @@ import fastopt as fo  # noqa: E402
 from fastopt import _core  # noqa: E402
 
 import fixed_cost  # noqa: E402
+import matrix  # noqa: E402
 import impls as I  # noqa: E402
 import resnet50  # noqa: E402
 
@@ -403,6 +405,11 @@ def parse(argv):
     ap.add_argument("--fixed-cost", action="store_true",
                     help="only the fixed cost of a step (1e3 elements, options, schedules, "
                          "100 tensors), at the largest --threads")
+    ap.add_argument("--matrix", action="store_true",
+                    help="only the optimizers that work on whole matrices (Adafactor), at "
+                         "--rows x --cols, beside torch.optim, at the largest --threads")
+    ap.add_argument("--rows", type=int, default=2048, help="rows of the --matrix case")
+    ap.add_argument("--cols", type=int, default=2048, help="columns of the --matrix case")
     args = ap.parse_args(argv)
     args.optimizers = [o for o in args.optimizers.split(",") if o]
     for o in args.optimizers:
@@ -431,6 +438,14 @@ def main(argv=None):
         rows = fixed_cost.measure(threads, number, repeat, log)
         log("")
         log(fixed_cost.markdown(rows, threads, number, repeat))
+        return 0
+    if args.matrix:
+        threads = max(args.threads)
+        number, repeat = (1, 2) if args.smoke else (5, 5)
+        torch_ok = not args.no_torch and I.torch_available()
+        rows = matrix.measure(args.rows, args.cols, threads, number, repeat, torch_ok, log)
+        log("")
+        log(matrix.markdown(rows, args.rows, args.cols, threads, number, repeat))
         return 0
     load_before = loadavg()
     log(f"load average before: {load_before}")

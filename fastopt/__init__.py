@@ -17,14 +17,14 @@ from ._info import _apply_env_simd, config, show_config
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .checkpoint import load, save
-from .optimizers import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Ftrl, Lamb, Lion, Nadam,
-                         Optimizer, RAdam, RMSprop, Rprop)
+from .optimizers import (SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lamb,
+                         Lion, Nadam, Optimizer, RAdam, RMSprop, Rprop)
 
 _apply_env_simd()
 
 __all__ = [
     "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Nadam", "Adadelta",
-    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "schedules",
+    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "Adafactor", "schedules",
     "save", "load", "set_num_threads", "get_num_threads", "show_config", "config",
     "__version__",
 ]

@@ -170,6 +170,12 @@ class Optimizer(Options):
         """Names of the state arrays a group with these settings uses."""
         return self.variables
 
+    def state_layout(self, group, p):
+        """``(name, shape)`` of each state array param ``p`` of ``group`` keeps
+        (the names of :meth:`state_names`, each of ``p``'s shape, unless the
+        kernel keeps factored state)."""
+        return [(n, p.shape) for n in self.state_names(group)]
+
     def check(self, hp, where):
         """Rules across hyper-parameters (constants, and scheduled values per step)."""
 
@@ -240,8 +246,10 @@ class Optimizer(Options):
             self._group_state.append((dict(group, params=list(group["params"])), names))
             for p in group["params"]:
                 self._state.append([np.full_like(p, group[self.initial[n]])
-                                    if n in self.initial else np.zeros_like(p)
-                                    for n in names])
+                                    if n in self.initial else
+                                    np.zeros_like(p) if shape == p.shape else
+                                    np.zeros(shape, dtype=p.dtype)
+                                    for n, shape in self.state_layout(group, p)])
                 group_of.append(gi)
         self._engine = _core.Engine(cls.kernel, flat, self._state)
         # copies, so finalize() before any step leaves the weights as they are
@@ -280,6 +288,10 @@ class Optimizer(Options):
                     if any(hyper.get(k) is not None for k in names):
                         raise TypeError(f"pass either {key}={form} or {'/'.join(names)}, "
                                         f"not both")
+                    if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")
+                            or len(value) != len(names)):
+                        raise ValueError(f"{key} must be a tuple {form} of {len(names)} "
+                                         f"values ({', '.join(names)}); got {value!r:.80}")
                     out.update(zip(names, value))
                 continue
             name = self._canonical(key)
@@ -402,8 +414,8 @@ class Optimizer(Options):
         """Per-parameter state arrays, by name (live views: do not resize)."""
         out = []
         for group in self.param_groups:
-            names = self.state_names(group)
-            for _ in group["params"]:
+            for p in group["params"]:
+                names = [n for n, _ in self.state_layout(group, p)]
                 out.append(dict(zip(names, self._state[len(out)])))
         return out
 

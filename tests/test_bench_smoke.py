@@ -96,3 +96,12 @@ def test_implementations_agree():
                      lambda ps: impls.NumpyAdam(ps, lr=2e-3), None)
     with pytest.raises(AssertionError, match="numpy disagrees with fastopt"):
         impls.check_agreement(bad, ["fastopt", "numpy"])
+
+
+def test_matrix_table_runs():
+    r = subprocess.run([sys.executable, str(RUN), "--matrix", "--smoke", "--no-torch",
+                        "--rows", "8", "--cols", "9", "--threads", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "| fastopt Adafactor (torch convention) |" in r.stdout
+    assert "| fastopt Adafactor (keras convention) |" in r.stdout

@@ -1,0 +1,252 @@
+/*
+ * Adafactor (Shazeer & Stern 2018) as Keras 3 and torch.optim compute it.
+ *
+ * With t the 1-based step, rho = min(lr, 1/sqrt(t)), d the clipping
+ * threshold (Keras clip_threshold):
+ *
+ *   keras: b = 1 - t^decay;  q = g^2 + eps1
+ *          factored:   r <- b*r + (1-b)*mean_cols(q);  c <- b*c + (1-b)*mean_rows(q)
+ *                      v  = (r / mean(r)) * c                 (outer product)
+ *          otherwise:  v <- b*v + (1-b)*q
+ *          u = g / sqrt(v)
+ *   torch: w' = t^decay (the lerp weight);  q = g^2;  eps1 = None: the dtype's epsilon
+ *          factored:   r <- lerp(r, mean_cols(q), w');  c <- lerp(c, mean_rows(q), w')
+ *                      v  = r*c / max(mean(r), eps1)
+ *          otherwise:  v <- lerp(v, q, w')
+ *          u = g / sqrt(max(v, eps1^2))
+ *   alpha = max(eps2, RMS(w)) * rho       (keras: w after weight decay, torch: before)
+ *   w <- w - alpha / max(1, RMS(u)/d) * u
+ *
+ * A param of two or more axes is factored over its last two: r holds one
+ * value per row (shape[:-1]), c one per column of each matrix
+ * (shape[:-2] + shape[-1:]); nothing of the param's size is kept.  Three
+ * passes: the row/column pass sums q per row and per column (fo_step_rowcol,
+ * deterministic), the fold turns the sums into r, c and mean(r) per matrix;
+ * the reduction pass applies the preprocessing and weight decay, updates v
+ * (params of fewer axes) and returns the sums of w^2 and u^2; the finish
+ * turns them into alpha / max(1, RMS(u)/d); the elementwise pass recomputes
+ * u (the same operations, so the same bits) and applies the step.
+ */
+#ifndef FO_T
+#define FO_KERNEL_NAME adafactor
+#define FO_KERNEL_NSTATE 2
+#define FO_KERNEL_NSTATE_USED(s) ((void)(s), 1)
+#define FO_KERNEL_REDUCE 1
+#define FO_KERNEL_ROWCOL 1
+#define FO_KERNEL_HP(X) X(learning_rate) X(beta_2_decay) X(epsilon_1) X(epsilon_2) X(clip_threshold)
+#define FO_KERNEL_SCALARS(X) X(rho) X(b2) X(omb2) X(eps1) X(eps2) X(d) X(torch) X(step)
+#include "declare.h"
+
+static double adafactor_scalars(const fo_ctx *c, double *s)
+{
+    const double *h = c->hp;
+    const double t = (double)c->t, lr = h[HP_learning_rate], inv = 1.0 / sqrt(t);
+    s[S_rho] = lr < inv ? lr : inv;
+    if (c->convention == FO_TORCH) {
+        s[S_omb2] = pow(t, h[HP_beta_2_decay]);
+        s[S_b2] = 1.0 - s[S_omb2];
+    } else {
+        s[S_b2] = 1.0 - pow(t, h[HP_beta_2_decay]);
+        s[S_omb2] = 1.0 - s[S_b2];
+    }
+    s[S_eps1] = h[HP_epsilon_1];    /* < 0: the machine epsilon of the param's dtype */
+    s[S_eps2] = h[HP_epsilon_2];
+    s[S_d] = h[HP_clip_threshold];
+    s[S_torch] = c->convention == FO_TORCH;
+    s[S_step] = 0.0;
+    return c->aux;
+}
+#define FO_KERNEL_SCALARS_FN adafactor_scalars
+
+/* The elementwise pass's row: the step alpha / max(1, RMS(u)/d) from the
+ * sums of w^2 and u^2; decay was applied by the reduction pass. */
+static void adafactor_finish(const fo_tensor *t, const double *sums, double *s)
+{
+    const double n = (double)t->size, eps2 = s[S_eps2], d = s[S_d];
+    s[FO_S_FLAGS] = (double)((int)s[FO_S_FLAGS] & ~FO_F_DECAY);
+    if (t->size == 0) {
+        s[S_step] = 0.0;
+        return;
+    }
+    double rw, ru;
+    if (s[S_torch] != 0.0) {
+        rw = sqrt(sums[0]) / sqrt(n);
+        ru = sqrt(sums[1]) / (sqrt(n) * d);
+    } else {
+        rw = sqrt(sums[0] / n);
+        ru = sqrt(sums[1] / n) / d;
+    }
+    const double alpha = (rw > eps2 ? rw : eps2) * s[S_rho];
+    s[S_step] = alpha / (ru > 1.0 ? ru : 1.0);
+}
+#define FO_KERNEL_FINISH adafactor_finish
+#include "instantiate.h"
+#else
+
+/* torch's lerp: a + w*(b - a) for w < 0.5, else b - (b - a)*(1 - w) */
+#define AF_LERP(a, b, wt, omw) ((wt) < (FO_T)0.5 ? (a) + (wt) * ((b) - (a)) : (b) - ((b) - (a)) * (omw))
+
+#define AF_SCALARS                                                           \
+    const int torch = s[S_torch] != 0.0;                                     \
+    const double e1_ = s[S_eps1] < 0.0 ? (double)FO_EPSILON : s[S_eps1];     \
+    const FO_T eps1 = (FO_T)e1_;                                             \
+    const FO_T eps1sq = (FO_T)(e1_ * e1_);                                   \
+    const FO_T b2 = (FO_T)s[S_b2];                                           \
+    const FO_T omb2 = (FO_T)s[S_omb2];                                       \
+    const FO_T ombw = (FO_T)(1.0 - s[S_omb2]);                               \
+    (void)eps1; (void)eps1sq; (void)b2; (void)omb2; (void)ombw
+
+/* u of an unfactored element, updating v when `update` (the reduction pass) */
+#define AF_U_PLAIN(ui, gi, vv, update)                                       \
+    FO_T ui;                                                                 \
+    {                                                                        \
+        FO_T vi = vv;                                                        \
+        if (update)                                                          \
+            vi = torch ? AF_LERP(vi, gi * gi, omb2, ombw) : b2 * vi + omb2 * (gi * gi + eps1); \
+        if (update)                                                          \
+            vv = vi;                                                         \
+        if (torch)                                                           \
+            ui = gi / FO_SQRT(vi < eps1sq ? eps1sq : vi);                    \
+        else                                                                 \
+            ui = gi / FO_SQRT(vi);                                           \
+    }
+
+/* u of a factored element: rf the row's factor (keras: r/mean(r); torch: r),
+ * cj the column's, den the matrix's max(mean(r), eps1) (torch) */
+#define AF_U_FACT(ui, gi, rf, cj, den)                                       \
+    FO_T ui;                                                                 \
+    if (torch) {                                                             \
+        FO_T vi = rf * cj / den;                                             \
+        ui = gi / FO_SQRT(vi < eps1sq ? eps1sq : vi);                        \
+    } else {                                                                 \
+        ui = gi / FO_SQRT(rf * cj);                                          \
+    }
+
+static void FO_CFN(adafactor)(const fo_tensor *t, int64_t r0, int64_t r1, const double *s,
+                              double *rowsum, double *colsum)
+{
+    const int64_t cols = t->cols;
+    const int flags = (int)s[FO_S_FLAGS];
+    const FO_T gscale = (FO_T)s[FO_S_GSCALE];
+    const FO_T clip = (FO_T)s[FO_S_CLIP];
+    const double e1_ = s[S_eps1] < 0.0 ? (double)FO_EPSILON : s[S_eps1];
+    const FO_T add = s[S_torch] != 0.0 ? (FO_T)0 : (FO_T)e1_;
+    for (int64_t r = r0; r < r1; r++) {
+        const FO_T *restrict gr = (const FO_T *)t->grad + r * cols;
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t j = 0;
+#define AF_Q(jj, lane)                                                       \
+        {                                                                    \
+            FO_T gi = gr[jj];                                                \
+            if (flags & FO_F_GSCALE) gi = gi * gscale;                       \
+            if (flags & FO_F_CLIP) gi = gi < -clip ? -clip : (gi > clip ? clip : gi); \
+            const FO_T q = gi * gi + add;                                    \
+            acc[lane] += (double)q;                                          \
+            colsum[jj] += (double)q;                                         \
+        }
+        for (; j + 8 <= cols; j += 8)
+            for (int l = 0; l < 8; l++)
+                AF_Q(j + l, l)
+        for (int l = 0; j + l < cols; l++)
+            AF_Q(j + l, l)
+#undef AF_Q
+        rowsum[r - r0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+                         ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    }
+}
+
+/* Serial, O(rows + cols): only the baseline instance is registered. */
+__attribute__((unused)) static void FO_FFN(adafactor)(const fo_tensor *t, const double *s)
+{
+    AF_SCALARS;
+    const int64_t R = t->rows, C = t->cols, nrow = t->size / C, batch = nrow / R;
+    const double *rowsum = t->work, *colsum = t->work + nrow;
+    double *per = t->work + nrow + batch * C;
+    FO_T *restrict r = (FO_T *)t->state[0];
+    FO_T *restrict c = (FO_T *)t->state[1];
+    for (int64_t i = 0; i < nrow; i++) {
+        const FO_T mean = (FO_T)rowsum[i] / (FO_T)C;
+        r[i] = torch ? AF_LERP(r[i], mean, omb2, ombw) : b2 * r[i] + omb2 * mean;
+    }
+    for (int64_t k = 0; k < batch * C; k++) {
+        const FO_T mean = (FO_T)colsum[k] / (FO_T)R;
+        c[k] = torch ? AF_LERP(c[k], mean, omb2, ombw) : b2 * c[k] + omb2 * mean;
+    }
+    for (int64_t b = 0; b < batch; b++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < R; i++)
+            acc += (double)r[b * R + i];
+        FO_T mean = (FO_T)acc / (FO_T)R;
+        if (torch && !(mean >= eps1))
+            mean = mean != mean ? mean : eps1;
+        per[b] = (double)mean;
+    }
+}
+
+/* One pass over [begin, end): the element body ELEM runs with gi, wi, w0 (w
+ * before decay), ui bound and lane index i & 7. */
+#define AF_PASS(update, ELEM)                                                \
+    if (t->cols == 0) {                                                      \
+        FO_T *restrict v = FO_STATE(0);                                      \
+        for (int64_t i = 0; i < n; i++) {                                    \
+            const FO_T w0 = w[i];                                            \
+            FO_PREP(gi, wi, i);                                              \
+            AF_U_PLAIN(ui, gi, v[i], update);                                \
+            (void)w0;                                                        \
+            ELEM                                                             \
+        }                                                                    \
+    } else {                                                                 \
+        const int64_t C = t->cols, R = t->rows, nrow = t->size / C;         \
+        const FO_T *restrict rv = (const FO_T *)t->state[0];                 \
+        const FO_T *restrict cv = (const FO_T *)t->state[1];                 \
+        const double *per = t->work + nrow + nrow / R * C;                   \
+        int64_t e = begin;                                                   \
+        while (e < end) {                                                    \
+            const int64_t row = e / C, b = row / R;                          \
+            const int64_t stop = (row + 1) * C < end ? (row + 1) * C : end;  \
+            const FO_T den = (FO_T)per[b];                                   \
+            const FO_T rf = torch ? rv[row] : rv[row] / den;                 \
+            const FO_T *restrict cb = cv + b * C;                            \
+            const int64_t rowbase = row * C;                                 \
+            for (; e < stop; e++) {                                          \
+                const int64_t i = e - begin;                                 \
+                const FO_T w0 = w[i];                                        \
+                FO_PREP(gi, wi, i);                                          \
+                AF_U_FACT(ui, gi, rf, cb[e - rowbase], den);                        \
+                (void)w0;                                                    \
+                ELEM                                                         \
+            }                                                                \
+        }                                                                    \
+    }
+
+static void FO_RFN(adafactor)(const fo_tensor *t, int64_t begin, int64_t end, const double *s,
+                              double *acc)
+{
+    FO_KERNEL_BEGIN;
+    AF_SCALARS;
+    double aw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    AF_PASS(1, {
+        w[i] = wi;
+        const double x = torch ? (double)w0 : (double)wi;
+        aw[i & 7] += x * x;
+        au[i & 7] += (double)ui * (double)ui;
+    })
+    acc[0] += ((aw[0] + aw[1]) + (aw[2] + aw[3])) + ((aw[4] + aw[5]) + (aw[6] + aw[7]));
+    acc[1] += ((au[0] + au[1]) + (au[2] + au[3])) + ((au[4] + au[5]) + (au[6] + au[7]));
+}
+
+static void FO_FN(adafactor)(const fo_tensor *t, int64_t begin, int64_t end, const double *s)
+{
+    FO_KERNEL_BEGIN;
+    AF_SCALARS;
+    const FO_T step = (FO_T)s[S_step];
+    AF_PASS(0, { w[i] = wi - step * ui; })
+}
+
+#undef AF_LERP
+#undef AF_SCALARS
+#undef AF_U_PLAIN
+#undef AF_U_FACT
+#undef AF_PASS
+#endif
