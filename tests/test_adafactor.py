@@ -221,9 +221,11 @@ def test_matches_torch_live(kwargs):
 
 def _keras_run(kwargs, keep_float64):
     pytest.importorskip("torch")
-    if os.environ.get("KERAS_BACKEND") != "torch":
-        pytest.skip("set KERAS_BACKEND=torch for the Keras comparison")
+    os.environ.setdefault("KERAS_BACKEND", "torch")     # read when keras is first imported
     keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip(f"Keras runs on {keras.backend.backend()}; the comparison needs "
+                    f"KERAS_BACKEND=torch")
     from keras.src.backend.common import dtypes
     saved_floatx, saved = keras.config.floatx(), dict(dtypes.BIT64_TO_BIT32_DTYPE)
     keras.config.set_floatx("float64")
