@@ -96,16 +96,17 @@ static void adafactor_finish(const fo_tensor *t, const double *sums, double *s)
     const FO_T ombw = (FO_T)(1.0 - s[S_omb2]);                               \
     (void)eps1; (void)eps1sq; (void)b2; (void)omb2; (void)ombw
 
-/* u of an unfactored element, updating v when `update` (the reduction pass) */
-#define AF_U_PLAIN(ui, gi, vv, update)                                       \
+/* u of an unfactored element, updating v when `update` (the reduction pass);
+ * TORCH and `update` are literals, so each loop is branch-free */
+#define AF_U_PLAIN(TORCH, ui, gi, vv, update)                                \
     FO_T ui;                                                                 \
     {                                                                        \
         FO_T vi = vv;                                                        \
         if (update)                                                          \
-            vi = torch ? AF_LERP(vi, gi * gi, omb2, ombw) : b2 * vi + omb2 * (gi * gi + eps1); \
+            vi = TORCH ? AF_LERP(vi, gi * gi, omb2, ombw) : b2 * vi + omb2 * (gi * gi + eps1); \
         if (update)                                                          \
             vv = vi;                                                         \
-        if (torch)                                                           \
+        if (TORCH)                                                           \
             ui = gi / FO_SQRT(vi < eps1sq ? eps1sq : vi);                    \
         else                                                                 \
             ui = gi / FO_SQRT(vi);                                           \
@@ -113,9 +114,9 @@ static void adafactor_finish(const fo_tensor *t, const double *sums, double *s)
 
 /* u of a factored element: rf the row's factor (keras: r/mean(r); torch: r),
  * cj the column's, den the matrix's max(mean(r), eps1) (torch) */
-#define AF_U_FACT(ui, gi, rf, cj, den)                                       \
+#define AF_U_FACT(TORCH, ui, gi, rf, cj, den)                                \
     FO_T ui;                                                                 \
-    if (torch) {                                                             \
+    if (TORCH) {                                                             \
         FO_T vi = rf * cj / den;                                             \
         ui = gi / FO_SQRT(vi < eps1sq ? eps1sq : vi);                        \
     } else {                                                                 \
@@ -183,40 +184,70 @@ __attribute__((unused)) static void FO_FFN(adafactor)(const fo_tensor *t, const 
     }
 }
 
-/* One pass over [begin, end): the element body ELEM runs with gi, wi, w0 (w
- * before decay), ui bound and lane index i & 7. */
-#define AF_PASS(update, ELEM)                                                \
+/* One element at index ii of [begin, end): the body ELEM runs with gi, wi,
+ * w0 (w before decay), ui bound and `lane`. */
+#define AF_PLAIN_ELEM(TORCH, update, ii, lane, ELEM)                         \
+    {                                                                        \
+        const int64_t i = ii;                                                \
+        const int l_ = lane;                                                 \
+        const FO_T w0 = w[i];                                                \
+        FO_PREP(gi, wi, i);                                                  \
+        AF_U_PLAIN(TORCH, ui, gi, v[i], update);                             \
+        (void)w0; (void)l_;                                                  \
+        ELEM                                                                 \
+    }
+#define AF_FACT_ELEM(TORCH, ii, lane, ELEM)                                  \
+    {                                                                        \
+        const int64_t i = ii;                                                \
+        const int l_ = lane;                                                 \
+        const FO_T w0 = w[i];                                                \
+        FO_PREP(gi, wi, i);                                                  \
+        AF_U_FACT(TORCH, ui, gi, rf, cb[i - base], den);                     \
+        (void)w0; (void)l_;                                                  \
+        ELEM                                                                 \
+    }
+
+/* One pass over [begin, end) in one convention.  Element i (from begin)
+ * accumulates into lane i % 8 in every path, so the sums do not depend on
+ * how the loops are blocked; whole blocks of 8 let the compiler vectorise. */
+#define AF_PASS(TORCH, update, ELEM)                                         \
     if (t->cols == 0) {                                                      \
         FO_T *restrict v = FO_STATE(0);                                      \
-        for (int64_t i = 0; i < n; i++) {                                    \
-            const FO_T w0 = w[i];                                            \
-            FO_PREP(gi, wi, i);                                              \
-            AF_U_PLAIN(ui, gi, v[i], update);                                \
-            (void)w0;                                                        \
-            ELEM                                                             \
-        }                                                                    \
+        int64_t k = 0;                                                       \
+        for (; k + 8 <= n; k += 8)                                           \
+            for (int j = 0; j < 8; j++)                                      \
+                AF_PLAIN_ELEM(TORCH, update, k + j, j, ELEM)                 \
+        for (int j = 0; k + j < n; j++)                                      \
+            AF_PLAIN_ELEM(TORCH, update, k + j, j, ELEM)                     \
     } else {                                                                 \
         const int64_t C = t->cols, R = t->rows, nrow = t->size / C;         \
         const FO_T *restrict rv = (const FO_T *)t->state[0];                 \
         const FO_T *restrict cv = (const FO_T *)t->state[1];                 \
         const double *per = t->work + nrow + nrow / R * C;                   \
-        int64_t e = begin;                                                   \
-        while (e < end) {                                                    \
-            const int64_t row = e / C, b = row / R;                          \
-            const int64_t stop = (row + 1) * C < end ? (row + 1) * C : end;  \
+        int64_t k = 0;                                                       \
+        while (k < n) {                                                      \
+            const int64_t row = (begin + k) / C, b = row / R;                \
+            const int64_t stop = (row + 1) * C - begin < n ? (row + 1) * C - begin : n; \
             const FO_T den = (FO_T)per[b];                                   \
-            const FO_T rf = torch ? rv[row] : rv[row] / den;                 \
+            const FO_T rf = TORCH ? rv[row] : rv[row] / den;                 \
             const FO_T *restrict cb = cv + b * C;                            \
-            const int64_t rowbase = row * C;                                 \
-            for (; e < stop; e++) {                                          \
-                const int64_t i = e - begin;                                 \
-                const FO_T w0 = w[i];                                        \
-                FO_PREP(gi, wi, i);                                          \
-                AF_U_FACT(ui, gi, rf, cb[e - rowbase], den);                        \
-                (void)w0;                                                    \
-                ELEM                                                         \
-            }                                                                \
+            const int64_t base = row * C - begin;  /* cb[i - base]: column of i */ \
+            for (; k < stop && (k & 7); k++)                                 \
+                AF_FACT_ELEM(TORCH, k, (int)(k & 7), ELEM)                   \
+            for (; k + 8 <= stop; k += 8)                                    \
+                for (int j = 0; j < 8; j++)                                  \
+                    AF_FACT_ELEM(TORCH, k + j, j, ELEM)                      \
+            for (; k < stop; k++)                                            \
+                AF_FACT_ELEM(TORCH, k, (int)(k & 7), ELEM)                   \
         }                                                                    \
+    }
+
+#define AF_REDUCE_ELEM(TORCH)                                                \
+    {                                                                        \
+        w[i] = wi;                                                           \
+        const double x = TORCH ? (double)w0 : (double)wi;                    \
+        aw[l_] += x * x;                                                     \
+        au[l_] += (double)ui * (double)ui;                                   \
     }
 
 static void FO_RFN(adafactor)(const fo_tensor *t, int64_t begin, int64_t end, const double *s,
@@ -226,12 +257,11 @@ static void FO_RFN(adafactor)(const fo_tensor *t, int64_t begin, int64_t end, co
     AF_SCALARS;
     double aw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double au[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    AF_PASS(1, {
-        w[i] = wi;
-        const double x = torch ? (double)w0 : (double)wi;
-        aw[i & 7] += x * x;
-        au[i & 7] += (double)ui * (double)ui;
-    })
+    if (torch) {
+        AF_PASS(1, 1, AF_REDUCE_ELEM(1))
+    } else {
+        AF_PASS(0, 1, AF_REDUCE_ELEM(0))
+    }
     acc[0] += ((aw[0] + aw[1]) + (aw[2] + aw[3])) + ((aw[4] + aw[5]) + (aw[6] + aw[7]));
     acc[1] += ((au[0] + au[1]) + (au[2] + au[3])) + ((au[4] + au[5]) + (au[6] + au[7]));
 }
@@ -241,7 +271,11 @@ static void FO_FN(adafactor)(const fo_tensor *t, int64_t begin, int64_t end, con
     FO_KERNEL_BEGIN;
     AF_SCALARS;
     const FO_T step = (FO_T)s[S_step];
-    AF_PASS(0, { w[i] = wi - step * ui; })
+    if (torch) {
+        AF_PASS(1, 0, { w[i] = wi - step * ui; })
+    } else {
+        AF_PASS(0, 0, { w[i] = wi - step * ui; })
+    }
 }
 
 #undef AF_LERP
@@ -249,4 +283,7 @@ static void FO_FN(adafactor)(const fo_tensor *t, int64_t begin, int64_t end, con
 #undef AF_U_PLAIN
 #undef AF_U_FACT
 #undef AF_PASS
+#undef AF_PLAIN_ELEM
+#undef AF_FACT_ELEM
+#undef AF_REDUCE_ELEM
 #endif
