@@ -74,8 +74,16 @@ def cases():
             "adam": lambda p: fo.Adam(p, learning_rate=1e-4),
             "sgd": lambda p: fo.SGD(p, learning_rate=1e-4, momentum=0.9)}), grads
 
+    def factored(cls):
+        def build():
+            params, grads = _arrays(SIZE)
+            params, grads = [params[0][:992].reshape(32, 31)], [grads[0][:992].reshape(32, 31)]
+            return cls(params, learning_rate=1e-4), grads
+        return build
+
     out = [(f"{name} plain", plain(cls)) for name, cls in REGISTRY.items()]
-    out += [("MultiOptimizer (Adam + SGD, 2 x 500)", multi)]
+    out += [("MultiOptimizer (Adam + SGD, 2 x 500)", multi),
+            ("Adafactor, 32x31 matrix (factored)", factored(fo.Adafactor))]
     out += [(f"Adam + {label}", adam_with(opts)) for label, opts in OPTIONS.items()]
     out += [("Adam + schedule on lr (ExponentialDecay)", scheduled),
             ("SGD + OneCycle on lr and momentum", one_cycle),

@@ -13,7 +13,8 @@ figures and the machine) and, when matplotlib is installed, NAME.png
 (ns/element against size, log-log) into --out (default bench/results/).
 ``--smoke`` runs tiny sizes in a few seconds (used by the test suite);
 ``--threshold`` measures, per kernel, the size from which two threads beat one.
-``--fixed-cost`` prints only the per-step fixed cost table (bench/fixed_cost.py).
+``--fixed-cost`` prints only the per-step fixed cost table (bench/fixed_cost.py);
+``--matrix`` only the large-matrix optimizers beside torch (bench/matrix.py).
 ``--in-loop`` times the step inside NumPy and torch training loops, beside BLAS
 and torch threads and a second process (bench/in_loop.py).
 ``--rows`` prints only the embedding-table comparison (bench/rows.py): a
@@ -40,6 +41,7 @@ from fastopt import _core  # noqa: E402
 
 import fixed_cost  # noqa: E402
 import in_loop  # noqa: E402
+import matrix  # noqa: E402
 import impls as I  # noqa: E402
 import resnet50  # noqa: E402
 import rows as rows_bench  # noqa: E402
@@ -419,6 +421,11 @@ def parse(argv):
     ap.add_argument("--rows-table", default=None,
                     help="ROWSxDIM of the --rows table (default 1000000x64; 20000x64 with "
                          "--smoke)")
+    ap.add_argument("--matrix", action="store_true",
+                    help="only the optimizers that work on whole matrices (Adafactor), at "
+                         "--matrix-rows x --matrix-cols, beside torch.optim, at the largest --threads")
+    ap.add_argument("--matrix-rows", type=int, default=2048, help="rows of the --matrix case")
+    ap.add_argument("--matrix-cols", type=int, default=2048, help="columns of the --matrix case")
     args = ap.parse_args(argv)
     args.optimizers = [o for o in args.optimizers.split(",") if o]
     for o in args.optimizers:
@@ -451,6 +458,14 @@ def main(argv=None):
         rows = fixed_cost.measure(threads, number, repeat, log)
         log("")
         log(fixed_cost.markdown(rows, threads, number, repeat))
+        return 0
+    if args.matrix:
+        threads = max(args.threads)
+        number, repeat = (1, 2) if args.smoke else (5, 5)
+        torch_ok = not args.no_torch and I.torch_available()
+        rows = matrix.measure(args.matrix_rows, args.matrix_cols, threads, number, repeat, torch_ok, log)
+        log("")
+        log(matrix.markdown(rows, args.matrix_rows, args.matrix_cols, threads, number, repeat))
         return 0
     load_before = loadavg()
     log(f"load average before: {load_before}")

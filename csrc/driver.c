@@ -502,6 +502,119 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
             out[plan->chunks[c].tensor * FO_NRED + j] += scratch[c * FO_NRED + j];
 }
 
+/* ---- the row/column pass of factored kernels ---------------------------- */
+
+int64_t fo_work_size(int64_t size, int64_t rows, int64_t cols)
+{
+    if (cols <= 0 || rows <= 0 || size == 0)
+        return 0;
+    const int64_t nrow = size / cols, batch = nrow / rows;
+    return nrow + batch * cols + batch;
+}
+
+static int64_t fo_rc_blocks(const fo_tensor *t)
+{
+    return t->frows < FO_RC_BLOCKS ? t->frows : FO_RC_BLOCKS;
+}
+
+static int fo_factored(const fo_tensor *t)
+{
+    return t->fcols > 0 && t->frows > 0 && t->size > 0;
+}
+
+int64_t fo_rowcol_scratch(const fo_plan *plan)
+{
+    int64_t n = 0;
+    for (int32_t i = 0; i < plan->ntensors; i++) {
+        const fo_tensor *t = &plan->tensors[i];
+        if (fo_factored(t))
+            n += t->size / (t->frows * t->fcols) * fo_rc_blocks(t) * t->fcols;
+    }
+    return n;
+}
+
+/* Thread `part` of `parts` runs the work items [lo, hi) of fo_step_rowcol,
+ * walking the tensors once. */
+static void fo_rowcol_part(const fo_plan *plan, fo_rowcol_fn f32, fo_rowcol_fn f64,
+                           const double *rows, double *scratch, int64_t nitems, int part,
+                           int parts)
+{
+    const int64_t lo = nitems * part / parts, hi = nitems * (part + 1) / parts;
+    int64_t first = 0, off = 0;
+    for (int32_t i = 0; i < plan->ntensors && first < hi; i++) {
+        const fo_tensor *t = &plan->tensors[i];
+        if (!fo_factored(t))
+            continue;
+        const int64_t nb = fo_rc_blocks(t), n = t->size / (t->frows * t->fcols) * nb;
+        for (int64_t it = lo > first ? lo : first; it < first + n && it < hi; it++) {
+            const int64_t local = it - first, b = local / nb, blk = local % nb;
+            double *col = scratch + off + local * t->fcols;
+            for (int64_t j = 0; j < t->fcols; j++)
+                col[j] = 0.0;
+            if (t->grad == NULL)
+                continue;
+            const int64_t r0 = b * t->frows + t->frows * blk / nb;
+            const int64_t r1 = b * t->frows + t->frows * (blk + 1) / nb;
+            (t->dtype == FO_FLOAT32 ? f32 : f64)(t, r0, r1,
+                                                 rows + (int64_t)t->row * FO_NSCALARS,
+                                                 t->work + r0, col);
+        }
+        first += n;
+        off += n * t->fcols;
+    }
+}
+
+void fo_step_rowcol(const fo_plan *plan, int32_t kernel, const double *rows, double *scratch,
+                    int nthreads)
+{
+    const fo_kernel_info *k = fo_kernel(kernel);
+    const int simd = fo_simd_get();
+    const fo_rowcol_fn f32 = k->rowcol[simd][FO_FLOAT32], f64 = k->rowcol[simd][FO_FLOAT64];
+    if (f32 == NULL || f64 == NULL)
+        return;
+    /* Work items: (tensor, matrix, block of rows); their number, their rows
+     * and their scratch follow from the shapes alone. */
+    int64_t nitems = 0, active = 0;
+    for (int32_t i = 0; i < plan->ntensors; i++) {
+        const fo_tensor *t = &plan->tensors[i];
+        if (fo_factored(t)) {
+            nitems += t->size / (t->frows * t->fcols) * fo_rc_blocks(t);
+            if (t->grad != NULL)
+                active += t->size;
+        }
+    }
+    if (active == 0)
+        return;
+    const int team = fo_team_size(active, fo_costs[kernel], nthreads);
+    (void)team;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(team) if (team > 1)
+    fo_rowcol_part(plan, f32, f64, rows, scratch, nitems, omp_get_thread_num(),
+                   omp_get_num_threads());
+#else
+    fo_rowcol_part(plan, f32, f64, rows, scratch, nitems, 0, 1);
+#endif
+    int64_t off = 0;
+    for (int32_t i = 0; i < plan->ntensors; i++) {
+        const fo_tensor *t = &plan->tensors[i];
+        if (!fo_factored(t))
+            continue;
+        const int64_t nb = fo_rc_blocks(t), batch = t->size / (t->frows * t->fcols);
+        if (t->grad != NULL) {
+            double *colsum = t->work + t->size / t->fcols;
+            for (int64_t b = 0; b < batch; b++)
+                for (int64_t j = 0; j < t->fcols; j++) {
+                    double acc = 0.0;
+                    for (int64_t blk = 0; blk < nb; blk++)
+                        acc += scratch[off + (b * nb + blk) * t->fcols + j];
+                    colsum[b * t->fcols + j] = acc;
+                }
+            k->fold[t->dtype](t, rows + (int64_t)t->row * FO_NSCALARS);
+        }
+        off += batch * nb * t->fcols;
+    }
+}
+
 void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int nthreads)
 {
     const int64_t nc = plan->nchunks;

@@ -58,6 +58,13 @@ typedef struct {
     const void *const *rgrad;
     int64_t nrows;
     int64_t width;
+    /* Factored view, for a kernel with a row/column pass (FO_KERNEL_ROWCOL):
+     * the tensor as size/(frows*fcols) matrices of frows x fcols (its last two
+     * axes).  fcols == 0: not factored (fewer than two axes, or a kernel
+     * without the pass); then work is NULL. */
+    int64_t frows, fcols;
+    double *work;                /* fo_work_size(t) doubles: row sums, column sums,
+                                    one value per matrix (see fo_step_rowcol) */
 } fo_tensor;
 
 typedef void (*fo_kernel_fn)(const fo_tensor *t, int64_t begin, int64_t end,
@@ -89,8 +96,20 @@ typedef struct {
 typedef double (*fo_scalars_fn)(const fo_ctx *c, double *s);
 
 /* Turns a tensor's row and the FO_NRED sums of the reduction pass into the
- * row of its elementwise pass (Lamb's trust ratio). */
-typedef void (*fo_finish_fn)(const double *sums, double *s);
+ * row of its elementwise pass (Lamb's trust ratio, Adafactor's RMS scaling). */
+typedef void (*fo_finish_fn)(const fo_tensor *t, const double *sums, double *s);
+
+/* A row/column pass over the rows [r0, r1) of one matrix of a factored
+ * tensor (row indices of its (size/cols) x cols view): stores each row's sum
+ * of the kernel's elementwise quantity in rowsum[r - r0] and adds each
+ * column's sum to colsum[j] (zero on entry), in element order. */
+typedef void (*fo_rowcol_fn)(const fo_tensor *t, int64_t r0, int64_t r1, const double *s,
+                             double *rowsum, double *colsum);
+
+/* Turns one factored tensor's row and column sums (in t->work) into its
+ * factored state and the one value per matrix its passes read; serial,
+ * O(rows + cols) per matrix. */
+typedef void (*fo_fold_fn)(const fo_tensor *t, const double *s);
 
 typedef struct {
     const char *name;
@@ -105,6 +124,8 @@ typedef struct {
     int32_t (*nstate_used)(const double *s);
     fo_kernel_fn fn[FO_SIMD_COUNT][2];   /* [simd][dtype] */
     fo_reduce_fn reduce[FO_SIMD_COUNT][2];   /* NULL unless the kernel has a reduction pass */
+    fo_rowcol_fn rowcol[FO_SIMD_COUNT][2];   /* NULL unless the kernel has a row/column pass */
+    fo_fold_fn fold[2];                      /* [dtype]; with the row/column pass */
 } fo_kernel_info;
 
 typedef struct {
@@ -158,6 +179,27 @@ double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which);
  * doubles.  Does nothing for a kernel without a reduction pass. */
 void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
                     double *scratch, int nthreads);
+
+/* Blocks of rows per matrix in the row/column pass: each block's column sums
+ * are kept apart and added in block order, so the result does not depend on
+ * the thread count, and the scratch is at most FO_RC_BLOCKS columns' worth
+ * per matrix. */
+#define FO_RC_BLOCKS 16
+
+/* Doubles of a factored tensor's work array: one per row of its
+ * (size/cols) x cols view, one per column of each matrix, one per matrix. */
+int64_t fo_work_size(int64_t size, int64_t rows, int64_t cols);
+
+/* Doubles of scratch fo_step_rowcol needs for this plan. */
+int64_t fo_rowcol_scratch(const fo_plan *plan);
+
+/* The kernel's row/column pass over every factored tensor whose grad is set:
+ * row sums into t->work[0 .. size/cols), column sums per matrix after them
+ * (blocks of rows run in parallel, their column sums combined in block
+ * order: the same bits for any thread count), then the kernel's fold per
+ * tensor.  Does nothing for a kernel without the pass. */
+void fo_step_rowcol(const fo_plan *plan, int32_t kernel, const double *rows, double *scratch,
+                    int nthreads);
 
 /* The correctly rounded sum of x[0..n) (as Python's math.fsum), +inf when
  * the exact sum overflows, NaN when any x is NaN. */

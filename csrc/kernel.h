@@ -31,15 +31,20 @@
  * reads with the scalar row s (Adam reads vhat only with amsgrad; the host
  * checks a tensor has them before each step); FO_KERNEL_REDUCE with a
  * reduction pass FO_RFN(NAME) and FO_KERNEL_FINISH, the function that turns
- * its sums into the row of the elementwise pass (Lamb); FO_KERNEL_AUX, the
- * number of host values (1 or 2) the scalar function keeps per tensor, or
- * per group with one clock (Nadam's momentum product).
+ * its sums into the row of the elementwise pass (Lamb); FO_KERNEL_ROWCOL with
+ * a row/column pass FO_CFN(NAME) and a fold FO_FFN(NAME), for a kernel
+ * whose state of a param with two or more axes is factored: one value per
+ * row and one per column of each matrix over the last two axes
+ * (Adafactor; see fo_step_rowcol); FO_KERNEL_AUX, the number of host values
+ * (1 or 2) the scalar function keeps per tensor, or per group with one clock
+ * (Nadam's momentum product).
  * Variants differ only in the instruction set gcc may use to vectorise the
  * plain C loop; with -ffp-contract=off they give bit-identical results.
  */
 #ifndef FO_KERNEL_H
 #define FO_KERNEL_H
 
+#include <float.h>
 #include <math.h>
 #include "fastopt.h"
 
@@ -60,6 +65,11 @@
 #define FO_FN(name) FO_CAT4(k, name, FO_DT, FO_VAR)
 /* the reduction pass of a kernel that has one (FO_KERNEL_REDUCE defined) */
 #define FO_RFN(name) FO_CAT4(kr, name, FO_DT, FO_VAR)
+/* the row/column pass and the fold of a kernel with factored state
+ * (FO_KERNEL_ROWCOL defined); the fold is serial, so only its baseline
+ * instance is used */
+#define FO_CFN(name) FO_CAT4(kc, name, FO_DT, FO_VAR)
+#define FO_FFN(name) FO_CAT4(kf, name, FO_DT, FO_VAR)
 
 /* Common start of every kernel: typed pointers to [begin, end) and the
  * shared scalars converted once to the element type. */

@@ -6,7 +6,8 @@ Each row runs one optimizer with convention="keras" and with
 convention="torch" on the same float64 parameters (256 values) and the same
 gradient sequence (N(0, 0.1^2), independent of the weights) and reports
 ``||dw_keras - dw_torch|| / ||dw_torch||`` of the displacements
-``dw = w_t - w_0`` after 1, 10 and 200 updates.  Unless a row says otherwise
+``dw = w_t - w_0`` after 1, 10 and 200 updates (the same 256 values as a
+16x16 matrix where a row names a shape).  Unless a row says otherwise
 both sides get the same hyper-parameters, so what remains is the formulas.
 """
 import numpy as np
@@ -69,17 +70,24 @@ ROWS = [
      {"learning_rate": decaying(2.5e-3)}),
     ("ScheduleFreeAdamW(weight_decay=0.01): Keras decoupled vs torch at y",
      "ScheduleFreeAdamW", {"weight_decay": 0.01}, {"weight_decay": 0.01}),
+    ("Adafactor, equal lr 1e-2, each library's epsilon_1 (vector, unfactored)", "Adafactor",
+     {"learning_rate": 1e-2}, {"learning_rate": 1e-2}),
+    ("Adafactor 16x16 (factored), equal lr 1e-2, each library's epsilon_1", "Adafactor",
+     {"learning_rate": 1e-2}, {"learning_rate": 1e-2}, (16, 16)),
+    ("Adafactor 16x16, weight_decay 0.1 (RMS(w) after vs before the decay)", "Adafactor",
+     {"learning_rate": 1e-2, "weight_decay": 0.1},
+     {"learning_rate": 1e-2, "weight_decay": 0.1}, (16, 16)),
 ]
 
 
-def displacements(cls, kwargs, convention, grads, w0):
-    w = w0.copy()
+def displacements(cls, kwargs, convention, grads, w0, shape=(N,)):
+    w = w0.reshape(shape).copy()
     opt = cls([w], convention=convention, **kwargs)
     out = {}
     for t, g in enumerate(grads, start=1):
-        opt.step([g])
+        opt.step([g.reshape(shape)])
         if t in REPORT:
-            out[t] = w - w0
+            out[t] = w.ravel() - w0
     return out
 
 
@@ -88,10 +96,10 @@ def measure():
     w0 = rng.standard_normal(N)
     grads = [rng.normal(0.0, 0.1, N) for _ in range(STEPS)]
     rows = []
-    for label, name, kk, kt in ROWS:
+    for label, name, kk, kt, *shape in ROWS:
         cls = getattr(fo, name)
-        dk = displacements(cls, kk, "keras", grads, w0)
-        dt = displacements(cls, kt, "torch", grads, w0)
+        dk = displacements(cls, kk, "keras", grads, w0, *shape)
+        dt = displacements(cls, kt, "torch", grads, w0, *shape)
         rows.append((label, [float(np.linalg.norm(dk[t] - dt[t]) / np.linalg.norm(dt[t]))
                              for t in REPORT]))
     return rows

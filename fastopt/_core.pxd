@@ -42,6 +42,9 @@ cdef extern from "fastopt.h" nogil:
         const void *const *rgrad
         int64_t nrows
         int64_t width
+        int64_t frows
+        int64_t fcols
+        double *work
 
     ctypedef struct fo_ctx:
         const double *hp
@@ -53,7 +56,7 @@ cdef extern from "fastopt.h" nogil:
         double *aux2_next
 
     ctypedef double (*fo_scalars_fn)(const fo_ctx *c, double *s)
-    ctypedef void (*fo_finish_fn)(const double *sums, double *s)
+    ctypedef void (*fo_finish_fn)(const fo_tensor *t, const double *sums, double *s)
 
     ctypedef struct fo_kernel_info:
         const char *name
@@ -64,6 +67,7 @@ cdef extern from "fastopt.h" nogil:
         fo_scalars_fn scalars_fn
         fo_finish_fn finish
         int32_t (*nstate_used)(const double *s)
+        void *rowcol[FO_SIMD_COUNT][2]
 
     ctypedef struct fo_plan:
         fo_tensor *tensors
@@ -80,6 +84,10 @@ cdef extern from "fastopt.h" nogil:
     void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int nthreads)
     double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which)
     void fo_init()
+    int64_t fo_work_size(int64_t size, int64_t rows, int64_t cols)
+    int64_t fo_rowcol_scratch(const fo_plan *plan)
+    void fo_step_rowcol(const fo_plan *plan, int32_t kernel, const double *rows, double *scratch,
+                        int nthreads)
     double fo_fsum(const double *x, int64_t n)
     int64_t fo_rows_coalesce(const void *idx, int idx64, int64_t n, int64_t limit,
                              const void *values, int64_t width, int32_t dtype, int64_t *rows,

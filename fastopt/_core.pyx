@@ -200,7 +200,10 @@ cdef class Engine:
 
     ``Engine(kernel, params, states)``: ``params`` is a list of ndarrays that
     are updated in place, ``states[i]`` the list of state arrays of
-    ``params[i]`` (each of the param's shape and dtype).  Per step:
+    ``params[i]`` (each of the param's shape and dtype; for a kernel with
+    factored state and a param of two or more axes, exactly two: one value
+    per row, of shape ``shape[:-1]``, and one per column of each matrix, of
+    shape ``shape[:-2] + shape[-1:]``).  Per step:
     ``set_grads(grads)`` validates and binds the gradients (raising before
     anything is written), optional reductions read them, ``run(rows,
     nthreads)`` applies the kernel with the scalar rows and unbinds them.
@@ -248,6 +251,9 @@ cdef class Engine:
     cdef int32_t max_row
     cdef double *dscratch
     cdef int64_t *iscratch
+    cdef double *work           # factored tensors' work arrays, one block
+    cdef double *rcscratch      # the row/column pass's column sums per block of rows
+    cdef bint factored          # the kernel keeps factored state (a row/column pass)
     cdef list held
     # row gradients: per tensor, the distinct rows, their gradients and the
     # sums of repeated rows of the RowGrad bound now (grown, never shrunk)
@@ -269,12 +275,15 @@ cdef class Engine:
         self.rg_scratch = NULL
         self.rg_scratch_cap = 0
         self.nrowgrads = 0
+        self.work = NULL
+        self.rcscratch = NULL
 
     def __init__(self, str kernel, list params, list states):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; known: {sorted(KERNELS)}")
         self.kernel = KERNELS[kernel]
         self.info = fo_kernel(self.kernel)
+        self.factored = self.info.rowcol[0][0] != NULL
         cdef int32_t nstate_max = self.info.nstate
         cdef Py_ssize_t n = len(params), i, j, k, total_dims = 0
         if len(states) != n:
@@ -314,7 +323,7 @@ cdef class Engine:
         self.arrays = []
 
         cdef cnp.ndarray p, s
-        cdef int64_t at = 0
+        cdef int64_t at = 0, nwork = 0
         ranges = []
         for i in range(n):
             p = <cnp.ndarray>self.params[i]
@@ -329,7 +338,22 @@ cdef class Engine:
             self.tensors[i].size = cnp.PyArray_SIZE(p)
             self.tensors[i].dtype = FO_FLOAT32 if self.typenums[i] == cnp.NPY_FLOAT else FO_FLOAT64
             self.tensors[i].row = 0
+            self.tensors[i].frows = 0
+            self.tensors[i].fcols = 0
+            self.tensors[i].work = NULL
             self.nstates[i] = <int32_t>len(self.states[i])
+            shapes_of_state = [(<object>p).shape] * len(self.states[i])
+            if self.factored and self.ndims[i] >= 2:
+                shp = (<object>p).shape
+                if len(self.states[i]) != 2:
+                    raise ValueError(f"kernel {kernel!r} keeps factored state: params[{i}] of "
+                                     f"shape {shp} needs 2 state arrays; got "
+                                     f"{len(self.states[i])}")
+                nd = len(shp)      # (wraparound is off: no negative indices)
+                shapes_of_state = [shp[:nd - 1], shp[:nd - 2] + (shp[nd - 1],)]
+                self.tensors[i].frows = shp[nd - 2]
+                self.tensors[i].fcols = shp[nd - 1]
+                nwork += fo_work_size(self.tensors[i].size, shp[nd - 2], shp[nd - 1])
             self._track(p, i, -1)
             if cnp.PyArray_NBYTES(p) > 0:
                 ranges.append((<uintptr_t>cnp.PyArray_DATA(p), cnp.PyArray_NBYTES(p), i, -1))
@@ -339,12 +363,13 @@ cdef class Engine:
                     raise ValueError(f"state {k} of params[{i}] must be an ndarray; got "
                                      f"{_describe(obj)}")
                 s = <cnp.ndarray>obj
-                if (cnp.PyArray_TYPE(s) != self.typenums[i] or obj.shape != (<object>p).shape
+                if (cnp.PyArray_TYPE(s) != self.typenums[i] or obj.shape != shapes_of_state[k]
                         or not cnp.PyArray_ISNOTSWAPPED(s)
                         or (cnp.PyArray_FLAGS(s) & _REQUIRED_FLAGS) != _REQUIRED_FLAGS):
                     raise ValueError(f"state {k} of params[{i}] must be a writeable, aligned, "
                                      f"C-contiguous ndarray of the param's dtype (native byte "
-                                     f"order) and shape; got {_describe(obj)}")
+                                     f"order) and of shape {shapes_of_state[k]}; got "
+                                     f"{_describe(obj)}")
                 self.tensors[i].state[k] = cnp.PyArray_DATA(s)
                 self._track(s, i, k)
                 if cnp.PyArray_NBYTES(s) > 0:
@@ -369,6 +394,15 @@ cdef class Engine:
         if fo_plan_init(&self.plan, self.tensors, self.n) != FO_OK:
             raise MemoryError("could not allocate the work list")
         self.planned = True
+        self.work = <double *>_alloc(max(nwork, 1) * sizeof(double))
+        memset(self.work, 0, max(nwork, 1) * sizeof(double))
+        at = 0
+        for i in range(n):
+            if self.tensors[i].fcols > 0:
+                self.tensors[i].work = self.work + at
+                at += fo_work_size(self.tensors[i].size, self.tensors[i].frows,
+                                   self.tensors[i].fcols)
+        self.rcscratch = <double *>_alloc(max(fo_rowcol_scratch(&self.plan), 1) * sizeof(double))
         self.dscratch = <double *>_alloc(max(self.plan.nchunks, 1) * FO_NRED * sizeof(double))
         self.iscratch = <int64_t *>_alloc(max(self.plan.nchunks, 1) * sizeof(int64_t))
         self.rows_cap = 0
@@ -468,6 +502,8 @@ cdef class Engine:
         free(self.rows)
         free(self.dscratch)
         free(self.iscratch)
+        free(self.work)
+        free(self.rcscratch)
 
     @property
     def nchunks(self):
@@ -1349,7 +1385,8 @@ cdef class Stepper:
     cdef void _apply(self, int32_t *nrows, int nthreads) noexcept:
         """The kernel over every bound tensor; a kernel with a reduction pass
         runs it first and its finish function turns each tensor's sums into
-        the row of the elementwise pass."""
+        the row of the elementwise pass; a kernel with factored state runs its
+        row/column pass (and fold) before them."""
         cdef Engine eng = self.engine
         cdef Py_ssize_t i
         cdef int32_t r
@@ -1358,13 +1395,16 @@ cdef class Stepper:
                 fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)
             return
         cdef double *sums = self.dbuf
+        if eng.factored:
+            with nogil:
+                fo_step_rowcol(&eng.plan, eng.kernel, eng.rows, eng.rcscratch, nthreads)
         with nogil:
             fo_step_reduce(&eng.plan, eng.kernel, eng.rows, sums, eng.dscratch, nthreads)
         for i in range(self.n):
             if eng.tensors[i].grad == NULL:
                 continue
             r = self._copy_row(eng.tensors[i].row, nrows)
-            self.info.finish(sums + i * FO_NRED, eng.rows + <int64_t>r * FO_NSCALARS)
+            self.info.finish(&eng.tensors[i], sums + i * FO_NRED, eng.rows + <int64_t>r * FO_NSCALARS)
             eng.tensors[i].row = r
         with nogil:
             fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)

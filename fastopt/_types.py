@@ -36,11 +36,9 @@ ConventionName = Literal["keras", "torch"]
 LoadPolicy = Optional[Literal["checkpoint", "optimizer"]]
 
 
-class Options(TypedDict, total=False):
-    """Keywords every optimizer takes (see :class:`fastopt.Optimizer`)."""
+class CommonOptions(TypedDict, total=False):
+    """The option keywords every optimizer takes (see :class:`fastopt.Optimizer`)."""
 
-    lr: HyperValue
-    eps: HyperValue
     decoupled_weight_decay: Optional[bool]
     maximize: bool
     clipvalue: Optional[float]
@@ -59,6 +57,21 @@ class Options(TypedDict, total=False):
     swa_decay: Optional[float]
 
 
+class Options(CommonOptions, total=False):
+    """Keywords every optimizer takes: the options, and the aliases ``lr`` and ``eps``."""
+
+    lr: HyperValue
+    eps: HyperValue
+
+
+class OptionsEpsPair(CommonOptions, total=False):
+    """As :class:`Options` with ``weight_decay``, for an optimizer whose ``eps``
+    is a pair (Adafactor) and so a keyword of its own."""
+
+    lr: HyperValue
+    weight_decay: Optional[HyperValue]
+
+
 class OptionsWithDecay(Options, total=False):
     """:class:`Options` and ``weight_decay`` (AdamW lists it among its own)."""
 
@@ -66,4 +79,5 @@ class OptionsWithDecay(Options, total=False):
 
 
 __all__ = ["Array", "Schedule", "HyperValue", "HyperPair", "Params", "Grads",
-           "ConventionName", "LoadPolicy", "Options", "OptionsWithDecay", "np"]
+           "ConventionName", "LoadPolicy", "CommonOptions", "Options", "OptionsEpsPair",
+           "OptionsWithDecay", "np"]

@@ -78,7 +78,7 @@ class _HyperAttribute:
 
 def _tuple_parts(key, value, names, form, where):
     try:
-        parts = tuple(value)
+        parts = None if isinstance(value, (str, bytes)) else tuple(value)
     except TypeError:
         parts = None
     if parts is None or len(parts) != len(names):
@@ -297,6 +297,12 @@ class Optimizer(Options):
         """Names of the state arrays a group with these settings uses."""
         return self.variables
 
+    def state_layout(self, group, p):
+        """``(name, shape)`` of each state array param ``p`` of ``group`` keeps
+        (the names of :meth:`state_names`, each of ``p``'s shape, unless the
+        kernel keeps factored state)."""
+        return [(n, p.shape) for n in self.state_names(group)]
+
     def check(self, hp, where):
         """Rules across hyper-parameters (constants, and scheduled values per step)."""
 
@@ -389,7 +395,8 @@ class Optimizer(Options):
             snames = self.state_names(group)
             group_state.append((dict(group, params=list(group["params"])), snames))
             for p in group["params"]:
-                state.append([self._initial_array(p, group, n) for n in snames])
+                state.append([self._initial_array(p, group, n, shape)
+                              for n, shape in self.state_layout(group, p)])
         group_of = [gi for gi, g in enumerate(all_groups) for _ in g["params"]]
         cls, conv = type(self), self._conv
         engine = _core.Engine(cls.kernel, params, state)     # refuses overlapping params
@@ -460,13 +467,16 @@ class Optimizer(Options):
                     f"with every group, or add it before the first step")
             self._add_groups(split_param_groups([param_group]))
 
-    def _initial_array(self, p, group, name):
-        """A new state array: a copy of the parameter (``initial[name] ==
-        "param"``), filled with a hyper-parameter's value, or zeros."""
+    def _initial_array(self, p, group, name, shape):
+        """A new state array of ``shape``: a copy of the parameter
+        (``initial[name] == "param"``), filled with a hyper-parameter's value,
+        or zeros (factored state has a shape of its own)."""
         source = self.initial.get(name)
         if source == "param":
             return p.copy()
-        return np.zeros_like(p) if source is None else np.full_like(p, group[source])
+        if source is not None:
+            return np.full_like(p, group[source])
+        return np.zeros_like(p) if shape == p.shape else np.zeros(shape, dtype=p.dtype)
 
     # ---- hyper-parameters ----------------------------------------------------
 
@@ -696,8 +706,8 @@ class Optimizer(Options):
         """Per-parameter state arrays, by name (live views: do not resize)."""
         out: list[dict[str, Array]] = []
         for group in self.param_groups:
-            names = self.state_names(group)
-            for _ in group["params"]:
+            for p in group["params"]:
+                names = [n for n, _ in self.state_layout(group, p)]
                 out.append(dict(zip(names, self._state[len(out)])))
         return out
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._types import (ConventionName, HyperPair, HyperValue, LoadPolicy, Options,
-                         OptionsWithDecay, Params)
+                         OptionsEpsPair, OptionsWithDecay, Params)
 
 BETAS: "dict[str, tuple[tuple[str, ...], str]]" = {"betas": (("beta_1", "beta_2"), "(b1, b2)")}
 
@@ -1401,3 +1401,142 @@ class SparseAdam(Optimizer):
                  **kwargs: Unpack[OptionsWithDecay]) -> None:
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, betas=betas, **kwargs)
+
+
+class Adafactor(Optimizer):
+    r"""Adafactor: Adam-like steps with a factored second moment and relative step sizes.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        Arrays updated in place, or param groups.
+    learning_rate : float or schedule
+        The cap of the relative step ``rho = min(lr, 1/sqrt(t))`` and the
+        factor of weight decay.  Keras default 1e-3, torch 1e-2.  ``lr`` is an
+        alias.
+    beta_2_decay : float or schedule
+        ``<= 0``: the second moment's decay is ``1 - t^beta_2_decay`` (-0.8).
+        torch's name ``beta2_decay`` is an alias.
+    epsilon_1 : float
+        Keras: added to ``g^2`` (1e-30).  torch: the floor of the row mean
+        and, squared, of the second moment estimate; its default ``None``
+        (kept as ``-1.0`` in the param group) is the machine epsilon of each
+        param's dtype, as in torch.
+    epsilon_2 : float
+        Floor of the parameter's RMS in the step size (1e-3).
+    clip_threshold : float
+        ``d``: the update is scaled down to RMS ``d`` at most (1.0).  torch's
+        name ``d`` is an alias (torch requires ``d >= 1``).
+    eps : tuple
+        torch's pair ``(epsilon_1, epsilon_2)``, e.g. ``(None, 1e-3)``.
+    relative_step : bool
+        Keras's flag.  Keras 3 applies ``rho = min(lr, 1/sqrt(t))`` whatever
+        it says, so only ``True`` is accepted: ``False`` would change nothing.
+    convention : {"keras", "torch"}
+        Keras 3 or torch.optim formulas and defaults.
+    weight_decay : float or schedule
+        Decoupled in both conventions: ``w <- w*(1 - lr*weight_decay)``.
+
+    Notes
+    -----
+    With ``t`` the 1-based step (Keras: ``iterations + 1``; torch: the
+    param's own count), ``rho = min(lr, 1/sqrt(t))``::
+
+        keras: b = 1 - t^decay,  q = g^2 + eps1
+               r <- b*r + (1-b)*mean(q, axis=-1);  c <- b*c + (1-b)*mean(q, axis=-2)
+               v  = r/mean(r) (outer) c;  for params of < 2 axes: v <- b*v + (1-b)*q
+               u  = g/sqrt(v)
+        torch: a = t^decay,  q = g^2,  eps1 = dtype epsilon unless given
+               r <- lerp(r, mean(q, axis=-1), a);  c <- lerp(c, mean(q, axis=-2), a)
+               v  = r (outer) c / max(mean(r), eps1);  for < 2 axes: v <- lerp(v, q, a)
+               u  = g/sqrt(max(v, eps1^2))
+        alpha = max(eps2, RMS(w))*rho       (keras: RMS after weight decay, torch: before)
+        w <- w - alpha/max(1, RMS(u)/d) * u
+
+    A param of two or more axes is factored over its last two axes, as both
+    libraries do: its state is ``row`` (shape ``shape[:-1]``) and ``col``
+    (``shape[:-2] + shape[-1:]``), O(rows + cols) per matrix; Keras also
+    allocates a full-size ``velocity`` it only overwrites, fastopt does not.
+    Params of fewer axes keep ``v``.  The row and column sums run in C in a
+    fixed order (blocks of rows whose column sums are added in block order),
+    so the result is the same for any thread count.  The RMS of the update
+    needs the whole tensor: ``ShardedOptimizer`` refuses Adafactor.
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> W = np.ones((2, 3))
+    >>> opt = fo.Adafactor([W], learning_rate=0.01)
+    >>> opt.step([np.full((2, 3), 0.5)])
+    >>> np.round(W, 4)
+    array([[0.99, 0.99, 0.99],
+           [0.99, 0.99, 0.99]])
+    >>> [a.shape for a in opt.state_arrays()[0]]
+    [(2,), (3,)]
+    """
+
+    kernel = "adafactor"
+    hyper = {
+        "learning_rate": HP(keras=1e-3, torch=1e-2, check=NONNEG),
+        "beta_2_decay": HP(-0.8, check=NONPOS, aliases=("beta2_decay",)),
+        "epsilon_1": HP(keras=1e-30, torch=-1.0),
+        "epsilon_2": HP(1e-3, check=NONNEG),
+        "clip_threshold": HP(1.0, check=POSITIVE, aliases=("d",)),
+        "relative_step": HP(keras=True, kind=bool, kernel=False),
+    }
+    tuple_aliases = {"eps": (("epsilon_1", "epsilon_2"), "(eps1, eps2)")}
+    variables = ("row", "col", "v")
+    elementwise = False
+    decoupled_only = True
+    check_conventions = ("keras", "torch")
+
+    beta_2_decay: HyperValue
+    epsilon_1: HyperValue
+    epsilon_2: HyperValue
+    clip_threshold: HyperValue
+    relative_step: bool
+    eps: HyperPair
+    beta2_decay: HyperValue
+    d: HyperValue
+
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None, beta_2_decay: HyperValue | None = None,
+                 epsilon_1: HyperValue | None = None, epsilon_2: HyperValue | None = None,
+                 clip_threshold: HyperValue | None = None, relative_step: bool | None = None, *,
+                 eps: Any = None, beta2_decay: HyperValue | None = None,
+                 d: HyperValue | None = None, convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsEpsPair]) -> None:
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         beta_2_decay=beta_2_decay, epsilon_1=epsilon_1, epsilon_2=epsilon_2,
+                         clip_threshold=clip_threshold, relative_step=relative_step, eps=eps,
+                         beta2_decay=beta2_decay, d=d, **kwargs)
+
+    def check(self, hp, where):
+        eps1 = hp.get("epsilon_1")
+        if eps1 is not None and not is_schedule(eps1) and eps1 < 0:
+            if not (self.convention == "torch" and eps1 == -1.0):
+                raise ValueError(f"{where}epsilon_1 must be >= 0"
+                                 f"{' (or None: the dtype epsilon)' if self.convention == 'torch' else ''}"
+                                 f"; got {eps1!r}")
+        d = hp.get("clip_threshold")
+        if self.convention == "torch" and d is not None and not is_schedule(d) and d < 1:
+            raise ValueError(f"{where}clip_threshold (torch's d) must be >= 1 in the torch "
+                             f"convention (as torch.optim.Adafactor); got {d!r}")
+        if hp.get("relative_step") is False:
+            raise ValueError(f"{where}relative_step=False is not supported: Keras 3 applies "
+                             f"rho = min(learning_rate, 1/sqrt(t)) whether it is set or not, "
+                             f"so False would change nothing. Leave it True")
+
+    def _canonical_items(self, items, where, caller):
+        # torch's eps=(None, eps2): None is each dtype's machine epsilon, kept as -1.0
+        def torch_eps(key, value):
+            if (key == "eps" and self.convention == "torch" and isinstance(value, (tuple, list))
+                    and len(value) == 2 and value[0] is None):
+                return (-1.0, value[1])
+            return value
+        return super()._canonical_items([(k, torch_eps(k, v)) for k, v in items], where,
+                                        caller)
+
+    def state_layout(self, group, p):
+        if p.ndim >= 2:
+            return [("row", p.shape[:-1]), ("col", p.shape[:-2] + p.shape[-1:])]
+        return [("v", p.shape)]

@@ -166,6 +166,12 @@ def _rmsprop_state(hp, w):
     return st
 
 
+def _adafactor_state(hp, w):
+    if w.ndim >= 2:     # factored over the last two axes
+        return {"row": np.zeros(w.shape[:-1]), "col": np.zeros(w.shape[:-2] + w.shape[-1:])}
+    return {"v": np.zeros_like(w)}
+
+
 # ---- the table --------------------------------------------------------------------------
 
 optim_db = [
@@ -554,6 +560,33 @@ optim_db = [
         torch_name="SparseAdam",
         torch_cases=[{}, {"beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-3, "maximize": True}],
         torch_sparse=True,
+    ),
+    OptimizerInfo(
+        "Adafactor",
+        rules={"keras": ref.adafactor_keras, "torch": ref.adafactor_torch},
+        initial_state=_adafactor_state,
+        decoupled_always=True,
+        cases=[
+            ({}, BOTH),
+            ({"weight_decay": 0.05, "clipvalue": 0.3}, BOTH),
+            ({"beta_2_decay": -0.5, "epsilon_1": 1e-6, "epsilon_2": 1e-2,
+              "clip_threshold": 0.5}, KERAS),
+            ({"eps": (1e-5, 1e-2), "clip_threshold": 1.5, "maximize": True}, TORCH),
+        ],
+        # tests/golden_anchors.py (torch 2.13, Keras 3.15 with float64 kept; more rows,
+        # on matrices, in tests/data/golden_anchors.json)
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9767666380, -2.0026632675, 0.4791978932],
+             [0.9767666380, -2.0026632675, 0.4791978932]),
+        ],
+        torch_name="Adafactor", keras_name="Adafactor",
+        torch_renames={"clip_threshold": "d", "beta_2_decay": "beta2_decay"},
+        torch_cases=[
+            {},
+            {"weight_decay": 0.05, "eps": (1e-5, 1e-2), "clip_threshold": 1.5,
+             "maximize": True},
+        ],
     ),
 ]
 

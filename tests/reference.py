@@ -284,6 +284,56 @@ def sparse_adam_torch(w, g, st, hp, t):
     st["v"] = st["v"] + (g * g - st["v"]) * (1 - b2)
     step_size = hp["learning_rate"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
     return w - step_size * (st["m"] / (np.sqrt(st["v"]) + hp["epsilon"]))
+def _rms(x):
+    return math.sqrt(float(np.mean(x * x))) if x.size else 0.0
+
+
+def _adafactor_state(w, st):
+    """True when there is anything to update (an empty param keeps its state)."""
+    if w.ndim >= 2 and not st:
+        st["row"] = np.zeros(w.shape[:-1])
+        st["col"] = np.zeros(w.shape[:-2] + w.shape[-1:])
+    return w.size > 0
+
+
+def adafactor_keras(w, g, st, hp, t):
+    if not _adafactor_state(w, st):
+        return w
+    b = 1 - t ** hp["beta_2_decay"]
+    q = g * g + hp["epsilon_1"]
+    if w.ndim >= 2:
+        st["row"] = b * st["row"] + (1 - b) * q.mean(axis=-1)
+        st["col"] = b * st["col"] + (1 - b) * q.mean(axis=-2)
+        v = ((st["row"] / st["row"].mean(axis=-1, keepdims=True))[..., None]
+             * st["col"][..., None, :])
+    else:
+        st["v"] = b * st["v"] + (1 - b) * q
+        v = st["v"]
+    u = g / np.sqrt(v)
+    alpha = max(hp["epsilon_2"], _rms(w)) * min(hp["learning_rate"], 1 / math.sqrt(t))
+    return w - alpha * u / max(1.0, _rms(u) / hp["clip_threshold"])
+
+
+def adafactor_torch(w, g, st, hp, t):
+    if not _adafactor_state(w, st):
+        return w
+    a = t ** hp["beta_2_decay"]
+    e1 = hp["epsilon_1"]
+    if e1 < 0:      # torch's None: the machine epsilon of the param's dtype
+        e1 = float(np.finfo(hp["_dtype"]).eps)
+    q = g * g
+    if w.ndim >= 2:
+        st["row"] = st["row"] + a * (q.mean(axis=-1) - st["row"])
+        st["col"] = st["col"] + a * (q.mean(axis=-2) - st["col"])
+        den = np.maximum(st["row"].mean(axis=-1), e1)[..., None, None]
+        v = st["row"][..., None] * st["col"][..., None, :] / den
+    else:
+        st["v"] = st["v"] + a * (q - st["v"])
+        v = st["v"]
+    u = g / np.sqrt(np.maximum(v, e1 * e1))
+    w0 = hp["_w_before_decay"]      # torch measures RMS(w) before the weight decay
+    alpha = max(hp["epsilon_2"], _rms(w0)) * min(hp["learning_rate"], 1 / math.sqrt(t))
+    return w - alpha * u / max(1.0, _rms(u) / hp["clip_threshold"])
 
 
 # ---- the driver --------------------------------------------------------------
@@ -348,6 +398,7 @@ class Reference:
         self.decoupled = decoupled_weight_decay
         self.exclude = set(exclude)
         self.w = [np.array(p, dtype=np.float64) for p in params]
+        self.dtypes = [np.asarray(p).dtype for p in params]
         hp0 = hyper(0)
         self.state = [info.initial_state(hp0, w) for w in self.w]
         self.iterations = 0
@@ -429,6 +480,7 @@ class Reference:
                 g = np.clip(g, -self.clipvalue, self.clipvalue)
             wd = hp.get("weight_decay", 0.0)
             hp["_wd"] = 0.0
+            hp["_w_before_decay"], hp["_dtype"] = w, self.dtypes[i]
             if wd and i not in self.exclude:
                 if self.decoupled:
                     w = w * (1 - hp["learning_rate"] * wd)

@@ -119,8 +119,9 @@ def grad_cases(i):
          [idx, rf"params\[{i}\]", "separate gradient array"]),
         ("view-of-the-param", _replace(i, lambda g, p, b, o: p.reshape(p.shape)), ValueError,
          [idx, "shares memory", "separate gradient array"]),
-        ("is-optimizer-state", _replace(i, lambda g, p, b, o: o.state_arrays()[i][-1]
-                                        if o.state_arrays()[i] else p), ValueError,
+        # (a state array of the param's shape; factored state has none: the param)
+        ("is-optimizer-state", _replace(i, lambda g, p, b, o: next(
+            (a for a in reversed(o.state_arrays()[i]) if a.shape == p.shape), p)), ValueError,
          [idx, "shares memory", "separate gradient array"]),
     ]
     if i == 2:   # params[2] lives in buf32[16:22]: overlap its head and a gap

@@ -126,3 +126,12 @@ def test_rows_comparison_runs(tmp_path):
         for density in ("1.0% (40 indices", "0.1% (4 indices"):
             assert any(impl in line and density in line for line in r.stdout.splitlines()), \
                 (impl, density, r.stdout)
+
+
+def test_matrix_table_runs():
+    r = subprocess.run([sys.executable, str(RUN), "--matrix", "--smoke", "--no-torch",
+                        "--matrix-rows", "8", "--matrix-cols", "9", "--threads", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "| fastopt Adafactor (torch convention) |" in r.stdout
+    assert "| fastopt Adafactor (keras convention) |" in r.stdout

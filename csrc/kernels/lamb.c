@@ -40,9 +40,10 @@ static double lamb_scalars(const fo_ctx *c, double *s)
 /* The elementwise pass's row from the reduction pass's sums |w|^2, |r|^2 of
  * one tensor: the step scaled by the trust ratio, no preprocessing (the
  * reduction pass applied it). */
-static void lamb_trust(const double *sums, double *s)
+static void lamb_trust(const fo_tensor *t, const double *sums, double *s)
 {
     const double wn = sqrt(sums[0]), rn = sqrt(sums[1]);
+    (void)t;
     const double phi = wn > 0.0 && rn > 0.0 ? wn / rn : 1.0;
     s[FO_S_FLAGS] = 0.0;
     s[S_step] *= phi;
