@@ -52,8 +52,9 @@ import operator
 import numpy as np
 
 try:
-    import torch
-    from torch.optim.optimizer import _get_scalar_dtype
+    import torch  # type: ignore[import-not-found, unused-ignore]
+    from torch.optim.optimizer import (  # type: ignore[import-not-found, unused-ignore]
+        _get_scalar_dtype)
 except ImportError as exc:     # pragma: no cover - exercised without torch only
     raise ImportError("fastopt.torch needs PyTorch, which is not installed: "
                       "pip install 'fastopt[torch]' (or pip install torch)") from exc
