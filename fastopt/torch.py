@@ -351,23 +351,23 @@ class _TorchOptimizer(torch.optim.Optimizer):
                 b = bound[gi]
             grads = list(map(_grad, params))     # held: alive until the kernels are done
             try:
-                addrs = list(map(_data_ptr, grads))
+                addrs, full = list(map(_data_ptr, grads)), True
                 if not all(map(_is_contiguous, grads)) or list(map(_nbytes, grads)) != b.nbytes:
                     addrs = self._grads(gi, b, grads)
             except (TypeError, RuntimeError):    # a None, or a grad without storage (sparse)
-                addrs = self._grads(gi, b, grads)
-            work.append((gi, b, grads, addrs))
-        for gi, b, grads, addrs in work:
+                addrs, full = self._grads(gi, b, grads), False
+            work.append((gi, b, grads, addrs, full))
+        for gi, b, grads, addrs, full in work:
             try:
                 with b.lock:
                     b.stepper.step(addrs, True)
             except (TypeError, ValueError) as exc:
                 raise _in_group(exc, gi) from None
             if b.steps_np is not None:
-                if None in addrs:
-                    b.steps_np[[i for i, a in enumerate(addrs) if a is not None]] += 1
-                else:
+                if full:
                     b.steps_np += 1
+                else:
+                    b.steps_np[[i for i, a in enumerate(addrs) if a is not None]] += 1
             if b.aux_np is not None:
                 b.aux_np[:] = b.stepper.get_aux()
             if b.unstarted:

@@ -38,7 +38,7 @@ def float64_default():
     torch.set_default_dtype(saved)
 
 
-def _pair(name, kwargs, dtype=torch.float64, seed=0, model=None):
+def _pair(name, kwargs, dtype=torch.float64, seed=0, model=None, torch_names=False):
     """The same small model twice: one for fastopt.torch, one for torch.optim."""
     torch.manual_seed(seed)
     m = model() if model else torch.nn.Sequential(
@@ -46,7 +46,7 @@ def _pair(name, kwargs, dtype=torch.float64, seed=0, model=None):
     m = m.to(dtype)
     m2 = copy.deepcopy(m)
     tname = info(name).torch_name
-    tkw = info(name).torch_kwargs(kwargs)
+    tkw = dict(kwargs) if torch_names else info(name).torch_kwargs(kwargs)
     return m, getattr(ft, tname)(m.parameters(), **tkw), m2, tkw
 
 
@@ -115,6 +115,48 @@ def test_float64_trajectory_equals_torch(name, kwargs, float64_default):
                 assert sd["state"][i][key].dtype == value.dtype, (i, key)
                 np.testing.assert_allclose(sd["state"][i][key].numpy(), value.numpy(),
                                            rtol=1e-12, atol=1e-15, err_msg=f"{i} {key}")
+
+
+# Options the optim_db cases leave out, in torch's own keyword names.
+EXTRA_CASES = [
+    ("Rprop", {"etas": (0.4, 1.3), "step_sizes": (1e-4, 0.05), "maximize": True}),
+    ("Adamax", {"maximize": True, "betas": (0.8, 0.99)}),
+    ("Adagrad", {"maximize": True, "eps": 1e-3}),
+    ("RAdam", {"maximize": True, "eps": 1e-4}),
+    ("Nadam", {"maximize": True, "betas": (0.95, 0.9)}),
+    ("Adadelta", {"eps": 1e-3, "lr": 0.5}),
+    ("SGD", {"momentum": 0.8, "nesterov": True, "maximize": True}),
+    ("AdamW", {"maximize": True, "eps": 1e-3, "weight_decay": 0.2}),
+    ("RMSprop", {"centered": True, "alpha": 0.9}),
+]
+
+
+@pytest.mark.parametrize(("name", "tkw"), EXTRA_CASES,
+                         ids=[f"{n}({','.join(f'{k}={v}' for k, v in kw.items())})"
+                              for n, kw in EXTRA_CASES])
+def test_float64_trajectory_equals_torch_more_options(name, tkw, float64_default):
+    m, opt, m2, tkw = _pair(name, tkw, torch_names=True)
+    topt = getattr(torch.optim, info(name).torch_name)(m2.parameters(), **tkw, foreach=False)
+    _steps([(m, opt, None), (m2, topt, None)], 12, torch.float64, skip=3)
+    _assert_params(m, m2, rtol=1e-12, atol=1e-15)
+
+
+def test_deepcopy_and_pickle_keep_the_state(float64_default):
+    import pickle
+    m, opt, _, _ = _pair("RMSprop", {"momentum": 0.9, "centered": True})
+    _steps([(m, opt, None)], 3, torch.float64)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        a, b = opt.state_dict(), clone.state_dict()
+        assert a["param_groups"] == b["param_groups"]
+        for i, st in a["state"].items():
+            for k, v in st.items():
+                assert torch.equal(b["state"][i][k], v)
+    # the copy steps its own arrays, not the original's
+    m2 = copy.deepcopy(m)
+    opt2 = ft.RMSprop(m2.parameters(), lr=0.01, momentum=0.9, centered=True)
+    opt2.load_state_dict(copy.deepcopy(opt).state_dict())
+    _steps([(m, opt, None), (m2, opt2, None)], 2, torch.float64)
+    _assert_params(m, m2, rtol=0, atol=0)
 
 
 def _fused_or_foreach(tname):
@@ -362,3 +404,21 @@ def test_grad_scaler_skips_inf_steps_as_with_torch(float64_default):
             sc.update()
     _assert_params(m, m2, rtol=1e-12, atol=1e-15)
     assert opt.state_dict()["state"][0]["step"].item() == 5
+
+
+def test_bench_smoke_runs_and_the_loss_curves_agree():
+    """bench/torch_models.py --smoke: the tables, and fastopt's loss curves
+    equal torch fused's to float32 rounding (no speed is asserted)."""
+    import os
+    import re
+    from pathlib import Path
+    bench = Path(__file__).resolve().parents[1] / "bench" / "torch_models.py"
+    if not bench.exists():
+        pytest.skip("bench/ is not in this checkout")
+    r = subprocess.run([sys.executable, str(bench), "--smoke", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "| fastopt.torch.AdamW |" in r.stdout and "small CNN" in r.stdout
+    worst = float(re.search(r"loss curves: (\S+)", r.stdout).group(1))
+    assert worst < 1e-5
