@@ -18,7 +18,10 @@ Per step, each ``p.grad`` is handed to the kernels by its address; no NumPy
 view, no copy.  A group is bound again when a parameter's ``data_ptr``
 changes (a parameter re-assigned in the group, ``model.double()``,
 ``p.data = ...``) or its state layout changes (``amsgrad`` switched on); the
-state is carried over, cast to the new dtype.  Hyper-parameter edits of
+state is carried over, cast to the new dtype.  A change of dtype or device
+always moves the memory; a reshape in place (``p.data = p.data.view(...)``,
+same memory and size) keeps the binding, which is right for these
+element-wise updates.  Each grad's layout and size are checked every step.  Hyper-parameter edits of
 ``param_groups`` (``lr``, ``betas``, ``momentum``, ``weight_decay``, ...) take
 effect at the next step.
 
