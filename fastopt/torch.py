@@ -21,7 +21,9 @@ changes (a parameter re-assigned in the group, ``model.double()``,
 state is carried over, cast to the new dtype.  A change of dtype or device
 always moves the memory; a reshape in place (``p.data = p.data.view(...)``,
 same memory and size) keeps the binding, which is right for these
-element-wise updates.  Each grad's layout and size are checked every step.  Hyper-parameter edits of
+element-wise updates.  Each grad's layout and size are checked every step,
+and the updated parameters' version counters are moved as torch's in-place
+updates move them (autograd then refuses a graph that saved an old value).  Hyper-parameter edits of
 ``param_groups`` (``lr``, ``betas``, ``momentum``, ``weight_decay``, ...) take
 effect at the next step.
 
@@ -79,6 +81,28 @@ _OPTIONS = ("maximize", "decoupled_weight_decay")
 #: torch keywords that select one of torch's implementations: accepted, no effect.
 _IGNORED = ("foreach", "fused", "capturable", "differentiable")
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _takes_a_list():
+    try:
+        torch.autograd.graph.increment_version([torch.zeros(1)])
+    except TypeError:      # pragma: no cover - torch before 2.3 takes one tensor
+        return False
+    return True
+
+
+_INCREMENT_LIST = _takes_a_list()
+
+
+def _bump_versions(tensors):
+    """Tell autograd the tensors were written in place (as torch's own
+    in-place updates do), so that a graph that saved one of them refuses a
+    later backward instead of using the new values silently."""
+    if _INCREMENT_LIST:
+        torch.autograd.graph.increment_version(tensors)
+    else:                  # pragma: no cover
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
 
 
 class _Spec:
@@ -242,9 +266,10 @@ class _TorchOptimizer(torch.optim.Optimizer):
                 if src is None:
                     continue
                 if not isinstance(src, torch.Tensor) or src.shape != p.shape:
+                    got = (tuple(src.shape) if isinstance(src, torch.Tensor)
+                           else type(src).__name__)
                     raise ValueError(f"{pw}: {key!r} must be a tensor of the param's shape "
-                                     f"{tuple(p.shape)}; got "
-                                     f"{tuple(src.shape) if isinstance(src, torch.Tensor) else type(src).__name__}")
+                                     f"{tuple(p.shape)}; got {got}")
                 dst.copy_(src.detach())
             if "step" in st:
                 steps[i] = int(_scalar(st["step"]))
@@ -366,11 +391,15 @@ class _TorchOptimizer(torch.optim.Optimizer):
                     b.stepper.step(addrs, True)
             except (TypeError, ValueError) as exc:
                 raise _in_group(exc, gi) from None
-            if b.steps_np is not None:
-                if full:
+            if full:
+                _bump_versions(b.params)
+                if b.steps_np is not None:
                     b.steps_np += 1
-                else:
-                    b.steps_np[[i for i, a in enumerate(addrs) if a is not None]] += 1
+            else:
+                stepped = [i for i, a in enumerate(addrs) if a is not None]
+                _bump_versions([b.params[i] for i in stepped])
+                if b.steps_np is not None:
+                    b.steps_np[stepped] += 1
             if b.aux_np is not None:
                 b.aux_np[:] = b.stepper.get_aux()
             if b.unstarted:

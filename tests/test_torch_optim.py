@@ -436,3 +436,18 @@ def test_binds_once_while_grads_are_new_tensors_each_step(monkeypatch):
     m(x.double()).sum().backward()
     opt.step()
     assert binds == [0]
+
+
+@pytest.mark.parametrize("make", [ft.SGD, torch.optim.SGD], ids=["fastopt", "torch"])
+def test_autograd_sees_the_in_place_update(make):
+    """A graph that saved a parameter refuses a backward after the step, as
+    with torch's own optimizers (the version counter moves)."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = make([w], lr=0.1)
+    loss = (w * w).sum()           # saves w for backward
+    loss.backward(retain_graph=True)
+    v = w._version
+    opt.step()
+    assert w._version > v
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
