@@ -760,6 +760,53 @@ cdef class Engine:
         self.tensors[i].width = width
         return 0
 
+    def set_grad_addresses(self, addresses):
+        """Bind grads given as memory addresses (``int``, or ``None`` to skip a
+        param): for a caller that has already checked, per grad, that it is a
+        C-contiguous array of its param's dtype and size that stays alive
+        until the step returns (:mod:`fastopt.torch` binds ``p.grad`` this way
+        without a NumPy view per tensor and step).  Only the aliasing with
+        params and state is checked here.  Returns the number bound."""
+        cdef list addrs = list(addresses)
+        self._check_arrays()
+        cdef Py_ssize_t i, k
+        cdef uintptr_t lo, hi
+        cdef int64_t left, right, mid
+        cdef int active = 0
+        if len(addrs) != self.n:
+            raise ValueError(f"expected {self.n} grad addresses; got {len(addrs)}")
+        for i in range(self.n):
+            a = addrs[i]
+            if a is None:
+                self.pending[i] = NULL
+                continue
+            lo = <uintptr_t>a
+            if lo == 0 and self.tensors[i].size > 0:
+                raise ValueError(f"grads[{i}]: a null address")
+            hi = lo + <uintptr_t>(self.tensors[i].size *
+                                  (4 if self.tensors[i].dtype == FO_FLOAT32 else 8))
+            if hi > lo and self.nranges > 0:
+                left = 0
+                right = self.nranges
+                while left < right:
+                    mid = (left + right) // 2
+                    if self.rlo[mid] < hi:
+                        left = mid + 1
+                    else:
+                        right = mid
+                if left > 0 and self.rhi[left - 1] > lo:
+                    k = self.rowner[left - 1]
+                    raise ValueError(f"grads[{i}] shares memory with params[{k}] or its optimizer "
+                                     f"state; an update would overwrite the gradient while reading "
+                                     f"it. Pass a separate gradient array")
+            self.pending[i] = <const void *>lo
+            active += 1
+        self._unbind()
+        for i in range(self.n):
+            self.tensors[i].grad = self.pending[i]
+        self.held = addrs
+        return active
+
     def check(self):
         """Raise if a bound param or state array changed since it was bound
         (what set_grads checks before each step)."""
@@ -1409,7 +1456,9 @@ cdef class Stepper:
         with nogil:
             fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)
 
-    def step(self, grads):
+    def step(self, grads, bint addresses=False):
+        """One update.  ``addresses=True``: ``grads`` are memory addresses (see
+        :meth:`Engine.set_grad_addresses`) instead of arrays."""
         cdef Engine eng = self.engine
         cdef Py_ssize_t gi, i
         cdef list groups = self.groups
@@ -1419,7 +1468,8 @@ cdef class Stepper:
         for gi in range(self.ngroups):
             if groups[gi].version != self.gversion[gi]:
                 self.sync()(gi)
-        cdef int active = eng.set_grads(grads)
+        cdef int active = (eng.set_grad_addresses(grads) if addresses
+                           else eng.set_grads(grads))
         cdef int nthreads = self._threads()
         cdef int64_t k = self.accum_k, updates_before = self._iterations, step, t_shared
         cdef int32_t nrows = 0, g

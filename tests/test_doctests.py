@@ -2,6 +2,7 @@
 and every public class documents its math (Notes) and shows an example."""
 import doctest
 import importlib
+import importlib.util
 import inspect
 import io
 import pkgutil
@@ -11,7 +12,11 @@ import pytest
 import fastopt
 from fastopt import optimizers, schedules
 
-MODULES = ["fastopt"] + sorted(m.name for m in pkgutil.walk_packages(fastopt.__path__, "fastopt."))
+#: Modules that need an optional dependency (an extra) to import.
+OPTIONAL = {"fastopt.torch": "torch"}
+MODULES = ["fastopt"] + sorted(
+    m.name for m in pkgutil.walk_packages(fastopt.__path__, "fastopt.")
+    if m.name not in OPTIONAL or importlib.util.find_spec(OPTIONAL[m.name]) is not None)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,0 +1,485 @@
+"""fastopt's kernels as ``torch.optim`` optimizers, for CPU training loops.
+
+The one-line port of a torch loop::
+
+    from fastopt.torch import AdamW          # was: from torch.optim import AdamW
+    opt = AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+
+Each class here is a :class:`torch.optim.Optimizer` with the name, signature
+and defaults of its ``torch.optim`` namesake (read from the installed torch),
+so ``param_groups``, ``add_param_group``, ``zero_grad``, the step hooks,
+every ``lr_scheduler`` and ``state_dict()``/``load_state_dict()`` behave as
+torch's do, and the trajectories are torch's (fastopt's ``convention="torch"``).
+
+How a step runs: each param group is bound once to a fastopt optimizer over
+zero-copy NumPy views of its parameters (``p.detach().numpy()``), whose state
+arrays are in turn the tensors of ``opt.state[p]`` (``torch.from_numpy``).
+Per step, each ``p.grad`` is handed to the kernels by its address; no NumPy
+view, no copy.  A group is bound again when a parameter's ``data_ptr``
+changes (a parameter re-assigned in the group, ``model.double()``,
+``p.data = ...``) or its state layout changes (``amsgrad`` switched on); the
+state is carried over, cast to the new dtype.  A change of dtype or device
+always moves the memory; a reshape in place (``p.data = p.data.view(...)``,
+same memory and size) keeps the binding, which is right for these
+element-wise updates.  Each grad's layout and size are checked every step,
+and the updated parameters' version counters are moved as torch's in-place
+updates move them (autograd then refuses a graph that saved an old value).  Hyper-parameter edits of
+``param_groups`` (``lr``, ``betas``, ``momentum``, ``weight_decay``, ...) take
+effect at the next step.
+
+What differs from ``torch.optim``:
+
+* CPU only, float32 and float64 parameters, dense C-contiguous parameters
+  and gradients; anything else is refused with the group and index of the
+  parameter (use ``torch.optim`` for GPU tensors, ``channels_last`` weights,
+  half precision and sparse gradients).
+* ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are accepted
+  (and kept in the param groups and state dicts, so that checkpoints stay
+  torch's) but change nothing: there is one implementation, and its step is
+  not differentiable.
+* Keys a param group has that the optimizer does not know (a scheduler's
+  ``initial_lr``, ``max_momentum``) are ignored, as torch ignores them.
+* Mixed precision: :class:`torch.amp.GradScaler` unscales the grads and
+  skips the step on Inf/NaN through its generic path (``unscale_`` then
+  ``step``); its fused protocol (``_step_supports_amp_scaling``, which would
+  fold the unscale into the update) is not used.
+* ``state["step"]`` (a float tensor, as torch keeps it) is updated in place
+  after every step; :meth:`state_dict` re-reads the engine's own integer
+  counts first, so a checkpoint is exact even if the tensors were edited.
+
+Adding an optimizer: a fastopt class with ``convention="torch"`` and one line
+in ``_TABLE`` (its torch name, the fastopt class, the names torch gives its
+state arrays and any keyword torch names differently).
+"""
+import inspect
+import operator
+
+import numpy as np
+
+try:
+    import torch  # type: ignore[import-not-found, unused-ignore]
+    from torch.optim.optimizer import (  # type: ignore[import-not-found, unused-ignore]
+        _get_scalar_dtype)
+except ImportError as exc:     # pragma: no cover - exercised without torch only
+    raise ImportError("fastopt.torch needs PyTorch, which is not installed: "
+                      "pip install 'fastopt[torch]' (or pip install torch)") from exc
+
+from . import optimizers as _fo
+
+__all__ = []
+
+_grad = operator.attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+_nbytes = operator.attrgetter("nbytes")
+
+#: torch keywords that are fastopt hyper-parameters under another name; a
+#: pair (``betas``) gives two.
+_RENAMES = {"lr": "learning_rate", "eps": "epsilon", "betas": ("beta_1", "beta_2")}
+#: torch keywords that are fastopt options of the whole (per-group) optimizer.
+_OPTIONS = ("maximize", "decoupled_weight_decay")
+#: torch keywords that select one of torch's implementations: accepted, no effect.
+_IGNORED = ("foreach", "fused", "capturable", "differentiable")
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _takes_a_list():
+    try:
+        torch.autograd.graph.increment_version([torch.zeros(1)])
+    except TypeError:      # pragma: no cover - torch before 2.3 takes one tensor
+        return False
+    return True
+
+
+_INCREMENT_LIST = _takes_a_list()
+
+
+def _bump_versions(tensors):
+    """Tell autograd the tensors were written in place (as torch's own
+    in-place updates do), so that a graph that saved one of them refuses a
+    later backward instead of using the new values silently."""
+    if _INCREMENT_LIST:
+        torch.autograd.graph.increment_version(tensors)
+    else:                  # pragma: no cover
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
+
+
+class _Spec:
+    """One line of the table: how a torch.optim class maps onto a fastopt one."""
+
+    def __init__(self, torch_name, fastopt_cls, state, renames=None, step=True, aux=None,
+                 eager=False):
+        self.torch_name = torch_name
+        self.fastopt_cls = fastopt_cls
+        self.state = dict(state)               # fastopt state name -> torch state name
+        self.renames = dict(_RENAMES, **(renames or {}))
+        self.step = step                       # torch keeps state["step"]
+        self.aux = aux                         # torch's name of the engine's host value
+        self.eager = eager                     # torch makes the state at construction
+        cls = getattr(torch.optim, torch_name)
+        self.signature = inspect.signature(cls.__init__)
+        args = tuple(k for k in self.signature.parameters if k not in ("self", "params"))
+        # defaults torch sets beyond its arguments (AdamW: decoupled_weight_decay=True)
+        probe = cls([torch.zeros(1, requires_grad=True)]).defaults
+        self.extra = {k: v for k, v in probe.items() if k not in args}
+        self.keys = args + tuple(self.extra)
+
+    def translate(self, group, where):
+        """fastopt's hyper-parameters and options from a torch param group."""
+        hp, opts = {}, {}
+        for key in self.keys:
+            if key in _IGNORED or key not in group:
+                continue
+            value = group[key]
+            if key in _OPTIONS:
+                opts[key] = value
+                continue
+            name = self.renames.get(key, key)
+            if isinstance(name, tuple):
+                try:
+                    parts = tuple(value)
+                except TypeError:
+                    parts = ()
+                if len(parts) != len(name):
+                    raise TypeError(f"{where}{key} must be a pair ({', '.join(name)}); "
+                                    f"got {value!r}")
+                hp.update(zip(name, map(_scalar, parts)))
+            else:
+                hp[name] = _scalar(value)
+        return hp, opts
+
+
+def _scalar(value):
+    """torch accepts a one-element tensor where a float is expected."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"a hyper-parameter must be a float or a one-element tensor; got a "
+                            f"tensor of shape {tuple(value.shape)}")
+        return value.item()
+    return value
+
+
+def _in_group(exc, gi):
+    """A bound optimizer's error (it has one group, 0) as one of group ``gi``."""
+    msg = str(exc)
+    msg = (msg.replace("param group 0: ", f"param group {gi}: ", 1)
+           if msg.startswith("param group 0: ") else f"param group {gi}: {msg}")
+    return type(exc)(msg)
+
+
+class _Bound:
+    """A param group bound to a fastopt optimizer."""
+
+    __slots__ = ("inner", "stepper", "lock", "params", "pptrs", "nbytes", "key", "names",
+                 "tstate", "steps", "steps_np", "aux", "aux_np", "unstarted")
+
+
+class _TorchOptimizer(torch.optim.Optimizer):
+    """Base of the classes of :mod:`fastopt.torch` (see the module docstring)."""
+
+    _spec: _Spec
+
+    def __init__(self, params, defaults):
+        self._bound = []
+        super().__init__(params, defaults)
+
+    # ---- binding -------------------------------------------------------------------
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        self._bound.append(None)
+        try:
+            self._bind(len(self.param_groups) - 1)
+        except BaseException:
+            self.param_groups.pop()
+            self._bound.pop()
+            raise
+
+    def _view(self, gi, i, p):
+        where = (f"param group {gi}, params[{i}] (shape {tuple(p.shape)}, {p.dtype}, "
+                 f"device {p.device})")
+        if p.device.type != "cpu":
+            raise ValueError(f"{where}: fastopt.torch updates CPU tensors in place; use "
+                             f"torch.optim.{self._spec.torch_name} for tensors on "
+                             f"{p.device.type}")
+        if p.layout != torch.strided:
+            raise ValueError(f"{where}: a {p.layout} parameter; fastopt.torch updates dense "
+                             f"(strided) tensors")
+        if p.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{where}: fastopt's kernels take float32 or float64 parameters; "
+                            f"use torch.optim.{self._spec.torch_name} for {p.dtype}")
+        if not p.is_contiguous():
+            raise ValueError(f"{where}: not contiguous (strides {p.stride()}); fastopt updates "
+                             f"contiguous memory in place and never a copy. Make the parameter "
+                             f"contiguous (p.data = p.data.contiguous(), or no channels_last) "
+                             f"before building the optimizer")
+        if p.is_conj() or p.is_neg():
+            raise ValueError(f"{where}: a lazily conjugated or negated view; pass the "
+                             f"materialised tensor")
+        return p.detach().numpy()
+
+    def _bind(self, gi):
+        """Bind group ``gi`` to a new fastopt optimizer; the state in
+        ``self.state`` (torch tensors: loaded, or of the previous binding) is
+        copied in, and ``self.state`` then holds views of the new arrays."""
+        spec = self._spec
+        old = self._bound[gi]
+        if old is not None:
+            self._sync_mirrors(old)
+        group = self.param_groups[gi]
+        params = list(group["params"])
+        where = f"param group {gi}: "
+        views = [self._view(gi, i, p) for i, p in enumerate(params)]
+        hp, opts = spec.translate(group, where)
+        try:
+            inner = spec.fastopt_cls([{"params": views, **hp}], convention="torch", **opts)
+        except (TypeError, ValueError) as exc:
+            raise _in_group(exc, gi) from None
+        names = inner.state_names(inner.param_groups[0])
+        arrays = inner.state_arrays()
+        b = _Bound()
+        b.inner, b.stepper, b.lock = inner, inner._stepper, inner.lock
+        b.params = params
+        b.pptrs = list(map(_data_ptr, params))
+        b.nbytes = list(map(_nbytes, params))
+        b.key = tuple(map(group.get, spec.keys))
+        b.names = names
+        b.tstate = [{spec.state[n]: torch.from_numpy(a) for n, a in zip(names, arrs)}
+                    for arrs in arrays]
+        n = len(params)
+        scalar = _get_scalar_dtype()
+        b.steps = torch.zeros(n, dtype=scalar) if spec.step else None
+        b.steps_np = None if b.steps is None else b.steps.numpy()
+        b.aux = torch.ones(n, dtype=scalar) if spec.aux else None
+        b.aux_np = None if b.aux is None else b.aux.numpy()
+        steps = np.zeros(n, dtype=np.int64)
+        aux = list(b.stepper.get_aux()) if spec.aux else None
+        started = []
+        for i, p in enumerate(params):
+            st = self.state.get(p)
+            if not st:
+                continue
+            pw = f"{where}state of params[{i}]"
+            for key, dst in b.tstate[i].items():
+                src = st.get(key)
+                if src is None:
+                    continue
+                if not isinstance(src, torch.Tensor) or src.shape != p.shape:
+                    got = (tuple(src.shape) if isinstance(src, torch.Tensor)
+                           else type(src).__name__)
+                    raise ValueError(f"{pw}: {key!r} must be a tensor of the param's shape "
+                                     f"{tuple(p.shape)}; got {got}")
+                dst.copy_(src.detach())
+            if "step" in st:
+                steps[i] = int(_scalar(st["step"]))
+            elif any(st.get(k) is not None for k in b.tstate[i]):
+                steps[i] = 1        # torch's SGD keeps no count; a buffer means it has stepped
+            if spec.aux and spec.aux in st:
+                aux[i] = float(_scalar(st[spec.aux]))
+            started.append(i)
+        b.stepper.set_steps(steps)
+        if spec.aux:
+            b.stepper.set_aux(aux)
+        b.unstarted = set(range(n))
+        self._bound[gi] = b
+        self._sync_mirrors(b)
+        for i in (range(n) if spec.eager else started):
+            self._publish(b, i)
+
+    def _publish(self, b, i):
+        """``self.state[p]`` as torch has it once ``p`` has been stepped."""
+        st, arrays = {}, b.tstate[i]
+        if b.steps is not None:
+            st["step"] = b.steps[i]
+        if b.aux is not None:
+            st[self._spec.aux] = b.aux[i]
+        for key in self._spec.state.values():     # in the order torch writes them
+            if key in arrays:
+                st[key] = arrays[key]
+        if st:
+            self.state[b.params[i]] = st
+        b.unstarted.discard(i)
+
+    def _sync_mirrors(self, b):
+        """Write the engine's counters into the ``step`` (and aux) tensors."""
+        if b.steps_np is not None:
+            b.steps_np[:] = b.stepper.get_steps()
+        if b.aux_np is not None:
+            b.aux_np[:] = b.stepper.get_aux()
+
+    def _edit(self, gi, b, group):
+        """Hand edited hyper-parameters to the bound optimizer (a change that
+        needs other state arrays binds the group again)."""
+        hp, opts = self._spec.translate(group, f"param group {gi}: ")
+        inner = b.inner
+        g = inner.param_groups[0]
+        if inner.state_names(dict(g, **hp)) != b.names:
+            self._bind(gi)
+            return
+        try:
+            for key, value in hp.items():
+                if g.get(key) != value:
+                    g[key] = value      # checked when assigned
+            for key, value in opts.items():
+                if getattr(inner, key) != value:
+                    setattr(inner, key, value)
+            with inner.lock:
+                inner._sync(0)          # checked now, before any group is stepped
+        except (TypeError, ValueError) as exc:
+            raise _in_group(exc, gi) from None
+        b.key = tuple(map(group.get, self._spec.keys))
+
+    # ---- the step ------------------------------------------------------------------
+
+    def _grads(self, gi, b, grads):
+        """The addresses of ``grads``, each checked (the slow path: a None,
+        or a grad the fast check refused)."""
+        out = []
+        for i, (p, g) in enumerate(zip(b.params, grads)):
+            if g is None:
+                out.append(None)
+                continue
+            where = f"param group {gi}, params[{i}] (shape {tuple(p.shape)}, {p.dtype})"
+            if g.layout != torch.strided:
+                raise ValueError(f"{where}: a {g.layout} gradient; "
+                                 f"fastopt.torch.{self._spec.torch_name} takes dense "
+                                 f"gradients (torch.optim.SparseAdam takes sparse ones)")
+            if g.device != p.device:
+                raise ValueError(f"{where}: its gradient is on {g.device}")
+            if g.dtype != p.dtype or g.shape != p.shape:
+                raise ValueError(f"{where}: its gradient has dtype {g.dtype} and shape "
+                                 f"{tuple(g.shape)}; expected the param's")
+            if not g.is_contiguous():
+                raise ValueError(f"{where}: its gradient is not contiguous (strides "
+                                 f"{g.stride()}); fastopt reads contiguous gradients. Make "
+                                 f"it contiguous (p.grad = p.grad.contiguous())")
+            out.append(g.data_ptr())
+        return out
+
+    def step(self, closure=None):
+        """One update of every parameter that has a ``.grad`` (the others and
+        their state are left as they are).  ``closure`` re-evaluates the model
+        and returns the loss, as in torch."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # every group is bound and checked before any is stepped: a refused
+        # step changes nothing
+        bound, work = self._bound, []
+        for gi, group in enumerate(self.param_groups):
+            b = bound[gi]
+            params = group["params"]
+            if b is None or list(map(_data_ptr, params)) != b.pptrs:
+                self._bind(gi)
+                b = bound[gi]
+            elif tuple(map(group.get, self._spec.keys)) != b.key:
+                self._edit(gi, b, group)
+                b = bound[gi]
+            grads = list(map(_grad, params))     # held: alive until the kernels are done
+            try:
+                addrs, full = list(map(_data_ptr, grads)), True
+                if not all(map(_is_contiguous, grads)) or list(map(_nbytes, grads)) != b.nbytes:
+                    addrs = self._grads(gi, b, grads)
+            except (TypeError, RuntimeError):    # a None, or a grad without storage (sparse)
+                addrs, full = self._grads(gi, b, grads), False
+            work.append((gi, b, grads, addrs, full))
+        for gi, b, grads, addrs, full in work:
+            try:
+                with b.lock:
+                    b.stepper.step(addrs, True)
+            except (TypeError, ValueError) as exc:
+                raise _in_group(exc, gi) from None
+            if full:
+                _bump_versions(b.params)
+                if b.steps_np is not None:
+                    b.steps_np += 1
+            else:
+                stepped = [i for i, a in enumerate(addrs) if a is not None]
+                _bump_versions([b.params[i] for i in stepped])
+                if b.steps_np is not None:
+                    b.steps_np[stepped] += 1
+            if b.aux_np is not None:
+                b.aux_np[:] = b.stepper.get_aux()
+            if b.unstarted:
+                for i in [i for i in b.unstarted if addrs[i] is not None]:
+                    self._publish(b, i)
+        return loss
+
+    # ---- state ---------------------------------------------------------------------
+
+    def state_dict(self):
+        for b in self._bound:
+            if b is not None:
+                self._sync_mirrors(b)
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict):
+        for b in self._bound:
+            if b is not None:
+                self._sync_mirrors(b)
+        saved = (self.state, self.param_groups, list(self._bound))
+        super().load_state_dict(state_dict)
+        try:
+            for gi in range(len(self.param_groups)):
+                self._bound[gi] = None
+                self._bind(gi)
+        except BaseException:
+            self.state, self.param_groups, self._bound[:] = saved
+            raise
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._bound = [None] * len(self.param_groups)
+
+
+def _make(spec):
+    def __init__(self, params, *args, **kwargs):
+        bound = spec.signature.bind(self, params, *args, **kwargs)
+        bound.apply_defaults()
+        defaults = {k: v for k, v in bound.arguments.items() if k not in ("self", "params")}
+        defaults.update(spec.extra)
+        _TorchOptimizer.__init__(self, params, defaults)
+
+    __init__.__signature__ = spec.signature
+    name = spec.torch_name
+    doc = (f"torch.optim.{name} on fastopt's kernels: the same arguments, defaults, param "
+           f"groups and state dicts, and the trajectory of torch.optim.{name} "
+           f"(:class:`fastopt.{spec.fastopt_cls.__name__}` with ``convention=\"torch\"``; "
+           f"see its docstring for the math).\n\n"
+           f"    Signature: {name}{str(spec.signature).replace('self, ', '')}\n\n"
+           f"    ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are accepted "
+           f"and change nothing.\n    CPU float32/float64 contiguous parameters only; see "
+           f":mod:`fastopt.torch` for what differs from torch.optim.\n")
+    cls = type(name, (_TorchOptimizer,), {"__init__": __init__, "__doc__": doc,
+                                          "_spec": spec, "__module__": __name__})
+    globals()[name] = cls
+    __all__.append(name)
+    return cls
+
+
+#: One line per optimizer: torch's class name, the fastopt class, torch's names
+#: of its state arrays, then torch keywords named otherwise in fastopt, whether
+#: torch keeps a per-param ``step``, the engine's host value ``aux`` and
+#: whether torch makes the state at construction (Adagrad).
+_TABLE = [
+    _Spec("SGD", _fo.SGD, {"momentum": "momentum_buffer"}, step=False),
+    _Spec("Adam", _fo.Adam, {"m": "exp_avg", "v": "exp_avg_sq", "vhat": "max_exp_avg_sq"}),
+    _Spec("AdamW", _fo.AdamW, {"m": "exp_avg", "v": "exp_avg_sq", "vhat": "max_exp_avg_sq"}),
+    _Spec("Adagrad", _fo.Adagrad, {"accumulator": "sum"}, eager=True),
+    _Spec("RMSprop", _fo.RMSprop, {"v": "square_avg", "momentum": "momentum_buffer",
+                                   "mg": "grad_avg"}, renames={"alpha": "rho"}),
+    _Spec("Adamax", _fo.Adamax, {"m": "exp_avg", "u": "exp_inf"}),
+    _Spec("NAdam", _fo.Nadam, {"m": "exp_avg", "v": "exp_avg_sq"}, aux="mu_product"),
+    _Spec("RAdam", _fo.RAdam, {"m": "exp_avg", "v": "exp_avg_sq"}),
+    _Spec("Adadelta", _fo.Adadelta, {"accumulated_grad": "square_avg",
+                                     "accumulated_delta": "acc_delta"}),
+    _Spec("Rprop", _fo.Rprop, {"prev": "prev", "step_size": "step_size"},
+          renames={"etas": ("etaminus", "etaplus"),
+                   "step_sizes": ("step_size_min", "step_size_max")}),
+]
+
+for _spec in _TABLE:
+    _make(_spec)
+del _spec
