@@ -235,19 +235,37 @@ class Optimizer(Options):
         self._index = {id(p): i for i, p in enumerate(flat)}
         # the state arrays each group keeps; edits of the group must keep them valid
         self._state, self._group_state, group_of = [], [], []
-        for gi, group in enumerate(self.param_groups):
-            names = self.state_names(group)
-            self._group_state.append((dict(group, params=list(group["params"])), names))
-            for p in group["params"]:
-                self._state.append([np.full_like(p, group[self.initial[n]])
-                                    if n in self.initial else np.zeros_like(p)
-                                    for n in names])
-                group_of.append(gi)
-        self._engine = _core.Engine(cls.kernel, flat, self._state)
-        # copies, so finalize() before any step leaves the weights as they are
-        self._ema = [p.copy() for p in flat] if self._opt_use_ema else None
-        self._accum = ([np.zeros_like(p) for p in flat]
-                       if self._opt_gradient_accumulation_steps else None)
+        need = 0
+        try:
+            for gi, group in enumerate(self.param_groups):
+                names = self.state_names(group)
+                self._group_state.append((dict(group, params=list(group["params"])), names))
+                need += len(names) * sum(p.nbytes for p in group["params"])
+            need += sum(p.nbytes for p in flat) * (bool(self._opt_use_ema) +
+                                                   bool(self._opt_gradient_accumulation_steps))
+            for gi, group in enumerate(self.param_groups):
+                names = self._group_state[gi][1]
+                for p in group["params"]:
+                    self._state.append([np.full_like(p, group[self.initial[n]])
+                                        if n in self.initial else np.zeros_like(p)
+                                        for n in names])
+                    group_of.append(gi)
+            self._engine = _core.Engine(cls.kernel, flat, self._state)
+            # copies, so finalize() before any step leaves the weights as they are
+            self._ema = [p.copy() for p in flat] if self._opt_use_ema else None
+            self._accum = ([np.zeros_like(p) for p in flat]
+                           if self._opt_gradient_accumulation_steps else None)
+            failed = False
+        except MemoryError:
+            failed = True
+        if failed:
+            # outside the handler: the exception raised holds no reference to what was built
+            self._state = self._group_state = self._engine = self._ema = self._accum = None
+            raise MemoryError(f"{cls.__name__}: its state for {len(flat)} parameters needs "
+                              f"{need} bytes ({need / 2 ** 20:.1f} MiB), which could not be "
+                              f"allocated; nothing was built and the parameters are as they "
+                              f"were. Free memory, or use fewer state arrays (options) or "
+                              f"ShardedOptimizer to split the state over processes")
         ema = (None if self._ema is None else
                _core.Engine("ema", flat, [[a] for a in self._ema]))
         self._wd_excluded = frozenset()
