@@ -8,6 +8,7 @@ reason, when mpi4py or an MPI launcher is missing (``pip install ".[mpi]"``).
 import importlib.util
 import json
 import os
+import pathlib
 import re
 import shutil
 import stat
@@ -478,7 +479,7 @@ def test_load_with_another_world_size_refused(checkpoint_run, tmp_path):
 TINY_SHAPES = [(4, 3), (5,)]
 
 
-def _tiny_sharded(directory, prefix="ck"):
+def _tiny_sharded(directory, prefix="ck", save_id="s1"):
     """A sharded checkpoint of world size 1 written as ShardedOptimizer.save
     writes one (without MPI): <prefix>.rank0.npz and <prefix>.manifest.json.
     Returns the prefix and the params it holds."""
@@ -488,12 +489,13 @@ def _tiny_sharded(directory, prefix="ck"):
     opt.step([np.ones(p.size) for p in params])
     buckets = _layout.make_buckets(shapes, dtypes, 1)
     sd = opt.state_dict()
-    sd["shard"] = {"save_id": "s1", "rank": 0, "world_size": 1,
+    sd["shard"] = {"save_id": save_id, "rank": 0, "world_size": 1,
                    "pieces": _layout.piece_entries(_layout.pieces_of(buckets, shapes, 0))}
     sd["params"] = [p.copy() for p in opt.params]
     fo.checkpoint.write(directory / f"{prefix}.rank0.npz", sd)
     manifest = {"format": dist.MANIFEST_FORMAT, "version": dist.MANIFEST_VERSION,
-                "save_id": "s1", "world_size": 1, "class": "Adam", "config": opt.get_config(),
+                "save_id": save_id, "world_size": 1, "class": "Adam",
+                "config": opt.get_config(),
                 "iterations": 1, "shapes": [list(s) for s in shapes], "dtypes": dtypes,
                 "group_sizes": [2], "ranks": [f"{prefix}.rank0.npz"],
                 "rank_files": [dict(iterations=1, **_manifest.file_digest(
@@ -612,13 +614,58 @@ def test_consolidate_refuses_rank_file_names_with_a_directory(tmp_path, capsys):
     ("buckets-no-bounds", lambda m: m.update(buckets=[{}]), "shard boundaries"),
     ("iterations-huge", lambda m: m.update(iterations=10 ** 400), "bad iterations entry"),
     ("config-list", lambda m: m.update(config=[]), "bad config entry"),
-    ("missing-rank-file", lambda m: m.update(ranks=["nope.npz"]), "nope.npz: missing; the manifest"),
+    ("missing-rank-file", lambda m: m.update(ranks=["nope.npz"]),
+     "nope.npz: missing; the manifest"),
     ("dims-huge", lambda m: m.update(shapes=[[2 ** 63, 1], [5]]), "bad shapes or dtypes"),
 ])
 def test_consolidate_cli_refuses_crafted_manifests_with_one_line(tmp_path, capsys, cid, edit,
                                                                  pattern):
     prefix, _ = _tiny_sharded(tmp_path)
     _edit_manifest(prefix, edit)
+    _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
+
+
+def _point_rank_file_at(prefix, name):
+    """The manifest names ``name`` as the rank file, with its true size and SHA-256."""
+    directory = os.path.dirname(prefix)
+    _edit_manifest(prefix, lambda m: (m.update(ranks=[name]), m["rank_files"][0].update(
+        _manifest.file_digest(os.path.join(directory, name)))))
+
+
+def _other_save(prefix):
+    _tiny_sharded(pathlib.Path(os.path.dirname(prefix)), "other", save_id="s2")
+    _point_rank_file_at(prefix, "other.rank0.npz")
+
+
+def _plain_checkpoint(prefix):
+    fo.save(os.path.join(os.path.dirname(prefix), "plain.npz"),
+            fo.Adam([np.zeros(12), np.zeros(5)]))
+    _point_rank_file_at(prefix, "plain.npz")
+
+
+def _record(**fields):
+    return lambda prefix: _edit_manifest(prefix, lambda m: m["rank_files"][0].update(fields))
+
+
+@pytest.mark.parametrize("cid,craft,pattern", [
+    ("other-save", _other_save, "belongs to a different save than the manifest"),
+    ("plain-checkpoint", _plain_checkpoint, "not a shard of a sharded checkpoint"),
+    ("sha-differs", _record(sha256="0" * 64), "its SHA-256 .* differs from the manifest's"),
+    ("bytes-differ", _record(bytes=10), "bytes; the manifest records 10"),
+    ("iterations-differ", _record(iterations=7), "a mix of two saves"),
+    ("sha-short", _record(sha256="abc"), "bad rank_files entry"),
+    ("no-rank-files", lambda p: _edit_manifest(p, lambda m: m.pop("rank_files")),
+     "bad rank_files entry"),
+    ("version-3", lambda p: _edit_manifest(p, lambda m: m.update(version=3)),
+     "manifest version 3; this fastopt reads versions 1, 2"),
+    ("version-true", lambda p: _edit_manifest(p, lambda m: m.update(version=True)),
+     "manifest version True"),
+])
+def test_manifests_that_point_elsewhere_refused(tmp_path, capsys, cid, craft, pattern):
+    """A manifest naming another save's rank file, a plain checkpoint, or a
+    rank file its records do not describe: refused before the file is used."""
+    prefix, _ = _tiny_sharded(tmp_path)
+    craft(prefix)
     _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
 
 

@@ -4,8 +4,9 @@ the checks that every reader applies to them before trusting them.
 ``<prefix>.manifest.json`` (written last, by rank 0) records the format,
 a save id, the world size, the optimizer's class and config, the parameter
 layout and the shard boundaries, and names one rank file per rank
-(``<prefix>.rank<k>.s<step>-<id>.npz``) with its step, size and SHA-256.  A rank file is a :func:`fastopt.checkpoint.write` state dict of the
-rank's inner optimizer plus a ``shard`` entry (save id, rank, world size and
+(``<prefix>.rank<k>.s<step>-<id>.npz``) with its step, size and SHA-256.
+A rank file is a :func:`fastopt.checkpoint.write` state dict of the rank's
+inner optimizer plus a ``shard`` entry (save id, rank, world size and
 its pieces as ``[tensor, start, length]``) and the pieces of the parameters.
 """
 import hashlib
