@@ -339,14 +339,15 @@ def options_run(request, tmp_path_factory):
 @needs_mpi
 def test_every_optimizer_and_option_sharded_equals_one_process(options_run):
     """Every optimizer of optim_db in each convention, with clipnorm,
-    global_clipnorm, skip_nonfinite (NaN and inf on one rank), accumulation,
-    EMA, param groups and None grads, on 1, 2 and 3 ranks (tensors cut by
-    the shards): params, state, averages and counters identical to one
-    process given the same gradients summed in rank order."""
+    global_clipnorm (also where the sums of squares overflow), skip_nonfinite
+    (NaN and inf on one rank), accumulation, EMA, param groups and None
+    grads, on 1, 2 and 3 ranks (tensors cut by the shards): params, state,
+    averages and counters identical to one process given the same gradients
+    summed in rank order."""
     world, results = options_run
     assert sorted(results) == list(range(world))
     from optim_db import optim_db
-    expected = sum(len(e.conventions) for e in optim_db) * 6
+    expected = sum(len(e.conventions) for e in optim_db) * 8
     for r in range(world):
         assert results[r]["cases"] == expected
         assert results[r]["bad"] == [], "\n".join(results[r]["bad"])

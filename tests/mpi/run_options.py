@@ -37,6 +37,10 @@ OPTIONS = {
     "clipnorm_skip_accum": ({"clipnorm": 5.0, "skip_nonfinite": True,
                              "gradient_accumulation_steps": 2}, ("nonfinite",)),
     "global_ema_groups": ({"global_clipnorm": 100.0, "use_ema": True}, ("groups",)),
+    # float64 gradients near 1e160: the sums of squares overflow, and the norms
+    # are recomputed with scaling (fo_norm_scaled) across the shards
+    "clipnorm_overflow": ({"clipnorm": 5.0}, ("huge",)),
+    "global_clipnorm_overflow": ({"global_clipnorm": 100.0}, ("huge",)),
 }
 
 
@@ -62,6 +66,9 @@ def rank_grads(step, rank, world, what):
             grads[0].reshape(-1)[5] = np.inf         # in the first shard
     if "none" in what and step % 3 == 1:
         grads[1] = None
+    if "huge" in what:
+        grads[0] *= 1e160
+        grads[1] *= 1e160
     return grads
 
 
