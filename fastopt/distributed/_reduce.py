@@ -99,11 +99,11 @@ class ShardReducer:
         total = np.zeros((self.ntensors, width), dtype=np.float64)
         total[self.whole_t] = recv[self.whole_at]
         for t, ix in self.split:
-            # in chunk order from zero, one addition at a time, as fo_sumsq adds them
-            acc = np.zeros(width, dtype=np.float64)
-            for row in recv[ix]:
-                acc += row
-            total[t] = acc
+            # in chunk order from zero, one addition at a time, as fo_sumsq adds
+            # them (accumulate is sequential: each partial sum is the previous one
+            # plus the next chunk's)
+            terms = np.concatenate([np.zeros((1, width)), recv[ix]])
+            total[t] = np.add.accumulate(terms, axis=0)[-1]
         S[...] = total[self.tensor_of]
         return total.reshape(-1)
 

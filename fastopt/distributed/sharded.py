@@ -82,8 +82,10 @@ class ShardedOptimizer:
     data parallelism: :math:`kNs`), plus the received gradient shard
     :math:`Ns/R`, plus :math:`Ns` for the master copy and :math:`Ns` for the
     gradient send buffer unless parameters and gradients come from
-    :func:`flat_arrays`.  :meth:`state_nbytes` and :meth:`buffer_nbytes`
-    report both.  Allocate with :func:`flat_arrays` to get the saving.
+    :func:`flat_arrays`.  With more than two ranks a step also allocates a
+    transient receive buffer of at most 8 MiB for the rank-order sum.
+    :meth:`state_nbytes` and :meth:`buffer_nbytes` report the rest.
+    Allocate with :func:`flat_arrays` to get the saving.
 
     **Agreement.**  Construction checks that every rank passed the same
     class, options, parameter layout and initial values; every step first
