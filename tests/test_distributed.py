@@ -1,7 +1,9 @@
 """fastopt.distributed: data-parallel training and the sharded optimizer.
 
 The MPI tests launch ``mpiexec -n 2 python tests/mpi/<script>.py`` (one
-launch per script, shared by the tests that read its output) with a timeout,
+launch per script, shared by the tests that read its output; the
+equivalence of every optimizer and option also at 1 and 3 ranks, and a
+launch per kill point of the fault tests) with a timeout,
 so a hang fails fast instead of stalling the suite.  They are skipped, with the
 reason, when mpi4py or an MPI launcher is missing (``pip install ".[mpi]"``).
 """
