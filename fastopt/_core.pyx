@@ -122,6 +122,12 @@ def kernel_hp(str name):
     return tuple(fo_kernel(KERNELS[name]).hp.decode().split())
 
 
+def kernel_reduces(str name):
+    """Whether kernel ``name`` has a reduction pass whose per-tensor sums its
+    finish function turns into the tensor's scalars (Lamb's trust ratio)."""
+    return fo_kernel(KERNELS[name]).finish != NULL
+
+
 # Threads of a step whose optimizer has no num_threads of its own (0: OpenMP's
 # default); fastopt.set_num_threads sets it.
 cdef int _default_threads = 0
@@ -1031,6 +1037,7 @@ cdef class Stepper:
     cdef list gsched             # per group: list of (fn, j, key, spec, lo, lo_closed, hi, hi_closed)
     cdef object sync
     cdef object cross_check
+    cdef object reducer          # None, or what combines the reductions with other processes
     # options
     cdef bint maximize, decoupled, skip_nonfinite, has_clipvalue
     cdef double clipvalue, clipnorm, global_clipnorm
@@ -1058,6 +1065,7 @@ cdef class Stepper:
 
     def __cinit__(self):
         self.acc_data = NULL
+        self.reducer = None
 
     def __init__(self, Engine engine, list groups, list group_of, int convention,
                  bint per_param, bint sched_calls, sync, Engine ema=None, list accum=None,
@@ -1220,6 +1228,20 @@ cdef class Stepper:
             raise ValueError("gradient accumulation needs accumulators")
         self.accum_k = k
         self.cross_check = None if cross_check is None else _weakref.WeakMethod(cross_check)
+
+    def set_reducer(self, reducer):
+        """Make this Stepper one part of an optimizer whose tensors are split
+        over processes (``fastopt.distributed.ShardedOptimizer``): every
+        reduction of a step is handed to ``reducer``, a collective on each
+        process in the same order, so that each process sees the values of
+        the whole tensors.  ``reducer.active``: whether any process steps a
+        tensor this step; ``reducer.any(flag)``: the flag of any process;
+        ``reducer.sums(sums, chunks, width)``: this process's per-tensor sums
+        (``width`` per tensor) made whole-tensor sums in place from the
+        per-chunk sums, returning the sums of every whole tensor;
+        ``reducer.norms(grads, whole)``: per-tensor and per-whole-tensor
+        norms where a sum of squares overflowed.  None: a process alone."""
+        self.reducer = reducer
 
     def set_excluded(self, excluded):
         """Params excluded from weight decay: a collection of indices."""
@@ -1397,7 +1419,10 @@ cdef class Stepper:
         cdef double *row
         if self.clip_mode == 1:
             c = self.clipnorm
-            eng._norms(0, nthreads, self.dbuf)
+            if self.reducer is None:
+                eng._norms(0, nthreads, self.dbuf)
+            else:
+                self._shared_norms(nthreads)
             for i in range(self.n):
                 if eng.tensors[i].grad == NULL:
                     continue
@@ -1414,11 +1439,19 @@ cdef class Stepper:
             c = self.global_clipnorm
             with nogil:
                 fo_sumsq(&eng.plan, 0, self.dbuf, eng.dscratch, nthreads)
-            total = sqrt(fo_fsum(self.dbuf, self.n))
+            if self.reducer is None:
+                total = sqrt(fo_fsum(self.dbuf, self.n))
+            else:
+                # fo_fsum is exact: the same total from the whole tensors in any order
+                whole = self._combined(1)
+                total = sqrt(fo_fsum(<double *>cnp.PyArray_DATA(whole), len(whole)))
             if total == INFINITY:
                 # the sum of squares overflowed: combine per-tensor norms with scaling
                 # (still inf, or NaN, when a grad holds inf or NaN)
-                total = _math.hypot(*eng.norms(0, nthreads).tolist())
+                if self.reducer is None:
+                    total = _math.hypot(*eng.norms(0, nthreads).tolist())
+                else:
+                    total = _math.hypot(*self.reducer.norms(self._bound(), whole)[1])
             # Keras: c * min(1/norm, 1/c), turned into NaN when the norm is not finite
             inv = 1.0 / total if total > 0 else INFINITY
             m = 1.0 / c
@@ -1429,7 +1462,51 @@ cdef class Stepper:
                 row[FO_S_GSCALE] *= f
         return 0
 
-    cdef void _apply(self, int32_t *nrows, int nthreads) noexcept:
+    cdef object _combined(self, int width):
+        """The reducer's whole-tensor sums: this Stepper's per-tensor sums
+        (``dbuf``) are replaced by those of the whole tensors, from every
+        process's per-chunk sums (the engine's scratch); returns the sums of
+        every whole tensor (float64, ``width`` per tensor)."""
+        cdef Engine eng = self.engine
+        cdef Py_ssize_t ns = self.n * width, nc = eng.plan.nchunks * width
+        sums = np.empty(ns, dtype=np.float64)
+        chunks = np.empty(nc, dtype=np.float64)
+        if ns:
+            memcpy(cnp.PyArray_DATA(sums), self.dbuf, ns * sizeof(double))
+        if nc:
+            memcpy(cnp.PyArray_DATA(chunks), eng.dscratch, nc * sizeof(double))
+        whole = np.ascontiguousarray(self.reducer.sums(sums, chunks, width), dtype=np.float64)
+        if sums.shape != (ns,) or sums.dtype != np.float64:
+            raise RuntimeError("reducer.sums changed the shape of the sums")
+        if ns:
+            memcpy(self.dbuf, cnp.PyArray_DATA(sums), ns * sizeof(double))
+        return whole
+
+    cdef list _bound(self):
+        """The grads the kernel reads now (the accumulated means, with accumulation)."""
+        if self.accum_k:
+            return [self.accum[i] if self.engine.tensors[i].grad != NULL else None
+                    for i in range(self.n)]
+        return list(self.engine.held)
+
+    cdef int _shared_norms(self, int nthreads) except -1:
+        """Per-tensor norms of whole tensors split over processes into dbuf,
+        as Engine._norms computes them for a whole tensor."""
+        cdef Engine eng = self.engine
+        cdef Py_ssize_t i
+        with nogil:
+            fo_sumsq(&eng.plan, 0, self.dbuf, eng.dscratch, nthreads)
+        whole = self._combined(1)
+        for i in range(self.n):
+            self.dbuf[i] = sqrt(self.dbuf[i])
+        if np.isposinf(whole).any():         # the same on every process
+            mine = self.reducer.norms(self._bound(), whole)[0]
+            for i in range(self.n):
+                if self.dbuf[i] == INFINITY:
+                    self.dbuf[i] = mine[i]
+        return 0
+
+    cdef int _apply(self, int32_t *nrows, int nthreads) except -1:
         """The kernel over every bound tensor; a kernel with a reduction pass
         runs it first and its finish function turns each tensor's sums into
         the row of the elementwise pass; a kernel with factored state runs its
@@ -1440,13 +1517,15 @@ cdef class Stepper:
         if self.info.finish == NULL:
             with nogil:
                 fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)
-            return
+            return 0
         cdef double *sums = self.dbuf
         if eng.factored:
             with nogil:
                 fo_step_rowcol(&eng.plan, eng.kernel, eng.rows, eng.rcscratch, nthreads)
         with nogil:
             fo_step_reduce(&eng.plan, eng.kernel, eng.rows, sums, eng.dscratch, nthreads)
+        if self.reducer is not None:
+            self._combined(FO_NRED)
         for i in range(self.n):
             if eng.tensors[i].grad == NULL:
                 continue
@@ -1455,6 +1534,7 @@ cdef class Stepper:
             eng.tensors[i].row = r
         with nogil:
             fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)
+        return 0
 
     def step(self, grads, bint addresses=False):
         """One update.  ``addresses=True``: ``grads`` are memory addresses (see
@@ -1470,6 +1550,10 @@ cdef class Stepper:
                 self.sync()(gi)
         cdef int active = (eng.set_grad_addresses(grads) if addresses
                            else eng.set_grads(grads))
+        if self.reducer is not None:
+            # a process whose part of every stepped tensor is empty still takes
+            # part in the step's collectives
+            active = bool(self.reducer.active)
         cdef int nthreads = self._threads()
         cdef int64_t k = self.accum_k, updates_before = self._iterations, step, t_shared
         cdef int32_t nrows = 0, g
@@ -1492,10 +1576,16 @@ cdef class Stepper:
             if self.skip_nonfinite and active:
                 with nogil:
                     fo_count_nonfinite(&eng.plan, self.ibuf, eng.iscratch, nthreads)
+                bad = False
                 for i in range(self.n):
                     if self.ibuf[i]:
-                        self._skipped += 1
-                        return
+                        bad = True
+                        break
+                if self.reducer is not None:
+                    bad = bool(self.reducer.any(bad))
+                if bad:
+                    self._skipped += 1
+                    return
             if k and (self._micro + 1) % k:
                 for i in range(self.n):
                     if eng.tensors[i].grad != NULL:

@@ -274,11 +274,17 @@ def _index(path, z):
     if isinstance(version, bool) or version != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format version {version!r}; this fastopt reads "
                          f"version {FORMAT_VERSION}")
-    names = set()
+    named = []
     try:
-        _decode(meta, names.add)
+        _decode(meta, named.append)
     except ValueError as e:
         raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from e
+    names = set(named)
+    if len(names) != len(named):
+        twice = next(n for n in named if named.count(n) > 1)
+        raise ValueError(f"{path}: the checkpoint's metadata names array {twice!r:.80} more "
+                         f"than once; fastopt writes each array once, so this is not a "
+                         f"fastopt checkpoint (or it was edited)")
     wanted = {n + ".npy" for n in names} | {_META + ".npy"}
     for member in members:
         if member not in wanted:

@@ -386,30 +386,53 @@ class Optimizer(Options):
         for k, (plist, over) in enumerate(groups):
             made.append(self._new_group(gi0 + k, plist, over, start))
             start += len(plist)
-        params, names = list(self._params), list(self._param_names)
-        state, group_state = list(self._state), list(self._group_state)
         all_groups = self.param_groups + [g for g, _, _ in made]
-        for group, _, pnames in made:
-            params.extend(group["params"])
-            names.extend(pnames)
-            snames = self.state_names(group)
-            group_state.append((dict(group, params=list(group["params"])), snames))
-            for p in group["params"]:
-                state.append([self._initial_array(p, group, n, shape)
-                              for n, shape in self.state_layout(group, p)])
-        group_of = [gi for gi, g in enumerate(all_groups) for _ in g["params"]]
         cls, conv = type(self), self._conv
-        engine = _core.Engine(cls.kernel, params, state)     # refuses overlapping params
+
+        def allocate():
+            params, names = list(self._params), list(self._param_names)
+            state, group_state = list(self._state), list(self._group_state)
+            for group, _, pnames in made:
+                params.extend(group["params"])
+                names.extend(pnames)
+                snames = self.state_names(group)
+                group_state.append((dict(group, params=list(group["params"])), snames))
+                for p in group["params"]:
+                    state.append([self._initial_array(p, group, n, shape)
+                                  for n, shape in self.state_layout(group, p)])
+            engine = _core.Engine(cls.kernel, params, state)     # refuses overlapping params
+            new = params[n0:]
+            # copies, so finalize() before any step leaves the weights as they are
+            ema = None if self._ema is None else self._ema + [p.copy() for p in new]
+            swa = None if self._swa is None else self._swa + [p.copy() for p in new]
+            accum = None if self._accum is None else self._accum + [np.zeros_like(p) for p in new]
+            averager = None
+            if ema is not None:
+                averager = _core.Engine("ema", params, [[a] for a in ema])
+            elif swa is not None:
+                averager = _core.Engine("average", params, [[a] for a in swa])
+            return params, names, state, group_state, engine, ema, swa, accum, averager
+
+        try:
+            built = allocate()
+        except MemoryError:
+            built = None
+        if built is None:
+            # raised outside the handler: nothing refers to what was allocated
+            new_params = [p for g, _, _ in made for p in g["params"]]
+            need = sum(len(self.state_names(g)) * p.nbytes
+                       for g, _, _ in made for p in g["params"])
+            need += sum(p.nbytes for p in new_params) * (
+                bool(self._opt_use_ema) + bool(self._opt_use_swa) +
+                bool(self._opt_gradient_accumulation_steps))
+            raise MemoryError(f"{cls.__name__}: its state for {len(new_params)} parameters "
+                              f"needs {need} bytes ({need / 2 ** 20:.1f} MiB), which could not "
+                              f"be allocated; nothing was built and the parameters are as they "
+                              f"were. Free memory, or use fewer state arrays (options) or "
+                              f"ShardedOptimizer to split the state over processes")
+        params, names, state, group_state, engine, ema, swa, accum, averager = built
         new = params[n0:]
-        # copies, so finalize() before any step leaves the weights as they are
-        ema = None if self._ema is None else self._ema + [p.copy() for p in new]
-        swa = None if self._swa is None else self._swa + [p.copy() for p in new]
-        accum = None if self._accum is None else self._accum + [np.zeros_like(p) for p in new]
-        averager = None
-        if ema is not None:
-            averager = _core.Engine("ema", params, [[a] for a in ema])
-        elif swa is not None:
-            averager = _core.Engine("average", params, [[a] for a in swa])
+        group_of = [gi for gi, g in enumerate(all_groups) for _ in g["params"]]
         stepper = _core.Stepper(engine, all_groups, group_of, conv.code,
                                 conv.per_param_steps and not cls.shared_clock,
                                 conv.schedule_clock_calls, self._sync, averager,

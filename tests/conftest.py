@@ -22,3 +22,23 @@ SIMD_VARIANTS = _core.simd_supported()
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the long soak tests (tests/test_faults.py)")
+    parser.addoption("--soak-steps", type=int, default=100000,
+                     help="steps per optimizer of the long soak (default 100000)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: long soak test, run with --soak")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long soak: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

@@ -644,3 +644,129 @@ def test_resaving_keeps_the_file_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     fo.load(path, opt)
+
+
+# ---- a battery of crafted files: headers, sizes, duplicates, truncation, references ----
+
+def _npy(shape, dtype, fill=0.0, fortran=False, descr=None):
+    """A complete ``.npy`` member (format 1.0) of ``shape`` filled with ``fill``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {
+        "descr": descr or np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": fortran, "shape": tuple(shape)})
+    return buf.getvalue() + np.full(shape, fill, dtype=dtype).tobytes()
+
+
+def _replace(name, data):
+    """Craft: member ``name`` (the first whose name contains it) replaced by ``data``."""
+    def craft(good, dst):
+        member = _member(good, name)
+        return rebuild_npz(good, dst, drop={member}, add={member: data})
+    return craft
+
+
+def _point(path_in_meta, target):
+    """Craft: the metadata's array reference at ``path_in_meta`` names
+    ``target``, and the member it named is gone (no member is left unnamed)."""
+    def craft(good, dst):
+        old = []
+
+        def edit(meta):
+            node = meta
+            keys = path_in_meta.split(".")
+            for k in keys[:-1]:
+                node = node[int(k)] if isinstance(node, list) else node[k]
+            last = int(keys[-1]) if isinstance(node, list) else keys[-1]
+            old.append(node[last]["__array__"] + ".npy")
+            node[last] = {"__array__": target}
+        return _with_meta_bytes_json(good, dst, edit, drop=old)
+    return craft
+
+
+def _with_meta_bytes_json(src, dst, edit, drop=()):
+    with zipfile.ZipFile(src) as z:
+        raw = z.read(checkpoint._META + ".npy")
+    meta = json.loads(np.lib.format.read_array(io.BytesIO(raw)).tobytes())
+    edit(meta)
+    text = json.dumps(meta).encode()
+    member = checkpoint._META + ".npy"
+    return rebuild_npz(src, dst, drop={member, *drop},
+                       add={member: _npy((len(text),), np.uint8)[:-len(text)] + text})
+
+
+def _duplicate(name, data=None):
+    def craft(good, dst):
+        member = _member(good, name)
+        with zipfile.ZipFile(good) as z:
+            payload = z.read(member) if data is None else data
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            return rebuild_npz(good, dst, add={member: payload})
+    return craft
+
+
+def _truncate_member(name, keep):
+    """Craft: member ``name`` cut to ``keep`` bytes (the zip directory agrees)."""
+    def craft(good, dst):
+        member = _member(good, name)
+        with zipfile.ZipFile(good) as z:
+            payload = z.read(member)
+        return rebuild_npz(good, dst, drop={member}, add={member: payload[:keep(payload)]})
+    return craft
+
+
+def _cut_file(at):
+    def craft(good, dst):
+        data = good.read_bytes()
+        dst.write_bytes(data[:at(data)])
+        return dst
+    return craft
+
+
+CRAFTED = [
+    # wrong .npy headers
+    ("magic", _replace("/state/0/0", b"\x93NUMPX\x01\x00" + _npy((4, 3), np.float64)[8:]),
+     "not a .npy array|corrupt"),
+    ("header-len", _replace("/state/0/0", _npy((4, 3), np.float64)[:8] + b"\xff\xff"
+                            + _npy((4, 3), np.float64)[10:]), "corrupt|truncated|header"),
+    ("descr-f4", _replace("/state/0/0", _npy((4, 3), np.float32)), r"expected float64 \(4, 3\)"),
+    ("descr-big-endian", _replace("/state/0/0", _npy((4, 3), ">f8")), "float64|byte order|>f8"),
+    ("descr-complex", _replace("params/0", _npy((4, 3), np.complex128)), "complex128|float64"),
+    ("zero-dim", _replace("/state/1/0", _npy((), np.float64)), r"expected float64 \(5,\)"),
+    ("steps-float", _replace("steps", _npy((2,), np.float64, 3.0)), "steps"),
+    ("steps-3", _replace("steps", _npy((3,), np.int64, 3)), "steps"),
+    # oversized members: more than the optimizer holds, stored (not compressed)
+    ("state-oversized", _replace("/state/1/1", _npy((1 << 19,), np.float64)),
+     r"expected float64 \(5,\)"),
+    ("param-oversized", _replace("params/0", _npy((1 << 19,), np.float64)),
+     r"params\[0\] is float64 \(524288,\)"),
+    ("meta-oversized", _replace(checkpoint._META, _npy((1 << 22,), np.uint8, 32)),
+     "metadata|corrupt|too large"),
+    # duplicates
+    ("dup-state", _duplicate("/state/0/0"), "appears twice"),
+    ("dup-meta", _duplicate(checkpoint._META), "appears twice"),
+    ("dup-steps-other", _duplicate("steps", _npy((2,), np.int64, 9)), "appears twice"),
+    # truncated members and files
+    ("member-header-only", _truncate_member("/state/0/0", lambda b: 128), "truncated|corrupt"),
+    ("member-short", _truncate_member("/state/0/0", lambda b: len(b) - 8), "truncated|corrupt"),
+    ("member-empty", _truncate_member("params/1", lambda b: 0), "truncated|corrupt|not a .npy"),
+    ("file-before-directory", _cut_file(lambda b: b.index(b"PK\x01\x02")),
+     "not a fastopt checkpoint|truncated|corrupt"),
+    ("file-mid-directory", _cut_file(lambda b: (b.index(b"PK\x01\x02") + len(b)) // 2),
+     "not a fastopt checkpoint|truncated|corrupt"),
+    # references that point elsewhere
+    ("ref-missing", _point("state.0.0", "a/state/9/9"), "missing array 'a/state/9/9'"),
+    ("ref-to-param", _point("state.1.0", "a/params/0"), "names array 'a/params/0' more than once"),
+    ("ref-to-steps", _point("state.0.1", "a/steps"), "names array 'a/steps' more than once"),
+    ("ref-twice", _point("state.1.1", "a/state/1/0"), "names array 'a/state/1/0' more than once"),
+    ("ref-to-meta", _point("params.0", checkpoint._META), "metadata|uint8|expected"),
+    ("ref-dotdot", _point("state.0.0", "../a/state/0/0"), "missing array '../a/state/0/0'"),
+]
+
+
+@pytest.mark.parametrize("cid,craft,pattern", CRAFTED, ids=[c[0] for c in CRAFTED])
+def test_crafted_file_battery_refused(tmp_path, cid, craft, pattern):
+    """Each crafted file is refused with a ValueError naming it, changes nothing,
+    and allocates no more than SIZE_BOUND while being refused."""
+    good, opt, params = _good(tmp_path)
+    path = craft(good, tmp_path / f"{cid}.npz")
+    _refuse_small(path, opt, params, f"({pattern})")

@@ -1,13 +1,16 @@
 """fastopt.distributed: data-parallel training and the sharded optimizer.
 
 The MPI tests launch ``mpiexec -n 2 python tests/mpi/<script>.py`` (one
-launch per script, shared by the tests that read its output) with a timeout,
+launch per script, shared by the tests that read its output; the
+equivalence of every optimizer and option also at 1 and 3 ranks, and a
+launch per kill point of the fault tests) with a timeout,
 so a hang fails fast instead of stalling the suite.  They are skipped, with the
 reason, when mpi4py or an MPI launcher is missing (``pip install ".[mpi]"``).
 """
 import importlib.util
 import json
 import os
+import pathlib
 import re
 import shutil
 import stat
@@ -110,16 +113,37 @@ def _single_threaded_blas():
 # ---- without MPI: the layout and the flat buffers ------------------------------
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 7])
-@pytest.mark.parametrize("total,itemsize", [(0, 4), (1, 8), (15, 4), (16, 4), (103, 8),
-                                            (1000, 4), (65537, 8)])
-def test_shard_bounds_balanced_aligned(total, itemsize, world):
-    b = _layout.shard_bounds(total, world, itemsize)
-    unit = dist.ALIGN // itemsize
+@pytest.mark.parametrize("sizes", [[0], [1], [15], [103, 0, 7], [1000], [65537],
+                                   [5000, 3, 9000, 4096, 1], [40000, 40000, 17], [3] * 50])
+def test_shard_bounds_balanced_on_the_chunk_grid(sizes, world):
+    """Every boundary is a tensor's start or a multiple of CHUNK elements from
+    it (a rank's piece is cut into the chunks of the whole tensor), and every
+    shard is within CHUNK elements of total / world."""
+    b = _layout.shard_bounds(sizes, world)
+    total = sum(sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     assert b[0] == 0 and b[-1] == total and len(b) == world + 1
     assert all(x <= y for x, y in zip(b, b[1:]))
-    assert all(x % unit == 0 for x in b[:-1])
-    sizes = np.diff(b)
-    assert sizes.max() - sizes.min() <= 2 * unit or total < world * unit
+    for x in b:
+        i = max(k for k in range(len(sizes) + 1) if starts[k] <= x)
+        assert x == total or (x - starts[i]) % _layout.CHUNK == 0, (x, starts)
+    assert all(abs(n - total / world) <= _layout.CHUNK for n in np.diff(b)), b
+
+
+def test_chunk_is_the_engines():
+    assert _layout.CHUNK == fo._core.CHUNK
+
+
+def test_unshardable_class_refused():
+    """A class whose update needs whole tensors beyond a reduction pass."""
+    from fastopt.distributed import _inputs
+
+    class Coupled(fo.SGD):
+        elementwise = False
+    with pytest.raises(ValueError, match="cannot shard Coupled: its update of an element "
+                                         "depends on other elements"):
+        _inputs.shardable_class(Coupled)
+    assert _inputs.shardable_class("Lamb") is fo.Lamb
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -231,8 +255,8 @@ def test_state_bytes_per_rank_is_one_over_world(equivalence):
     shards = [m["state_nbytes"] for m in meta["memory/sharded"]]
     assert full == 2 * 4 * sum(int(np.prod(s)) for s in common.MEMORY_SHAPES)   # Adam m, v
     assert sum(shards) == full
-    for s in shards:    # shard starts are 64-byte aligned: off by < 64 bytes per state array
-        assert abs(s - full / WORLD) < 2 * 64, shards
+    for s in shards:    # boundaries on the 4096-element chunk grid, 2 float32 state arrays
+        assert abs(s - full / WORLD) <= 2 * 4 * _layout.CHUNK, shards
 
 
 # ---- two ranks: errors ------------------------------------------------------------
@@ -302,13 +326,43 @@ def test_steps_work_after_refused_ones(errors):
         assert errors[r]["iterations"] == [1, 2]
 
 
+# ---- 1, 2 and 3 ranks: every optimizer and option, bit for bit -----------------------
+
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3])
+def options_run(request, tmp_path_factory):
+    if _skip_reason():
+        pytest.skip(_skip_reason())
+    world = request.param
+    return world, mpirun("run_options.py", tmp_path_factory.mktemp(f"options{world}"), n=world)
+
+
 @needs_mpi
-@pytest.mark.parametrize("case,option", [("refuse_clipnorm", "clipnorm"),
-                                         ("refuse_global_clipnorm", "global_clipnorm"),
-                                         ("refuse_lamb", "Lamb")])
-def test_non_elementwise_options_refused(errors, case, option):
-    msg = errors[0][case]
-    assert msg is not None and option in msg
+def test_every_optimizer_and_option_sharded_equals_one_process(options_run):
+    """Every optimizer of optim_db in each convention, with clipnorm,
+    global_clipnorm (also where the sums of squares overflow), skip_nonfinite
+    (NaN and inf on one rank), accumulation, EMA, param groups and None
+    grads, on 1, 2 and 3 ranks (tensors cut by the shards): params, state,
+    averages and counters identical to one process given the same gradients
+    summed in rank order."""
+    world, results = options_run
+    assert sorted(results) == list(range(world))
+    from optim_db import optim_db
+    expected = sum(len(e.conventions) for e in optim_db) * 8
+    for r in range(world):
+        assert results[r]["cases"] == expected
+        assert results[r]["bad"] == [], "\n".join(results[r]["bad"])
+
+
+@needs_mpi
+def test_sharded_state_is_one_over_world(options_run):
+    world, results = options_run
+    for key, (_, full) in results[0]["state_bytes"].items():
+        shards = [results[r]["state_bytes"][key][0] for r in range(world)]
+        assert sum(shards) == full, key
+        # boundaries on the 4096-element chunk grid: within a chunk of 1/world per array
+        assert all(abs(s - full / world) <= 8 * 8 * _layout.CHUNK for s in shards), (key, shards)
 
 
 # ---- two ranks: checkpoints ---------------------------------------------------------
@@ -350,11 +404,11 @@ def test_torn_checkpoint_refused_on_every_rank(checkpoint_run):
 @needs_mpi
 @pytest.mark.parametrize("case,fragments", [
     # passes the shard checks, fails load_state_dict's: rank 0 used to hang
-    ("extra", ["rank 1: ", "ckpt.rank1.npz: extra.micro_steps: step counters must be ints >= 0"]),
+    ("extra", ["rank 1: ", ".npz: extra.micro_steps: step counters must be ints >= 0"]),
     ("consolidated", ["rank 1: ", "consolidated.npz: extra.micro_steps: step counters"]),
     # names the real file of rank 1, outside the checkpoint's directory: used to load it
-    ("escape", ["rank 0: ", "rank 1: ", "the file of rank 1 is named '../ckpt.rank1.npz'; a "
-                                        "rank file is named without a directory"]),
+    ("escape", ["rank 0: ", "rank 1: ", "the file of rank 1 is named '../ckpt.rank1.s5-",
+                "a rank file is named without a directory"]),
     ("readonly", ["rank 1: ", "params[1] is read-only"]),
 ])
 def test_load_refused_by_one_rank_fails_every_rank_and_changes_nothing(checkpoint_run, case,
@@ -428,7 +482,7 @@ def test_load_with_another_world_size_refused(checkpoint_run, tmp_path):
 TINY_SHAPES = [(4, 3), (5,)]
 
 
-def _tiny_sharded(directory, prefix="ck"):
+def _tiny_sharded(directory, prefix="ck", save_id="s1"):
     """A sharded checkpoint of world size 1 written as ShardedOptimizer.save
     writes one (without MPI): <prefix>.rank0.npz and <prefix>.manifest.json.
     Returns the prefix and the params it holds."""
@@ -438,17 +492,27 @@ def _tiny_sharded(directory, prefix="ck"):
     opt.step([np.ones(p.size) for p in params])
     buckets = _layout.make_buckets(shapes, dtypes, 1)
     sd = opt.state_dict()
-    sd["shard"] = {"save_id": "s1", "rank": 0, "world_size": 1,
+    sd["shard"] = {"save_id": save_id, "rank": 0, "world_size": 1,
                    "pieces": _layout.piece_entries(_layout.pieces_of(buckets, shapes, 0))}
     sd["params"] = [p.copy() for p in opt.params]
     fo.checkpoint.write(directory / f"{prefix}.rank0.npz", sd)
     manifest = {"format": dist.MANIFEST_FORMAT, "version": dist.MANIFEST_VERSION,
-                "save_id": "s1", "world_size": 1, "class": "Adam", "config": opt.get_config(),
+                "save_id": save_id, "world_size": 1, "class": "Adam",
+                "config": opt.get_config(),
                 "iterations": 1, "shapes": [list(s) for s in shapes], "dtypes": dtypes,
                 "group_sizes": [2], "ranks": [f"{prefix}.rank0.npz"],
+                "rank_files": [dict(iterations=1, **_manifest.file_digest(
+                    directory / f"{prefix}.rank0.npz"))],
                 "buckets": [b.manifest_entry() for b in buckets]}
     _manifest.write_json_atomic(str(directory / f"{prefix}.manifest.json"), manifest)
     return str(directory / prefix), params
+
+
+def _record_rank_file(prefix):
+    """Record the rank file's size and SHA-256 in the manifest, as a save
+    that wrote it would: the checks behind the checksum are what is tried."""
+    _edit_manifest(prefix, lambda m: m["rank_files"][0].update(
+        _manifest.file_digest(prefix + ".rank0.npz")))
 
 
 def _edit_manifest(prefix, edit):
@@ -521,6 +585,7 @@ def test_consolidate_reads_no_piece_larger_than_the_manifest_says(tmp_path, caps
         add_zeros_member(tmp_path / "tmp.npz", name, (1 << 25,) if deflate else (1 << 20,),
                          np.float64, deflate=deflate)
         os.replace(tmp_path / "tmp.npz", rank_file)
+        _record_rank_file(prefix)
         _refuse_consolidate(prefix, tmp_path / "out.npz", r"ck\.rank0\.npz: .*" + pattern,
                             capsys)
 
@@ -552,13 +617,58 @@ def test_consolidate_refuses_rank_file_names_with_a_directory(tmp_path, capsys):
     ("buckets-no-bounds", lambda m: m.update(buckets=[{}]), "shard boundaries"),
     ("iterations-huge", lambda m: m.update(iterations=10 ** 400), "bad iterations entry"),
     ("config-list", lambda m: m.update(config=[]), "bad config entry"),
-    ("missing-rank-file", lambda m: m.update(ranks=["nope.npz"]), "No such file"),
+    ("missing-rank-file", lambda m: m.update(ranks=["nope.npz"]),
+     "nope.npz: missing; the manifest"),
     ("dims-huge", lambda m: m.update(shapes=[[2 ** 63, 1], [5]]), "bad shapes or dtypes"),
 ])
 def test_consolidate_cli_refuses_crafted_manifests_with_one_line(tmp_path, capsys, cid, edit,
                                                                  pattern):
     prefix, _ = _tiny_sharded(tmp_path)
     _edit_manifest(prefix, edit)
+    _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
+
+
+def _point_rank_file_at(prefix, name):
+    """The manifest names ``name`` as the rank file, with its true size and SHA-256."""
+    directory = os.path.dirname(prefix)
+    _edit_manifest(prefix, lambda m: (m.update(ranks=[name]), m["rank_files"][0].update(
+        _manifest.file_digest(os.path.join(directory, name)))))
+
+
+def _other_save(prefix):
+    _tiny_sharded(pathlib.Path(os.path.dirname(prefix)), "other", save_id="s2")
+    _point_rank_file_at(prefix, "other.rank0.npz")
+
+
+def _plain_checkpoint(prefix):
+    fo.save(os.path.join(os.path.dirname(prefix), "plain.npz"),
+            fo.Adam([np.zeros(12), np.zeros(5)]))
+    _point_rank_file_at(prefix, "plain.npz")
+
+
+def _record(**fields):
+    return lambda prefix: _edit_manifest(prefix, lambda m: m["rank_files"][0].update(fields))
+
+
+@pytest.mark.parametrize("cid,craft,pattern", [
+    ("other-save", _other_save, "belongs to a different save than the manifest"),
+    ("plain-checkpoint", _plain_checkpoint, "not a shard of a sharded checkpoint"),
+    ("sha-differs", _record(sha256="0" * 64), "its SHA-256 .* differs from the manifest's"),
+    ("bytes-differ", _record(bytes=10), "bytes; the manifest records 10"),
+    ("iterations-differ", _record(iterations=7), "a mix of two saves"),
+    ("sha-short", _record(sha256="abc"), "bad rank_files entry"),
+    ("no-rank-files", lambda p: _edit_manifest(p, lambda m: m.pop("rank_files")),
+     "bad rank_files entry"),
+    ("version-3", lambda p: _edit_manifest(p, lambda m: m.update(version=3)),
+     "manifest version 3; this fastopt reads versions 1, 2"),
+    ("version-true", lambda p: _edit_manifest(p, lambda m: m.update(version=True)),
+     "manifest version True"),
+])
+def test_manifests_that_point_elsewhere_refused(tmp_path, capsys, cid, craft, pattern):
+    """A manifest naming another save's rank file, a plain checkpoint, or a
+    rank file its records do not describe: refused before the file is used."""
+    prefix, _ = _tiny_sharded(tmp_path)
+    craft(prefix)
     _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
 
 
@@ -585,6 +695,7 @@ def _edit_rank_meta(prefix, edit):
     arrays = {k: a for k, a in arrays.items() if json.dumps({"__array__": k}) in text}
     arrays[fo.checkpoint._META] = np.frombuffer(text.encode(), dtype=np.uint8)
     np.savez(file, **arrays)
+    _record_rank_file(prefix)
 
 
 @pytest.mark.parametrize("cid,edit,pattern", [
@@ -671,3 +782,93 @@ def test_sharded_optimizer_refuses_rowgrads(rows_run):
         assert msg is not None and "refused on every rank; nothing was changed" in msg
         assert "grads[0]: a RowGrad" in msg and "allreduce_gradients" in msg
         assert rows_run[r]["sharded_unchanged"]
+
+
+# ---- a rank killed during a sharded save ------------------------------------------
+
+KILL_POINTS = ["before_write", "mid_write", "before_rename", "after_rename",
+               "before_manifest", "mid_manifest"]
+
+
+def _mpirun_killed(directory, point):
+    """Run tests/mpi/run_kill.py on 2 ranks; the victim's SIGKILL ends the launch."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1")
+    cmd = [_launcher(), "-n", "2", sys.executable, os.path.join(SCRIPTS, "run_kill.py"),
+           str(directory), point]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                          cwd=directory)
+    return proc
+
+
+def _ckpt_files(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith("ckpt."))
+
+
+@needs_mpi
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_rank_killed_mid_save_leaves_the_previous_checkpoint(tmp_path, point):
+    """SIGKILL of one rank at each point of the second save: the manifest
+    still names the first save, whose every file is intact (size and SHA-256
+    as recorded) and consolidates to exactly what it held; the second save's
+    files are named by no manifest, and one that points at them is refused
+    as incomplete or corrupt (never loaded as a mix of two steps)."""
+    proc = _mpirun_killed(tmp_path, point)
+    assert proc.returncode != 0, f"the kill at {point} did not happen: {proc.stdout}"
+    manifest = dist.read_manifest(str(tmp_path / "ckpt"))
+    assert manifest["iterations"] == 3
+    assert [r["iterations"] for r in manifest["rank_files"]] == [3, 3]
+    for name, record in zip(manifest["ranks"], manifest["rank_files"]):
+        assert ".s3-" in name
+        assert _manifest.file_digest(str(tmp_path / name)) == {
+            "bytes": record["bytes"], "sha256": record["sha256"]}
+    out = tmp_path / "after.npz"
+    dist.consolidate(str(tmp_path / "ckpt"), str(out))
+    got, want = fo.checkpoint.read(out), fo.checkpoint.read(tmp_path / "reference.npz")
+    assert got["iterations"] == want["iterations"] == 3
+    for a, b in zip(got["params"] + [x for s in got["state"] for x in s],
+                    want["params"] + [x for s in want["state"] for x in s]):
+        assert np.array_equal(a, b)
+    # the second save's rank files, if any reached their place
+    new = [n for n in _ckpt_files(tmp_path) if ".s5-" in n]
+    assert all(n.endswith(".npz") for n in new)
+    if point in ("before_manifest", "mid_manifest"):
+        assert len(new) == 2, new           # the whole new set was written: only uncommitted
+    if point in ("before_write", "mid_write", "before_rename"):
+        assert not any(".rank1." in n for n in new), new
+    for name in new:
+        rank = int(name.split(".rank")[1].split(".")[0])
+        crafted = dict(manifest, ranks=[name if r == rank else n
+                                        for r, n in enumerate(manifest["ranks"])])
+        _manifest.write_json_atomic(str(tmp_path / "mixed.manifest.json"), crafted)
+        with pytest.raises(ValueError, match="bytes; the manifest records|SHA-256"):
+            dist.consolidate(str(tmp_path / "mixed"), str(tmp_path / "mixed.npz"))
+    # leftover temporary files are not checkpoint files
+    assert all(n.startswith("ckpt.rank") or n == "ckpt.manifest.json"
+               for n in _ckpt_files(tmp_path))
+
+
+@needs_mpi
+def test_completed_save_replaces_the_previous_set(tmp_path):
+    """The control run: the second save commits, and the first save's files go."""
+    proc = _mpirun_killed(tmp_path, "none")
+    assert proc.returncode == 0, proc.stderr
+    manifest = dist.read_manifest(str(tmp_path / "ckpt"))
+    assert manifest["iterations"] == 5
+    assert _ckpt_files(tmp_path) == sorted(manifest["ranks"] + ["ckpt.manifest.json"])
+
+
+@needs_mpi
+def test_consolidate_keeps_extra_state(tmp_path):
+    """Nadam's momentum products (per group and per parameter), moving
+    averages, accumulators saved between micro-steps and the skip counter
+    survive consolidate: fo.load of the result equals one process trained
+    alike, state dict for state dict, and load_consolidated trains on to
+    the same bits."""
+    results = mpirun("run_extra.py", tmp_path)
+    assert sorted(results) == list(range(WORLD))
+    for r in range(WORLD):
+        assert len(results[r]) == 3
+        for case, bad in results[r].items():
+            assert bad == [], f"rank {r}, {case}: {bad}"

@@ -15,23 +15,27 @@ calls one of:
   ``1/world_size`` of the state), reduce-scatters the gradients, updates its
   shard with the normal C kernels and all-gathers the parameters.
 
-With the same gradients both give bit-identical parameters on every rank:
-an elementwise kernel on a shard computes exactly what it computes on the
-whole array, and the summation of two ranks' contributions is one rounding
-either way.  With more than two ranks the MPI library's reduction order
-(Allreduce vs Reduce_scatter algorithms) may differ, and the results agree
-to rounding.  Against a single process that computes the gradient of the
-whole global batch the results agree to rounding (the batch sum is split
-into per-rank partial sums), typically within 1e-12 relative in float64.
+With two ranks both give bit-identical parameters on every rank: an
+elementwise kernel on a shard computes exactly what it computes on the whole
+array, and the summation of two ranks' contributions is one rounding either
+way.  :class:`ShardedOptimizer` is, at any world size and with every option
+(norm clipping, ``skip_nonfinite``, Lamb's trust ratios), bit for bit one
+process given the ranks' gradients summed in rank order; with more than two
+ranks :func:`allreduce_gradients` follows the MPI library's reduction order
+and agrees with it to rounding.  Against a single process that computes the
+gradient of the whole global batch the results agree to rounding (the batch
+sum is split into per-rank partial sums), typically within 1e-12 relative in
+float64.
 
 Gradients are checked on every rank and the verdict is agreed with one small
 collective before any collective that could hang: a rank given a wrong
 gradient makes every rank raise the same ``ValueError`` naming that rank and
 index, and nothing changes anywhere.
 
-Sharded checkpoints (:meth:`ShardedOptimizer.save`) are one atomic
-``<path>.rank<k>.npz`` per rank plus an atomic ``<path>.manifest.json`` written
-last by rank 0; :func:`consolidate` (or ``python -m fastopt.distributed
+Sharded checkpoints (:meth:`ShardedOptimizer.save`) are one new
+``<path>.rank<k>.s<step>-<id>.npz`` per rank plus an atomic
+``<path>.manifest.json`` written last by rank 0, naming each rank file with
+its step, size and SHA-256; :func:`consolidate` (or ``python -m fastopt.distributed
 consolidate <path> <out.npz>``) turns them into a single-process checkpoint
 that :func:`fastopt.load` accepts.
 """

@@ -4,22 +4,13 @@ gradient checks return their verdict instead of raising, for the agreement
 protocol."""
 import numpy as np
 
+from .. import _core
 from .._core import RowGrad
 from ..optimizers import REGISTRY, Optimizer
 
-# Options whose value depends on whole tensors (a norm) or on the whole
-# gradient (a global norm, a finite check): a rank holding a shard cannot
-# compute them alone.
-_NON_ELEMENTWISE_OPTIONS = {
-    "clipnorm": "clips each tensor by its own norm",
-    "global_clipnorm": "clips by the norm of the whole gradient",
-    "skip_nonfinite": "skips a step when any gradient element is not finite",
-}
-
-
-def shardable_class(opt_class, kwargs):
-    """The optimizer class given (or named), refused if its update or an option
-    in ``kwargs`` needs whole tensors."""
+def shardable_class(opt_class):
+    """The optimizer class given (or named), refused if its update of an
+    element depends on other elements in a way a shard cannot reproduce."""
     if isinstance(opt_class, str):
         if opt_class not in REGISTRY:
             raise ValueError(f"unknown optimizer {opt_class!r}; known: "
@@ -29,16 +20,12 @@ def shardable_class(opt_class, kwargs):
         raise TypeError(f"opt_class must be a fastopt optimizer class (e.g. fastopt.Adam); "
                         f"got {opt_class!r}")
     name = opt_class.__name__
-    if not opt_class.elementwise:
+    # a reduction pass (per-tensor sums, then the elementwise update) is combined
+    # over the ranks; any other dependence between elements needs whole tensors
+    if not opt_class.elementwise and not _core.kernel_reduces(opt_class.kernel):
         raise ValueError(f"ShardedOptimizer cannot shard {name}: its update of an element "
-                         f"depends on other elements of the tensor (a per-tensor trust ratio "
-                         f"or norm), which needs whole tensors; use allreduce_gradients with "
-                         f"a plain {name} instead")
-    for key, why in _NON_ELEMENTWISE_OPTIONS.items():
-        if kwargs.get(key) not in (None, False):
-            raise ValueError(f"ShardedOptimizer does not support {key}: it {why}, but a "
-                             f"rank holds only a shard of each gradient. Use clipvalue, "
-                             f"or allreduce_gradients with a plain optimizer")
+                         f"depends on other elements of the tensor beyond per-tensor sums; "
+                         f"use allreduce_gradients with a plain {name} instead")
     return opt_class
 
 

@@ -2,9 +2,11 @@
 
 The parameters of each dtype are concatenated in order into one flat index
 space, a :class:`Bucket`, which is split into ``world_size`` contiguous
-shards that start on ``ALIGN``-byte boundaries.  The part of one tensor that
+shards whose boundaries fall on the C engine's chunk grid of each tensor
+(:func:`shard_bounds`).  The part of one tensor that
 falls into one rank's shard is a :class:`Piece`.
 """
+import bisect
 import itertools
 import math
 from typing import Any, Iterable, NamedTuple, Tuple
@@ -12,7 +14,7 @@ from typing import Any, Iterable, NamedTuple, Tuple
 import numpy as np
 import numpy.typing as npt
 
-#: Byte alignment of flat buffers and of shard boundaries (one cache line).
+#: Byte alignment of flat buffers (one cache line).
 ALIGN = 64
 
 
@@ -145,12 +147,37 @@ class Piece(NamedTuple):
     length: int
 
 
-def shard_bounds(total, world, itemsize):
-    """``world + 1`` boundaries splitting ``[0, total)`` into contiguous,
-    balanced shards whose starts are multiples of ALIGN bytes."""
-    unit = max(1, ALIGN // itemsize)
-    units = -(-total // unit)
-    return [min(total, (k * units // world) * unit) for k in range(world + 1)]
+#: Elements per chunk of the C work list (``FO_CHUNK`` in csrc/fastopt.h):
+#: norms are summed per chunk, then the chunks in order.
+CHUNK = 4096
+
+
+def shard_bounds(sizes, world):
+    """``world + 1`` boundaries splitting the concatenation of tensors of
+    ``sizes`` elements into contiguous, balanced shards.
+
+    A boundary lies at a tensor's start or at a multiple of :data:`CHUNK`
+    elements from it, so that every piece of a tensor is cut into the same
+    chunks as the whole tensor: the per-chunk sums of squares a rank computes
+    are those one process computes, and combined in order they give its norm
+    bit for bit.  Each boundary is the allowed position nearest the balanced
+    one (ties to the lower), so a shard is within ``CHUNK`` elements of
+    ``total / world``.
+    """
+    sizes = [int(n) for n in sizes]
+    total = sum(sizes)
+    starts = list(itertools.accumulate(sizes, initial=0))[:-1]
+    bounds = [0]
+    for k in range(1, world):
+        target = k * total // world
+        # the tensor holding the target, and the chunk starts around it
+        i = max(bisect.bisect_right(starts, target) - 1, 0)
+        lo = starts[i] + (target - starts[i]) // CHUNK * CHUNK
+        hi = min(lo + CHUNK, starts[i] + sizes[i])
+        b = hi if hi - target < target - lo else lo
+        bounds.append(max(b, bounds[-1]))
+    bounds.append(total)
+    return bounds
 
 
 def make_buckets(shapes, dtypes, world):
@@ -158,10 +185,11 @@ def make_buckets(shapes, dtypes, world):
     buckets = []
     for dt in dict.fromkeys(dtypes):
         tensors = [i for i, d in enumerate(dtypes) if d == dt]
-        offsets = list(itertools.accumulate((math.prod(shapes[i]) for i in tensors), initial=0))
+        sizes = [math.prod(shapes[i]) for i in tensors]
+        offsets = list(itertools.accumulate(sizes, initial=0))
         total = offsets.pop()
         buckets.append(Bucket(dt, tuple(tensors), tuple(offsets), total,
-                              tuple(shard_bounds(total, world, np.dtype(dt).itemsize))))
+                              tuple(shard_bounds(sizes, world))))
     return buckets
 
 

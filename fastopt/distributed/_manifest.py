@@ -3,11 +3,13 @@ the checks that every reader applies to them before trusting them.
 
 ``<prefix>.manifest.json`` (written last, by rank 0) records the format,
 a save id, the world size, the optimizer's class and config, the parameter
-layout and the shard boundaries, and names one ``<prefix>.rank<k>.npz`` per
-rank.  A rank file is a :func:`fastopt.checkpoint.write` state dict of the
-rank's inner optimizer plus a ``shard`` entry (save id, rank, world size and
+layout and the shard boundaries, and names one rank file per rank
+(``<prefix>.rank<k>.s<step>-<id>.npz``) with its step, size and SHA-256.
+A rank file is a :func:`fastopt.checkpoint.write` state dict of the rank's
+inner optimizer plus a ``shard`` entry (save id, rank, world size and
 its pieces as ``[tensor, start, length]``) and the pieces of the parameters.
 """
+import hashlib
 import json
 import os
 
@@ -19,7 +21,10 @@ from ._agree import describe
 from ._layout import make_buckets, piece_entries
 
 MANIFEST_FORMAT = "fastopt-sharded-checkpoint"
-MANIFEST_VERSION = 1
+#: Version 2 names a new set of rank files per save and records each file's
+#: iteration, size and SHA-256; version 1 manifests are still read.
+MANIFEST_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 _DTYPES = (np.dtype(np.float32).str, np.dtype(np.float64).str)
 
@@ -68,9 +73,10 @@ def read_manifest(path):
         raise ValueError(f"{file}: corrupt manifest ({type(e).__name__}: {e})") from e
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{file}: not a fastopt sharded-checkpoint manifest")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{file}: manifest version {manifest.get('version')!r}; this fastopt "
-                         f"reads version {MANIFEST_VERSION}")
+    if manifest.get("version") not in _READABLE_VERSIONS or \
+            type(manifest.get("version")) is not int:
+        raise ValueError(f"{file}: manifest version {manifest.get('version')!r:.40}; this "
+                         f"fastopt reads versions {', '.join(map(str, _READABLE_VERSIONS))}")
     keys = ("save_id", "world_size", "class", "config", "iterations", "shapes", "dtypes",
             "group_sizes", "buckets", "ranks")
     missing = [k for k in keys if k not in manifest]
@@ -93,6 +99,18 @@ def read_manifest(path):
                          f"by ShardedOptimizer.save (or was edited)")
     if len(ranks) != world:
         raise ValueError(f"{file}: names {len(ranks)} rank files for world size {world}")
+    if manifest["version"] >= 2:
+        records = manifest.get("rank_files")
+        if not (isinstance(records, list) and len(records) == world and all(
+                isinstance(r, dict) and _is_count(r.get("iterations"))
+                and _is_count(r.get("bytes")) and isinstance(r.get("sha256"), str)
+                and len(r["sha256"]) == 64 for r in records)):
+            raise ValueError(f"{file}: corrupt manifest (bad rank_files entry: one "
+                             f"{{iterations, bytes, sha256}} per rank expected)")
+        if any(r["iterations"] != manifest["iterations"] for r in records):
+            raise ValueError(f"{file}: its rank files are of iterations "
+                             f"{[r['iterations'] for r in records]}, not all "
+                             f"{manifest['iterations']}: a mix of two saves")
     for rank in range(world):
         rank_file(path, manifest, rank)
     shapes = [tuple(s) for s in manifest["shapes"]]
@@ -100,6 +118,43 @@ def read_manifest(path):
     if [b.get("bounds") for b in buckets] != [list(b.bounds) for b in expected]:
         raise ValueError(f"{file}: shard boundaries do not match the parameter layout")
     return manifest
+
+
+#: The entries of a state dict's ``extra`` that hold one array per parameter
+#: (a rank file: one per piece).
+PIECE_EXTRAS = ("ema", "accumulators")
+
+
+def file_digest(path):
+    """``{"bytes": size, "sha256": hex digest}`` of the file ``path``."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def verify_rank_file(prefix, manifest, rank, file):
+    """Refuse ``rank``'s file unless its size and SHA-256 are the ones the
+    manifest records (a version 2 manifest): a file missing, cut short,
+    overwritten or from another save is refused before it is parsed."""
+    if manifest["version"] < 2:
+        return
+    want = manifest["rank_files"][rank]
+    try:
+        size = os.stat(file).st_size
+    except FileNotFoundError:
+        raise ValueError(f"{file}: missing; the manifest {prefix}.manifest.json names it as "
+                         f"the file of rank {rank} (an incomplete checkpoint)") from None
+    if size != want["bytes"]:
+        raise ValueError(f"{file}: {size} bytes; the manifest records {want['bytes']} (a "
+                         f"truncated or replaced rank file)")
+    got = file_digest(file)["sha256"]
+    if got != want["sha256"]:
+        raise ValueError(f"{file}: its SHA-256 {got[:16]}... differs from the manifest's "
+                         f"{want['sha256'][:16]}... (a corrupt or replaced rank file)")
 
 
 def check_shard_meta(file, shard, manifest, rank):
@@ -142,3 +197,13 @@ def check_rank_file(file, sd, manifest, rank, pieces):
         if not isinstance(states, list) or any(describe(b) != want for b in states):
             raise ValueError(f"{file}: the state of the piece of params[{i}] is not a list of "
                              f"{want} arrays")
+    extra = sd.get("extra", {})
+    if not isinstance(extra, dict):
+        raise ValueError(f"{file}: its extra entry is not a dict")
+    for key in PIECE_EXTRAS:
+        arrays = extra.get(key)
+        if arrays is not None and not (isinstance(arrays, list) and len(arrays) == n and all(
+                describe(a) == f"{np.dtype(manifest['dtypes'][p.tensor])} {(p.length,)}"
+                for p, a in zip(pieces, arrays))):
+            raise ValueError(f"{file}: extra.{key} does not hold one array per piece of the "
+                             f"piece's dtype and length")

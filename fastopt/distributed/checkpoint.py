@@ -8,6 +8,7 @@ verdict before anything changes: a file one rank cannot read or apply makes
 every rank raise the same ``ValueError``.
 """
 import functools
+import glob
 import math
 import os
 import uuid
@@ -17,14 +18,21 @@ import numpy as np
 from .. import checkpoint as _checkpoint
 from ._agree import agree, describe
 from ._layout import make_buckets, piece_entries, pieces_of
-from ._manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, check_rank_file, check_shard_meta,
-                        is_layout, layout_str, rank_file, read_manifest, write_json_atomic)
+from ._manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, PIECE_EXTRAS, check_rank_file,
+                        check_shard_meta, file_digest, is_layout, layout_str, rank_file,
+                        read_manifest, verify_rank_file, write_json_atomic)
 
 
 # ---- save ------------------------------------------------------------------------
 
-def _manifest(sharded, save_id, prefix):
-    base = os.path.basename(prefix)
+def _rank_name(prefix, rank, iterations, save_id):
+    """``<prefix>.rank<k>.s<iterations>-<id>.npz``: every save writes new rank
+    files, so the set the manifest names stays whole until the new manifest
+    replaces it."""
+    return f"{os.path.basename(prefix)}.rank{rank}.s{iterations}-{save_id[:12]}.npz"
+
+
+def _manifest(sharded, save_id, prefix, files):
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -37,16 +45,23 @@ def _manifest(sharded, save_id, prefix):
         "dtypes": list(sharded._dtypes),
         "group_sizes": list(sharded._group_sizes),
         "buckets": [b.manifest_entry() for b in sharded._buckets],
-        "ranks": [f"{base}.rank{r}.npz" for r in range(sharded.world_size)],
+        "ranks": [f["name"] for f in files],
+        "rank_files": [{"iterations": f["iterations"], "bytes": f["bytes"],
+                        "sha256": f["sha256"]} for f in files],
     }
 
 
 def save(sharded, path):
-    """:meth:`ShardedOptimizer.save`: the rank files, then the manifest."""
+    """:meth:`ShardedOptimizer.save`: new rank files, then the manifest that
+    names them (the commit), then the files no manifest names any more.
+
+    A process killed at any point leaves the manifest of the previous save
+    and all of its files (the new ones are named by no manifest), or the new
+    manifest and all of its files: never a mix of two saves."""
     prefix = os.fspath(path)
     comm, rank = sharded.comm, sharded.rank
     save_id = comm.bcast(uuid.uuid4().hex if rank == 0 else None, root=0)
-    error, message = 0, None
+    error, message, mine = 0, None, None
     try:
         inner = sharded.optimizer
         with inner.lock:
@@ -55,17 +70,32 @@ def save(sharded, path):
                            "world_size": sharded.world_size,
                            "pieces": piece_entries(sharded._pieces)}
             sd["params"] = [p.copy() for p in inner.params]
-        _checkpoint.write(f"{prefix}.rank{rank}.npz", sd)
+        name = _rank_name(prefix, rank, sd["iterations"], save_id)
+        file = os.path.join(os.path.dirname(os.path.abspath(prefix)), name)
+        _checkpoint.write(file, sd)
+        mine = {"name": name, "iterations": int(sd["iterations"]),
+                **file_digest(file)}
     except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks
-        error, message = 1, f"writing {prefix}.rank{rank}.npz failed: {e}"
+        error, message = 1, f"writing the file of rank {rank} of {prefix} failed: {e}"
     agree(comm, [error], message, "ShardedOptimizer.save")
+    files = comm.gather(mine, root=0)
     error, message = 0, None
     if rank == 0:
         try:
-            write_json_atomic(f"{prefix}.manifest.json", _manifest(sharded, save_id, prefix))
+            write_json_atomic(f"{prefix}.manifest.json",
+                              _manifest(sharded, save_id, prefix, files))
         except Exception as e:  # noqa: BLE001
             error, message = 1, f"writing {prefix}.manifest.json failed: {e}"
     agree(comm, [error], message, "ShardedOptimizer.save")
+    # committed: this rank's files of earlier (or interrupted) saves go
+    pattern = glob.escape(os.path.join(os.path.dirname(os.path.abspath(prefix)),
+                                       f"{os.path.basename(prefix)}.rank{rank}.s"))
+    for old in glob.glob(pattern + "*-*.npz"):
+        if os.path.basename(old) != mine["name"]:
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
 
 
 # ---- load ------------------------------------------------------------------------
@@ -141,6 +171,7 @@ def _check_shard_file(sharded, prefix, manifest):
         raise ValueError(f"{prefix}: shard boundaries differ from this optimizer's")
     _check_writeable(sharded)
     file = rank_file(prefix, manifest, sharded.rank)
+    verify_rank_file(prefix, manifest, sharded.rank, file)
     check = functools.partial(_check_pieces_state, sharded, file, manifest)
     # shapes are checked on the headers first: no data is read from a file that does not fit
     return check(_checkpoint.read(file, expect=check))
@@ -228,6 +259,7 @@ def _split_full_state(sharded, file, sd):
             raise ValueError(f"{file}: params[{i}] is {describe(p)}; expected {want}")
         pieces_params.append(p.reshape(-1)[start:start + n])
     sd["state"] = pieces_state
+    sd["extra"] = _split_extra(inner, sharded._pieces, sd.get("extra", {}), shapes, file)
     sd["steps"] = steps[[piece.tensor for piece in sharded._pieces]]
     sd["shapes"] = [[piece.length] for piece in sharded._pieces]
     sd["dtypes"] = [sharded._dtypes[piece.tensor] for piece in sharded._pieces]
@@ -235,6 +267,44 @@ def _split_full_state(sharded, file, sd):
         return inner.check_state_dict(sd), pieces_params
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from e
+
+
+def _aux_per_param(class_name, config):
+    """The name of the kernel's host values in ``extra`` and whether there is one
+    per parameter (torch's per-parameter steps) rather than one per group."""
+    from .._hyper import CONVENTIONS
+    from ..optimizers import REGISTRY
+    cls = REGISTRY.get(class_name)
+    conv = CONVENTIONS.get(config.get("convention", "keras")) if isinstance(config, dict) else None
+    if cls is None or cls.aux_state is None or conv is None:
+        return None, False
+    return cls.aux_state, conv.per_param_steps
+
+
+def _split_extra(inner, pieces, extra, shapes, file):
+    """A single-process checkpoint's ``extra`` cut to this rank's pieces:
+    per-parameter arrays (moving averages, accumulators) and per-parameter host
+    values; counters and per-group values as they are."""
+    if not isinstance(extra, dict):
+        return extra            # refused by the inner optimizer's check, naming it
+    extra = dict(extra)
+    for key in PIECE_EXTRAS:
+        arrays = extra.get(key)
+        if isinstance(arrays, list) and len(arrays) == len(shapes):
+            for i, a in enumerate(arrays):
+                if not isinstance(a, np.ndarray) or a.shape != tuple(shapes[i]):
+                    raise ValueError(f"{file}: extra.{key}[{i}] is {describe(a)}; expected "
+                                     f"an array of shape {tuple(shapes[i])}")
+            extra[key] = [arrays[p.tensor].reshape(-1)[p.start:p.start + p.length]
+                          for p in pieces]
+    key, per_param = _aux_per_param(type(inner).__name__, inner.get_config())
+    if key is not None and per_param and key in extra:
+        values = extra[key]
+        if np.shape(values) != (len(shapes),):
+            raise ValueError(f"{file}: extra.{key}: expected {len(shapes)} values; got shape "
+                             f"{np.shape(values)}")
+        extra[key] = np.asarray(values, dtype=np.float64)[[p.tensor for p in pieces]]
+    return extra
 
 
 # ---- consolidate -----------------------------------------------------------------
@@ -269,6 +339,7 @@ def consolidate(path, out):
     # state arrays for each piece of a tensor.
     nstate = {}
     for rank, file in enumerate(files):
+        verify_rank_file(prefix, manifest, rank, file)
         sd = _checkpoint.read_headers(file)
         check_rank_file(file, sd, manifest, rank, pieces[rank])
         for piece, states in zip(pieces[rank], sd["state"]):
@@ -277,20 +348,41 @@ def consolidate(path, out):
                 raise ValueError(f"{file}: holds {len(states)} state arrays for its piece of "
                                  f"params[{i}]; another rank file holds {nstate[i]}")
     n = len(shapes)
+    aux_key, aux_per_param = _aux_per_param(manifest["class"], manifest["config"])
     full_params = [np.empty(s, dtype=d) for s, d in zip(shapes, dtypes)]
     full_state = [None] * n
     steps = [None] * n
     filled = [0] * n
     first = None
+    extra, aux = {}, [None] * n
     for rank, file in enumerate(files):
         sd = _checkpoint.read(file, expect=lambda sd: check_rank_file(
             file, sd, manifest, rank, pieces[rank]))
         check_rank_file(file, sd, manifest, rank, pieces[rank])
         if first is None:
             first = sd
+            extra = {k: v for k, v in sd.get("extra", {}).items() if k not in PIECE_EXTRAS}
+            for key in PIECE_EXTRAS:
+                if sd.get("extra", {}).get(key) is not None:
+                    extra[key] = [np.zeros(s, dtype=d) for s, d in zip(shapes, dtypes)]
         elif sd["iterations"] != first["iterations"]:
             raise ValueError(f"{file}: at iteration {sd['iterations']}; rank 0 is at "
                              f"{first['iterations']}")
+        theirs = sd.get("extra", {})
+        for key in ("micro_steps", "skipped_steps"):
+            if theirs.get(key) != first.get("extra", {}).get(key):
+                raise ValueError(f"{file}: extra.{key} is {theirs.get(key)!r}; rank 0's is "
+                                 f"{first.get('extra', {}).get(key)!r}")
+        for key in PIECE_EXTRAS:
+            if (theirs.get(key) is None) != (key not in extra):
+                raise ValueError(f"{file}: {'lacks' if key in extra else 'has'} extra.{key}, "
+                                 f"unlike rank 0's file")
+        if aux_per_param and aux_key in theirs:
+            values = np.asarray(theirs[aux_key], dtype=np.float64).reshape(-1)
+            if values.shape != (len(pieces[rank]),):
+                raise ValueError(f"{file}: extra.{aux_key} does not hold one value per piece")
+            for piece, v in zip(pieces[rank], values.tolist()):
+                aux[piece.tensor] = v
         for piece, q, states, k in zip(pieces[rank], sd["params"], sd["state"], sd["steps"]):
             i, start, m = piece.tensor, piece.start, piece.length
             full_params[i].reshape(-1)[start:start + m] = q
@@ -303,6 +395,10 @@ def consolidate(path, out):
             for a, b in zip(full_state[i], states):
                 a.reshape(-1)[start:start + m] = b
             filled[i] += m
+        for key in PIECE_EXTRAS:
+            if key in extra:
+                for piece, b in zip(pieces[rank], theirs[key]):
+                    extra[key][piece.tensor].reshape(-1)[piece.start:piece.start + piece.length] = b
     for i in range(n):
         if filled[i] != math.prod(shapes[i]) or full_state[i] is None:
             raise ValueError(f"{prefix}: params[{i}] is not fully covered by the rank files")
@@ -316,6 +412,9 @@ def consolidate(path, out):
         "dtypes": list(dtypes),
         "state": full_state,
         "schedules": first.get("schedules", {}),
+        "extra": extra,
         "params": full_params,
     }
+    if aux_per_param and aux_key in extra:
+        extra[aux_key] = np.array([1.0 if v is None else v for v in aux], dtype=np.float64)
     _checkpoint.write(out, sd)

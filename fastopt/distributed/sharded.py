@@ -11,6 +11,7 @@ from . import checkpoint as _checkpoint
 from ._agree import agree, first_difference, hash64, hash_arrays, mismatch, mpi, mpi_type
 from ._inputs import check_disjoint, check_grads, pairs_to_grads, shardable_class
 from ._layout import aligned_empty, flat_view, make_buckets, pieces_of
+from ._reduce import ShardReducer, reduce_scatter_ordered
 
 if TYPE_CHECKING:
     from .._types import Array, Grads, Params
@@ -38,28 +39,41 @@ class ShardedOptimizer:
     -----
     The parameters of each dtype are concatenated in order into one flat
     index space of :math:`N` elements, split into :math:`R` contiguous
-    shards :math:`[b_r, b_{r+1})` that are balanced and start on 64-byte
-    boundaries.  Rank :math:`r` builds an ordinary ``opt_class`` over the
+    shards :math:`[b_r, b_{r+1})` that are balanced to within 4096 elements
+    and whose boundaries fall on the C engine's chunk grid of each tensor
+    (a tensor's start, or a multiple of 4096 elements from it).  Rank
+    :math:`r` builds an ordinary ``opt_class`` over the
     pieces of the tensors that fall into its shard (views, so the C kernels
     run unchanged) and keeps only their state: about
     :math:`\text{state bytes} / R` per rank.  One step is
 
     .. math::
 
-        \hat g_{[b_r, b_{r+1})} &= \Big(\sum_{q} g^{(q)}\Big)_{[b_r, b_{r+1})} / R
-            \qquad \text{(Reduce\_scatter, SUM)} \\
+        \hat g_{[b_r, b_{r+1})} &= \Big(\big((g^{(0)} + g^{(1)}) + g^{(2)}\big) + \dots
+            \Big)_{[b_r, b_{r+1})} / R \qquad \text{(reduce-scatter, rank order)} \\
         w_{[b_r, b_{r+1})} &\leftarrow \text{opt\_class update with } \hat g \\
         w &\leftarrow \text{Allgatherv of all shards}
 
-    which is :func:`allreduce_gradients` followed by a plain ``opt_class``
-    step, bit for bit with two ranks (one addition either way) and to
-    rounding otherwise.  Per-tensor hyper-parameters, param groups, ``None``
-    gradients and torch's per-parameter step counts carry over, because each
-    piece is a parameter of the inner optimizer with its tensor's group and
-    step count.  Options whose math needs a whole tensor or the whole
-    gradient (``clipnorm``, ``global_clipnorm``, ``skip_nonfinite``) and
-    classes that are not ``elementwise`` (Lamb's per-tensor trust ratio)
-    are refused.
+    which is, bit for bit and for any :math:`R`, the step of one
+    ``opt_class`` given the mean of the same :math:`R` gradients summed in
+    rank order (with one or two ranks that is MPI's own ``Reduce_scatter``,
+    one addition either way; with more, an ``Alltoallv`` of the shards'
+    segments and the additions in rank order).  Per-tensor hyper-parameters,
+    param groups, ``None`` gradients and torch's per-parameter step counts
+    carry over, because each piece is a parameter of the inner optimizer
+    with its tensor's group and step count.
+
+    **Whole-tensor reductions.**  ``clipnorm``, ``global_clipnorm`` and
+    per-tensor trust ratios (Lamb) need norms of whole tensors; one process
+    computes a tensor's sum of squares per 4096-element chunk and adds the
+    chunks in order.  Since a shard boundary never cuts a chunk, each rank
+    computes those same per-chunk sums for its pieces, and one
+    ``Allgatherv`` of a small vector per reduction (one value per tensor a
+    rank holds whole, the chunk sums of the at most two tensors it shares
+    with its neighbours) lets every rank add them in the same order: the
+    norms, and so the whole trajectory, are bit for bit those of one
+    process.  ``skip_nonfinite`` costs one 1-byte ``Allreduce``: every rank
+    skips when any rank's shard holds a NaN or an infinity.
 
     **Parameter memory.**  If the parameters of a dtype are consecutive views
     of one buffer (:func:`flat_arrays`), the all-gather writes straight into
@@ -76,8 +90,10 @@ class ShardedOptimizer:
     data parallelism: :math:`kNs`), plus the received gradient shard
     :math:`Ns/R`, plus :math:`Ns` for the master copy and :math:`Ns` for the
     gradient send buffer unless parameters and gradients come from
-    :func:`flat_arrays`.  :meth:`state_nbytes` and :meth:`buffer_nbytes`
-    report both.  Allocate with :func:`flat_arrays` to get the saving.
+    :func:`flat_arrays`.  With more than two ranks a step also allocates a
+    transient receive buffer of at most 8 MiB for the rank-order sum.
+    :meth:`state_nbytes` and :meth:`buffer_nbytes` report the rest.
+    Allocate with :func:`flat_arrays` to get the saving.
 
     **Agreement.**  Construction checks that every rank passed the same
     class, options, parameter layout and initial values; every step first
@@ -149,7 +165,7 @@ class ShardedOptimizer:
                 *(f"{k}={v!r}" for k, v in sorted(cfg.items()))]
 
     def _build(self, opt_class, params, kwargs):
-        opt_class = shardable_class(opt_class, kwargs)
+        opt_class = shardable_class(opt_class)
         groups = split_param_groups(params)
         flat = [p for plist, _ in groups for p in plist]
         for i, p in enumerate(flat):
@@ -172,6 +188,15 @@ class ShardedOptimizer:
                                                if group_of[piece.tensor] == gi])
                             for gi, (_, over) in enumerate(groups)]
         self.optimizer = opt_class(inner_params, **kwargs)
+        self._reducer = ShardReducer(self._MPI, self.comm, self._buckets, self._shapes)
+        if self._needs_reducer(kwargs):
+            self.optimizer._stepper.set_reducer(self._reducer)
+
+    def _needs_reducer(self, kwargs):
+        """Whether a step reduces over whole tensors (a norm, a finite check)."""
+        return (not type(self.optimizer).elementwise or
+                any(kwargs.get(k) not in (None, False)
+                    for k in ("clipnorm", "global_clipnorm", "skip_nonfinite")))
 
     def _allocate_buffers(self):
         """Per bucket: the flat parameters (a view of your arrays, or a master
@@ -279,6 +304,7 @@ class ShardedOptimizer:
     def _step(self, grads, refused=None):
         with self.optimizer.lock:
             self._agree_step(grads, refused)
+            self._reducer.active = any(g is not None for g in grads)
             for bi in range(len(self._buckets)):
                 self._reduce_scatter(bi, grads)
             self.optimizer.step([None if grads[piece.tensor] is None else g
@@ -321,8 +347,12 @@ class ShardedOptimizer:
         MPI, b, recv = self._MPI, self._buckets[bi], self._recv[bi]
         mpitype = mpi_type(MPI, np.dtype(b.dtype))
         send = self._send_buffer(bi, grads)
-        self.comm.Reduce_scatter([send, mpitype], [recv, mpitype], recvcounts=b.counts(),
-                                 op=MPI.SUM)
+        if self.world_size <= 2:
+            # one addition per element: the same in any order
+            self.comm.Reduce_scatter([send, mpitype], [recv, mpitype], recvcounts=b.counts(),
+                                     op=MPI.SUM)
+        else:
+            reduce_scatter_ordered(MPI, self.comm, send, recv, b.bounds, mpitype)
         np.divide(recv, self.world_size, out=recv)
         if self._master[bi]:
             self._pull_shard(bi)
@@ -372,16 +402,17 @@ class ShardedOptimizer:
     # ---- checkpoints (fastopt/distributed/checkpoint.py) ------------------------
 
     def save(self, path):
-        """Write a sharded checkpoint: every rank writes ``<path>.rank<k>.npz``
-        (its state and its shard of the parameters) atomically, then rank 0
-        writes ``<path>.manifest.json`` atomically.  Collective: call it on
-        every rank with the same ``path`` on a file system all ranks share.
+        """Write a sharded checkpoint: every rank writes a new
+        ``<path>.rank<k>.s<step>-<id>.npz`` (its state and its shard of the
+        parameters), then rank 0 writes ``<path>.manifest.json`` atomically,
+        naming each rank file with its step, size and SHA-256, then every
+        rank removes its files of earlier saves.  Collective: call it on every
+        rank with the same ``path`` on a file system all ranks share.
 
-        The manifest is written last and names a save id that every rank file
-        carries, so a crash during a save leaves a checkpoint that
-        :meth:`load` and :func:`consolidate` refuse (naming the stale file),
-        never a silently mixed one.  Rank files are replaced in place, so to
-        always keep one loadable checkpoint alternate between two paths.
+        The manifest is the commit: a process killed during a save leaves the
+        previous manifest and every file it names, so :meth:`load` restores
+        the previous save; a rank file that is missing, cut short, replaced or
+        of another save is refused (naming it), never loaded as a mix.
         """
         _checkpoint.save(self, path)
 

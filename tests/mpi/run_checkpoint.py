@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 from fastopt.distributed import ShardedOptimizer, consolidate  # noqa: E402
+from fastopt.distributed._manifest import file_digest  # noqa: E402
 
 SPLIT = 5
 comm = MPI.COMM_WORLD
@@ -62,13 +63,47 @@ params_c, opt_c = fresh()
 opt_c.load_consolidated(os.path.join(directory, "consolidated.npz"))
 train(opt_c, params_c, SPLIT, common.STEPS)
 
-# A manifest with a rank file from another save (a torn save): refused everywhere.
+def manifest_of(p):
+    with open(p + ".manifest.json") as f:
+        return json.load(f)
+
+
+def copy_set(dst, rank1_from=None, edit=None):
+    """Copy the checkpoint to ``dst`` (a directory): the manifest, rank 0's file,
+    and rank 1's file from ``rank1_from`` (a file), edited by ``edit``, with
+    the manifest's record of it (size, SHA-256) made to match."""
+    os.makedirs(dst, exist_ok=True)
+    manifest = manifest_of(prefix)
+    names = manifest["ranks"]
+    shutil.copy(os.path.join(directory, names[0]), os.path.join(dst, names[0]))
+    target = os.path.join(dst, names[1])
+    src = rank1_from or os.path.join(directory, names[1])
+    if edit is None:
+        shutil.copy(src, target)
+    else:
+        tamper(src, target, edit)
+    manifest["rank_files"][1].update(file_digest(target))
+    with open(os.path.join(dst, "ckpt.manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return manifest
+
+
+def tamper(src, dst, edit):
+    """Copy the checkpoint ``src`` to ``dst`` with its metadata edited."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("__fastopt_meta__").tobytes())
+    edit(meta)
+    arrays["__fastopt_meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+
+
+# A manifest with a rank file from another save (a torn save, its size and
+# checksum recorded as if it belonged): refused everywhere by its save id.
 mixed = os.path.join(directory, "mixed")
 if rank == 0:
-    os.makedirs(mixed, exist_ok=True)
-    shutil.copy(prefix + ".manifest.json", os.path.join(mixed, "ckpt.manifest.json"))
-    shutil.copy(prefix + ".rank0.npz", os.path.join(mixed, "ckpt.rank0.npz"))
-    shutil.copy(os.path.join(directory, "later.rank1.npz"), os.path.join(mixed, "ckpt.rank1.npz"))
+    later = manifest_of(os.path.join(directory, "later"))["ranks"][1]
+    copy_set(mixed, rank1_from=os.path.join(directory, later))
 comm.Barrier()
 params_d, opt_d = fresh()
 before = [p.copy() for p in params_d]
@@ -84,16 +119,6 @@ out = {"state_nbytes": opt_a.state_nbytes(), "torn_error": torn,
        "torn_unchanged": torn_unchanged}
 
 
-def tamper(src, dst, edit):
-    """Copy the checkpoint ``src`` to ``dst`` with its metadata edited."""
-    with np.load(src) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays.pop("__fastopt_meta__").tobytes())
-    edit(meta)
-    arrays["__fastopt_meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(dst, **arrays)
-
-
 def bad_counter(meta):
     meta.setdefault("extra", {})["micro_steps"] = -1
 
@@ -101,14 +126,10 @@ def bad_counter(meta):
 bad = os.path.join(directory, "bad")
 consolidated = os.path.join(directory, "consolidated.npz")
 if rank == 0:
-    os.makedirs(bad, exist_ok=True)
-    shutil.copy(prefix + ".manifest.json", os.path.join(bad, "ckpt.manifest.json"))
-    shutil.copy(prefix + ".rank0.npz", os.path.join(bad, "ckpt.rank0.npz"))
-    tamper(prefix + ".rank1.npz", os.path.join(bad, "ckpt.rank1.npz"), bad_counter)
+    copy_set(bad, edit=bad_counter)
     tamper(consolidated, os.path.join(bad, "consolidated.npz"), bad_counter)
-    with open(prefix + ".manifest.json") as f:
-        manifest = json.load(f)
-    manifest["ranks"][1] = "../ckpt.rank1.npz"     # the real file of rank 1, one level up
+    manifest = manifest_of(prefix)
+    manifest["ranks"][1] = "../" + manifest["ranks"][1]    # the real file of rank 1, one level up
     with open(os.path.join(bad, "escape.manifest.json"), "w") as f:
         json.dump(manifest, f)
 comm.Barrier()
