@@ -103,6 +103,13 @@ def max_team():
     return fo_max_team()
 
 
+def last_team():
+    """How many threads the last driver call of this process (a step, a norm or
+    a finite check) actually ran with: 1 when it stayed on the calling thread,
+    0 before the first."""
+    return fo_last_team()
+
+
 def parallel_threshold():
     """Work below which a step runs on the calling thread only: active elements
     times the kernel's cost (SGD 1, kernels with a divide or square root 2)."""
