@@ -1,0 +1,91 @@
+"""Regenerates the golden rows of tests/optim_db.py from the anchor libraries.
+
+Each row is ``w`` after three steps of ``GOLDEN_GRADS`` from ``GOLDEN_W0``
+with the row's keyword arguments (every other hyper-parameter at the
+library's default), computed by the library itself:
+
+* Keras 3.15.1 with the torch backend (``KERAS_BACKEND=torch``) and
+  ``keras.config.set_floatx("float64")``: a float64 ``keras.Variable`` and
+  ``optimizer.apply_gradients``.  With Keras's default float32 the rows miss
+  rtol 1e-9 (AdamW by 5e-8);
+* torch 2.13.0 (CPU): a float64 tensor, ``foreach=False``, ``opt.step()``.
+
+Usage (an environment with both libraries; .ci/anchors makes one):
+
+    KERAS_BACKEND=torch python tests/golden_gen.py           # prints the rows
+    KERAS_BACKEND=torch python tests/golden_gen.py --check   # compares with optim_db
+
+``--check`` exits 1 when a row differs from the library by more than rtol 1e-9;
+tests/test_golden.py::test_golden_rows_regenerate runs the same comparison.
+"""
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import optim_db  # noqa: E402
+from anchor_defaults import to_torch_kwargs  # noqa: E402
+
+VERSIONS = {"keras": "3.15", "torch": "2.13"}
+
+
+def keras_row(entry, kwargs):
+    import keras
+    keras.config.set_floatx("float64")
+    var = keras.Variable(np.array(optim_db.GOLDEN_W0), dtype="float64")
+    opt = getattr(keras.optimizers, entry.keras_name)(**kwargs)
+    for g in optim_db.GOLDEN_GRADS:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(np.array(g), dtype="float64"), var)])
+    return [float(x) for x in keras.ops.convert_to_numpy(var)]
+
+
+def torch_row(entry, kwargs):
+    import torch
+    p = torch.tensor(optim_db.GOLDEN_W0, dtype=torch.float64)
+    opt = getattr(torch.optim, entry.torch_name)([p], **to_torch_kwargs(entry.name, kwargs),
+                                                 foreach=False)
+    for g in optim_db.GOLDEN_GRADS:
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    return [float(x) for x in p.detach().numpy()]
+
+
+def check_versions():
+    import keras
+    import torch
+    for lib, mod in (("keras", keras), ("torch", torch)):
+        if not mod.__version__.startswith(VERSIONS[lib]):
+            raise SystemExit(f"{lib} {mod.__version__} installed; the golden rows come from "
+                             f"{lib} {VERSIONS[lib]}")
+
+
+def rows():
+    """``(entry, kwargs, convention, recorded, regenerated)`` for every golden cell."""
+    out = []
+    for entry in optim_db.optim_db:
+        for kwargs, keras_col, torch_col in entry.golden:
+            if keras_col is not None:
+                out.append((entry, kwargs, "keras", keras_col, keras_row(entry, kwargs)))
+            if torch_col is not None:
+                out.append((entry, kwargs, "torch", torch_col, torch_row(entry, kwargs)))
+    return out
+
+
+def main(argv):
+    check_versions()
+    bad = 0
+    for entry, kwargs, conv, recorded, new in rows():
+        print(f"{entry.name} {conv} {kwargs}: [{', '.join(f'{x:.10f}' for x in new)}]")
+        if "--check" in argv and not np.allclose(new, recorded, rtol=1e-9, atol=0):
+            print(f"  MISMATCH: optim_db has {recorded}")
+            bad += 1
+    if "--check" in argv:
+        print(f"golden rows: {bad} mismatches")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
