@@ -52,13 +52,25 @@ static volatile int fo_forked = 0;
 
 static void fo_atfork_child(void) { fo_forked = 1; }
 
-/* The number of threads the last driver call of the process actually ran
- * with (1 when it stayed on the calling thread), read back by the tests that
- * force a split: identity across thread counts means nothing unless a team
- * larger than one ran.  Written after each region by the calling thread. */
-static volatile int fo_team_last = 0;
+/* The most threads any driver call actually ran with since fo_team_seen()
+ * was last called (1: all stayed on the calling thread; 0: no call), read back
+ * by the tests that force a split: identity across thread counts means nothing
+ * unless a team larger than one ran.  Written after each region by the
+ * calling thread. */
+static volatile int fo_team_max = 0;
 
-int fo_last_team(void) { return fo_team_last; }
+static void fo_note_team(int ran)
+{
+    if (ran > fo_team_max)
+        fo_team_max = ran;
+}
+
+int fo_team_seen(void)
+{
+    const int seen = fo_team_max;
+    fo_team_max = 0;
+    return seen;
+}
 
 /* Registered when the module loads (fo_init), not at fastopt's first parallel
  * region: the libgomp fastopt links may be shared with other libraries, and a
@@ -251,7 +263,7 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
     const int team = fo_team_size(active, fo_costs[kernel], nthreads);
     if (team <= 1) {
         fo_run_part(plan, f32, f64, rows, active, 0, 1);
-        fo_team_last = 1;
+        fo_note_team(1);
         return;
     }
     int ran = 1;
@@ -263,7 +275,7 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
         fo_run_part(plan, f32, f64, rows, active, omp_get_thread_num(), omp_get_num_threads());
     }
 #endif
-    fo_team_last = ran;
+    fo_note_team(ran);
 }
 
 /* ---- deterministic reductions ---------------------------------------- */
@@ -370,7 +382,7 @@ void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int 
         }
         scratch[c] = r;
     }
-    fo_team_last = ran;
+    fo_note_team(ran);
     for (int32_t i = 0; i < plan->ntensors; i++)
         out[i] = 0.0;
     for (int64_t c = 0; c < nc; c++)
@@ -409,7 +421,7 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
             (t->dtype == FO_FLOAT32 ? f32 : f64)(t, ch->begin, ch->end,
                                                  rows + (int64_t)t->row * FO_NSCALARS, acc);
     }
-    fo_team_last = ran;
+    fo_note_team(ran);
     for (int64_t c = 0; c < nc; c++)
         for (int j = 0; j < FO_NRED; j++)
             out[plan->chunks[c].tensor * FO_NRED + j] += scratch[c * FO_NRED + j];
@@ -437,7 +449,7 @@ void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int
                     : fo_nonfinite_f64((const double *)t->grad + ch->begin, ch->end - ch->begin);
         scratch[c] = r;
     }
-    fo_team_last = ran;
+    fo_note_team(ran);
     for (int32_t i = 0; i < plan->ntensors; i++)
         out[i] = 0;
     for (int64_t c = 0; c < nc; c++)

@@ -103,11 +103,11 @@ def max_team():
     return fo_max_team()
 
 
-def last_team():
-    """How many threads the last driver call of this process (a step, a norm or
-    a finite check) actually ran with: 1 when it stayed on the calling thread,
-    0 before the first."""
-    return fo_last_team()
+def team_seen():
+    """The most threads any driver call of this process (a step, a norm, a
+    finite check) actually ran with since the previous call: 1 when all stayed
+    on the calling thread, 0 when there was none.  Reading it starts anew."""
+    return fo_team_seen()
 
 
 def parallel_threshold():
