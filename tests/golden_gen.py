@@ -34,12 +34,17 @@ VERSIONS = {"keras": "3.15", "torch": "2.13"}
 
 def keras_row(entry, kwargs):
     import keras
+    saved = keras.config.floatx()
     keras.config.set_floatx("float64")
-    var = keras.Variable(np.array(optim_db.GOLDEN_W0), dtype="float64")
-    opt = getattr(keras.optimizers, entry.keras_name)(**kwargs)
-    for g in optim_db.GOLDEN_GRADS:
-        opt.apply_gradients([(keras.ops.convert_to_tensor(np.array(g), dtype="float64"), var)])
-    return [float(x) for x in keras.ops.convert_to_numpy(var)]
+    try:
+        var = keras.Variable(np.array(optim_db.GOLDEN_W0), dtype="float64")
+        opt = getattr(keras.optimizers, entry.keras_name)(**kwargs)
+        for g in optim_db.GOLDEN_GRADS:
+            opt.apply_gradients([(keras.ops.convert_to_tensor(np.array(g), dtype="float64"),
+                                  var)])
+        return [float(x) for x in keras.ops.convert_to_numpy(var)]
+    finally:
+        keras.config.set_floatx(saved)
 
 
 def torch_row(entry, kwargs):
