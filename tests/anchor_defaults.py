@@ -109,3 +109,16 @@ def to_torch_kwargs(name, kwargs):
         halves.sort(key=lambda k: renames[k][1])
         out[pair] = tuple(given.get(i, row[k]) for i, k in enumerate(halves))
     return out
+
+
+def row(name, convention):
+    """The anchor's defaults of ``name`` in ``convention`` (fastopt's names),
+    with the values of :data:`NOT_IN_ANCHOR`; a clear error for a missing row."""
+    try:
+        out = dict(ANCHOR_DEFAULTS[(convention, name)])
+    except KeyError:
+        raise AssertionError(
+            f"{name} ({convention}) has no row in tests/anchor_defaults.py: add its defaults "
+            f"from the anchor library's source") from None
+    out.update({k: v for (c, n, k), (v, _) in NOT_IN_ANCHOR.items() if (c, n) == (convention, name)})
+    return out

@@ -16,18 +16,14 @@ from fastopt.optimizers import REGISTRY
 
 import optim_db
 from anchor_defaults import (ANCHOR_DEFAULTS, KERAS_OPTIONS, NOT_IN_ANCHOR, TORCH_CLASS_NAMES,
-                             TORCH_NAMES)
+                             TORCH_NAMES, row)
 
 CONVENTIONS = optim_db.name_conventions()
 
 
 def _table(name, conv):
-    try:
-        return ANCHOR_DEFAULTS[(conv, name)]
-    except KeyError:
-        raise AssertionError(
-            f"{name} ({conv}) has no row in tests/anchor_defaults.py: add its defaults "
-            f"from the anchor library's source") from None
+    row(name, conv)              # a clear error for a missing row
+    return ANCHOR_DEFAULTS[(conv, name)]
 
 
 @pytest.mark.parametrize(("name", "convention"), CONVENTIONS)

@@ -22,7 +22,7 @@ from fastopt.optimizers import REGISTRY
 
 import optim_db
 import reference
-from anchor_defaults import ANCHOR_DEFAULTS, NOT_IN_ANCHOR
+from anchor_defaults import row as anchor_row
 from robust_util import (NAMES, TALLY, assert_same_optimizer, assert_unchanged, bool_hyper,
                          conventions, float_hyper, snapshot, stateful_kwargs)
 
@@ -249,9 +249,8 @@ def draw_hyper(data, name, cls, conv):
             kw[key] = pick
     if conv == "torch" and data.draw(st.booleans(), label="decoupled"):
         kw["decoupled_weight_decay"] = True
-    hp = {k: v for k, v in ANCHOR_DEFAULTS[(conv, name)].items()
+    hp = {k: v for k, v in anchor_row(name, conv).items()
           if k not in ("maximize", "decoupled_weight_decay")}
-    hp.update({k: v for (c, n, k), (v, _) in NOT_IN_ANCHOR.items() if (c, n) == (conv, name)})
     hp.setdefault("weight_decay", 0.0)
     hp.update({k: v for k, v in kw.items() if k in hp})
     return kw, bad, tame, hp
