@@ -92,12 +92,12 @@ def test_trajectory_matches_keras(name, kwargs):
     for g in grads:
         opt.step(g)
     theirs = _keras_run(name, kwargs, w0, grads, lr_at)
-    # Keras's torch backend computes a clipping norm about 1e-9 off the exact
-    # value (fastopt's, checked against the float64 reference in test_options),
-    # which moves the trajectory by ~1e-8 relative
-    rtol = 1e-7 if {"clipnorm", "global_clipnorm"} & set(kwargs) else 1e-10
+    # Keras's torch backend computes a clipping norm ~1e-9 off the exact value
+    # (fastopt's, checked against the float64 reference in test_options); over
+    # 25 steps that moves the weights (of size ~1) by up to ~1e-8
+    rtol, atol = (1e-6, 3e-8) if {"clipnorm", "global_clipnorm"} & set(kwargs) else (1e-10, 1e-12)
     for i, (a, b) in enumerate(zip(mine, theirs)):
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12, err_msg=f"params[{i}]")
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"params[{i}]")
 
 
 @pytest.mark.parametrize("name", ["Adam", "RMSprop", "Nadam", "Lamb", "Adagrad"])
