@@ -52,6 +52,26 @@ static volatile int fo_forked = 0;
 
 static void fo_atfork_child(void) { fo_forked = 1; }
 
+/* The most threads any driver call actually ran with since fo_team_seen()
+ * was last called (1: all stayed on the calling thread; 0: no call), read back
+ * by the tests that force a split: identity across thread counts means nothing
+ * unless a team larger than one ran.  Written after each region by the
+ * calling thread. */
+static volatile int fo_team_max = 0;
+
+static void fo_note_team(int ran)
+{
+    if (ran > fo_team_max)
+        fo_team_max = ran;
+}
+
+int fo_team_seen(void)
+{
+    const int seen = fo_team_max;
+    fo_team_max = 0;
+    return seen;
+}
+
 /* Registered when the module loads (fo_init), not at fastopt's first parallel
  * region: the libgomp fastopt links may be shared with other libraries, and a
  * fork after one of them ran a team must still make the child serial.  Once,
@@ -305,12 +325,19 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
     const int team = fo_team_size(active, fo_costs[kernel], nthreads);
     if (team <= 1) {
         fo_run_part(plan, f32, f64, rows, active, 0, 1);
+        fo_note_team(1);
         return;
     }
+    int ran = 1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(team)
-    fo_run_part(plan, f32, f64, rows, active, omp_get_thread_num(), omp_get_num_threads());
+    {
+        if (omp_get_thread_num() == 0)
+            ran = omp_get_num_threads();
+        fo_run_part(plan, f32, f64, rows, active, omp_get_thread_num(), omp_get_num_threads());
+    }
 #endif
+    fo_note_team(ran);
 }
 
 /* ---- deterministic reductions ---------------------------------------- */
@@ -440,11 +467,15 @@ void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int 
 {
     const int64_t nc = plan->nchunks;
     const int team = fo_team_size(fo_active_chunk_elems(plan, which), 1, nthreads);
-    (void)team;
+    int ran = 1;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
 #endif
     for (int64_t c = 0; c < nc; c++) {
+#ifdef _OPENMP
+        if (c == 0)
+            ran = omp_get_num_threads();
+#endif
         const fo_chunk *ch = &plan->chunks[c];
         const fo_tensor *t = &plan->tensors[ch->tensor];
         const void *base = which == 1 ? (const void *)t->param : t->grad;
@@ -461,6 +492,7 @@ void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int 
         }
         scratch[c] = r;
     }
+    fo_note_team(ran);
     for (int32_t i = 0; i < plan->ntensors; i++)
         out[i] = 0.0;
     for (int64_t c = 0; c < nc; c++)
@@ -479,13 +511,17 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
         return;
     const int64_t nc = plan->nchunks;
     const int team = fo_team_size(fo_active_chunk_elems(plan, 0), fo_costs[kernel], nthreads);
-    (void)team;
+    int ran = 1;
     /* Chunks, not the element split of fo_step: each chunk's sums are a fixed
      * function of its elements, whichever thread runs it. */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
 #endif
     for (int64_t c = 0; c < nc; c++) {
+#ifdef _OPENMP
+        if (c == 0)
+            ran = omp_get_num_threads();
+#endif
         const fo_chunk *ch = &plan->chunks[c];
         const fo_tensor *t = &plan->tensors[ch->tensor];
         double *acc = scratch + c * FO_NRED;
@@ -497,6 +533,7 @@ void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, dou
             (t->dtype == FO_FLOAT32 ? f32 : f64)(t, ch->begin, ch->end,
                                                  rows + (int64_t)t->row * FO_NSCALARS, acc);
     }
+    fo_note_team(ran);
     for (int64_t c = 0; c < nc; c++)
         for (int j = 0; j < FO_NRED; j++)
             out[plan->chunks[c].tensor * FO_NRED + j] += scratch[c * FO_NRED + j];
@@ -619,11 +656,15 @@ void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int
 {
     const int64_t nc = plan->nchunks;
     const int team = fo_team_size(fo_active_chunk_elems(plan, 0), 1, nthreads);
-    (void)team;
+    int ran = 1;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(team) if (team > 1)
 #endif
     for (int64_t c = 0; c < nc; c++) {
+#ifdef _OPENMP
+        if (c == 0)
+            ran = omp_get_num_threads();
+#endif
         const fo_chunk *ch = &plan->chunks[c];
         const fo_tensor *t = &plan->tensors[ch->tensor];
         int64_t r = 0;
@@ -637,6 +678,7 @@ void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int
                     : fo_nonfinite_f64((const double *)t->grad + ch->begin, ch->end - ch->begin);
         scratch[c] = r;
     }
+    fo_note_team(ran);
     for (int32_t i = 0; i < plan->ntensors; i++)
         out[i] = 0;
     for (int64_t c = 0; c < nc; c++)

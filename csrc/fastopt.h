@@ -235,6 +235,7 @@ int fo_openmp(void);                     /* built with OpenMP? */
 int fo_max_threads(void);                /* omp_get_max_threads() or 1 */
 int fo_max_team(void);                   /* most threads a step uses: 4 per processor, at most
                                             OMP_THREAD_LIMIT (1 without OpenMP) */
+int fo_team_seen(void);                  /* most threads a driver call ran with since the last call */
 int64_t fo_parallel_threshold(void);
 void fo_set_parallel_threshold(int64_t n);
 

@@ -101,5 +101,6 @@ cdef extern from "fastopt.h" nogil:
     int fo_openmp()
     int fo_max_threads()
     int fo_max_team()
+    int fo_team_seen()
     int64_t fo_parallel_threshold()
     void fo_set_parallel_threshold(int64_t n)

@@ -106,6 +106,13 @@ def max_team():
     return fo_max_team()
 
 
+def team_seen():
+    """The most threads any driver call of this process (a step, a norm, a
+    finite check) actually ran with since the previous call: 1 when all stayed
+    on the calling thread, 0 when there was none.  Reading it starts anew."""
+    return fo_team_seen()
+
+
 def parallel_threshold():
     """Work below which a step runs on the calling thread only: active elements
     times the kernel's cost (SGD 1, kernels with a divide or square root 2)."""
@@ -126,6 +133,12 @@ def kernel_reduces(str name):
     """Whether kernel ``name`` has a reduction pass whose per-tensor sums its
     finish function turns into the tensor's scalars (Lamb's trust ratio)."""
     return fo_kernel(KERNELS[name]).finish != NULL
+
+
+def kernel_factored(str name):
+    """Whether kernel ``name`` has a row/column pass (factored state of a
+    matrix: Adafactor)."""
+    return fo_kernel(KERNELS[name]).rowcol[0][0] != NULL
 
 
 # Threads of a step whose optimizer has no num_threads of its own (0: OpenMP's

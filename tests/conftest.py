@@ -19,6 +19,13 @@ def _restore_runtime():
 SIMD_VARIANTS = _core.simd_supported()
 
 
+def expected_team(threads):
+    """The team a step asked for ``threads`` must run with once its work is
+    above the threshold: the request, capped by the machine (a serial build
+    runs everything on one thread, and CI refuses such a build)."""
+    return min(threads, _core.max_team()) if _core.openmp() else 1
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

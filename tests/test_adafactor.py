@@ -175,7 +175,7 @@ def test_sharded_optimizer_refuses_adafactor():
     pytest.importorskip("fastopt.distributed")
     from fastopt.distributed import _inputs
     with pytest.raises(ValueError, match="cannot shard Adafactor"):
-        _inputs.shardable_class(fo.Adafactor, {})
+        _inputs.shardable_class(fo.Adafactor)
 
 
 # ---- the anchors, live ----------------------------------------------------------------

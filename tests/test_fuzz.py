@@ -10,17 +10,21 @@ reference of ``tests/reference.py``.
 Examples are derandomized so CI is reproducible; FASTOPT_FUZZ_EXAMPLES=n
 raises the budget and FASTOPT_FUZZ_RANDOM=1 draws new examples each run.
 """
+import math
 import os
+import re
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastopt as fo
+from fastopt import _core
 from fastopt.optimizers import REGISTRY
 
 import optim_db
 import reference
+from anchor_defaults import row as anchor_row
 from robust_util import (NAMES, TALLY, assert_same_optimizer, assert_unchanged, bool_hyper,
                          conventions, float_hyper, snapshot, stateful_kwargs)
 
@@ -39,7 +43,7 @@ shapes = st.one_of(
 )
 
 # "none" is weighted so most examples reach a step and most steps are accepted
-PARAM_DEFECTS = ["none"] * 40 + ["float16", "int64", "complex", "byteswap", "sliced",
+PARAM_DEFECTS = ["none"] * 100 + ["float16", "int64", "complex", "byteswap", "sliced",
                                  "transposed", "readonly", "duplicate", "list", "misaligned"]
 GRAD_DEFECTS = (["none"] * 60 + ["skip", "readonly", "view-in-buffer"] * 3 + ["rowgrad"] * 6 +
                 ["rowgrad-out-of-range", "rowgrad-values-dtype", "rowgrad-values-sliced",
@@ -161,47 +165,177 @@ def draw_optimizer(data):
     return name, REGISTRY[name], data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
 
 
-def draw_hyper(data, cls, conv):
-    """Keyword arguments and whether they are all 'tame' (reference-comparable)."""
-    kw, tame = {}, True
-    for key in float_hyper(cls, conv):
-        default = cls.hyper[key].default(conv)
+# ---- what is valid, decided here (DESIGN.md §3), not by asking the optimizer --------------
+
+def param_problem(i, p, earlier):
+    """``None`` when ``p`` is a valid params[i], else ``(error type, pattern)``."""
+    if not isinstance(p, np.ndarray):
+        return TypeError, rf"params\[{i}\]: expected a numpy.ndarray"
+    if p.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return TypeError, rf"params\[{i}\]: expected dtype float32 or float64"
+    if not p.flags.c_contiguous:
+        return ValueError, rf"params\[{i}\]: expected a C-contiguous array"
+    if not p.flags.writeable:
+        return ValueError, rf"params\[{i}\]: the array is read-only"
+    if not p.flags.aligned:
+        return ValueError, rf"params\[{i}\]: the array is not aligned"
+    for j, q in enumerate(earlier):
+        if isinstance(q, np.ndarray) and np.shares_memory(p, q):
+            return ValueError, rf"params\[{j}\] and params\[{i}\] share memory"
+    return None
+
+
+def rowgrad_problem(i, g, p, opt):
+    """``None`` when the RowGrad ``g`` is a valid grads[i] for param ``p`` of
+    ``opt``, else ``(error type, pattern)``."""
+    if p.ndim != 2:
+        return ValueError, rf"grads\[{i}\]: a RowGrad updates rows of a 2-D parameter"
+    if _core.kernel_reduces(type(opt).kernel):
+        return ValueError, rf"grads\[{i}\]: a RowGrad, but the update of kernel"
+    idx, vals = g.indices, g.values
+    if idx.dtype.kind != "i":
+        return TypeError, rf"grads\[{i}\]\.indices: expected dtype int32 or int64"
+    if vals.dtype != p.dtype:
+        return TypeError, rf"grads\[{i}\]\.values: expected dtype"
+    if vals.ndim != 2 or vals.shape != (len(idx), p.shape[1]):
+        return ValueError, rf"grads\[{i}\]\.values: expected shape"
+    if not vals.flags.c_contiguous:
+        return ValueError, rf"grads\[{i}\]\.values: expected a C-contiguous array"
+    bad = np.flatnonzero((idx < 0) | (idx >= p.shape[0]))
+    if bad.size:
+        return ValueError, rf"grads\[{i}\]\.indices\[{bad[0]}\] is"
+    if opt.gradient_accumulation_steps:
+        return ValueError, r"a RowGrad cannot be accumulated"
+    return None
+
+
+def grad_problem(i, g, p, owned, opt):
+    """``None`` when ``g`` is a valid grads[i] for param ``p`` of ``opt`` (whose
+    own and state arrays are ``owned``), else ``(error type, pattern)``."""
+    if g is None:
+        return None
+    if isinstance(g, fo.RowGrad):
+        return rowgrad_problem(i, g, p, opt)
+    if not isinstance(g, np.ndarray):
+        return TypeError, rf"grads\[{i}\]: expected a numpy.ndarray"
+    if g.dtype != p.dtype:
+        return TypeError, rf"grads\[{i}\]: expected dtype {p.dtype.name}"
+    if g.shape != p.shape:
+        return ValueError, rf"grads\[{i}\]: expected shape"
+    if not g.flags.c_contiguous:
+        return ValueError, rf"grads\[{i}\]: expected a C-contiguous array"
+    if not g.flags.aligned:
+        return ValueError, rf"grads\[{i}\]: expected an aligned array"
+    if any(np.shares_memory(g, a) for a in owned):
+        return ValueError, rf"grads\[{i}\] shares memory with params\[{i}\]"
+    return None
+
+
+def value_ok(spec, value):
+    """A float hyper-parameter's value against its declared range (a finite
+    value is required whatever the range)."""
+    lo, lo_closed, hi, hi_closed = spec.check
+    if not math.isfinite(value):
+        return False
+    return (value > lo or lo_closed and value == lo) and (value < hi or hi_closed and value == hi)
+
+
+# Options: (value, valid) pairs; None leaves the option out.
+OPTION_DRAWS = {
+    "clipnorm": [(0.5, True), (0.0, False), (-1.0, False), (math.inf, False)],
+    "global_clipnorm": [(1.0, True), (1e-3, True), (math.inf, False)],
+    "clipvalue": [(0.5, True), (1e-3, True), (0.0, False), (-1.0, False), (math.nan, False)],
+    "use_ema": [(True, True), (False, True), ("yes", False)],
+    "ema_momentum": [(0.5, True), (1.0, True), (1.5, False), (-0.1, False)],
+    "ema_overwrite_frequency": [(1, True), (3, True), (0, False), (2.5, False)],
+    "gradient_accumulation_steps": [(2, True), (3, True), (1, False), (2.5, False)],
+    "skip_nonfinite": [(True, True), ("yes", False)],
+    "weight_decay": [(0.01, True), (0.1, True), (-0.1, False), (math.nan, False)],
+    "maximize": [(True, True), (False, True)],
+    "num_threads": [(1, True), (2, True), (3, True), (0, False), (2.5, False)],
+}
+
+
+def draw_hyper(data, name, cls, conv):
+    """Keyword arguments, the names of the invalid ones, whether every float
+    is tame (reference-comparable), and the evaluated hyper-parameters the
+    reference uses: the anchors' defaults (tests/anchor_defaults.py) with the
+    drawn values, never values read back from the optimizer.
+
+    Three examples in four draw only valid values; the fourth makes one drawn
+    hyper-parameter or option invalid."""
+    floats = float_hyper(cls, conv)
+    options = [k for k in OPTION_DRAWS if not (k == "weight_decay" and k in cls.hyper)]
+    can_poison = floats + [k for k in options if not all(ok for _, ok in OPTION_DRAWS[k])]
+    poisoned = data.draw(st.sampled_from([None] * len(can_poison) * 3 + can_poison),
+                         label="invalid one")
+    kw, bad, tame = {}, [], True
+    for key in floats:
+        spec = cls.hyper[key]
+        default = spec.default(conv)
+        if key == poisoned:
+            invalid = [v for v in WILD + [-1.0, 1.5] if not value_ok(spec, v)]
+            kw[key] = data.draw(st.sampled_from(invalid), label=f"{key} invalid value")
+            bad.append(key)
+            continue
         how = data.draw(st.sampled_from(["default"] * 4 + ["scaled"] * 3 + ["wild"]), label=key)
         if how == "scaled":
             u = data.draw(st.floats(0.05, 1.0), label=f"{key} factor")
-            kw[key] = default * u if default else 0.9 * u
+            v = default * u if default else 0.9 * u
+            if value_ok(spec, v):
+                kw[key] = v
         elif how == "wild":
-            kw[key] = data.draw(st.sampled_from(WILD), label=f"{key} value")
-            tame = False
+            valid = [v for v in WILD if value_ok(spec, v)]
+            if valid:
+                kw[key] = data.draw(st.sampled_from(valid), label=f"{key} value")
+                tame = tame and abs(kw[key]) < 1e3
     for key in bool_hyper(cls, conv):
         kw[key] = data.draw(st.booleans(), label=key)
-    kw["maximize"] = data.draw(st.booleans(), label="maximize")
-    clip = data.draw(st.sampled_from([None] * 6 + [0.5, 1e-3, 0.0, -1.0, float("nan")]),
-                     label="clipvalue")
-    if clip is not None:
-        kw["clipvalue"] = clip
-        tame = tame and clip > 0
-    wd = data.draw(st.sampled_from([None] * 5 + [0.01, 0.1, -0.1, float("nan")]), label="wd")
-    if wd is not None:
-        kw["weight_decay"] = wd
-        tame = tame and wd >= 0
+    for key in options:
+        draws = OPTION_DRAWS[key]
+        if key == poisoned:
+            kw[key] = data.draw(st.sampled_from([v for v, ok in draws if not ok]),
+                                label=f"{key} invalid value")
+            bad.append(key)
+            continue
+        pick = data.draw(st.sampled_from([None] * 4 + [v for v, ok in draws if ok]), label=key)
+        if pick is not None:
+            kw[key] = pick
     if conv == "torch" and data.draw(st.booleans(), label="decoupled"):
         kw["decoupled_weight_decay"] = True
-    kw["num_threads"] = data.draw(st.sampled_from([None, 1, 2, 3]), label="threads")
-    return kw, tame
+    hp = {k: v for k, v in anchor_row(name, conv).items()
+          if k not in ("maximize", "decoupled_weight_decay")}
+    hp.setdefault("weight_decay", 0.0)
+    hp.update({k: v for k, v in kw.items() if k in hp})
+    return kw, bad, tame, hp
 
 
-def _reference_for(name, conv, opt, params, kw):
-    if conv not in optim_db.info(name).rules:
-        return None
-    hp = opt.current_hyperparameters()
-    options = {k: kw[k] for k in ("maximize", "clipvalue", "decoupled_weight_decay") if k in kw}
-    return reference.Reference(name, conv, params, lambda step: hp, **options)
+def _clip_count(kw):
+    return sum(kw.get(k) is not None for k in ("clipnorm", "global_clipnorm", "clipvalue"))
+
+
+def _refused_with(err, expected, what):
+    """``err`` is a refusal ``expected`` foresaw: a (type, pattern) or a list of
+    them (any one may be reported), or a list of strings one of which the
+    message must contain."""
+    msg = str(err)
+    if isinstance(expected, tuple):
+        expected = [expected]
+    if all(isinstance(e, str) for e in expected):
+        assert isinstance(err, CLEAN_ERRORS) and any(k in msg for k in expected), (
+            f"{what}: expected a refusal naming one of {expected}; got {type(err).__name__}: {msg}")
+        return
+    assert any(isinstance(err, etype) and re.search(pattern, msg) for etype, pattern in expected), (
+        f"{what}: expected one of {expected}; got {type(err).__name__}: {msg}")
 
 
 @FUZZ
 @given(data=st.data())
 def test_fuzz_public_api(data):
+    """Every drawn input is classified here before the call: a valid one must be
+    accepted and then match a twin fed clean copies (bit for bit) and, for tame
+    values, the float64 reference with the anchors' defaults; an invalid one
+    must be refused with the error that names it, and change nothing."""
     name, cls, conv = draw_optimizer(data)
     n = data.draw(st.integers(0, 4), label="nparams")
     params = []
@@ -210,19 +344,44 @@ def test_fuzz_public_api(data):
         dtype = data.draw(st.sampled_from([np.float32, np.float64]), label=f"dtype{i}")
         defect = data.draw(st.sampled_from(PARAM_DEFECTS), label=f"param defect{i}")
         params.append(make_param(data, shape, dtype, defect, params))
-    kw, tame = draw_hyper(data, cls, conv)
+    kw, bad, tame, hp = draw_hyper(data, name, cls, conv)
+    problems = [param_problem(i, p, params[:i]) for i, p in enumerate(params)]
+    first_bad_param = next((pr for pr in problems if pr is not None), None)
     given_arrays = [p for p in params if isinstance(p, np.ndarray)]
     before = [(p.dtype.str, p.shape, p.tobytes()) for p in given_arrays]
     TALLY["inputs_tried"] += 1
     try:
         opt = cls(params, convention=conv, **kw)
-    except CLEAN_ERRORS:
+    except CLEAN_ERRORS as err:
         assert before == [(p.dtype.str, p.shape, p.tobytes()) for p in given_arrays]
+        # any of the problems drawn may be the one reported
+        TALLY["refused_values" if bad else "refused_params" if first_bad_param
+              else "refused_other"] += 1
+        expected = [(CLEAN_ERRORS, rf"\b{k}\b") for k in bad] + (
+            [first_bad_param] if first_bad_param else []) + (
+            [(ValueError, "only one of clipnorm, global_clipnorm and clipvalue")]
+            if _clip_count(kw) > 1 else []) + (
+            [(ValueError, "got an empty parameter list")] if not params else [])
+        # a rule across valid values (torch's nesterov needs momentum, Adafactor's
+        # relative_step): it names them, and may come before the other checks
+        across = [(ValueError, rf"\b{k}\b") for k in kw if kw[k] is not None]
+        if not expected:
+            TALLY["refused_across_values"] += 1
+        expected += across
+        _refused_with(err, expected, f"{name}/{conv} {kw}")
         TALLY["failures_survived"] += 1
         return
+    assert not bad, f"{name}/{conv}: {bad} accepted in {kw}"
+    assert first_bad_param is None, f"{name}/{conv}: accepted params {first_bad_param}"
+    assert params, f"{name}/{conv}: an empty parameter list accepted"
+    assert _clip_count(kw) <= 1, f"{name}/{conv}: two clip options accepted"
+    TALLY["optimizers_built"] += 1
     twin_params = [p.copy() for p in params]
     twin = cls(twin_params, convention=conv, **kw)
-    ref = _reference_for(name, conv, opt, params, kw) if tame else None
+    ref = None
+    if tame and conv in optim_db.info(name).rules:
+        options = {k: kw[k] for k in reference.OPTIONS if k in kw}
+        ref = reference.Reference(name, conv, params, lambda step: hp, **options)
     nsteps = data.draw(st.integers(1, 4), label="steps")
     for s in range(nsteps):
         grads, clean = [], []
@@ -233,30 +392,44 @@ def test_fuzz_public_api(data):
             clean.append(c)
         ldefect = data.draw(st.sampled_from(LIST_DEFECTS), label=f"step{s} list defect")
         call = grads
-        if ldefect == "short":
-            call = grads[:-1]
+        expected = None
+        if ldefect in ("short", "long") and n:
+            call = grads[:-1] if ldefect == "short" else grads + [None]
+            expected = (ValueError, rf"expected {n} grads")
         elif ldefect == "long":
-            call = grads + [None]
+            call = [None]
+            expected = (ValueError, r"expected 0 grads")
         elif ldefect == "ndarray":
             call = grads[0] if grads and isinstance(grads[0], np.ndarray) else np.zeros(n + 1)
+            expected = (TypeError, r"grads: expected a list")
         elif ldefect == "tuple":
             call = tuple(grads)
         elif ldefect == "generator":
             call = (g for g in grads)
+        if expected is None:
+            # every grad's problem: the step may report any of them first (format
+            # checks of all grads come before a RowGrad's index range)
+            expected = [pr for i, (g, p) in enumerate(zip(grads, params))
+                        if (pr := grad_problem(i, g, p, [p] + list(opt.state_arrays()[i]), opt))
+                        is not None] or None
         snap = snapshot(opt)
         TALLY["inputs_tried"] += 1
         try:
             opt.step(call)
-        except CLEAN_ERRORS:
+        except CLEAN_ERRORS as err:
+            assert expected is not None, f"{name}/{conv} step {s}: valid grads refused: {err}"
+            _refused_with(err, expected, f"{name}/{conv} step {s}")
             assert_unchanged(snap, opt, [], f"{name}/{conv} step {s}")
             TALLY["failures_survived"] += 1
             continue
+        assert expected is None, f"{name}/{conv} step {s}: accepted, expected {expected}"
         twin.step(clean)
         assert_same_optimizer(opt, twin, f"{name}/{conv} step {s}")
         TALLY["updates_verified"] += 1
         if ref is not None:
             ref.step(clean)     # a RowGrad: the reference's lazy rule on its rows
-    if ref is not None:
+    if ref is not None and opt.micro_steps > 0:
+        assert ref.micro == opt.micro_steps
         TALLY["reference_checked"] += 1
         with np.errstate(all="ignore"):
             for i, (w, r) in enumerate(zip(params, ref.w)):
@@ -267,19 +440,42 @@ def test_fuzz_public_api(data):
                                            err_msg=f"{name}/{conv} params[{i}] {kw}")
 
 
+def _layout(name, conv, current, key=None, value=None):
+    """The state arrays optim_db's initial state gives with the values the test
+    expects (``key`` set to ``value``)."""
+    hp = dict(REGISTRY[name].defaults(conv))
+    hp.update({k: c.value for k, c in current.items()})
+    if key is not None:
+        hp[key] = value
+    return sorted(optim_db.info(name).initial_state(hp, np.zeros(1)))
+
+
+class _Current:
+    """A schedule that returns what the test says the value is now: the twin's
+    path to a hyper-parameter, independent of setters and group edits."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, step):
+        return self.value
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzz_param_groups_and_setters(data):
-    """Param groups with random overrides and learning-rate edits between steps:
-    invalid values are refused (at construction or at the next step) with nothing
-    changed; valid ones match a twin built directly with the final values."""
+    """Param groups with random overrides, learning-rate edits (the setter) and
+    group edits between steps.  Invalid values are refused (at construction or
+    at the assignment) with a message naming the value, and nothing changes; valid ones must be accepted and match a twin: one
+    optimizer per group whose schedulable values are schedules reporting the
+    values this test expects (another path than the setter and group sync)."""
     name, cls, conv = draw_optimizer(data)
-    keys = float_hyper(cls, conv)
+    keys = [k for k in float_hyper(cls, conv) if cls.hyper[k].schedulable]
     ngroups = data.draw(st.integers(1, 3), label="groups")
-    groups = []
+    groups, overrides = [], []
     for gi in range(ngroups):
-        size = data.draw(st.integers(0, 2), label=f"group{gi} size")
-        plist = [np.linspace(-1, 1, 3 + k).astype(np.float32) for k in range(size)]
+        size = data.draw(st.integers(1, 2), label=f"group{gi} size")
+        plist = [np.linspace(-1, 1, 3 + k + gi).astype(np.float32) for k in range(size)]
         over = {}
         for key in data.draw(st.lists(st.sampled_from(keys), max_size=2, unique=True),
                              label=f"group{gi} keys"):
@@ -287,32 +483,99 @@ def test_fuzz_param_groups_and_setters(data):
             over[key] = data.draw(st.sampled_from([default, 0.5 * default] + WILD[:4]),
                                   label=f"group{gi} {key}")
         groups.append(dict(over, params=plist))
+        overrides.append(over)
+    bad = [k for over in overrides for k, v in over.items() if not value_ok(cls.hyper[k], v)]
     TALLY["inputs_tried"] += 1
     try:
         opt = cls(groups, convention=conv)
-    except CLEAN_ERRORS:
+    except CLEAN_ERRORS as err:
+        drawn = bad or [k for over in overrides for k in over]
+        _refused_with(err, drawn, f"{name}/{conv} groups {overrides}")
         TALLY["failures_survived"] += 1
         return
+    assert not bad, f"{name}/{conv}: accepted {bad} in {overrides}"
+    # what each group's values are now, by this test's account
+    lr_default = cls.hyper["learning_rate"].default(conv)
+    current = [{k: _Current(over.get(k, cls.hyper[k].default(conv))) for k in keys}
+               for over in overrides]
+    twins = [cls([p.copy() for p in g["params"]], convention=conv, **current[gi])
+             for gi, g in enumerate(groups)]
+    built = [set(_layout(name, conv, current[gi])) for gi in range(ngroups)]
     params = opt.params
     rng = np.random.default_rng(data.draw(st.integers(0, 1000), label="seed"))
-    for s in range(3):
-        lr = data.draw(st.sampled_from([None, 0.001, 0.0, -1.0, float("nan")]), label=f"lr{s}")
+    edits = 0
+    for s in range(4):
+        lr = data.draw(st.sampled_from([None, 0.001, 0.0, 0.05, -1.0, float("nan")]), label=f"lr{s}")
         if lr is not None:
             snap = snapshot(opt)
             TALLY["inputs_tried"] += 1
             try:
                 opt.learning_rate = lr
-            except CLEAN_ERRORS:
+            except CLEAN_ERRORS as err:
+                assert not value_ok(cls.hyper["learning_rate"], lr), f"lr={lr} refused: {err}"
+                _refused_with(err, ["learning_rate"], f"{name} lr={lr}")
                 assert_unchanged(snap, opt, [], f"{name} lr={lr}")
                 TALLY["failures_survived"] += 1
+            else:
+                assert value_ok(cls.hyper["learning_rate"], lr), f"lr={lr} accepted"
+                lr_default = lr
+                for gi, over in enumerate(overrides):
+                    if "learning_rate" not in over:
+                        current[gi]["learning_rate"].value = lr
+                edits += 1
+        edit = data.draw(st.sampled_from([None, None] + keys), label=f"edit{s}")
+        pending_bad = None
+        if edit is not None:
+            gi = data.draw(st.integers(0, ngroups - 1), label=f"edit{s} group")
+            default = cls.hyper[edit].default(conv)
+            value = data.draw(st.sampled_from([0.5 * default, 0.9 * default] + WILD[:4]),
+                              label=f"edit{s} value")
+            invalid = not value_ok(cls.hyper[edit], value)
+            # the state arrays are made at construction: an edit may stop using
+            # some, one that needs an array the group does not keep is refused
+            relayout = (not invalid and bool(set(_layout(name, conv, current[gi], edit, value))
+                                             - built[gi]))
+            snap = snapshot(opt)
+            TALLY["inputs_tried"] += 1
+            try:
+                opt.param_groups[gi][edit] = value      # checked when assigned
+            except CLEAN_ERRORS as err:
+                if not (invalid or relayout):
+                    # a rule of the class beyond the declared range (torch Adafactor's
+                    # d >= 1): it names the value, as any refusal must
+                    TALLY["refused_across_values"] += 1
+                _refused_with(err, [f"param group {gi}: {edit}"], f"{name} edit {edit}={value}")
+                assert_unchanged(snap, opt, [], f"{name} edit {edit}={value}")
+                TALLY["failures_survived"] += 1
+            else:
+                assert not invalid and not relayout, f"{name}/{conv}: {edit}={value} accepted"
+                current[gi][edit].value = value
+                overrides[gi][edit] = value     # the group's own now: setters leave it
+                edits += 1
         grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
         snap = snapshot(opt)
         TALLY["inputs_tried"] += 1
         try:
             opt.step(grads)
-        except CLEAN_ERRORS:
+        except CLEAN_ERRORS as err:
+            assert pending_bad is not None, f"{name}/{conv} step {s}: valid step refused: {err}"
+            _refused_with(err, [pending_bad[3]], f"{name} step {s}")
             assert_unchanged(snap, opt, [], f"{name} step {s}")
             TALLY["failures_survived"] += 1
+            gi, key, old, _ = pending_bad
+            opt.param_groups[gi][key] = old          # the user puts it right
+            opt.step(grads)
+        else:
+            assert pending_bad is None, f"{name}/{conv} step {s}: accepted {pending_bad}"
+        k = 0
+        for gi, twin in enumerate(twins):
+            twin.step(grads[k:k + len(twin.params)])
+            k += len(twin.params)
+        mine = [p.tobytes() for p in params]
+        theirs = [p.tobytes() for t in twins for p in t.params]
+        assert mine == theirs, f"{name}/{conv} step {s}: differs from the per-group twins"
+        TALLY["updates_verified"] += 1
+    TALLY["group_edits_verified"] += edits
 
 
 # ---- mutations between steps ----------------------------------------------------------

@@ -9,7 +9,7 @@ from fastopt.optimizers import REGISTRY
 
 import optim_db
 import reference
-from conftest import SIMD_VARIANTS
+from conftest import SIMD_VARIANTS, expected_team
 
 SIZES = [0, 1, 7, 17, 1023, 65537]
 PAIRS = optim_db.expand()
@@ -110,9 +110,12 @@ def _trajectory(case, convention, dtype, simd, threads, threshold):
     _core.set_simd(simd)
     _core.set_parallel_threshold(threshold)
     opt = build(case, convention, params, num_threads=threads)
+    teams, _ = set(), _core.team_seen()
     for step_grads in grads:
         opt.step(step_grads)
-    return params, [a for s in opt.state_arrays() for a in s]
+        teams.add(_core.team_seen())
+    teams.discard(0)                 # accumulating calls run no kernel
+    return params, [a for s in opt.state_arrays() for a in s], teams
 
 
 # (threads, parallel threshold): serial, every split forced down to 16 elements, default
@@ -123,11 +126,14 @@ SPLITS = [(1, 10**9), (2, 0), (3, 0), (4, None)]
 @pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
 def test_bit_identical_across_threads_and_simd(case, convention, dtype):
     default = _core.parallel_threshold()
-    base_w, base_s = _trajectory(case, convention, dtype, "baseline", 1, 10**9)
+    base_w, base_s, teams = _trajectory(case, convention, dtype, "baseline", 1, 10**9)
+    assert teams == {1}
     for simd in SIMD_VARIANTS:
         for threads, threshold in SPLITS:
             threshold = default if threshold is None else threshold
-            w, s = _trajectory(case, convention, dtype, simd, threads, threshold)
+            w, s, teams = _trajectory(case, convention, dtype, simd, threads, threshold)
+            # the 10**6-element tensor is active every step: the split really ran
+            assert teams == {expected_team(threads)}, (simd, threads, threshold, teams)
             for a, b in zip(base_w + base_s, w + s):
                 assert np.array_equal(a, b), (simd, threads, threshold)
 

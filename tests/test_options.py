@@ -12,6 +12,7 @@ from fastopt.optimizers import REGISTRY
 
 import optim_db
 import reference
+from conftest import expected_team
 
 SIZES = [5, 33, 0, 1100, 1]
 
@@ -159,8 +160,11 @@ def test_global_clipnorm_factor_independent_of_threads():
         _core.set_parallel_threshold(threshold)
         ps = [p.copy() for p in p0]
         opt = fo.Lamb(ps, global_clipnorm=10.0, num_threads=threads)
+        _core.team_seen()
         for g in gs:
             opt.step(g)
+        # the split was real: 200k elements are above the default threshold too
+        assert _core.team_seen() == expected_team(threads), threads
         results.append(ps)
     for ps in results[1:]:
         for x, y in zip(results[0], ps):

@@ -17,7 +17,7 @@ import fastopt as fo
 from fastopt import _core
 from fastopt.optimizers import REGISTRY
 
-from conftest import SIMD_VARIANTS
+from conftest import SIMD_VARIANTS, expected_team
 from robust_util import NAMES, TALLY, accepts, build, default_convention
 
 SPLITS = [(1, 10**9), (2, 0), (4, 0), (2, None), (4, None)]   # (threads, threshold)
@@ -49,11 +49,14 @@ def test_reductions_bit_identical_across_threads_and_simd(dtype):
         for threads, threshold in SPLITS:
             _core.set_parallel_threshold(default if threshold is None else threshold)
             eng.set_grads(grads)
+            _core.team_seen()
             try:
                 key = (eng.sumsq(0, threads).tobytes(), eng.sumsq(1, threads).tobytes(),
                        eng.nonfinite(threads).tobytes())
             finally:
                 eng.clear_grads()
+            # 10**6 elements: above the default threshold too, so every split ran
+            assert _core.team_seen() == expected_team(threads), (simd, threads, threshold)
             results.add(key)
             TALLY["reductions_compared"] += 1
     assert len(results) == 1
@@ -99,8 +102,10 @@ def test_reducing_options_bit_identical_across_threads_and_simd(name, opts, dtyp
             _core.set_parallel_threshold(default if threshold is None else threshold)
             params = [p.copy() for p in params0]
             opt = build(name, params, num_threads=threads, **opts)
+            _core.team_seen()
             for g in steps:
                 opt.step(g)
+            assert _core.team_seen() == expected_team(threads), (simd, threads, threshold)
             images.add(tuple(p.tobytes() for p in params) +
                        tuple(a.tobytes() for s in opt.state_arrays() for a in s))
     assert len(images) == 1
@@ -183,15 +188,16 @@ def _two_optimizers_wall(concurrent, n=1 << 16, steps=300):
 def test_two_threads_two_optimizers_speed_up(record_property):
     """Two Python threads stepping two optimizers (num_threads=1 each, in-cache
     tensors so the kernels are compute-bound) overlap: the concurrent wall time
-    is reported as a ratio of the sequential one (~0.5-0.6 on 2 idle cores).
-    The bound (best of 5 < 0.9) is asserted only when the machine is not already
-    busy (1-minute load below half the CPUs); otherwise the figure is reported
-    and the test skips, since other processes make any timing meaningless."""
-    ncpu = os.cpu_count() or 1
-    if ncpu < 2:
-        pytest.skip("needs 2 CPUs")
+    is reported as a ratio of the sequential one (~0.5-0.6 on 2 idle cores) and
+    must be below 0.9 in the best of up to 12 tries (a busy moment passes; a GIL
+    held during kernels gives >= 1.0 every time).  On a machine known to be
+    shared, FASTOPT_BUSY_MACHINE=1 turns a miss into a reported xfail, never a
+    silent skip; CI does not set it."""
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert ncpu and ncpu >= 2, "the suite needs 2 CPUs to test concurrent stepping"
     ratios = []
-    for _ in range(5):
+    deadline = time.monotonic() + 30
+    while len(ratios) < 12 and time.monotonic() < deadline:
         seq = _two_optimizers_wall(False)
         con = _two_optimizers_wall(True)
         ratios.append(con / seq)
@@ -204,8 +210,8 @@ def test_two_threads_two_optimizers_speed_up(record_property):
               f"{', '.join(f'{r:.2f}' for r in ratios)}; load {os.getloadavg()[0]:.1f} "
               f"on {ncpu} CPUs)")
     print("\n" + report)
-    if best >= 0.9 and os.getloadavg()[0] > ncpu / 2:
-        pytest.skip("machine busy, speed-up not asserted: " + report)
+    if best >= 0.9 and os.environ.get("FASTOPT_BUSY_MACHINE") == "1":
+        pytest.xfail("FASTOPT_BUSY_MACHINE=1, speed-up missed: " + report)
     assert best < 0.9, report
 
 
@@ -272,14 +278,16 @@ def test_omp_num_threads_is_the_default(n):
 # ---- fork ------------------------------------------------------------------------------
 
 def _child_trajectory(seed):
-    """Runs in a forked child: multi-threaded steps over a tensor above the threshold."""
+    """Runs in a forked child (and in the parent): steps asking for 2 threads
+    over a tensor above the threshold; the bits and the largest team that ran."""
     _core.set_parallel_threshold(0)
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(200_000)
     opt = fo.Adam([w], num_threads=2)
+    _core.team_seen()
     for _ in range(5):
         opt.step([rng.standard_normal(200_000)])
-    return w.tobytes()
+    return w.tobytes(), _core.team_seen()
 
 
 def test_fork_after_use_works_in_the_child():
@@ -292,12 +300,16 @@ def test_fork_after_use_works_in_the_child():
     fo.SGD([warm], learning_rate=1.0, num_threads=2).step([np.ones(200_000)])
     fo.SGD([warm], learning_rate=1.0).step([np.ones(200_000)])   # default threads too
     expected = [_child_trajectory(s) for s in (1, 2, 3)]
+    assert {team for _, team in expected} == {expected_team(2)}
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(2) as pool:
         got = pool.map_async(_child_trajectory, (1, 2, 3)).get(timeout=120)
-    assert got == expected
-    # the parent keeps its parallel pool after forking
-    assert _child_trajectory(4) == _child_trajectory(4)
+    # the children run serial (libgomp's pool does not survive fork) with the same bits
+    assert [bits for bits, _ in got] == [bits for bits, _ in expected]
+    assert [team for _, team in got] == [1, 1, 1]
+    # the parent keeps its parallel pool after forking: a team of 2 still runs here
+    bits, team = _child_trajectory(1)
+    assert (bits, team) == expected[0], f"the parent ran a team of {team} after fork"
     TALLY["forked_children_ok"] += 3
 
 

@@ -25,7 +25,9 @@ static double sgd_scalars(const fo_ctx *c, double *s)
 {
     const double *h = c->hp;
     double mode = SGD_PLAIN;
-    if (c->nstate > 0)
+    /* torch reads and writes its momentum buffer only while momentum != 0 (a
+     * momentum scheduled or set to 0 leaves it as it is, and dampening unread) */
+    if (c->nstate > 0 && (c->convention == FO_KERAS || h[HP_momentum] != 0.0))
         mode = c->convention == FO_KERAS ? SGD_KERAS : (c->t == 1 ? SGD_TORCH_FIRST : SGD_TORCH);
     s[S_lr] = h[HP_learning_rate];
     s[S_mu] = h[HP_momentum];

@@ -180,8 +180,10 @@ class ShardedOptimizer:
         self._allocate_buffers()
         self._pieces = pieces_of(self._buckets, self._shapes, self.rank)
         piece_params, self._piece_grads = self._piece_views()
-        if len(groups) == 1 and not groups[0][1]:
+        if len(groups) == 1 and not groups[0][1] and piece_params:
             inner_params = piece_params
+        # (a rank holding no piece builds its optimizer over empty groups, which
+        # an optimizer takes, where it refuses an empty parameter list)
         else:
             group_of = [gi for gi, (plist, _) in enumerate(groups) for _ in plist]
             inner_params = [dict(over, params=[q for q, piece in zip(piece_params, self._pieces)
