@@ -652,18 +652,12 @@ cdef class Engine:
         self.held = grads
         return active
 
-    cdef int _check_alias(self, cnp.ndarray a, str what) except -1:
-        """Refuse an array the step reads that shares memory with a param or
-        state array the step writes."""
-        cdef uintptr_t lo, hi
-        cdef int64_t left, right, mid, k
-        if cnp.PyArray_NBYTES(a) == 0 or self.nranges == 0:
-            return 0
-        lo = <uintptr_t>cnp.PyArray_DATA(a)
-        hi = lo + <uintptr_t>cnp.PyArray_NBYTES(a)
+    cdef int64_t _overlap_owner(self, uintptr_t lo, uintptr_t hi) noexcept:
+        """The param whose own or state memory overlaps [lo, hi), or -1."""
+        cdef int64_t left = 0, right = self.nranges, mid
+        if hi <= lo:
+            return -1
         # last range starting below hi; ranges are disjoint and sorted
-        left = 0
-        right = self.nranges
         while left < right:
             mid = (left + right) // 2
             if self.rlo[mid] < hi:
@@ -671,7 +665,15 @@ cdef class Engine:
             else:
                 right = mid
         if left > 0 and self.rhi[left - 1] > lo:
-            k = self.rowner[left - 1]
+            return self.rowner[left - 1]
+        return -1
+
+    cdef int _check_alias(self, cnp.ndarray a, str what) except -1:
+        """Refuse an array the step reads that shares memory with a param or
+        state array the step writes."""
+        cdef uintptr_t lo = <uintptr_t>cnp.PyArray_DATA(a)
+        cdef int64_t k = self._overlap_owner(lo, lo + <uintptr_t>cnp.PyArray_NBYTES(a))
+        if k >= 0:
             raise ValueError(f"{what} shares memory with params[{k}] or its optimizer "
                              f"state; an update would overwrite the gradient while reading "
                              f"it. Pass a separate gradient array")
@@ -788,9 +790,9 @@ cdef class Engine:
         params and state is checked here.  Returns the number bound."""
         cdef list addrs = list(addresses)
         self._check_arrays()
-        cdef Py_ssize_t i, k
+        cdef Py_ssize_t i
+        cdef int64_t k
         cdef uintptr_t lo, hi
-        cdef int64_t left, right, mid
         cdef int active = 0
         if len(addrs) != self.n:
             raise ValueError(f"expected {self.n} grad addresses; got {len(addrs)}")
@@ -804,20 +806,11 @@ cdef class Engine:
                 raise ValueError(f"grads[{i}]: a null address")
             hi = lo + <uintptr_t>(self.tensors[i].size *
                                   (4 if self.tensors[i].dtype == FO_FLOAT32 else 8))
-            if hi > lo and self.nranges > 0:
-                left = 0
-                right = self.nranges
-                while left < right:
-                    mid = (left + right) // 2
-                    if self.rlo[mid] < hi:
-                        left = mid + 1
-                    else:
-                        right = mid
-                if left > 0 and self.rhi[left - 1] > lo:
-                    k = self.rowner[left - 1]
-                    raise ValueError(f"grads[{i}] shares memory with params[{k}] or its optimizer "
-                                     f"state; an update would overwrite the gradient while reading "
-                                     f"it. Pass a separate gradient array")
+            k = self._overlap_owner(lo, hi)
+            if k >= 0:
+                raise ValueError(f"grads[{i}] shares memory with params[{k}] or its optimizer "
+                                 f"state; an update would overwrite the gradient while reading "
+                                 f"it. Pass a separate gradient array")
             self.pending[i] = <const void *>lo
             active += 1
         self._unbind()
