@@ -580,6 +580,7 @@ cdef class Engine:
         cdef object g
         cdef int nd
         cdef int active = 0
+        cdef uintptr_t lo
         cdef list rowgrads = None
         for i in range(self.n):
             g = grads[i]
@@ -633,7 +634,9 @@ cdef class Engine:
             if not cnp.PyArray_ISALIGNED(a):
                 raise ValueError(f"grads[{i}]: expected an aligned array; got a misaligned view. "
                                  f"Pass g.copy()")
-            self._check_alias(a, f"grads[{i}]")
+            lo = <uintptr_t>cnp.PyArray_DATA(a)
+            if self._overlap_owner(lo, lo + <uintptr_t>cnp.PyArray_NBYTES(a)) >= 0:
+                self._check_alias(a, f"grads[{i}]")     # raises, naming it (formatted only then)
             self.pending[i] = cnp.PyArray_DATA(a)
             active += 1
         # every grad is valid but for the row indices' range, which coalescing
