@@ -33,10 +33,11 @@ What differs from ``torch.optim``:
   and gradients; anything else is refused with the group and index of the
   parameter (use ``torch.optim`` for GPU tensors, ``channels_last`` weights,
   half precision and sparse gradients).
-* ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are accepted
-  (and kept in the param groups and state dicts, so that checkpoints stay
-  torch's) but change nothing: there is one implementation, and its step is
-  not differentiable.
+* ``foreach`` and ``fused`` are accepted (and kept in the param groups and
+  state dicts, so that checkpoints stay torch's) but change nothing: there is
+  one implementation.  ``differentiable=True`` (the step is not
+  differentiable) and ``capturable=True`` (CUDA graphs) are refused, as
+  settings that would do nothing; ``False``, torch's default, is kept.
 * Keys a param group has that the optimizer does not know (a scheduler's
   ``initial_lr``, ``max_momentum``) are ignored, as torch ignores them.
 * Mixed precision: :class:`torch.amp.GradScaler` unscales the grads and
@@ -80,6 +81,9 @@ _RENAMES = {"lr": "learning_rate", "eps": "epsilon", "betas": ("beta_1", "beta_2
 _OPTIONS = ("maximize", "decoupled_weight_decay")
 #: torch keywords that select one of torch's implementations: accepted, no effect.
 _IGNORED = ("foreach", "fused", "capturable", "differentiable")
+#: ... of which these ask for what fastopt's step cannot be: refused when true.
+_REFUSED = {"capturable": "CUDA-graph capture of the step",
+            "differentiable": "a step autograd differentiates through"}
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
@@ -109,7 +113,7 @@ class _Spec:
     """One line of the table: how a torch.optim class maps onto a fastopt one."""
 
     def __init__(self, torch_name, fastopt_cls, state, renames=None, step=True, aux=None,
-                 eager=False):
+                 eager=False, shapes=None, derived=None):
         self.torch_name = torch_name
         self.fastopt_cls = fastopt_cls
         self.state = dict(state)               # fastopt state name -> torch state name
@@ -117,6 +121,12 @@ class _Spec:
         self.step = step                       # torch keeps state["step"]
         self.aux = aux                         # torch's name of the engine's host value
         self.eager = eager                     # torch makes the state at construction
+        # fastopt state name -> torch's shape of that array from the param's
+        # shape, where torch keeps it with other axes (a factored row: (r, 1))
+        self.shapes = dict(shapes or {})
+        # torch's per-param scalars that follow from the group and the step
+        # count (ASGD's mu): name -> f(group, steps) -> values
+        self.derived = dict(derived or {})
         cls = getattr(torch.optim, torch_name)
         self.signature = inspect.signature(cls.__init__)
         args = tuple(k for k in self.signature.parameters if k not in ("self", "params"))
@@ -129,9 +139,15 @@ class _Spec:
         """fastopt's hyper-parameters and options from a torch param group."""
         hp, opts = {}, {}
         for key in self.keys:
-            if key in _IGNORED or key not in group:
+            if key not in group:
                 continue
             value = group[key]
+            if value and key in _REFUSED:
+                raise ValueError(f"{where}{key}=True asks for {_REFUSED[key]}, which "
+                                 f"fastopt's in-place C step cannot give; leave it False "
+                                 f"(torch's default) or use torch.optim.{self.torch_name}")
+            if key in _IGNORED:
+                continue
             if key in _OPTIONS:
                 opts[key] = value
                 continue
@@ -172,7 +188,7 @@ class _Bound:
     """A param group bound to a fastopt optimizer."""
 
     __slots__ = ("inner", "stepper", "lock", "params", "pptrs", "nbytes", "key", "names",
-                 "tstate", "steps", "steps_np", "aux", "aux_np", "unstarted")
+                 "tstate", "steps", "steps_np", "aux", "aux_np", "derived", "unstarted")
 
 
 class _TorchOptimizer(torch.optim.Optimizer):
@@ -236,7 +252,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
             inner = spec.fastopt_cls([{"params": views, **hp}], convention="torch", **opts)
         except (TypeError, ValueError) as exc:
             raise _in_group(exc, gi) from None
-        names = inner.state_names(inner.param_groups[0])
+        g0 = inner.param_groups[0]
+        names = inner.state_names(g0)
         arrays = inner.state_arrays()
         b = _Bound()
         b.inner, b.stepper, b.lock = inner, inner._stepper, inner.lock
@@ -245,14 +262,16 @@ class _TorchOptimizer(torch.optim.Optimizer):
         b.nbytes = list(map(_nbytes, params))
         b.key = tuple(map(group.get, spec.keys))
         b.names = names
-        b.tstate = [{spec.state[n]: torch.from_numpy(a) for n, a in zip(names, arrs)}
-                    for arrs in arrays]
+        b.tstate = [{spec.state[n]: self._tensor(n, a, p.shape)
+                     for (n, _), a in zip(inner.state_layout(g0, v), arrs)}
+                    for p, v, arrs in zip(params, views, arrays)]
         n = len(params)
         scalar = _get_scalar_dtype()
         b.steps = torch.zeros(n, dtype=scalar) if spec.step else None
         b.steps_np = None if b.steps is None else b.steps.numpy()
         b.aux = torch.ones(n, dtype=scalar) if spec.aux else None
         b.aux_np = None if b.aux is None else b.aux.numpy()
+        b.derived = {k: torch.zeros(n, dtype=scalar) for k in spec.derived}
         steps = np.zeros(n, dtype=np.int64)
         aux = list(b.stepper.get_aux()) if spec.aux else None
         started = []
@@ -265,11 +284,11 @@ class _TorchOptimizer(torch.optim.Optimizer):
                 src = st.get(key)
                 if src is None:
                     continue
-                if not isinstance(src, torch.Tensor) or src.shape != p.shape:
+                if not isinstance(src, torch.Tensor) or src.shape != dst.shape:
                     got = (tuple(src.shape) if isinstance(src, torch.Tensor)
                            else type(src).__name__)
-                    raise ValueError(f"{pw}: {key!r} must be a tensor of the param's shape "
-                                     f"{tuple(p.shape)}; got {got}")
+                    raise ValueError(f"{pw}: {key!r} must be a tensor of shape "
+                                     f"{tuple(dst.shape)}; got {got}")
                 dst.copy_(src.detach())
             if "step" in st:
                 steps[i] = int(_scalar(st["step"]))
@@ -294,6 +313,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
             st["step"] = b.steps[i]
         if b.aux is not None:
             st[self._spec.aux] = b.aux[i]
+        for key, values in b.derived.items():
+            st[key] = values[i]
         for key in self._spec.state.values():     # in the order torch writes them
             if key in arrays:
                 st[key] = arrays[key]
@@ -307,6 +328,20 @@ class _TorchOptimizer(torch.optim.Optimizer):
             b.steps_np[:] = b.stepper.get_steps()
         if b.aux_np is not None:
             b.aux_np[:] = b.stepper.get_aux()
+        self._derive(b)
+
+    def _derive(self, b):
+        if b.derived:
+            steps = b.stepper.get_steps()
+            group = b.inner.param_groups[0]
+            for key, f in self._spec.derived.items():
+                b.derived[key].numpy()[:] = f(group, steps)
+
+    def _tensor(self, name, a, shape):
+        """The torch tensor of state array ``a`` (a view, in torch's shape)."""
+        t = torch.from_numpy(a)
+        f = self._spec.shapes.get(name)
+        return t if f is None else t.view(f(tuple(shape)))
 
     def _edit(self, gi, b, group):
         """Hand edited hyper-parameters to the bound optimizer (a change that
@@ -402,6 +437,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
                     b.steps_np[stepped] += 1
             if b.aux_np is not None:
                 b.aux_np[:] = b.stepper.get_aux()
+            self._derive(b)
             if b.unstarted:
                 for i in [i for i in b.unstarted if addrs[i] is not None]:
                     self._publish(b, i)
@@ -449,8 +485,8 @@ def _make(spec):
            f"(:class:`fastopt.{spec.fastopt_cls.__name__}` with ``convention=\"torch\"``; "
            f"see its docstring for the math).\n\n"
            f"    Signature: {name}{str(spec.signature).replace('self, ', '')}\n\n"
-           f"    ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are accepted "
-           f"and change nothing.\n    CPU float32/float64 contiguous parameters only; see "
+           f"    ``foreach`` and ``fused`` are accepted and change nothing; "
+           f"``capturable=True`` and ``differentiable=True`` are refused.\n    CPU float32/float64 contiguous parameters only; see "
            f":mod:`fastopt.torch` for what differs from torch.optim.\n")
     cls = type(name, (_TorchOptimizer,), {"__init__": __init__, "__doc__": doc,
                                           "_spec": spec, "__module__": __name__})
@@ -478,6 +514,11 @@ _TABLE = [
     _Spec("Rprop", _fo.Rprop, {"prev": "prev", "step_size": "step_size"},
           renames={"etas": ("etaminus", "etaplus"),
                    "step_sizes": ("step_size_min", "step_size_max")}),
+    _Spec("ASGD", _fo.ASGD, {"ax": "ax"}, aux="eta",
+          derived={"mu": lambda g, steps: 1.0 / np.maximum(1.0, steps - g["t0"])}),
+    _Spec("Adafactor", _fo.Adafactor, {"row": "row_var", "col": "col_var", "v": "variance"},
+          renames={"eps": "eps"},
+          shapes={"row": lambda s: s[:-1] + (1,), "col": lambda s: s[:-2] + (1,) + s[-1:]}),
 ]
 
 for _spec in _TABLE:

@@ -11,11 +11,10 @@ import pytest
 
 from optim_db import info, optim_db
 
-# torch.optim classes fastopt has but fastopt.torch does not wrap yet (their
-# state is not a param-shaped array per name: ASGD's per-param eta and mu,
-# Adafactor's factored rows and columns, SparseAdam's sparse grads); the test
-# below fails when this list and the module disagree
-NOT_WRAPPED = {"ASGD", "Adafactor", "SparseAdam"}
+# torch.optim classes fastopt has but fastopt.torch does not wrap (SparseAdam
+# takes sparse COO grads, which the drop-ins refuse); the test below fails
+# when this list and the module disagree
+NOT_WRAPPED = {"SparseAdam"}
 ANCHORED = [e for e in optim_db if e.torch_name is not None and e.torch_module == "torch.optim"]
 TORCH_ENTRIES = [e for e in ANCHORED if e.torch_name not in NOT_WRAPPED]
 CASES = [(e.name, kw) for e in TORCH_ENTRIES for kw in e.torch_cases]
@@ -87,11 +86,13 @@ def test_signature_defaults_and_groups_are_torchs(entry):
     assert a.defaults == b.defaults
     assert {k: v for k, v in a.param_groups[0].items() if k != "params"} == \
         {k: v for k, v in b.param_groups[0].items() if k != "params"}
-    # fastopt's own torch-convention defaults are torch's
-    spec = mine._spec
-    hp, _ = spec.translate(b.defaults, "")
-    fo_defaults = entry.cls.defaults("torch")
-    assert {k: fo_defaults[k] for k in hp} == hp
+    # fastopt's own torch-convention defaults are torch's: a group given torch's
+    # defaults (under torch's names, aliases and pairs) equals a group given none
+    hp, opts = mine._spec.translate(b.defaults, "")
+    given = entry.cls([{"params": [np.zeros(3)], **hp}], convention="torch", **opts)
+    own = entry.cls([np.zeros(3)], convention="torch")
+    assert {k: v for k, v in given.param_groups[0].items() if k != "params"} == \
+        {k: v for k, v in own.param_groups[0].items() if k != "params"}
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=CASE_IDS)
@@ -230,26 +231,50 @@ def test_amsgrad_switched_on_keeps_the_state(float64_default):
     _assert_params(m, m2, rtol=1e-12, atol=1e-15)
 
 
-def test_state_dict_round_trips_through_torch_and_torch_load(float64_default):
-    m, opt, m2, _ = _pair("AdamW", {"amsgrad": True})
+# state torch keeps otherwise than as param-shaped arrays: ASGD's per-param
+# eta and mu, Adafactor's factored (r, 1) and (1, c) rows and columns
+ROUND_TRIPS = [("AdamW", {"amsgrad": True}), ("ASGD", {"t0": 2.0, "lambd": 0.05}),
+               ("Adafactor", {"weight_decay": 0.05})]
+
+
+@pytest.mark.parametrize(("name", "tkw"), ROUND_TRIPS, ids=[n for n, _ in ROUND_TRIPS])
+def test_state_dict_round_trips_through_torch_and_torch_load(name, tkw, float64_default):
+    m, opt, m2, _ = _pair(name, tkw, torch_names=True)
     _steps([(m, opt, None)], 4, torch.float64)
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
     sd = torch.load(buf, weights_only=True)
-    # fastopt -> torch.optim.AdamW: continues as fastopt does
+    # fastopt -> torch.optim: continues as fastopt does
     m2.load_state_dict(m.state_dict())
-    topt = torch.optim.AdamW(m2.parameters(), amsgrad=True, foreach=False)
+    topt = getattr(torch.optim, name)(m2.parameters(), **tkw, foreach=False)
     topt.load_state_dict(sd)
     _steps([(m, opt, None), (m2, topt, None)], 3, torch.float64)
     _assert_params(m, m2, rtol=1e-12, atol=1e-15)
-    # torch.optim.AdamW -> a fresh fastopt AdamW: continues as torch does
+    # torch.optim -> a fresh fastopt.torch optimizer: continues as torch does
     m3 = copy.deepcopy(m2)
-    opt3 = ft.AdamW(m3.parameters(), amsgrad=True)
+    opt3 = getattr(ft, name)(m3.parameters(), **tkw)
     opt3.load_state_dict(copy.deepcopy(topt.state_dict()))
     assert opt3.state[list(m3.parameters())[0]]["step"].item() == 7
     _steps([(m3, opt3, None), (m2, topt, None)], 3, torch.float64)
     _assert_params(m3, m2, rtol=1e-12, atol=1e-15)
+    for i, st in topt.state_dict()["state"].items():
+        mine = opt3.state_dict()["state"][i]
+        assert list(mine) == list(st)
+        for key, value in st.items():
+            assert mine[key].shape == value.shape, (i, key)
+            np.testing.assert_allclose(mine[key].numpy(), value.numpy(), rtol=1e-12,
+                                       atol=1e-15, err_msg=f"{i} {key}")
+
+
+def test_factored_state_of_another_shape_is_refused(float64_default):
+    m, opt, _, _ = _pair("Adafactor", {}, torch_names=True)
+    _steps([(m, opt, None)], 2, torch.float64)
+    bad = copy.deepcopy(opt.state_dict())
+    bad["state"][0]["row_var"] = bad["state"][0]["row_var"].reshape(-1)   # (13,), not (13, 1)
+    with pytest.raises(ValueError, match=r"params\[0\]: 'row_var' must be a tensor of shape "
+                                         r"\(13, 1\); got \(13,\)"):
+        opt.load_state_dict(bad)
 
 
 def test_load_state_dict_refused_leaves_it_as_it_was(float64_default):
@@ -385,6 +410,23 @@ def test_bad_hyper_parameters_name_the_group():
     with pytest.raises(ValueError, match="param group 1: beta_2 must be in"):
         opt.step()
     assert torch.equal(p.detach(), torch.zeros(2))
+
+
+@pytest.mark.parametrize("key", ["differentiable", "capturable"])
+def test_settings_that_would_do_nothing_are_refused(key):
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=rf"param group 0: {key}=True asks for .* leave it "
+                                         rf"False .* or use torch.optim.Adam$"):
+        ft.Adam([p], **{key: True})
+    opt = ft.Adam([p], foreach=True, fused=True)       # implementation choices: no effect
+    opt.param_groups[0][key] = True
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match=rf"param group 0: {key}=True"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(2))
+    opt.param_groups[0][key] = False
+    opt.step()
+    assert not torch.equal(p.detach(), torch.zeros(2))
 
 
 def test_grad_scaler_skips_inf_steps_as_with_torch(float64_default):
