@@ -30,9 +30,11 @@ effect at the next step.
 What differs from ``torch.optim``:
 
 * CPU only, float32 and float64 parameters, dense C-contiguous parameters
-  and gradients; anything else is refused with the group and index of the
-  parameter (use ``torch.optim`` for GPU tensors, ``channels_last`` weights,
-  half precision and sparse gradients).
+  and gradients (SparseAdam: sparse COO grads of whole rows of a 2-D
+  parameter, as ``nn.Embedding(sparse=True)`` gives); anything else is
+  refused with the group and index of the parameter (use ``torch.optim`` for
+  GPU tensors, ``channels_last`` weights, half precision and other sparse
+  layouts).
 * ``foreach`` and ``fused`` are accepted (and kept in the param groups and
   state dicts, so that checkpoints stay torch's) but change nothing: there is
   one implementation.  ``differentiable=True`` (the step is not
@@ -66,6 +68,7 @@ except ImportError as exc:     # pragma: no cover - exercised without torch only
                       "pip install 'fastopt[torch]' (or pip install torch)") from exc
 
 from . import optimizers as _fo
+from ._core import RowGrad as _RowGrad
 
 __all__ = []
 
@@ -113,12 +116,13 @@ class _Spec:
     """One line of the table: how a torch.optim class maps onto a fastopt one."""
 
     def __init__(self, torch_name, fastopt_cls, state, renames=None, step=True, aux=None,
-                 eager=False, shapes=None, derived=None):
+                 eager=False, shapes=None, derived=None, sparse=False):
         self.torch_name = torch_name
         self.fastopt_cls = fastopt_cls
         self.state = dict(state)               # fastopt state name -> torch state name
         self.renames = dict(_RENAMES, **(renames or {}))
-        self.step = step                       # torch keeps state["step"]
+        self.step = step                       # torch keeps state["step"] (True: a
+        # float tensor, "int": a Python int, as SparseAdam)
         self.aux = aux                         # torch's name of the engine's host value
         self.eager = eager                     # torch makes the state at construction
         # fastopt state name -> torch's shape of that array from the param's
@@ -127,6 +131,9 @@ class _Spec:
         # torch's per-param scalars that follow from the group and the step
         # count (ASGD's mu): name -> f(group, steps) -> values
         self.derived = dict(derived or {})
+        # the torch class takes sparse COO grads only (SparseAdam): each is
+        # handed over as a RowGrad of its coalesced rows
+        self.sparse = sparse
         cls = getattr(torch.optim, torch_name)
         self.signature = inspect.signature(cls.__init__)
         args = tuple(k for k in self.signature.parameters if k not in ("self", "params"))
@@ -267,8 +274,11 @@ class _TorchOptimizer(torch.optim.Optimizer):
                     for p, v, arrs in zip(params, views, arrays)]
         n = len(params)
         scalar = _get_scalar_dtype()
-        b.steps = torch.zeros(n, dtype=scalar) if spec.step else None
-        b.steps_np = None if b.steps is None else b.steps.numpy()
+        if spec.step == "int":
+            b.steps, b.steps_np = None, np.zeros(n, dtype=np.int64)
+        else:
+            b.steps = torch.zeros(n, dtype=scalar) if spec.step else None
+            b.steps_np = None if b.steps is None else b.steps.numpy()
         b.aux = torch.ones(n, dtype=scalar) if spec.aux else None
         b.aux_np = None if b.aux is None else b.aux.numpy()
         b.derived = {k: torch.zeros(n, dtype=scalar) for k in spec.derived}
@@ -311,6 +321,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
         st, arrays = {}, b.tstate[i]
         if b.steps is not None:
             st["step"] = b.steps[i]
+        elif b.steps_np is not None:
+            st["step"] = int(b.steps_np[i])
         if b.aux is not None:
             st[self._spec.aux] = b.aux[i]
         for key, values in b.derived.items():
@@ -326,9 +338,17 @@ class _TorchOptimizer(torch.optim.Optimizer):
         """Write the engine's counters into the ``step`` (and aux) tensors."""
         if b.steps_np is not None:
             b.steps_np[:] = b.stepper.get_steps()
+            if b.steps is None:
+                self._int_steps(b, range(len(b.params)))
         if b.aux_np is not None:
             b.aux_np[:] = b.stepper.get_aux()
         self._derive(b)
+
+    def _int_steps(self, b, which):
+        for i in which:
+            st = self.state.get(b.params[i])
+            if st:
+                st["step"] = int(b.steps_np[i])
 
     def _derive(self, b):
         if b.derived:
@@ -392,6 +412,34 @@ class _TorchOptimizer(torch.optim.Optimizer):
             out.append(g.data_ptr())
         return out
 
+    def _row_grads(self, gi, b, grads):
+        """``fo.RowGrad`` s of coalesced sparse COO grads (SparseAdam): the
+        rows of a 2-D param, as ``nn.Embedding(sparse=True)`` gives them."""
+        out = []
+        for i, (p, g) in enumerate(zip(b.params, grads)):
+            if g is None:
+                out.append(None)
+                continue
+            where = f"param group {gi}, params[{i}] (shape {tuple(p.shape)}, {p.dtype})"
+            if g.layout != torch.sparse_coo:
+                raise RuntimeError(f"{where}: SparseAdam does not support dense gradients "
+                                   f"(got {g.layout}), please consider Adam instead")
+            if g.device != p.device or g.dtype != p.dtype or g.shape != p.shape:
+                raise ValueError(f"{where}: its gradient has dtype {g.dtype}, shape "
+                                 f"{tuple(g.shape)} and device {g.device}; expected the "
+                                 f"param's")
+            if p.dim() != 2 or g.sparse_dim() != 1:
+                raise ValueError(f"{where}: a sparse gradient with {g.sparse_dim()} sparse "
+                                 f"dimension(s); fastopt.torch.SparseAdam updates whole rows of "
+                                 f"a 2-D parameter (sparse_dim 1, as nn.Embedding(sparse=True) "
+                                 f"gives); use torch.optim.SparseAdam for other layouts")
+            g = g.coalesce()        # torch's sum of repeated rows, in torch's order
+            values = g._values()
+            if not values.is_contiguous():      # pragma: no cover - coalesce makes them so
+                values = values.contiguous()
+            out.append(_RowGrad(g._indices()[0].numpy(), values.numpy()))
+        return out
+
     def step(self, closure=None):
         """One update of every parameter that has a ``.grad`` (the others and
         their state are left as they are).  ``closure`` re-evaluates the model
@@ -413,6 +461,9 @@ class _TorchOptimizer(torch.optim.Optimizer):
                 self._edit(gi, b, group)
                 b = bound[gi]
             grads = list(map(_grad, params))     # held: alive until the kernels are done
+            if self._spec.sparse:
+                work.append((gi, b, grads, self._row_grads(gi, b, grads), False))
+                continue
             try:
                 addrs, full = list(map(_data_ptr, grads)), True
                 if not all(map(_is_contiguous, grads)) or list(map(_nbytes, grads)) != b.nbytes:
@@ -423,7 +474,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
         for gi, b, grads, addrs, full in work:
             try:
                 with b.lock:
-                    b.stepper.step(addrs, True)
+                    b.stepper.step(addrs, not self._spec.sparse)
             except (TypeError, ValueError) as exc:
                 raise _in_group(exc, gi) from None
             if full:
@@ -435,6 +486,8 @@ class _TorchOptimizer(torch.optim.Optimizer):
                 _bump_versions([b.params[i] for i in stepped])
                 if b.steps_np is not None:
                     b.steps_np[stepped] += 1
+                    if b.steps is None:
+                        self._int_steps(b, stepped)
             if b.aux_np is not None:
                 b.aux_np[:] = b.stepper.get_aux()
             self._derive(b)
@@ -516,6 +569,8 @@ _TABLE = [
                    "step_sizes": ("step_size_min", "step_size_max")}),
     _Spec("ASGD", _fo.ASGD, {"ax": "ax"}, aux="eta",
           derived={"mu": lambda g, steps: 1.0 / np.maximum(1.0, steps - g["t0"])}),
+    _Spec("SparseAdam", _fo.SparseAdam, {"m": "exp_avg", "v": "exp_avg_sq"}, step="int",
+          sparse=True),
     _Spec("Adafactor", _fo.Adafactor, {"row": "row_var", "col": "col_var", "v": "variance"},
           renames={"eps": "eps"},
           shapes={"row": lambda s: s[:-1] + (1,), "col": lambda s: s[:-2] + (1,) + s[-1:]}),

@@ -2,6 +2,7 @@
 live against torch.optim (skipped when torch is not installed; what runs
 without torch is in test_torch_layer.py)."""
 import copy
+import inspect
 import io
 import subprocess
 import sys
@@ -11,10 +12,9 @@ import pytest
 
 from optim_db import info, optim_db
 
-# torch.optim classes fastopt has but fastopt.torch does not wrap (SparseAdam
-# takes sparse COO grads, which the drop-ins refuse); the test below fails
-# when this list and the module disagree
-NOT_WRAPPED = {"SparseAdam"}
+# torch.optim classes fastopt has but fastopt.torch does not wrap; the test
+# below fails when this list and the module disagree
+NOT_WRAPPED = set()
 ANCHORED = [e for e in optim_db if e.torch_name is not None and e.torch_module == "torch.optim"]
 TORCH_ENTRIES = [e for e in ANCHORED if e.torch_name not in NOT_WRAPPED]
 CASES = [(e.name, kw) for e in TORCH_ENTRIES for kw in e.torch_cases]
@@ -33,9 +33,32 @@ def float64_default():
     torch.set_default_dtype(saved)
 
 
+class _Embeddings(torch.nn.Module):
+    """Two embedding tables with sparse grads (rows repeat within a batch;
+    some rows get no grad in a step): the model of the sparse optimizers."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Embedding(11, 3, sparse=True)
+        self.b = torch.nn.Embedding(5, 3, sparse=True)
+
+    def forward(self, x):
+        idx = (x.abs() * 7).long() % 11
+        return self.a(idx).sum(1) + self.b(idx[:, :2] % 5).mean(1)
+
+
+def _single_tensor(tname, params, tkw):
+    """torch.optim's class on its single-tensor (for-loop) path."""
+    cls = getattr(torch.optim, tname)
+    extra = {"foreach": False} if "foreach" in inspect.signature(cls.__init__).parameters else {}
+    return cls(params, **tkw, **extra)
+
+
 def _pair(name, kwargs, dtype=torch.float64, seed=0, model=None, torch_names=False):
     """The same small model twice: one for fastopt.torch, one for torch.optim."""
     torch.manual_seed(seed)
+    if model is None and info(name).torch_sparse:
+        model = _Embeddings
     m = model() if model else torch.nn.Sequential(
         torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 3))
     m = m.to(dtype)
@@ -77,7 +100,6 @@ def test_every_torch_optimizer_has_a_drop_in():
 
 @pytest.mark.parametrize("entry", TORCH_ENTRIES, ids=lambda e: e.name)
 def test_signature_defaults_and_groups_are_torchs(entry):
-    import inspect
     mine, theirs = getattr(ft, entry.torch_name), getattr(torch.optim, entry.torch_name)
     assert inspect.signature(mine.__init__) == inspect.signature(theirs.__init__)
     w = torch.nn.Parameter(torch.zeros(3))
@@ -98,7 +120,7 @@ def test_signature_defaults_and_groups_are_torchs(entry):
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=CASE_IDS)
 def test_float64_trajectory_equals_torch(name, kwargs, float64_default):
     m, opt, m2, tkw = _pair(name, kwargs)
-    topt = getattr(torch.optim, info(name).torch_name)(m2.parameters(), **tkw, foreach=False)
+    topt = _single_tensor(info(name).torch_name, m2.parameters(), tkw)
     _steps([(m, opt, None), (m2, topt, None)], 12, torch.float64, skip=4)
     _assert_params(m, m2, rtol=1e-12, atol=1e-15)
     # the state as torch keeps it
@@ -109,7 +131,10 @@ def test_float64_trajectory_equals_torch(name, kwargs, float64_default):
     for i, st in tsd["state"].items():
         assert list(sd["state"][i]) == list(st), i
         for key, value in st.items():
-            if isinstance(value, torch.Tensor):
+            assert type(sd["state"][i][key]) is type(value), (i, key)
+            if not isinstance(value, torch.Tensor):
+                assert sd["state"][i][key] == value, (i, key)
+            else:
                 assert sd["state"][i][key].dtype == value.dtype, (i, key)
                 np.testing.assert_allclose(sd["state"][i][key].numpy(), value.numpy(),
                                            rtol=1e-12, atol=1e-15, err_msg=f"{i} {key}")
@@ -158,10 +183,10 @@ def test_deepcopy_and_pickle_keep_the_state(float64_default):
 
 
 def _fused_or_foreach(tname):
-    cls = getattr(torch.optim, tname)
-    import inspect
-    return {"fused": True} if "fused" in inspect.signature(cls.__init__).parameters and \
-        tname in ("Adam", "AdamW", "SGD", "Adagrad") else {"foreach": True}
+    params = inspect.signature(getattr(torch.optim, tname).__init__).parameters
+    if "fused" in params and tname in ("Adam", "AdamW", "SGD", "Adagrad"):
+        return {"fused": True}
+    return {"foreach": True} if "foreach" in params else {}
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=CASE_IDS)
@@ -234,7 +259,7 @@ def test_amsgrad_switched_on_keeps_the_state(float64_default):
 # state torch keeps otherwise than as param-shaped arrays: ASGD's per-param
 # eta and mu, Adafactor's factored (r, 1) and (1, c) rows and columns
 ROUND_TRIPS = [("AdamW", {"amsgrad": True}), ("ASGD", {"t0": 2.0, "lambd": 0.05}),
-               ("Adafactor", {"weight_decay": 0.05})]
+               ("Adafactor", {"weight_decay": 0.05}), ("SparseAdam", {"betas": (0.8, 0.99)})]
 
 
 @pytest.mark.parametrize(("name", "tkw"), ROUND_TRIPS, ids=[n for n, _ in ROUND_TRIPS])
@@ -247,7 +272,7 @@ def test_state_dict_round_trips_through_torch_and_torch_load(name, tkw, float64_
     sd = torch.load(buf, weights_only=True)
     # fastopt -> torch.optim: continues as fastopt does
     m2.load_state_dict(m.state_dict())
-    topt = getattr(torch.optim, name)(m2.parameters(), **tkw, foreach=False)
+    topt = _single_tensor(name, m2.parameters(), tkw)
     topt.load_state_dict(sd)
     _steps([(m, opt, None), (m2, topt, None)], 3, torch.float64)
     _assert_params(m, m2, rtol=1e-12, atol=1e-15)
@@ -255,13 +280,17 @@ def test_state_dict_round_trips_through_torch_and_torch_load(name, tkw, float64_
     m3 = copy.deepcopy(m2)
     opt3 = getattr(ft, name)(m3.parameters(), **tkw)
     opt3.load_state_dict(copy.deepcopy(topt.state_dict()))
-    assert opt3.state[list(m3.parameters())[0]]["step"].item() == 7
+    assert int(opt3.state[list(m3.parameters())[0]]["step"]) == 7
     _steps([(m3, opt3, None), (m2, topt, None)], 3, torch.float64)
     _assert_params(m3, m2, rtol=1e-12, atol=1e-15)
     for i, st in topt.state_dict()["state"].items():
         mine = opt3.state_dict()["state"][i]
         assert list(mine) == list(st)
         for key, value in st.items():
+            assert type(mine[key]) is type(value), (i, key)    # SparseAdam's step: an int
+            if not isinstance(value, torch.Tensor):
+                assert mine[key] == value, (i, key)
+                continue
             assert mine[key].shape == value.shape, (i, key)
             np.testing.assert_allclose(mine[key].numpy(), value.numpy(), rtol=1e-12,
                                        atol=1e-15, err_msg=f"{i} {key}")
@@ -427,6 +456,27 @@ def test_settings_that_would_do_nothing_are_refused(key):
     opt.param_groups[0][key] = False
     opt.step()
     assert not torch.equal(p.detach(), torch.zeros(2))
+
+
+def test_sparse_adam_refuses_what_torch_refuses_and_changes_nothing():
+    torch.manual_seed(0)
+    emb, lin = torch.nn.Embedding(6, 2, sparse=True), torch.nn.Linear(2, 1)
+    opt = ft.SparseAdam([{"params": [emb.weight]}, {"params": list(lin.parameters())}])
+    before = [p.detach().clone() for p in (emb.weight, *lin.parameters())]
+    lin(emb(torch.tensor([1, 4, 1]))).sum().backward()
+    # group 1's dense grads are refused before group 0 is stepped
+    with pytest.raises(RuntimeError, match=r"param group 1, params\[0\] .*SparseAdam does not "
+                                           r"support dense gradients"):
+        opt.step()
+    for a, b in zip(before, (emb.weight, *lin.parameters())):
+        assert torch.equal(a, b.detach())
+    vec = torch.nn.Parameter(torch.zeros(4))
+    opt = ft.SparseAdam([vec])
+    vec.grad = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.ones(2), (4,),
+                                      check_invariants=True)
+    with pytest.raises(ValueError, match=r"params\[0\] \(shape \(4,\).*whole rows of a 2-D"):
+        opt.step()
+    assert torch.equal(vec.detach(), torch.zeros(4))
 
 
 def test_grad_scaler_skips_inf_steps_as_with_torch(float64_default):
