@@ -23,7 +23,7 @@ import pytest
 
 import fastopt as fo
 from fastopt import distributed as dist
-from fastopt.distributed import _layout, _manifest
+from fastopt.distributed import _inputs, _layout, _manifest
 from fastopt.distributed.__main__ import main as consolidate_cli
 from robust_util import add_zeros_member, rebuild_npz, traced_peak
 
@@ -136,7 +136,6 @@ def test_chunk_is_the_engines():
 
 def test_unshardable_class_refused():
     """A class whose update needs whole tensors beyond a reduction pass."""
-    from fastopt.distributed import _inputs
 
     class Coupled(fo.SGD):
         elementwise = False
@@ -160,6 +159,48 @@ def test_pieces_cover_every_element_once(world):
             owners[i] += 1
     assert all((s == 1).all() for s in seen)
     assert all(k >= 1 for k in owners)     # zero-size tensors too (their step counts)
+
+
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_tables_are_cut_at_whole_rows_and_on_the_chunk_grid(world):
+    """A table of row_params is cut at multiples of lcm(4096, width) from its
+    start; the other tensors keep the 4096 grid, so their layout is as
+    without tables; balance within a table's grid."""
+    shapes = [(9000, 6), (50000,), (3000, 100), (700, 64)]
+    dtypes = ["<f4"] * 4
+    plain = _layout.make_buckets(shapes, dtypes, world)
+    tables = _layout.make_buckets(shapes, dtypes, world, (0, 2))
+    total = sum(int(np.prod(s)) for s in shapes)
+    for k, b in enumerate(tables[0].bounds[1:-1], 1):
+        assert abs(b - k * total / world) <= np.lcm(4096, 100)
+    for rank in range(world):
+        for p in _layout.pieces_of(tables, shapes, rank):
+            shape = _layout.piece_shape(p, shapes, (0, 2))
+            if p.tensor in (0, 2):
+                width = shapes[p.tensor][1]
+                assert p.start % np.lcm(4096, width) == 0 and p.length % width == 0
+                assert shape == (p.length // width, width)
+            else:
+                assert p.start % 4096 == 0 and shape == (p.length,)
+    # 64 divides 4096: a table of width 64 is cut where it would be anyway
+    assert (_layout.make_buckets([(700, 64)], ["<f4"], world, (0,))[0].bounds ==
+            _layout.make_buckets([(700, 64)], ["<f4"], world)[0].bounds)
+    assert plain[0].bounds != tables[0].bounds or world == 1
+
+
+@pytest.mark.parametrize(("row_params", "exc", "match"), [
+    (0, TypeError, "row_params must be a list of parameter indices; got int"),
+    ([1.0], TypeError, r"row_params\[0\] must be an int"),
+    ([True], TypeError, r"row_params\[0\] must be an int"),
+    ([3], ValueError, r"row_params\[0\] is 3; there are 3 params, indices 0 to 2"),
+    ([1], ValueError, r"row_params\[0\]: params\[1\] has shape \(5,\); a RowGrad updates rows"),
+    ([2], ValueError, r"params\[2\] has shape \(4, 0\)"),
+    ([0, 0], ValueError, r"row_params\[1\]: params\[0\] is named twice"),
+])
+def test_row_params_are_checked(row_params, exc, match):
+    with pytest.raises(exc, match=match):
+        _inputs.check_row_params(row_params, [(8, 3), (5,), (4, 0)])
+    assert _inputs.check_row_params([np.int64(0)], [(8, 3), (5,), (4, 0)]) == (0,)
 
 
 def test_flat_arrays_are_views_of_one_aligned_buffer():
@@ -785,12 +826,44 @@ def test_allreduce_of_rowgrads_is_one_process_bit_for_bit(rows_run, name):
 
 
 @needs_mpi
-def test_sharded_optimizer_refuses_rowgrads(rows_run):
+@pytest.mark.parametrize("name", ["SparseAdam", "Adam", "SGD", "Adagrad"])
+def test_sharded_rowgrads_are_one_process_bit_for_bit(rows_run, name):
+    """ShardedOptimizer with row_params: every rank's rows gathered, each rank
+    applies those of its rows; params, and the state through save,
+    consolidate and load, equal one process given all the rows, bit for bit;
+    load_consolidated then continues as that process does."""
+    got = [rows_run[r][f"sharded {name}"] for r in range(WORLD)]
+    # the first table is cut between the ranks, at a whole row
+    owners = [[p for p in g["pieces"] if p[0] == 0] for g in got]
+    assert all(owners), owners
+    assert all(p[1] % 6 == 0 and p[2] % 6 == 0 for o in owners for p in o)
+    for r, g in enumerate(got):
+        assert g["same"] and g["same_after_load"], (r, g)
+    assert got[0]["same_state"] is True
+
+
+REFUSED = {
+    "not a table": r"grads\[0\]: a RowGrad for a parameter not in row_params; .*"
+                   r"row_params=\[\.\.\., 0\]",
+    "clipnorm": r"grads\[0\]: a RowGrad, with an option that reduces over whole tensors",
+    "kinds differ": r"ranks skip different parameters or give rows for different ones;.*\n"
+                    r"rank 0: grads are None at indices \[\], RowGrads at \[0\]\n"
+                    r"rank 1: grads are None at indices \[\], RowGrads at \[\]",
+    "row out of range": r"rank 1: grads\[0\]\.indices\[0\] is 8; params\[0\] has 8 rows",
+    "bad width": r"grads\[0\]\.values: expected float64 of shape \(1, 3\) .* got float64 "
+                 r"\(1, 2\)",
+}
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_sharded_rowgrads_refused_on_every_rank_change_nothing(rows_run, case):
     for r in range(WORLD):
-        msg = rows_run[r]["sharded"]
-        assert msg is not None and "refused on every rank; nothing was changed" in msg
-        assert "grads[0]: a RowGrad" in msg and "allreduce_gradients" in msg
-        assert rows_run[r]["sharded_unchanged"]
+        msg = rows_run[r]["refusals"][case]
+        assert msg is not None and "refused on every rank; nothing was changed" in msg, (r, msg)
+        assert re.search(REFUSED[case], msg, re.S), (r, msg)
+        assert rows_run[r]["refusals"][case + " unchanged"], r
+        assert "row_params[0]: params[1] has shape (4,)" in rows_run[r]["refusals"]["1-D table"]
 
 
 # ---- a rank killed during a sharded save ------------------------------------------

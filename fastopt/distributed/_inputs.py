@@ -41,9 +41,63 @@ def check_disjoint(params):
                              f"be its own array")
 
 
-def check_grads(grads, params):
+def check_row_params(row_params, shapes):
+    """The sorted tuple of ``row_params`` (indices of 2-D parameters), or raise."""
+    if isinstance(row_params, (str, bytes, np.ndarray)) or not hasattr(row_params, "__iter__"):
+        raise TypeError(f"row_params must be a list of parameter indices; got "
+                        f"{type(row_params).__name__}")
+    out = []
+    for k, i in enumerate(row_params):
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"row_params[{k}] must be an int (a parameter index); got "
+                            f"{type(i).__name__}")
+        i = int(i)
+        if not 0 <= i < len(shapes):
+            raise ValueError(f"row_params[{k}] is {i}; there are {len(shapes)} params, "
+                             f"indices 0 to {len(shapes) - 1}")
+        if len(shapes[i]) != 2 or shapes[i][1] == 0:
+            raise ValueError(f"row_params[{k}]: params[{i}] has shape {shapes[i]}; a RowGrad "
+                             f"updates rows of a 2-D parameter (rows x dim, dim > 0)")
+        if i in out:
+            raise ValueError(f"row_params[{k}]: params[{i}] is named twice")
+        out.append(i)
+    return tuple(sorted(out))
+
+
+def _check_rows(i, g, p, tables, reduces):
+    """The message for a RowGrad ``g`` of ``params[i]`` that a sharded step
+    cannot take, or None."""
+    if i not in tables:
+        return (f"grads[{i}]: a RowGrad for a parameter not in row_params; its shards are "
+                f"not cut at whole rows. Build the ShardedOptimizer with "
+                f"row_params=[..., {i}], or pass the dense gradient")
+    if reduces:
+        return (f"grads[{i}]: a RowGrad, with an option that reduces over whole tensors "
+                f"(clipnorm, global_clipnorm, skip_nonfinite) or a per-tensor kernel, which "
+                f"a sharded step with RowGrads does not compute; pass the dense gradient, "
+                f"or use allreduce_gradients with a plain optimizer")
+    idx, vals = g.indices, g.values
+    if (not isinstance(idx, np.ndarray) or idx.ndim != 1 or idx.dtype.kind != "i"
+            or idx.dtype.itemsize not in (4, 8)):
+        return (f"grads[{i}].indices: expected a 1-D int32 or int64 ndarray; got "
+                f"{type(idx).__name__ if not isinstance(idx, np.ndarray) else f'{idx.dtype} {idx.shape}'}")
+    if (not isinstance(vals, np.ndarray) or vals.dtype != p.dtype
+            or vals.shape != (len(idx), p.shape[1])):
+        got = (f"{vals.dtype} {vals.shape}" if isinstance(vals, np.ndarray)
+               else type(vals).__name__)
+        return (f"grads[{i}].values: expected {p.dtype} of shape ({len(idx)}, {p.shape[1]}) "
+                f"(a row of params[{i}] per index); got {got}")
+    if len(idx) and (idx.min() < 0 or idx.max() >= p.shape[0]):
+        bad = int(np.flatnonzero((idx < 0) | (idx >= p.shape[0]))[0])
+        return (f"grads[{i}].indices[{bad}] is {int(idx[bad])}; params[{i}] has "
+                f"{p.shape[0]} rows (indices 0 to {p.shape[0] - 1})")
+    return None
+
+
+def check_grads(grads, params, tables=(), reduces=False):
     """``(0, None)`` if ``grads`` fit ``params`` (one ndarray of the same dtype
-    and shape, or None, per parameter), else ``(index + 1, message)``."""
+    and shape, None, or for a parameter of ``tables`` a RowGrad, per
+    parameter), else ``(index + 1, message)``."""
     if len(grads) != len(params):
         return 1, (f"expected {len(params)} grads (one per parameter, in order; "
                    f"None skips one); got {len(grads)}")
@@ -51,10 +105,10 @@ def check_grads(grads, params):
         if g is None:
             continue
         if isinstance(g, RowGrad):
-            return i + 1, (f"grads[{i}]: a RowGrad; ShardedOptimizer splits each table's "
-                           f"elements, not its rows, over the ranks, so it has no lazy row "
-                           f"update. Use allreduce_gradients (it gathers every rank's rows) "
-                           f"with a plain optimizer, or pass the dense gradient")
+            message = _check_rows(i, g, p, tables, reduces)
+            if message is not None:
+                return i + 1, message
+            continue
         if not isinstance(g, np.ndarray):
             return i + 1, (f"grads[{i}]: expected a numpy.ndarray of dtype {p.dtype} and "
                            f"shape {p.shape}; got {type(g).__name__}")

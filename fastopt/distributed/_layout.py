@@ -152,19 +152,39 @@ class Piece(NamedTuple):
 CHUNK = 4096
 
 
-def shard_bounds(sizes, world):
+def grid_of(shape, table):
+    """Elements between the allowed shard boundaries of a tensor of ``shape``:
+    :data:`CHUNK`, and for a table (a 2-D tensor that may get
+    :class:`fastopt.RowGrad` s) the least multiple of CHUNK that is also one
+    of whole rows, so that every piece of a table is whole rows."""
+    if table and shape[1] > 0:
+        return math.lcm(CHUNK, int(shape[1]))
+    return CHUNK
+
+
+def piece_shape(piece, shapes, tables):
+    """The shape of ``piece`` as the inner optimizer holds it: rows for a
+    piece of a table (``piece.tensor in tables``), else flat."""
+    shape = shapes[piece.tensor]
+    if piece.tensor in tables and shape[1] > 0:
+        return (piece.length // shape[1], shape[1])
+    return (piece.length,)
+
+
+def shard_bounds(sizes, world, grids=None):
     """``world + 1`` boundaries splitting the concatenation of tensors of
     ``sizes`` elements into contiguous, balanced shards.
 
-    A boundary lies at a tensor's start or at a multiple of :data:`CHUNK`
-    elements from it, so that every piece of a tensor is cut into the same
-    chunks as the whole tensor: the per-chunk sums of squares a rank computes
-    are those one process computes, and combined in order they give its norm
+    A boundary lies at a tensor's start or at a multiple of its grid
+    (``grids[i]``, :data:`CHUNK` by default; see :func:`grid_of`) elements
+    from it, so that every piece of a tensor is cut into the same chunks as
+    the whole tensor: the per-chunk sums of squares a rank computes are
+    those one process computes, and combined in order they give its norm
     bit for bit.  Each boundary is the allowed position nearest the balanced
-    one (ties to the lower), so a shard is within ``CHUNK`` elements of
-    ``total / world``.
+    one (ties to the lower), so a shard is within a grid of ``total / world``.
     """
     sizes = [int(n) for n in sizes]
+    grids = [CHUNK] * len(sizes) if grids is None else [int(g) for g in grids]
     total = sum(sizes)
     starts = list(itertools.accumulate(sizes, initial=0))[:-1]
     bounds = [0]
@@ -172,24 +192,26 @@ def shard_bounds(sizes, world):
         target = k * total // world
         # the tensor holding the target, and the chunk starts around it
         i = max(bisect.bisect_right(starts, target) - 1, 0)
-        lo = starts[i] + (target - starts[i]) // CHUNK * CHUNK
-        hi = min(lo + CHUNK, starts[i] + sizes[i])
+        lo = starts[i] + (target - starts[i]) // grids[i] * grids[i]
+        hi = min(lo + grids[i], starts[i] + sizes[i])
         b = hi if hi - target < target - lo else lo
         bounds.append(max(b, bounds[-1]))
     bounds.append(total)
     return bounds
 
 
-def make_buckets(shapes, dtypes, world):
-    """One :class:`Bucket` per dtype (in order of first appearance), tensors in order."""
+def make_buckets(shapes, dtypes, world, tables=()):
+    """One :class:`Bucket` per dtype (in order of first appearance), tensors in
+    order; ``tables``: the indices of the tensors cut at whole rows."""
     buckets = []
     for dt in dict.fromkeys(dtypes):
         tensors = [i for i, d in enumerate(dtypes) if d == dt]
         sizes = [math.prod(shapes[i]) for i in tensors]
         offsets = list(itertools.accumulate(sizes, initial=0))
         total = offsets.pop()
+        grids = [grid_of(shapes[i], i in tables) for i in tensors]
         buckets.append(Bucket(dt, tuple(tensors), tuple(offsets), total,
-                              tuple(shard_bounds(sizes, world))))
+                              tuple(shard_bounds(sizes, world, grids))))
     return buckets
 
 

@@ -114,7 +114,11 @@ def read_manifest(path):
     for rank in range(world):
         rank_file(path, manifest, rank)
     shapes = [tuple(s) for s in manifest["shapes"]]
-    expected = make_buckets(shapes, manifest["dtypes"], world)
+    tables = manifest.get("row_params", [])
+    if not (isinstance(tables, list) and all(_is_count(i) and i < len(shapes)
+                                             and len(shapes[i]) == 2 for i in tables)):
+        raise ValueError(f"{file}: corrupt manifest (bad row_params entry)")
+    expected = make_buckets(shapes, manifest["dtypes"], world, tables)
     if [b.get("bounds") for b in buckets] != [list(b.bounds) for b in expected]:
         raise ValueError(f"{file}: shard boundaries do not match the parameter layout")
     return manifest

@@ -153,13 +153,13 @@ def allreduce_gradients(grads: Any, comm: Any, *,
         table = np.empty((world, len(rows)), dtype=np.int64)
         comm.Allgather([counts, MPI.INT64_T], [table, MPI.INT64_T])
         for k, i in enumerate(rows):
-            grads[i] = _gather_rows(comm, MPI, grads[i], table[:, k], world)
+            grads[i] = gather_rows(comm, MPI, grads[i], table[:, k], world)
             if given is not None:
                 given[i] = grads[i]
     return grads if given is None else given
 
 
-def _gather_rows(comm, MPI, g, counts, world):
+def gather_rows(comm, MPI, g, counts, world):
     """Every rank's rows of one RowGrad, in rank order, the values averaged."""
     vals = np.ascontiguousarray(g.values)
     dim, dtype = vals.shape[1], vals.dtype

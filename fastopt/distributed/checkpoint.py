@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import checkpoint as _checkpoint
 from ._agree import agree, describe
-from ._layout import make_buckets, piece_entries, pieces_of
+from ._layout import make_buckets, piece_entries, piece_shape, pieces_of
 from ._manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, PIECE_EXTRAS, check_rank_file,
                         check_shard_meta, file_digest, is_layout, layout_str, rank_file,
                         read_manifest, verify_rank_file, write_json_atomic)
@@ -44,6 +44,7 @@ def _manifest(sharded, save_id, prefix, files):
         "shapes": [list(s) for s in sharded._shapes],
         "dtypes": list(sharded._dtypes),
         "group_sizes": list(sharded._group_sizes),
+        "row_params": list(sharded._tables),
         "buckets": [b.manifest_entry() for b in sharded._buckets],
         "ranks": [f["name"] for f in files],
         "rank_files": [{"iterations": f["iterations"], "bytes": f["bytes"],
@@ -65,11 +66,11 @@ def save(sharded, path):
     try:
         inner = sharded.optimizer
         with inner.lock:
-            sd = inner.state_dict()
+            sd = _flat_pieces(inner.state_dict())
             sd["shard"] = {"save_id": save_id, "rank": rank,
                            "world_size": sharded.world_size,
                            "pieces": piece_entries(sharded._pieces)}
-            sd["params"] = [p.copy() for p in inner.params]
+            sd["params"] = [p.reshape(-1).copy() for p in inner.params]
         name = _rank_name(prefix, rank, sd["iterations"], save_id)
         file = os.path.join(os.path.dirname(os.path.abspath(prefix)), name)
         _checkpoint.write(file, sd)
@@ -96,6 +97,39 @@ def save(sharded, path):
                 os.unlink(old)
             except OSError:
                 pass
+
+
+def _flat_pieces(sd):
+    """A rank file holds every piece flat (a piece of a table is its rows in
+    the inner optimizer): the files do not depend on how a piece is held."""
+    sd = dict(sd)
+    sd["state"] = [[a.reshape(-1) for a in arrays] for arrays in sd["state"]]
+    sd["shapes"] = [[math.prod(s)] for s in sd["shapes"]]
+    extra = sd.get("extra")
+    if isinstance(extra, dict):
+        sd["extra"] = dict(extra)
+        for key in PIECE_EXTRAS:
+            if isinstance(extra.get(key), list):
+                sd["extra"][key] = [a.reshape(-1) for a in extra[key]]
+    return sd
+
+
+def _shaped_pieces(sd, shapes):
+    """The inverse of :func:`_flat_pieces` for the inner optimizer's pieces of
+    ``shapes`` (arrays already checked to be flat of the right sizes)."""
+    sd = dict(sd)
+    sd["state"] = [[a.reshape(s) for a in arrays] for arrays, s in zip(sd["state"], shapes)]
+    sd["shapes"] = [list(s) for s in shapes]
+    extra = sd.get("extra")
+    if isinstance(extra, dict):
+        sd["extra"] = dict(extra)
+        for key in PIECE_EXTRAS:
+            arrays = extra.get(key)
+            if isinstance(arrays, list) and len(arrays) == len(shapes) and all(
+                    isinstance(a, np.ndarray) and a.size == math.prod(s)
+                    for a, s in zip(arrays, shapes)):
+                sd["extra"][key] = [a.reshape(s) for a, s in zip(arrays, shapes)]
+    return sd
 
 
 # ---- load ------------------------------------------------------------------------
@@ -167,6 +201,11 @@ def _check_shard_file(sharded, prefix, manifest):
                          f"({layout_str(manifest['shapes'], manifest['dtypes'])}) differ "
                          f"from this optimizer's "
                          f"({layout_str(sharded._shapes, sharded._dtypes)})")
+    if manifest.get("row_params", []) != list(sharded._tables):
+        raise ValueError(f"{prefix}: saved with row_params={manifest.get('row_params', [])}; "
+                         f"this optimizer has row_params={list(sharded._tables)}, so its "
+                         f"shards are cut otherwise. Build it with the same row_params, or "
+                         f"consolidate the checkpoint and use load_consolidated")
     if [b["bounds"] for b in manifest["buckets"]] != [list(b.bounds) for b in sharded._buckets]:
         raise ValueError(f"{prefix}: shard boundaries differ from this optimizer's")
     _check_writeable(sharded)
@@ -199,15 +238,17 @@ def _check_pieces_state(sharded, file, manifest, sd):
             raise ValueError(f"{file}: piece {j} does not have the {len(a)} state arrays this "
                              f"optimizer keeps (were the optimizer options the same?)")
         for x, y in zip(a, b):
-            if describe(y) != describe(x):
+            if describe(y) != describe(x.reshape(-1)):
                 raise ValueError(f"{file}: piece {j} state is {describe(y)}; expected "
-                                 f"{describe(x)}")
+                                 f"{describe(x.reshape(-1))}")
     for j, (q, v) in enumerate(zip(inner.params, params)):
-        if describe(v) != describe(q):
+        if describe(v) != describe(q.reshape(-1)):
             raise ValueError(f"{file}: piece {j} params are {describe(v)}; expected "
-                             f"{describe(q)}")
+                             f"{describe(q.reshape(-1))}")
+    shapes = [q.shape for q in inner.params]
+    sd = _shaped_pieces(sd, shapes)
     try:
-        return inner.check_state_dict(sd), params
+        return inner.check_state_dict(sd), [v.reshape(s) for v, s in zip(params, shapes)]
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from e
 
@@ -253,15 +294,18 @@ def _split_full_state(sharded, file, sd):
             if describe(a) != want:
                 raise ValueError(f"{file}: params[{i}] state is {describe(a)}; "
                                  f"expected {want}")
-        pieces_state.append([a.reshape(-1)[start:start + n] for a in state[i]])
+        shape = piece_shape(piece, shapes, sharded._tables)
+        pieces_state.append([a.reshape(-1)[start:start + n].reshape(shape) for a in state[i]])
         p = full_params[i]
         if describe(p) != want:
             raise ValueError(f"{file}: params[{i}] is {describe(p)}; expected {want}")
-        pieces_params.append(p.reshape(-1)[start:start + n])
+        pieces_params.append(p.reshape(-1)[start:start + n].reshape(shape))
     sd["state"] = pieces_state
-    sd["extra"] = _split_extra(inner, sharded._pieces, sd.get("extra", {}), shapes, file)
+    sd["extra"] = _split_extra(inner, sharded._pieces, sd.get("extra", {}), shapes, file,
+                               sharded._tables)
     sd["steps"] = steps[[piece.tensor for piece in sharded._pieces]]
-    sd["shapes"] = [[piece.length] for piece in sharded._pieces]
+    sd["shapes"] = [list(piece_shape(piece, shapes, sharded._tables))
+                    for piece in sharded._pieces]
     sd["dtypes"] = [sharded._dtypes[piece.tensor] for piece in sharded._pieces]
     try:
         return inner.check_state_dict(sd), pieces_params
@@ -281,7 +325,7 @@ def _aux_per_param(class_name, config):
     return cls.aux_state, conv.per_param_steps
 
 
-def _split_extra(inner, pieces, extra, shapes, file):
+def _split_extra(inner, pieces, extra, shapes, file, tables):
     """A single-process checkpoint's ``extra`` cut to this rank's pieces:
     per-parameter arrays (moving averages, accumulators) and per-parameter host
     values; counters and per-group values as they are."""
@@ -296,7 +340,7 @@ def _split_extra(inner, pieces, extra, shapes, file):
                     raise ValueError(f"{file}: extra.{key}[{i}] is {describe(a)}; expected "
                                      f"an array of shape {tuple(shapes[i])}")
             extra[key] = [arrays[p.tensor].reshape(-1)[p.start:p.start + p.length]
-                          for p in pieces]
+                          .reshape(piece_shape(p, shapes, tables)) for p in pieces]
     key, per_param = _aux_per_param(type(inner).__name__, inner.get_config())
     if key is not None and per_param and key in extra:
         values = extra[key]
@@ -330,7 +374,7 @@ def consolidate(path, out):
     shapes = [tuple(s) for s in manifest["shapes"]]
     dtypes = manifest["dtypes"]
     world = manifest["world_size"]
-    buckets = make_buckets(shapes, dtypes, world)
+    buckets = make_buckets(shapes, dtypes, world, manifest.get("row_params", []))
     files = [rank_file(prefix, manifest, rank) for rank in range(world)]
     pieces = [pieces_of(buckets, shapes, rank) for rank in range(world)]
     # The metadata and array headers of every rank file first: the full-size

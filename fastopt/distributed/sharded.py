@@ -6,12 +6,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Tuple
 import numpy as np
 
 from .. import _core
+from .._core import RowGrad
 from .._hyper import split_param_groups
 from . import checkpoint as _checkpoint
 from ._agree import agree, first_difference, hash64, hash_arrays, mismatch, mpi, mpi_type
-from ._inputs import check_disjoint, check_grads, pairs_to_grads, shardable_class
-from ._layout import aligned_empty, flat_view, make_buckets, pieces_of
+from ._inputs import (check_disjoint, check_grads, check_row_params, pairs_to_grads,
+                      shardable_class)
+from ._layout import aligned_empty, flat_view, make_buckets, piece_shape, pieces_of
 from ._reduce import ShardReducer, reduce_scatter_ordered
+from .allreduce import gather_rows
 
 if TYPE_CHECKING:
     from .._types import Array, Grads, Params
@@ -31,6 +34,10 @@ class ShardedOptimizer:
         hyper-parameters are supported.
     comm : mpi4py.MPI.Comm
         The communicator, e.g. ``MPI.COMM_WORLD``.
+    row_params : sequence of int, optional
+        Indices of the 2-D parameters (embedding tables) that may be given a
+        :class:`fastopt.RowGrad`: their shards are cut at whole rows (see
+        "Row gradients" below).  Other parameters get dense grads only.
     **kwargs
         Passed to ``opt_class`` unchanged (convention, learning rate,
         schedules, weight decay, ...).
@@ -102,6 +109,22 @@ class ShardedOptimizer:
     hyper-parameters and step counts match.  Any disagreement raises the
     same ``ValueError`` on every rank before data moves.
 
+    **Row gradients.**  A parameter of ``row_params`` may be given a
+    :class:`fastopt.RowGrad` (on every rank, with any number of rows) where
+    another gets a dense gradient.  Every rank's rows are gathered in rank
+    order, as :func:`allreduce_gradients` gathers them (the values divided by
+    :math:`R`), and each rank applies the rows that fall into its shard: a
+    table's shard boundaries lie on multiples of ``lcm(4096, width)``
+    elements from its start, so every piece is whole rows.  The result is,
+    bit for bit, the step of one ``opt_class`` given ``RowGrad(concat_r
+    indices^(r), concat_r values^(r) / R)``: untouched rows and their state
+    stay as they are.  The rows of the table still travel in the shard
+    all-gather that follows the step (the whole table, as a dense step
+    sends it), and in the reduce-scatter as zeros when other parameters of
+    its dtype get dense grads.  Options that reduce over whole tensors
+    (``clipnorm``, ``global_clipnorm``, ``skip_nonfinite``) are refused for a
+    step with RowGrads.
+
     Attributes
     ----------
     optimizer : Optimizer
@@ -122,8 +145,8 @@ class ShardedOptimizer:
         opt.step([gW, gb])        # this rank's gradients; averaged over ranks
     """
 
-    def __init__(self, opt_class: type[Optimizer], params: Params, comm: Any,
-                 **kwargs: Any) -> None:
+    def __init__(self, opt_class: type[Optimizer], params: Params, comm: Any, *,
+                 row_params: Iterable[int] = (), **kwargs: Any) -> None:
         self._MPI = mpi()
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -132,7 +155,7 @@ class ShardedOptimizer:
         # parameters) must not leave the others waiting in a collective.
         failure, signature, values = None, 0, 0
         try:
-            self._build(opt_class, params, kwargs)
+            self._build(opt_class, params, row_params, kwargs)
             signature = hash64(repr(self._signature()))
             values = hash_arrays(self._params)
         except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
@@ -161,10 +184,10 @@ class ShardedOptimizer:
         params = [f"params[{i}] {np.dtype(d)} {s}" for i, (s, d) in
                   enumerate(zip(self._shapes, self._dtypes))]
         return [f"class {type(self.optimizer).__name__}", f"{len(params)} params",
-                *params, f"group sizes {self._group_sizes}",
+                *params, f"group sizes {self._group_sizes}", f"row_params {self._tables}",
                 *(f"{k}={v!r}" for k, v in sorted(cfg.items()))]
 
-    def _build(self, opt_class, params, kwargs):
+    def _build(self, opt_class, params, row_params, kwargs):
         opt_class = shardable_class(opt_class)
         groups = split_param_groups(params)
         flat = [p for plist, _ in groups for p in plist]
@@ -175,7 +198,8 @@ class ShardedOptimizer:
         self._shapes = [tuple(int(d) for d in p.shape) for p in flat]
         self._dtypes = [p.dtype.str for p in flat]
         self._group_sizes = [len(plist) for plist, _ in groups]
-        self._buckets = make_buckets(self._shapes, self._dtypes, self.world_size)
+        self._tables = check_row_params(row_params, self._shapes)
+        self._buckets = make_buckets(self._shapes, self._dtypes, self.world_size, self._tables)
         self.buckets = [b.as_dict() for b in self._buckets]
         self._allocate_buffers()
         self._pieces = pieces_of(self._buckets, self._shapes, self.rank)
@@ -191,7 +215,8 @@ class ShardedOptimizer:
                             for gi, (_, over) in enumerate(groups)]
         self.optimizer = opt_class(inner_params, **kwargs)
         self._reducer = ShardReducer(self._MPI, self.comm, self._buckets, self._shapes)
-        if self._needs_reducer(kwargs):
+        self._reduces = self._needs_reducer(kwargs)
+        if self._reduces:
             self.optimizer._stepper.set_reducer(self._reducer)
 
     def _needs_reducer(self, kwargs):
@@ -218,14 +243,16 @@ class ShardedOptimizer:
             self._recv.append(aligned_empty(hi - lo, b.dtype))
 
     def _piece_views(self):
-        """Views of every piece in the flat parameters and in the received gradient shard."""
+        """Views of every piece in the flat parameters and in the received
+        gradient shard (a piece of a table as its rows)."""
         offset_of = {i: off for b in self._buckets for i, off in zip(b.tensors, b.offsets)}
         params, grads = [], []
         for piece in self._pieces:
             at = offset_of[piece.tensor] + piece.start
             lo, _ = self._buckets[piece.bucket].shard(self.rank)
-            params.append(self._flat[piece.bucket][at:at + piece.length])
-            grads.append(self._recv[piece.bucket][at - lo:at - lo + piece.length])
+            shape = piece_shape(piece, self._shapes, self._tables)
+            params.append(self._flat[piece.bucket][at:at + piece.length].reshape(shape))
+            grads.append(self._recv[piece.bucket][at - lo:at - lo + piece.length].reshape(shape))
         return params, grads
 
     # ---- attributes ----------------------------------------------------------
@@ -307,19 +334,53 @@ class ShardedOptimizer:
         with self.optimizer.lock:
             self._agree_step(grads, refused)
             self._reducer.active = any(g is not None for g in grads)
-            for bi in range(len(self._buckets)):
-                self._reduce_scatter(bi, grads)
-            self.optimizer.step([None if grads[piece.tensor] is None else g
-                                 for piece, g in zip(self._pieces, self._piece_grads)])
+            rows = {i: g for i, g in enumerate(grads) if isinstance(g, RowGrad)}
+            if rows:
+                rows = self._gather_rows(rows)
+            for bi, b in enumerate(self._buckets):
+                if any(isinstance(grads[i], np.ndarray) for i in b.tensors):
+                    self._reduce_scatter(bi, grads)
+            inner = []
+            for piece, g in zip(self._pieces, self._piece_grads):
+                if piece.tensor in rows:
+                    inner.append(self._rows_of_piece(rows[piece.tensor], piece, g.shape[0]))
+                else:
+                    inner.append(None if grads[piece.tensor] is None else g)
+            self.optimizer.step(inner)
             self._gather_params()
+
+    def _gather_rows(self, rows):
+        """Every rank's rows of each RowGrad (``{index: RowGrad}``), in rank
+        order, as ``(indices, values / R)`` (one ``Allgather`` of the counts,
+        then two ``Allgatherv`` per RowGrad)."""
+        MPI = self._MPI
+        keys = sorted(rows)
+        counts = np.array([len(rows[i].indices) for i in keys], dtype=np.int64)
+        table = np.empty((self.world_size, len(keys)), dtype=np.int64)
+        self.comm.Allgather([counts, MPI.INT64_T], [table, MPI.INT64_T])
+        return {i: gather_rows(self.comm, MPI, rows[i], table[:, k], self.world_size)
+                for k, i in enumerate(keys)}
+
+    @staticmethod
+    def _rows_of_piece(g, piece, nrows):
+        """The rows of ``g`` (all ranks' rows of a table) that fall into
+        ``piece``, renumbered from its first row, in the order gathered (so
+        repeated rows are summed in the same order as by one process)."""
+        first = piece.start // g.values.shape[1] if g.values.ndim == 2 and g.values.shape[1] \
+            else 0
+        keep = (g.indices >= first) & (g.indices < first + nrows)
+        return RowGrad(g.indices[keep] - first, np.ascontiguousarray(g.values[keep]))
 
     def _agree_step(self, grads, refused):
         """Agree with every rank that all grads are valid, ``None`` at the same
         places, and that step counts and hyper-parameters match; otherwise
         raise the same ``ValueError`` on every rank.  ``refused``: this rank's
         reason to refuse the step found before, if any."""
-        error, message = (1, refused) if refused else check_grads(grads, self._params)
-        mask = [g is None for g in grads] if not error else []
+        error, message = (1, refused) if refused else check_grads(
+            grads, self._params, self._tables, self._reduces)
+        # None, dense or rows: the same kind at every place on every rank
+        mask = ([0 if g is None else 2 if isinstance(g, RowGrad) else 1 for g in grads]
+                if not error else [])
         hp = None
         if not error:
             try:
@@ -327,14 +388,17 @@ class ShardedOptimizer:
                       for k in range(len(self.optimizer.param_groups))]
             except (ValueError, TypeError) as e:
                 error, message = len(grads) + 1, f"hyper-parameters: {e}"
-        code = [error, hash64(repr(mask)) if any(mask) else 0,
+        code = [error, hash64(repr(mask)) if any(m != 1 for m in mask) else 0,
                 hash64(repr(hp)), self.optimizer.iterations]
         table = agree(self.comm, code, message, "ShardedOptimizer.step")
-        mismatch(self.comm, table, 1, [i for i, m in enumerate(mask) if m],
-                 lambda v: "\n".join(f"rank {r}: grads are None at indices {x}"
-                                     for r, x in enumerate(v)) +
-                 "\nNone must be at the same places on every rank",
-                 "ShardedOptimizer.step: ranks skip different parameters;")
+        mismatch(self.comm, table, 1,
+                 ([i for i, m in enumerate(mask) if m == 0],
+                  [i for i, m in enumerate(mask) if m == 2]),
+                 lambda v: "\n".join(f"rank {r}: grads are None at indices {x[0]}, RowGrads at "
+                                     f"{x[1]}" for r, x in enumerate(v)) +
+                 "\nNone and RowGrads must be at the same places on every rank",
+                 "ShardedOptimizer.step: ranks skip different parameters or give rows for "
+                 "different ones;")
         mismatch(self.comm, table, 3, self.optimizer.iterations,
                  lambda v: f"iterations per rank: {v}",
                  "ShardedOptimizer.step: ranks are at different steps;")
@@ -362,9 +426,9 @@ class ShardedOptimizer:
     def _send_buffer(self, bi, grads):
         """Bucket ``bi``'s gradients as one flat array: a view of them if they
         are consecutive views of one buffer, else packed into the send buffer
-        (a ``None`` gradient as zeros)."""
+        (a ``None`` gradient or a RowGrad as zeros)."""
         b = self._buckets[bi]
-        tensors = [grads[i] for i in b.tensors]
+        tensors = [g if isinstance(g, np.ndarray) else None for g in (grads[i] for i in b.tensors)]
         if not any(g is None for g in tensors):
             send = flat_view(tensors, np.dtype(b.dtype))
             if send is not None:
