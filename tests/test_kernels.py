@@ -1,5 +1,7 @@
 """Every kernel path against the float64 reference, and bit-identity across
 thread counts, SIMD variants and the parallel/serial split."""
+import os
+
 import numpy as np
 import pytest
 
@@ -85,9 +87,16 @@ def test_matches_reference_with_skipped_grads(case, convention, rng):
         np.testing.assert_allclose(w, r, rtol=1e-11, atol=1e-13, err_msg=f"params[{i}]")
 
 
+# The largest tensor: far above the parallel threshold (every thread gets
+# chunks) with a ragged last chunk.  .ci/sanitize, where every access is
+# instrumented, sets a smaller one that is still both.
+BIG = int(os.environ.get("FASTOPT_TEST_BIG_TENSOR", 10**6))
+assert BIG > 2 * _core.parallel_threshold() and BIG % _core.CHUNK, BIG
+
+
 @pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
 def test_large_tensor_matches_reference(case, convention, rng):
-    params, grads = make_problem(rng, [10**6], np.float32, nsteps=3)
+    params, grads = make_problem(rng, [BIG], np.float32, nsteps=3)
     opt = build(case, convention, params)
     ref = reference_for(case, convention, opt, params)
     for step_grads in grads:
@@ -97,7 +106,7 @@ def test_large_tensor_matches_reference(case, convention, rng):
     np.testing.assert_allclose(params[0], ref.w[0], rtol=rtol, atol=atol)
 
 
-BIT_SIZES = [0, 1, 7, 17, 1023, 65537, 10**6]
+BIT_SIZES = [0, 1, 7, 17, 1023, 65537, BIG]
 _PROBLEMS = {}
 
 
@@ -132,7 +141,7 @@ def test_bit_identical_across_threads_and_simd(case, convention, dtype):
         for threads, threshold in SPLITS:
             threshold = default if threshold is None else threshold
             w, s, teams = _trajectory(case, convention, dtype, simd, threads, threshold)
-            # the 10**6-element tensor is active every step: the split really ran
+            # the BIG tensor is active every step: the split really ran
             assert teams == {expected_team(threads)}, (simd, threads, threshold, teams)
             for a, b in zip(base_w + base_s, w + s):
                 assert np.array_equal(a, b), (simd, threads, threshold)
