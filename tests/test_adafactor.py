@@ -171,11 +171,12 @@ def test_factored_state_of_the_wrong_shape_is_refused():
         _core.Engine("adafactor", [W], [[np.zeros((3, 4))]])
 
 
-def test_sharded_optimizer_refuses_adafactor():
+def test_sharded_by_whole_tensors():
+    """Rows and columns need the whole matrix: ShardedOptimizer gives each
+    tensor to one rank (tests/mpi/run_options.py checks it bit for bit)."""
     pytest.importorskip("fastopt.distributed")
     from fastopt.distributed import _inputs
-    with pytest.raises(ValueError, match="cannot shard Adafactor"):
-        _inputs.shardable_class(fo.Adafactor)
+    assert _inputs.whole_tensors(fo.Adafactor)
 
 
 # ---- the anchors, live ----------------------------------------------------------------

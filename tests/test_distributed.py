@@ -134,15 +134,33 @@ def test_chunk_is_the_engines():
     assert _layout.CHUNK == fo._core.CHUNK
 
 
-def test_unshardable_class_refused():
-    """A class whose update needs whole tensors beyond a reduction pass."""
+def test_classes_that_need_whole_tensors_are_sharded_by_tensor():
+    """A class whose update of an element needs other elements of the tensor
+    beyond per-tensor sums is sharded by whole tensors; the others in pieces."""
 
     class Coupled(fo.SGD):
         elementwise = False
-    with pytest.raises(ValueError, match="cannot shard Coupled: its update of an element "
-                                         "depends on other elements"):
-        _inputs.shardable_class(Coupled)
+    assert _inputs.whole_tensors(Coupled) and _inputs.whole_tensors(fo.Adafactor)
+    assert not _inputs.whole_tensors(fo.Lamb)           # per-tensor sums: pieces
+    assert not any(_inputs.whole_tensors(c) for c in (fo.Adam, fo.SGD, fo.SparseAdam))
     assert _inputs.shardable_class("Lamb") is fo.Lamb
+    with pytest.raises(ValueError, match="unknown optimizer 'Nope'"):
+        _inputs.shardable_class("Nope")
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_whole_tensor_layout_holds_each_tensor_on_one_rank(world):
+    shapes = [(300, 20), (7,), (50, 50), (0, 3), (4, 5, 6), (1000,)]
+    dtypes = ["<f4", "<f4", "<f8", "<f4", "<f4", "<f8"]
+    buckets = _layout.make_buckets(shapes, dtypes, world, whole=True)
+    held = {}
+    for rank in range(world):
+        for p in _layout.pieces_of(buckets, shapes, rank):
+            assert p.start == 0 and p.length == int(np.prod(shapes[p.tensor]))
+            assert _layout.piece_shape(p, shapes, (), whole=True) == shapes[p.tensor]
+            assert p.tensor not in held
+            held[p.tensor] = rank
+    assert sorted(held) == list(range(len(shapes)))
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -390,19 +408,15 @@ def test_every_optimizer_and_option_sharded_equals_one_process(options_run):
     world, results = options_run
     assert sorted(results) == list(range(world))
     from optim_db import optim_db
-
-    from fastopt.distributed._inputs import shardable_class
-
-    def shardable(name):        # whole-tensor sharding (Adafactor) is not built
-        try:
-            return shardable_class(name) is not None
-        except ValueError:
-            return False
-    expected = sum(len(e.conventions) for e in optim_db if shardable(e.name)) * 8
-    assert expected
+    expected = sum(len(e.conventions) for e in optim_db) * 8
     for r in range(world):
         assert results[r]["cases"] == expected
         assert results[r]["bad"] == [], "\n".join(results[r]["bad"])
+    # Adafactor sharded by whole tensors: each tensor on exactly one rank
+    for name in ("Adafactor",):
+        pieces = [p for r in range(world) for p in results[r]["whole"][name]]
+        assert sorted(p[0] for p in pieces) == list(range(5)), pieces
+        assert all(p[1] == 0 for p in pieces), pieces
 
 
 @needs_mpi
@@ -411,6 +425,8 @@ def test_sharded_state_is_one_over_world(options_run):
     for key, (_, full) in results[0]["state_bytes"].items():
         shards = [results[r]["state_bytes"][key][0] for r in range(world)]
         assert sum(shards) == full, key
+        if key.split("/")[0] in results[0]["whole"]:
+            continue        # whole tensors: balanced to within a tensor (checked above)
         # boundaries on the 4096-element chunk grid: within a chunk of 1/world per array
         assert all(abs(s - full / world) <= 8 * 8 * _layout.CHUNK for s in shards), (key, shards)
 
@@ -420,20 +436,35 @@ def test_sharded_state_is_one_over_world(options_run):
 CKPT_CASE = "adam_torch_groups_none"    # param groups, None grads, torch step counts
 
 
-@pytest.fixture(scope="module")
-def checkpoint_run(tmp_path_factory):
+def _checkpoint_run(tmp_path_factory, case):
     if _skip_reason():
         pytest.skip(_skip_reason())
     directory = tmp_path_factory.mktemp("ckpt")
-    results = mpirun("run_checkpoint.py", directory, CKPT_CASE)
+    results = mpirun("run_checkpoint.py", directory, case)
     with np.load(directory / "result.npz") as z:
         arrays = {k: z[k] for k in z.files}
     return directory, results, arrays
 
 
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory):
+    return _checkpoint_run(tmp_path_factory, CKPT_CASE)
+
+
+# Adafactor is sharded by whole tensors (its rows and columns need the whole
+# matrix); its rank files keep the factored state arrays in their own shapes
+WHOLE_CASE = "adafactor_torch_whole"
+
+
+@pytest.fixture(scope="module")
+def whole_checkpoint_run(tmp_path_factory):
+    return _checkpoint_run(tmp_path_factory, WHOLE_CASE)
+
+
 @needs_mpi
-def test_resume_from_sharded_checkpoint_bitwise(checkpoint_run):
-    _, _, arrays = checkpoint_run
+@pytest.mark.parametrize("run", ["checkpoint_run", "whole_checkpoint_run"])
+def test_resume_from_sharded_checkpoint_bitwise(run, request):
+    _, _, arrays = request.getfixturevalue(run)
     for r in range(WORLD):
         for i in range(len(common.SHAPES)):
             a = arrays[f"rank{r}/A/p{i}"]
@@ -481,17 +512,19 @@ def test_ranks_step_together_after_refused_loads(checkpoint_run):
 
 
 @needs_mpi
-def test_consolidated_checkpoint_loads_into_plain_optimizer(checkpoint_run, tmp_path):
+@pytest.mark.parametrize(("run", "case"), [("checkpoint_run", CKPT_CASE),
+                                           ("whole_checkpoint_run", WHOLE_CASE)])
+def test_consolidated_checkpoint_loads_into_plain_optimizer(run, case, request, tmp_path):
     """consolidate -> fo.load into a single-process optimizer -> the same
     trajectory as the sharded run (rank-order gradients: bit for bit)."""
-    directory, _, arrays = checkpoint_run
+    directory, _, arrays = request.getfixturevalue(run)
     out = tmp_path / "single.npz"
     proc = subprocess.run([sys.executable, "-m", "fastopt.distributed", "consolidate",
                            str(directory / "ckpt"), str(out)],
                           capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "merged from 2 ranks" in proc.stdout and not proc.stderr, proc.stderr
-    cls, kwargs, dtypes, options = common.CASES[CKPT_CASE]
+    cls, kwargs, dtypes, options = common.CASES[case]
     params = common.init(dtypes, seed=7)
     opt = cls(common.params_arg(params, options), **kwargs)
     fo.load(str(out), opt)

@@ -9,8 +9,7 @@ from .._core import RowGrad
 from ..optimizers import REGISTRY, Optimizer
 
 def shardable_class(opt_class):
-    """The optimizer class given (or named), refused if its update of an
-    element depends on other elements in a way a shard cannot reproduce."""
+    """The optimizer class given (or named), checked to be one."""
     if isinstance(opt_class, str):
         if opt_class not in REGISTRY:
             raise ValueError(f"unknown optimizer {opt_class!r}; known: "
@@ -19,15 +18,17 @@ def shardable_class(opt_class):
     if not (isinstance(opt_class, type) and issubclass(opt_class, Optimizer)):
         raise TypeError(f"opt_class must be a fastopt optimizer class (e.g. fastopt.Adam); "
                         f"got {opt_class!r}")
-    name = opt_class.__name__
-    # a reduction pass (per-tensor sums, then the elementwise update) is combined
-    # over the ranks; any other dependence between elements needs whole tensors
-    if not opt_class.elementwise and (not _core.kernel_reduces(opt_class.kernel)
-                                      or _core.kernel_factored(opt_class.kernel)):
-        raise ValueError(f"ShardedOptimizer cannot shard {name}: its update of an element "
-                         f"depends on other elements of the tensor beyond per-tensor sums; "
-                         f"use allreduce_gradients with a plain {name} instead")
     return opt_class
+
+
+def whole_tensors(opt_class):
+    """Whether ``opt_class`` is sharded by whole tensors: its update of an
+    element depends on other elements of the tensor beyond per-tensor sums
+    (Adafactor's factored rows and columns), which a piece of a tensor cannot
+    compute.  Otherwise (elementwise, or per-tensor sums combined over the
+    ranks, as Lamb's) tensors are cut into pieces."""
+    return not opt_class.elementwise and (not _core.kernel_reduces(opt_class.kernel)
+                                          or _core.kernel_factored(opt_class.kernel))
 
 
 def check_disjoint(params):

@@ -162,10 +162,13 @@ def grid_of(shape, table):
     return CHUNK
 
 
-def piece_shape(piece, shapes, tables):
-    """The shape of ``piece`` as the inner optimizer holds it: rows for a
-    piece of a table (``piece.tensor in tables``), else flat."""
+def piece_shape(piece, shapes, tables, whole=False):
+    """The shape of ``piece`` as the inner optimizer holds it: the tensor's
+    own with ``whole`` (every piece a whole tensor), rows for a piece of a
+    table (``piece.tensor in tables``), else flat."""
     shape = shapes[piece.tensor]
+    if whole:
+        return tuple(shape)
     if piece.tensor in tables and shape[1] > 0:
         return (piece.length // shape[1], shape[1])
     return (piece.length,)
@@ -200,16 +203,18 @@ def shard_bounds(sizes, world, grids=None):
     return bounds
 
 
-def make_buckets(shapes, dtypes, world, tables=()):
+def make_buckets(shapes, dtypes, world, tables=(), whole=False):
     """One :class:`Bucket` per dtype (in order of first appearance), tensors in
-    order; ``tables``: the indices of the tensors cut at whole rows."""
+    order; ``tables``: the indices of the tensors cut at whole rows; ``whole``:
+    no tensor is cut (each is held by one rank, the shards balanced by size)."""
     buckets = []
     for dt in dict.fromkeys(dtypes):
         tensors = [i for i, d in enumerate(dtypes) if d == dt]
         sizes = [math.prod(shapes[i]) for i in tensors]
         offsets = list(itertools.accumulate(sizes, initial=0))
         total = offsets.pop()
-        grids = [grid_of(shapes[i], i in tables) for i in tensors]
+        grids = ([max(n, 1) for n in sizes] if whole else
+                 [grid_of(shapes[i], i in tables) for i in tensors])
         buckets.append(Bucket(dt, tuple(tensors), tuple(offsets), total,
                               tuple(shard_bounds(sizes, world, grids))))
     return buckets

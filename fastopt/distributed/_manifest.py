@@ -118,7 +118,10 @@ def read_manifest(path):
     if not (isinstance(tables, list) and all(_is_count(i) and i < len(shapes)
                                              and len(shapes[i]) == 2 for i in tables)):
         raise ValueError(f"{file}: corrupt manifest (bad row_params entry)")
-    expected = make_buckets(shapes, manifest["dtypes"], world, tables)
+    whole = manifest.get("whole_tensors", False)
+    if not isinstance(whole, bool):
+        raise ValueError(f"{file}: corrupt manifest (bad whole_tensors entry)")
+    expected = make_buckets(shapes, manifest["dtypes"], world, tables, whole)
     if [b.get("bounds") for b in buckets] != [list(b.bounds) for b in expected]:
         raise ValueError(f"{file}: shard boundaries do not match the parameter layout")
     return manifest
@@ -193,14 +196,20 @@ def check_rank_file(file, sd, manifest, rank, pieces):
     check_counter(sd.get("iterations"), f"{file}: iterations")
     if n and steps.min() < 0:
         raise ValueError(f"{file}: step counts must be >= 0")
+    whole = manifest.get("whole_tensors", False)
     for piece, q, states in zip(pieces, params, state):
         i = piece.tensor
-        want = f"{np.dtype(manifest['dtypes'][i])} {(piece.length,)}"
+        dtype = np.dtype(manifest['dtypes'][i])
+        want = f"{dtype} {(piece.length,)}"
         if describe(q) != want:
             raise ValueError(f"{file}: piece of params[{i}] is {describe(q)}; expected {want}")
-        if not isinstance(states, list) or any(describe(b) != want for b in states):
+        # whole tensors keep their state arrays in the optimizer's shapes (checked
+        # when the consolidated file is loaded into an optimizer)
+        if not isinstance(states, list) or any(
+                not describe(b).startswith(f"{dtype} ") if whole else describe(b) != want
+                for b in states):
             raise ValueError(f"{file}: the state of the piece of params[{i}] is not a list of "
-                             f"{want} arrays")
+                             f"{f'{dtype} arrays' if whole else f'{want} arrays'}")
     extra = sd.get("extra", {})
     if not isinstance(extra, dict):
         raise ValueError(f"{file}: its extra entry is not a dict")

@@ -45,6 +45,7 @@ def _manifest(sharded, save_id, prefix, files):
         "dtypes": list(sharded._dtypes),
         "group_sizes": list(sharded._group_sizes),
         "row_params": list(sharded._tables),
+        "whole_tensors": sharded._whole,
         "buckets": [b.manifest_entry() for b in sharded._buckets],
         "ranks": [f["name"] for f in files],
         "rank_files": [{"iterations": f["iterations"], "bytes": f["bytes"],
@@ -66,7 +67,7 @@ def save(sharded, path):
     try:
         inner = sharded.optimizer
         with inner.lock:
-            sd = _flat_pieces(inner.state_dict())
+            sd = _flat_pieces(inner.state_dict(), sharded._whole)
             sd["shard"] = {"save_id": save_id, "rank": rank,
                            "world_size": sharded.world_size,
                            "pieces": piece_entries(sharded._pieces)}
@@ -99,11 +100,14 @@ def save(sharded, path):
                 pass
 
 
-def _flat_pieces(sd):
+def _flat_pieces(sd, whole):
     """A rank file holds every piece flat (a piece of a table is its rows in
-    the inner optimizer): the files do not depend on how a piece is held."""
+    the inner optimizer): the files do not depend on how a piece is held.
+    Whole tensors keep their state arrays as the optimizer keeps them (not
+    all of the param's shape: Adafactor's rows and columns)."""
     sd = dict(sd)
-    sd["state"] = [[a.reshape(-1) for a in arrays] for arrays in sd["state"]]
+    if not whole:
+        sd["state"] = [[a.reshape(-1) for a in arrays] for arrays in sd["state"]]
     sd["shapes"] = [[math.prod(s)] for s in sd["shapes"]]
     extra = sd.get("extra")
     if isinstance(extra, dict):
@@ -114,11 +118,13 @@ def _flat_pieces(sd):
     return sd
 
 
-def _shaped_pieces(sd, shapes):
+def _shaped_pieces(sd, shapes, state_shapes):
     """The inverse of :func:`_flat_pieces` for the inner optimizer's pieces of
-    ``shapes`` (arrays already checked to be flat of the right sizes)."""
+    ``shapes`` and state arrays of ``state_shapes`` (arrays already checked to
+    be of the right sizes)."""
     sd = dict(sd)
-    sd["state"] = [[a.reshape(s) for a in arrays] for arrays, s in zip(sd["state"], shapes)]
+    sd["state"] = [[a.reshape(s) for a, s in zip(arrays, ss)]
+                   for arrays, ss in zip(sd["state"], state_shapes)]
     sd["shapes"] = [list(s) for s in shapes]
     extra = sd.get("extra")
     if isinstance(extra, dict):
@@ -201,6 +207,11 @@ def _check_shard_file(sharded, prefix, manifest):
                          f"({layout_str(manifest['shapes'], manifest['dtypes'])}) differ "
                          f"from this optimizer's "
                          f"({layout_str(sharded._shapes, sharded._dtypes)})")
+    if bool(manifest.get("whole_tensors", False)) != sharded._whole:
+        raise ValueError(f"{prefix}: its shards are "
+                         f"{'whole tensors' if manifest.get('whole_tensors') else 'pieces'}; "
+                         f"this optimizer's are "
+                         f"{'whole tensors' if sharded._whole else 'pieces'}")
     if manifest.get("row_params", []) != list(sharded._tables):
         raise ValueError(f"{prefix}: saved with row_params={manifest.get('row_params', [])}; "
                          f"this optimizer has row_params={list(sharded._tables)}, so its "
@@ -238,15 +249,16 @@ def _check_pieces_state(sharded, file, manifest, sd):
             raise ValueError(f"{file}: piece {j} does not have the {len(a)} state arrays this "
                              f"optimizer keeps (were the optimizer options the same?)")
         for x, y in zip(a, b):
-            if describe(y) != describe(x.reshape(-1)):
+            x = x if sharded._whole else x.reshape(-1)
+            if describe(y) != describe(x):
                 raise ValueError(f"{file}: piece {j} state is {describe(y)}; expected "
-                                 f"{describe(x.reshape(-1))}")
+                                 f"{describe(x)}")
     for j, (q, v) in enumerate(zip(inner.params, params)):
         if describe(v) != describe(q.reshape(-1)):
             raise ValueError(f"{file}: piece {j} params are {describe(v)}; expected "
                              f"{describe(q.reshape(-1))}")
     shapes = [q.shape for q in inner.params]
-    sd = _shaped_pieces(sd, shapes)
+    sd = _shaped_pieces(sd, shapes, [[a.shape for a in arrays] for arrays in mine])
     try:
         return inner.check_state_dict(sd), [v.reshape(s) for v, s in zip(params, shapes)]
     except ValueError as e:
@@ -290,21 +302,26 @@ def _split_full_state(sharded, file, sd):
             raise ValueError(f"{file}: params[{i}] does not have the {len(mine)} state "
                              f"arrays this optimizer keeps (were the optimizer options "
                              f"the same?)")
-        for a in state[i]:
-            if describe(a) != want:
+        for a, b in zip(state[i], mine):
+            expected = describe(b) if sharded._whole else want
+            if describe(a) != expected:
                 raise ValueError(f"{file}: params[{i}] state is {describe(a)}; "
-                                 f"expected {want}")
-        shape = piece_shape(piece, shapes, sharded._tables)
-        pieces_state.append([a.reshape(-1)[start:start + n].reshape(shape) for a in state[i]])
+                                 f"expected {expected}")
+        shape = piece_shape(piece, shapes, sharded._tables, sharded._whole)
+        if sharded._whole:          # the piece is the tensor: its state as it is
+            pieces_state.append(list(state[i]))
+        else:
+            pieces_state.append([a.reshape(-1)[start:start + n].reshape(shape)
+                                 for a in state[i]])
         p = full_params[i]
         if describe(p) != want:
             raise ValueError(f"{file}: params[{i}] is {describe(p)}; expected {want}")
         pieces_params.append(p.reshape(-1)[start:start + n].reshape(shape))
     sd["state"] = pieces_state
     sd["extra"] = _split_extra(inner, sharded._pieces, sd.get("extra", {}), shapes, file,
-                               sharded._tables)
+                               sharded._tables, sharded._whole)
     sd["steps"] = steps[[piece.tensor for piece in sharded._pieces]]
-    sd["shapes"] = [list(piece_shape(piece, shapes, sharded._tables))
+    sd["shapes"] = [list(piece_shape(piece, shapes, sharded._tables, sharded._whole))
                     for piece in sharded._pieces]
     sd["dtypes"] = [sharded._dtypes[piece.tensor] for piece in sharded._pieces]
     try:
@@ -325,7 +342,7 @@ def _aux_per_param(class_name, config):
     return cls.aux_state, conv.per_param_steps
 
 
-def _split_extra(inner, pieces, extra, shapes, file, tables):
+def _split_extra(inner, pieces, extra, shapes, file, tables, whole):
     """A single-process checkpoint's ``extra`` cut to this rank's pieces:
     per-parameter arrays (moving averages, accumulators) and per-parameter host
     values; counters and per-group values as they are."""
@@ -340,7 +357,7 @@ def _split_extra(inner, pieces, extra, shapes, file, tables):
                     raise ValueError(f"{file}: extra.{key}[{i}] is {describe(a)}; expected "
                                      f"an array of shape {tuple(shapes[i])}")
             extra[key] = [arrays[p.tensor].reshape(-1)[p.start:p.start + p.length]
-                          .reshape(piece_shape(p, shapes, tables)) for p in pieces]
+                          .reshape(piece_shape(p, shapes, tables, whole)) for p in pieces]
     key, per_param = _aux_per_param(type(inner).__name__, inner.get_config())
     if key is not None and per_param and key in extra:
         values = extra[key]
@@ -374,7 +391,8 @@ def consolidate(path, out):
     shapes = [tuple(s) for s in manifest["shapes"]]
     dtypes = manifest["dtypes"]
     world = manifest["world_size"]
-    buckets = make_buckets(shapes, dtypes, world, manifest.get("row_params", []))
+    whole = bool(manifest.get("whole_tensors", False))
+    buckets = make_buckets(shapes, dtypes, world, manifest.get("row_params", []), whole)
     files = [rank_file(prefix, manifest, rank) for rank in range(world)]
     pieces = [pieces_of(buckets, shapes, rank) for rank in range(world)]
     # The metadata and array headers of every rank file first: the full-size
@@ -430,6 +448,10 @@ def consolidate(path, out):
         for piece, q, states, k in zip(pieces[rank], sd["params"], sd["state"], sd["steps"]):
             i, start, m = piece.tensor, piece.start, piece.length
             full_params[i].reshape(-1)[start:start + m] = q
+            if whole:       # the piece is the tensor: its state arrays as they are
+                full_state[i], steps[i] = [np.array(b) for b in states], int(k)
+                filled[i] += m
+                continue
             if full_state[i] is None:
                 full_state[i] = [np.zeros(shapes[i], dtype=dtypes[i]) for _ in states]
                 steps[i] = int(k)

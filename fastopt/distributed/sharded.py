@@ -11,7 +11,7 @@ from .._hyper import split_param_groups
 from . import checkpoint as _checkpoint
 from ._agree import agree, first_difference, hash64, hash_arrays, mismatch, mpi, mpi_type
 from ._inputs import (check_disjoint, check_grads, check_row_params, pairs_to_grads,
-                      shardable_class)
+                      shardable_class, whole_tensors)
 from ._layout import aligned_empty, flat_view, make_buckets, piece_shape, pieces_of
 from ._reduce import ShardReducer, reduce_scatter_ordered
 from .allreduce import gather_rows
@@ -109,6 +109,14 @@ class ShardedOptimizer:
     hyper-parameters and step counts match.  Any disagreement raises the
     same ``ValueError`` on every rank before data moves.
 
+    **Whole tensors.**  An optimizer whose update of an element depends on
+    other elements of its tensor beyond per-tensor sums (Adafactor's
+    factored rows and columns) is sharded by whole tensors: the boundaries
+    lie only at tensor starts, so each tensor, with its state in the shape
+    the optimizer keeps it, lives on one rank; the shards are balanced to
+    within a tensor.  Everything else (reductions, ``None`` grads,
+    checkpoints) is as for pieces.
+
     **Row gradients.**  A parameter of ``row_params`` may be given a
     :class:`fastopt.RowGrad` (on every rank, with any number of rows) where
     another gets a dense gradient.  Every rank's rows are gathered in rank
@@ -185,6 +193,7 @@ class ShardedOptimizer:
                   enumerate(zip(self._shapes, self._dtypes))]
         return [f"class {type(self.optimizer).__name__}", f"{len(params)} params",
                 *params, f"group sizes {self._group_sizes}", f"row_params {self._tables}",
+                f"whole tensors {self._whole}",
                 *(f"{k}={v!r}" for k, v in sorted(cfg.items()))]
 
     def _build(self, opt_class, params, row_params, kwargs):
@@ -199,7 +208,13 @@ class ShardedOptimizer:
         self._dtypes = [p.dtype.str for p in flat]
         self._group_sizes = [len(plist) for plist, _ in groups]
         self._tables = check_row_params(row_params, self._shapes)
-        self._buckets = make_buckets(self._shapes, self._dtypes, self.world_size, self._tables)
+        self._whole = whole_tensors(opt_class)
+        if self._tables and self._whole:
+            raise ValueError(f"row_params: {opt_class.__name__} is sharded by whole tensors "
+                             f"(its update of an element depends on other elements of the "
+                             f"tensor) and takes no RowGrads; leave row_params out")
+        self._buckets = make_buckets(self._shapes, self._dtypes, self.world_size, self._tables,
+                                     self._whole)
         self.buckets = [b.as_dict() for b in self._buckets]
         self._allocate_buffers()
         self._pieces = pieces_of(self._buckets, self._shapes, self.rank)
@@ -250,7 +265,7 @@ class ShardedOptimizer:
         for piece in self._pieces:
             at = offset_of[piece.tensor] + piece.start
             lo, _ = self._buckets[piece.bucket].shard(self.rank)
-            shape = piece_shape(piece, self._shapes, self._tables)
+            shape = piece_shape(piece, self._shapes, self._tables, self._whole)
             params.append(self._flat[piece.bucket][at:at + piece.length].reshape(shape))
             grads.append(self._recv[piece.bucket][at - lo:at - lo + piece.length].reshape(shape))
         return params, grads

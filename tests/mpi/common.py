@@ -89,6 +89,9 @@ CASES = {
         clipvalue=0.5), F4, {}),
     "adamw_keras_mixed": (fo.AdamW, dict(learning_rate=0.02, weight_decay=0.01), MIXED, {}),
     "adam_keras_flat": (fo.Adam, dict(learning_rate=0.02), F8, {"flat": True, "edit": True}),
+    # sharded by whole tensors (factored state): the two matrices on different ranks
+    "adafactor_torch_whole": (fo.Adafactor, dict(convention="torch", learning_rate=0.02,
+                                                 weight_decay=0.01), F8, {"none": True}),
 }
 
 # A model large enough that the shard alignment is negligible: state bytes per rank.

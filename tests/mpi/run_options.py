@@ -20,8 +20,6 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import common  # noqa: E402
 import optim_db  # noqa: E402
-from fastopt.distributed._inputs import shardable_class  # noqa: E402
-
 from fastopt.distributed import ShardedOptimizer  # noqa: E402
 
 SHAPES = [(50, 200), (37,), (70, 130), (3, 3), (90, 100)]
@@ -45,20 +43,8 @@ OPTIONS = {
 }
 
 
-def _shardable(name):
-    # whole-tensor sharding (Adafactor's factored state) is not built: such a
-    # class is refused, as tests/test_adafactor.py checks
-    try:
-        shardable_class(name)
-    except ValueError:
-        return False
-    return True
-
-
 def cases():
     for entry in sorted(optim_db.optim_db, key=lambda e: e.name):
-        if not _shardable(entry.name):
-            continue
         for conv in entry.conventions:
             for oname in OPTIONS:
                 yield entry, conv, oname
@@ -108,7 +94,7 @@ def arg(params, what):
 def run():
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
-    bad, count, state_bytes = [], 0, {}
+    bad, count, state_bytes, whole = [], 0, {}, {}
     for entry, conv, oname in cases():
         options, what = OPTIONS[oname]
         kwargs = dict(entry.stateful, convention=conv, learning_rate=0.01, **options)
@@ -126,13 +112,16 @@ def run():
                 problems.append(f"params[{i}]")
         inner = sharded.optimizer
         for k, piece in enumerate(sharded._pieces):
-            cut = slice(piece.start, piece.start + piece.length)
+            # a piece's state is the cut of the tensor's; whole tensors (a
+            # factored state's rows and columns) are compared whole
+            cut = (slice(None) if sharded._whole else
+                   slice(piece.start, piece.start + piece.length))
             for j, (a, b) in enumerate(zip(inner.state_arrays()[k],
                                            ref.state_arrays()[piece.tensor])):
-                if not np.array_equal(a, b.reshape(-1)[cut]):
-                    problems.append(f"state {j} of params[{piece.tensor}][{cut.start}:]")
+                if not np.array_equal(a.reshape(-1), b.reshape(-1)[cut]):
+                    problems.append(f"state {j} of params[{piece.tensor}][{piece.start}:]")
             if options.get("use_ema") and not np.array_equal(
-                    inner.averages[k], ref.averages[piece.tensor].reshape(-1)[cut]):
+                    inner.averages[k].reshape(-1), ref.averages[piece.tensor].reshape(-1)[cut]):
                 problems.append(f"average of params[{piece.tensor}]")
         for attr in ("iterations", "skipped_steps", "micro_steps"):
             if getattr(inner, attr) != getattr(ref, attr):
@@ -144,8 +133,11 @@ def run():
         if oname == "plain":
             state_bytes[f"{entry.name}/{conv}"] = [sharded.state_nbytes(),
                                                    common.state_bytes(ref)]
+            if sharded._whole:
+                whole[entry.name] = [[p.tensor, p.start, p.length] for p in sharded._pieces]
     common.report(sys.argv[1], rank, {"cases": count, "bad": bad, "state_bytes": state_bytes,
-                                      "bounds": [b["bounds"] for b in sharded.buckets]})
+                                      "bounds": [b["bounds"] for b in sharded.buckets],
+                                      "whole": whole})
 
 
 run()
