@@ -216,6 +216,9 @@ class Optimizer(Options):
     elementwise = True
     #: True when weight decay can only be decoupled (AdamW).
     decoupled_only = False
+    #: Methods that rewrite the parameters elementwise from the state (no
+    #: arguments): a ShardedOptimizer runs them on every shard and gathers.
+    param_methods: "tuple[str, ...]" = ("swap_averages",)
     #: True when the algorithm counts steps per optimizer in every convention
     #: (schedule-free's ``k``), not per parameter as the torch convention does.
     shared_clock = False

@@ -975,6 +975,7 @@ class ASGD(Optimizer):
     }
     variables = ("ax",)
     aux_state = "etas"
+    param_methods = ("swap_averages", "use_averaged_params")
 
     lambd: HyperValue
     alpha: HyperValue
@@ -1017,6 +1018,7 @@ class _ScheduleFree(Optimizer):
 
     shared_clock = True
     initial = {"z": "param"}
+    param_methods = ("swap_averages", "eval", "train")
     #: the hyper-parameter that interpolates y between z and x
     interpolation = "beta_1"
 

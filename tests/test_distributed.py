@@ -899,6 +899,33 @@ def test_sharded_rowgrads_refused_on_every_rank_change_nothing(rows_run, case):
         assert "row_params[0]: params[1] has shape (4,)" in rows_run[r]["refusals"]["1-D table"]
 
 
+MODE_CASES = ["ScheduleFreeAdamW", "ScheduleFreeSGD", "ScheduleFreeAdamW keras", "ASGD",
+              "SGD swa"]
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def modes_run(request, tmp_path_factory):
+    if _skip_reason():
+        pytest.skip(_skip_reason())
+    world = request.param
+    return world, mpirun("run_modes.py", tmp_path_factory.mktemp(f"modes{world}"), n=world)
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", MODE_CASES)
+def test_methods_that_rewrite_params_run_sharded_as_one_process(modes_run, name):
+    """eval()/train() (schedule-free), use_averaged_params() (ASGD) and
+    swap_averages() (SWA) on a ShardedOptimizer: every rank rewrites its shard
+    and the shards are gathered; params after each call, and the state, mode,
+    kept y and averages through save, consolidate and a plain load, equal one
+    process's bit for bit."""
+    world, results = modes_run
+    for r in range(world):
+        got = results[r][name]
+        assert all(v is True for v in got.values()), (r, got)
+    assert "has no attribute 'eval'" in results[0]["no eval"]
+
+
 # ---- a rank killed during a sharded save ------------------------------------------
 
 KILL_POINTS = ["before_write", "mid_write", "before_rename", "after_rename",

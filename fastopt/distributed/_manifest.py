@@ -127,9 +127,10 @@ def read_manifest(path):
     return manifest
 
 
-#: The entries of a state dict's ``extra`` that hold one array per parameter
-#: (a rank file: one per piece).
-PIECE_EXTRAS = ("ema", "accumulators")
+#: The entries of a state dict's ``extra`` that hold one array of the
+#: parameter's shape per parameter (a rank file: one per piece): the moving
+#: averages, accumulated grads, SWA's averages, schedule-free's kept y.
+PIECE_EXTRAS = ("ema", "accumulators", "swa", "train_params")
 
 
 def file_digest(path):

@@ -332,14 +332,15 @@ def _split_full_state(sharded, file, sd):
 
 def _aux_per_param(class_name, config):
     """The name of the kernel's host values in ``extra`` and whether there is one
-    per parameter (torch's per-parameter steps) rather than one per group."""
+    per parameter (torch's per-parameter steps) rather than one per group (one
+    clock for the optimizer: schedule-free's, in every convention)."""
     from .._hyper import CONVENTIONS
     from ..optimizers import REGISTRY
     cls = REGISTRY.get(class_name)
     conv = CONVENTIONS.get(config.get("convention", "keras")) if isinstance(config, dict) else None
     if cls is None or cls.aux_state is None or conv is None:
         return None, False
-    return cls.aux_state, conv.per_param_steps
+    return cls.aux_state, conv.per_param_steps and not cls.shared_clock
 
 
 def _split_extra(inner, pieces, extra, shapes, file, tables, whole):

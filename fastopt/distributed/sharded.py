@@ -117,6 +117,13 @@ class ShardedOptimizer:
     within a tensor.  Everything else (reductions, ``None`` grads,
     checkpoints) is as for pieces.
 
+    **Methods that rewrite the parameters.**  The inner optimizer's methods
+    that rewrite the parameters elementwise from its state (its class's
+    ``param_methods``: ``swap_averages()``, schedule-free's ``eval()`` and
+    ``train()``, ASGD's ``use_averaged_params()``) are methods of the sharded
+    optimizer too: every rank runs it on its shard, then the shards are
+    gathered.  Collective: call them on every rank.
+
     **Row gradients.**  A parameter of ``row_params`` may be given a
     :class:`fastopt.RowGrad` (on every rank, with any number of rows) where
     another gets a dense gradient.  Every rank's rows are gathered in rank
@@ -316,6 +323,29 @@ class ShardedOptimizer:
             cfg["param_groups"] = [dict(g, size=n) for g, n in
                                    zip(cfg["param_groups"], self._group_sizes)]
         return cfg
+
+    def __getattr__(self, name):
+        # the inner optimizer's methods that rewrite the parameters from the
+        # state, elementwise (swap_averages, eval/train, use_averaged_params):
+        # every rank runs it on its shard, then the shards are gathered
+        inner = self.__dict__.get("optimizer")
+        if inner is None or name not in type(inner).param_methods:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        method = getattr(inner, name)
+
+        def collective():
+            with self.optimizer.lock:
+                for bi, master in enumerate(self._master):
+                    if master:
+                        self._pull_shard(bi)
+                result = method()
+                self._gather_params()
+            return result
+        collective.__name__ = name
+        collective.__doc__ = (f"{type(self.optimizer).__name__}.{name} on every rank's "
+                              f"shard, then the shards gathered (collective: call it on every "
+                              f"rank).\n\n{method.__doc__ or ''}")
+        return collective
 
     def __repr__(self):
         return (f"ShardedOptimizer({type(self.optimizer).__name__}, rank {self.rank} of "
