@@ -23,7 +23,8 @@ def shardable_class(opt_class):
     # a reduction pass (per-tensor sums, then the elementwise update) is combined
     # over the ranks; any other dependence between elements needs whole tensors
     if not opt_class.elementwise and (not _core.kernel_reduces(opt_class.kernel)
-                                      or _core.kernel_factored(opt_class.kernel)):
+                                      or _core.kernel_factored(opt_class.kernel)
+                                      or opt_class.host_stage is not None):
         raise ValueError(f"ShardedOptimizer cannot shard {name}: its update of an element "
                          f"depends on other elements of the tensor beyond per-tensor sums; "
                          f"use allreduce_gradients with a plain {name} instead")
