@@ -216,6 +216,9 @@ class Optimizer(Options):
     #: stepped and their sums (see ``Stepper``); it may rewrite the sums and the
     #: scratch arrays (:meth:`scratch_layout`).  Muon's Newton-Schulz iteration.
     host_stage: Any = None
+    #: Float hyper-parameters that also take names, ``{key: {name: value}}``
+    #: (Muon's ``adjust_lr_fn``); the class maps them in ``_canonical_items``.
+    named_values: "Mapping[str, Mapping[Any, float]]" = {}
     #: False for an optimizer whose update of an element depends on other elements
     #: (Lamb's per-tensor trust ratio): it cannot run on a flat shard of a tensor.
     elementwise = True

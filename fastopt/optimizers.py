@@ -1644,6 +1644,8 @@ class Muon(Optimizer):
         "weight_decay": HP(keras=0.004, torch=0.1, check=NONNEG, kernel=False),
     }
     tuple_aliases = {"ns_coefficients": (("muon_a", "muon_b", "muon_c"), "(a, b, c)")}
+    #: hyper-parameters given by name (held as floats): a string not named is a ValueError
+    named_values = {"adjust_lr_fn": _MUON_ADJUST}
     variables = ("momentum_buffer",)
     elementwise = False
     decoupled_only = True
@@ -1677,8 +1679,8 @@ class Muon(Optimizer):
     def _canonical_items(self, items, where, caller):
         # torch's adjust_lr_fn names and Keras's rms_rate=None, as the floats a group holds
         def code(key, value):
-            if key == "adjust_lr_fn" and not isinstance(value, (int, float, np.number)):
-                if not isinstance(value, (str, type(None))) or value not in _MUON_ADJUST:
+            if key == "adjust_lr_fn" and (value is None or isinstance(value, str)):
+                if value not in _MUON_ADJUST:
                     raise ValueError(f"{where}adjust_lr_fn must be None, 'original' or "
                                      f"'match_rms_adamw' (as torch.optim.Muon); got {value!r}")
                 return _MUON_ADJUST[value]
