@@ -11,6 +11,7 @@ import pytest
 
 import fastopt as fo
 
+import optim_db
 from robust_util import NAMES, TALLY, build
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
@@ -43,7 +44,7 @@ def _flat(run, what, warm=0.1):
 @pytest.mark.parametrize("name", NAMES)
 def test_rss_flat_over_1e5_steps(name):
     rng = np.random.default_rng(31)
-    params = [rng.standard_normal(s).astype(dt) for s, dt in
+    params = [rng.standard_normal(optim_db.param_shape(name, s)).astype(dt) for s, dt in
               [((4, 4), np.float32), ((7,), np.float64), ((), np.float32)]]
     # a schedule and a None grad keep the per-step Python paths busy
     opt = build(name, params, learning_rate=lambda step: 1e-3 / (1 + step * 1e-5))
