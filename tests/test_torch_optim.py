@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from optim_db import info, optim_db
+from optim_db import info, optim_db, param_shape
 
 # torch.optim classes fastopt has but fastopt.torch does not wrap yet (their
 # state is not a param-shaped array per name: ASGD's per-param eta and mu,
@@ -37,8 +37,10 @@ def float64_default():
 def _pair(name, kwargs, dtype=torch.float64, seed=0, model=None, torch_names=False):
     """The same small model twice: one for fastopt.torch, one for torch.optim."""
     torch.manual_seed(seed)
+    # an optimizer of matrices only (Muon, optim_db.param_shape) gets a model without biases
+    bias = param_shape(name, 3) == (3,)
     m = model() if model else torch.nn.Sequential(
-        torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 3))
+        torch.nn.Linear(7, 13, bias=bias), torch.nn.Tanh(), torch.nn.Linear(13, 3, bias=bias))
     m = m.to(dtype)
     m2 = copy.deepcopy(m)
     tname = info(name).torch_name
@@ -81,8 +83,9 @@ def test_signature_defaults_and_groups_are_torchs(entry):
     import inspect
     mine, theirs = getattr(ft, entry.torch_name), getattr(torch.optim, entry.torch_name)
     assert inspect.signature(mine.__init__) == inspect.signature(theirs.__init__)
-    w = torch.nn.Parameter(torch.zeros(3))
-    a, b = mine([w]), theirs([torch.nn.Parameter(torch.zeros(3))])
+    shape = param_shape(entry.name, 3)
+    w = torch.nn.Parameter(torch.zeros(shape))
+    a, b = mine([w]), theirs([torch.nn.Parameter(torch.zeros(shape))])
     assert isinstance(a, torch.optim.Optimizer)
     assert a.defaults == b.defaults
     assert {k: v for k, v in a.param_groups[0].items() if k != "params"} == \
@@ -97,8 +100,11 @@ def test_signature_defaults_and_groups_are_torchs(entry):
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=CASE_IDS)
 def test_float64_trajectory_equals_torch(name, kwargs, float64_default):
     m, opt, m2, tkw = _pair(name, kwargs)
-    topt = getattr(torch.optim, info(name).torch_name)(m2.parameters(), **tkw, foreach=False)
-    _steps([(m, opt, None), (m2, topt, None)], 12, torch.float64, skip=4)
+    tname = info(name).torch_name
+    topt = getattr(torch.optim, tname)(m2.parameters(), **tkw,
+                                       **_fused_or_foreach(tname, foreach=False))
+    with info(name).torch_context():
+        _steps([(m, opt, None), (m2, topt, None)], 12, torch.float64, skip=4)
     _assert_params(m, m2, rtol=1e-12, atol=1e-15)
     # the state as torch keeps it
     sd, tsd = opt.state_dict(), topt.state_dict()
@@ -156,11 +162,15 @@ def test_deepcopy_and_pickle_keep_the_state(float64_default):
     _assert_params(m, m2, rtol=0, atol=0)
 
 
-def _fused_or_foreach(tname):
+def _fused_or_foreach(tname, foreach=True):
+    """torch's fused or foreach implementation (or the loop, foreach=False)
+    where the class has the switch (Muon has one implementation)."""
     cls = getattr(torch.optim, tname)
     import inspect
-    return {"fused": True} if "fused" in inspect.signature(cls.__init__).parameters and \
-        tname in ("Adam", "AdamW", "SGD", "Adagrad") else {"foreach": True}
+    params = inspect.signature(cls.__init__).parameters
+    if "fused" in params and foreach and tname in ("Adam", "AdamW", "SGD", "Adagrad"):
+        return {"fused": True}
+    return {"foreach": foreach} if "foreach" in params else {}
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=CASE_IDS)
@@ -168,7 +178,8 @@ def test_float32_trajectory_equals_torch_to_rounding(name, kwargs):
     m, opt, m2, tkw = _pair(name, kwargs, dtype=torch.float32)
     tname = info(name).torch_name
     topt = getattr(torch.optim, tname)(m2.parameters(), **tkw, **_fused_or_foreach(tname))
-    _steps([(m, opt, None), (m2, topt, None)], 10, torch.float32)
+    with info(name).torch_context():
+        _steps([(m, opt, None), (m2, topt, None)], 10, torch.float32)
     _assert_params(m, m2, rtol=2e-5, atol=2e-6)
 
 
