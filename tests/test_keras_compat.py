@@ -135,10 +135,10 @@ def test_float32_trajectory_close_to_keras(name):
 def test_defaults_match_keras_without_arguments():
     """Built with no arguments at all, each Keras-convention optimizer follows
     Keras's own defaults (a wrong default shows here even if the tables agree)."""
-    w0, grads = _problem(5, 12, False)
     for entry in optim_db.optim_db:
         if entry.keras_name is None:
             continue
+        w0, grads = _problem(5, 12, False, entry.name)
         mine = [w.copy() for w in w0]
         opt = REGISTRY[entry.name](mine, convention="keras")
         for g in grads:
