@@ -97,12 +97,15 @@ def test_rss_flat_over_refused_steps_and_checkpoints(tmp_path):
 def test_rss_flat_over_optimizer_construction():
     """Building and dropping optimizers (engines allocate C work lists) frees everything."""
     rng = np.random.default_rng(33)
-    params = [rng.standard_normal(3000) for _ in range(5)]
+    # per optimizer, in the shape it takes (optim_db.param_shape)
+    params = {name: [rng.standard_normal(optim_db.param_shape(name, 3000)) for _ in range(5)]
+              for name in NAMES}
 
     def run(frac):
         for k in range(int(3000 * frac)):
-            opt = build(NAMES[k % len(NAMES)], params)
-            opt.step([np.ones(3000)] * 5)
+            name = NAMES[k % len(NAMES)]
+            opt = build(name, params[name])
+            opt.step([np.ones_like(p) for p in params[name]])
             del opt
 
     _flat(run, "construction")
