@@ -65,12 +65,26 @@ def cases(rows, cols, torch_ok):
             return lambda: opt.step([g])
         return build
 
-    def torch_muon():
-        import torch
-        w, g = _problem(rows, cols)
-        p = torch.tensor(w)
-        p.grad = torch.tensor(g)
-        return torch.optim.Muon([p]).step
+    def torch_muon(dtype=None):
+        def build():
+            import torch
+            w, g = _problem(rows, cols)
+            p = torch.tensor(w)
+            p.grad = torch.tensor(g)
+            step = torch.optim.Muon([p]).step
+            if dtype is None:
+                return step
+            iteration = _torch_newton_schulz_in(dtype)
+
+            def patched():
+                import torch.optim._muon as muon
+                saved, muon._zeropower_via_newtonschulz = muon._zeropower_via_newtonschulz, iteration
+                try:
+                    step()
+                finally:
+                    muon._zeropower_via_newtonschulz = saved
+            return patched
+        return build
 
     out = [("fastopt Adafactor (torch convention)", fastopt("torch")),
            ("fastopt Adafactor (keras convention)", fastopt("keras"))]
@@ -81,8 +95,22 @@ def cases(rows, cols, torch_ok):
             ("fastopt Muon (keras convention)", fastopt_muon("keras")),
             (MUON_NO_NS, fastopt_muon("torch", ns_steps=0))]
     if torch_ok:
-        out += [("torch Muon (bf16 Newton-Schulz)", torch_muon)]
+        out += [("torch Muon (bf16 Newton-Schulz)", torch_muon()),
+                ("torch Muon, Newton-Schulz made float32", torch_muon("float32"))]
     return out
+
+
+def _torch_newton_schulz_in(dtype):
+    """torch's own Newton-Schulz function with its bfloat16 cast made ``dtype``
+    (a copy, as the cast is): the iteration fastopt runs, in torch's matmul."""
+    import inspect
+
+    import torch.optim._muon as muon
+    source = inspect.getsource(muon._zeropower_via_newtonschulz)
+    assert source.count("grad.bfloat16()") == 1, "torch's Newton-Schulz changed: read it again"
+    scope = dict(vars(muon))
+    exec(source.replace("grad.bfloat16()", f"grad.to(torch.{dtype}, copy=True)"), scope)
+    return scope["_zeropower_via_newtonschulz"]
 
 
 MUON_NO_NS = "fastopt Muon (torch convention), ns_steps=0"

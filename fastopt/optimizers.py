@@ -1611,12 +1611,24 @@ class Muon(Optimizer):
     the float64 one, and torch's bf16 result differs from it by about 1e-2
     (relative, after one step: bench/run.py --muon measures it).
 
-    Keras routes params that are not 2-D, embeddings and ``exclude_layers`` to
-    an AdamW step inside its Muon; fastopt's Muon takes matrices only.  Give
-    the other params to :class:`AdamW` (Keras's AdamW route is AdamW with
-    ``learning_rate=lr*adam_lr_ratio`` and ``weight_decay=adam_weight_decay
-    /adam_lr_ratio``) and step both with :class:`fastopt.MultiOptimizer`.
-    The iteration needs whole matrices: ``ShardedOptimizer`` refuses Muon.
+    Keras routes params that are not 2-D, embeddings and ``exclude_layers`` (by
+    variable path) to an AdamW step inside its Muon; fastopt's Muon takes
+    matrices only, and the route is a :class:`fastopt.MultiOptimizer` that
+    sends those params, by name, to :class:`AdamW`.  Keras's AdamW step is
+    AdamW with ``learning_rate=lr*adam_lr_ratio``, ``beta_1=adam_beta_1``,
+    ``beta_2=adam_beta_2``, ``epsilon`` and ``weight_decay=adam_weight_decay
+    /adam_lr_ratio`` (Keras decays those params by ``lr*adam_weight_decay``)::
+
+        opt = fo.MultiOptimizer(
+            [{"params": params, "names": names}],
+            optimizers={"muon": functools.partial(fo.Muon, learning_rate=lr),
+                        "adamw": functools.partial(fo.AdamW, learning_rate=lr * ratio,
+                                                   weight_decay=adam_weight_decay / ratio)},
+            routes={".*bias": "adamw", ".*embedding.*": "adamw", "output_dense.*": "adamw"},
+            default="muon")
+
+    reproduces Keras's Muon (``tests/test_muon.py`` checks it live).  The
+    iteration needs whole matrices: ``ShardedOptimizer`` refuses Muon.
 
     Examples
     --------
@@ -1709,8 +1721,8 @@ class Muon(Optimizer):
                 f"params[{i}]: Muon takes 2-D params (matrices); got shape {p.shape}. "
                 f"Optimize biases, embeddings and other params with AdamW (Keras's Muon "
                 f"sends them to its AdamW step: AdamW with learning_rate=lr*adam_lr_ratio, "
-                f"weight_decay=adam_weight_decay/adam_lr_ratio), stepping both with "
-                f"fastopt.MultiOptimizer")
+                f"weight_decay=adam_weight_decay/adam_lr_ratio), routing them by name with "
+                f"fastopt.MultiOptimizer (see help(fastopt.Muon))")
 
     def scratch_layout(self, group, p):
         return [("update", p.shape)]

@@ -389,7 +389,8 @@ def param_cases(name=None):
          [r"params\[0\]", "aligned", "copy"]),
         ("same-twice", [same, ones(2), same], ValueError,
          [r"params\[0\] and params\[2\]", "pass each parameter once"]),
-        ("overlapping", [buf[0:10], buf[5:15]] if buf.ndim == 1 else [buf[0:3], buf[2:5]], ValueError,
+        ("overlapping", [buf[0:10], buf[5:15]] if buf.ndim == 1 else [buf[0:3], buf[2:5]],
+         ValueError,
          [r"params\[0\] and params\[1\]", "pass each parameter once"]),
         ("single-ndarray", np.ones(3), TypeError, [r"single ndarray", r"\[w\]"]),
         ("mixed-groups", [ones(2), {"params": [ones(2)]}], TypeError, ["not a mix"]),
@@ -419,7 +420,8 @@ def test_zero_d_and_empty_params_are_allowed(name):
     for dtype in (np.float32, np.float64):
         # Muon takes matrices: its 0-d and empty params are (1, 1) and (0, 3)
         s0, s1, e1 = _shape(name, ()), _shape(name, 1), _shape(name, 0)
-        scalar, empty, empty2d = np.full(s0, 0.5, dtype), np.zeros(e1, dtype), np.zeros((0, 3), dtype)
+        scalar, empty = np.full(s0, 0.5, dtype), np.zeros(e1, dtype)
+        empty2d = np.zeros((0, 3), dtype)
         flat = np.full(s1, 0.5, dtype)
         opt = build(name, [scalar, empty, empty2d])
         ref = build(name, [flat])
@@ -457,7 +459,8 @@ def test_non_finite_and_mistyped_hyperparameters_refused(name):
                 assert (w == 1.0).all()
                 # the same value in a param group names the group
                 with pytest.raises(ValueError) as exc:
-                    build(name, [{"params": [np.ones(_shape(name, 2))]}, {"params": [np.ones(_shape(name, 2))], key: bad}],
+                    build(name, [{"params": [np.ones(_shape(name, 2))]},
+                                 {"params": [np.ones(_shape(name, 2))], key: bad}],
                           convention=conv)
                 _check_message(exc, [r"param group 1", key], f"{name} group {key}={bad}")
                 TALLY["inputs_tried"] += 2
@@ -625,7 +628,8 @@ def test_two_spellings_of_one_hyperparameter_refused(name):
         for alias, key in _aliases(cls, conv):
             value = cls.defaults(conv)[key]
             with pytest.raises(TypeError) as exc:
-                build(name, [np.ones(_shape(name, 2))], convention=conv, **{key: value, alias: value})
+                build(name, [np.ones(_shape(name, 2))], convention=conv,
+                      **{key: value, alias: value})
             _check_message(exc, ["not both", alias, key], f"{name}/{conv} {key}+{alias}")
             with pytest.raises(TypeError) as exc:
                 build(name, [{"params": [np.ones(_shape(name, 2))], key: value, alias: value}],
@@ -638,7 +642,8 @@ def test_two_spellings_of_one_hyperparameter_refused(name):
                 continue
             value = tuple(cls.defaults(conv)[n] for n in names)
             with pytest.raises(TypeError) as exc:
-                build(name, [np.ones(_shape(name, 2))], convention=conv, **{alias: value, names[0]: value[0]})
+                build(name, [np.ones(_shape(name, 2))], convention=conv,
+                      **{alias: value, names[0]: value[0]})
             _check_message(exc, ["not both", alias], f"{name}/{conv} {alias}+{names[0]}")
             for bad in ((value[0],), value + value[:1], 0.5):
                 with pytest.raises(ValueError) as exc:
@@ -792,7 +797,8 @@ def test_schedule_yielding_bad_values_refuses_the_step(name):
         for bad in (float("nan"), -5.0, 5.0):
             def sched(step, bad=bad, good=good):
                 return bad if step == 2 else good
-            params = [rng.standard_normal(_shape(name, 4)), rng.standard_normal((2, 2)).astype(np.float32)]
+            params = [rng.standard_normal(_shape(name, 4)),
+                      rng.standard_normal((2, 2)).astype(np.float32)]
             try:
                 opt = build(name, params, convention=conv, **{key: sched})
             except (ValueError, TypeError):
@@ -947,7 +953,8 @@ def test_state_deciding_edits_are_refused_or_match_a_twin(name):
     rng = np.random.default_rng(32)
     for conv in conventions(cls):
         for key, value in _state_keys(cls, conv):
-            params = [rng.standard_normal(_shape(name, 5)), rng.standard_normal((2, 3)).astype(np.float32)]
+            params = [rng.standard_normal(_shape(name, 5)),
+                      rng.standard_normal((2, 3)).astype(np.float32)]
             opt = cls(params, convention=conv)
             kept = list(opt.state[0])
             before = snapshot(opt, [])
@@ -991,9 +998,11 @@ def test_options_set_after_construction_match_a_twin_built_with_them(name):
     cls = REGISTRY[name]
     conv = default_convention(cls)
     for key, value in OPTIONS_LATER + [("decoupled_weight_decay", not
-                                        cls([np.ones(_shape(name, 1))], convention=conv).decoupled_weight_decay)]:
+                                        cls([np.ones(_shape(name, 1))],
+                                            convention=conv).decoupled_weight_decay)]:
         rng = np.random.default_rng(33)
-        params = [rng.standard_normal(_shape(name, 6)), rng.standard_normal(_shape(name, 3)).astype(np.float32)]
+        params = [rng.standard_normal(_shape(name, 6)),
+                  rng.standard_normal(_shape(name, 3)).astype(np.float32)]
         base = {"weight_decay": 0.01}
         try:
             twin = cls([p.copy() for p in params], convention=conv, **base, **{key: value})

@@ -94,7 +94,8 @@ def _resume_run(name, conv, kwargs, grads, cut, tmp_path, fresh_arrays=()):
         first.step(g)
     path = tmp_path / "ck.npz"
     fo.save(path, first)
-    second = cls([np.zeros(s) for s in _shapes(name)], convention=conv, learning_rate=0.05, **kwargs)
+    second = cls([np.zeros(s) for s in _shapes(name)], convention=conv, learning_rate=0.05,
+                 **kwargs)
     if fresh_arrays:
         sd = fo.checkpoint.read(path)
         fresh = cls([np.zeros(s) for s in _shapes(name)], convention=conv, learning_rate=0.05,

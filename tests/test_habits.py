@@ -50,7 +50,8 @@ def _params(rng, name=None):
 def _new_value(cls, conv, key):
     """A legal value for ``key`` other than the default (None when none is found)."""
     default = cls.defaults(conv)[key]
-    for v in (default * 0.5, 0.25, default * 1.5, -0.25, *cls.named_values.get(key, {}).values()):
+    named = cls.named_values.get(key, {}).values()      # a hyper-parameter given by name
+    for v in (default * 0.5, 0.25, default * 1.5, -0.25, *named):
         if v == default:
             continue
         try:
@@ -119,7 +120,8 @@ def test_every_hyperparameter_is_a_settable_attribute(name):
             v = _new_value(cls, conv, key)
             if v is None:
                 continue
-            built = build(name, _params(np.random.default_rng(2), name), convention=conv, **{key: v})
+            built = build(name, _params(np.random.default_rng(2), name), convention=conv,
+                          **{key: v})
             edited = build(name, _params(np.random.default_rng(2), name), convention=conv)
             late = build(name, _params(np.random.default_rng(2), name), convention=conv)
             try:
@@ -183,7 +185,8 @@ def test_a_callable_without_arguments_is_a_schedule(name):
     assert len(calls) == 3
     with pytest.raises(TypeError, match=r"learning_rate: a schedule must be callable as "
                                         r"fn\(step\) or fn\(\)"):
-        build(name, [np.ones(optim_db.param_shape(name, 2))], convention=conv, learning_rate=lambda a, b: 0.1)
+        build(name, [np.ones(optim_db.param_shape(name, 2))], convention=conv,
+              learning_rate=lambda a, b: 0.1)
     assert schedules.Lambda(lambda: 0.5)(10) == 0.5
 
 
@@ -195,7 +198,8 @@ def test_add_param_group_in_the_torch_convention_matches_fresh_optimizers(name):
     if "torch" not in cls.conventions:
         pytest.skip("no torch convention")
     rng = np.random.default_rng(4)
-    a, b = rng.standard_normal(optim_db.param_shape(name, 6)), rng.standard_normal((2, 2)).astype(np.float32)
+    a = rng.standard_normal(optim_db.param_shape(name, 6))
+    b = rng.standard_normal((2, 2)).astype(np.float32)
     a_ref, b_ref = a.copy(), b.copy()
     opt = build(name, [a], convention="torch")
     if cls.shared_clock:

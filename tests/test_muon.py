@@ -244,3 +244,54 @@ def test_sharding_is_refused():
     from fastopt.distributed import _inputs
     with pytest.raises(ValueError, match="cannot shard Muon"):
         _inputs.shardable_class("Muon")
+
+
+def test_keras_adamw_route_is_adamw_beside_muon_in_a_multioptimizer():
+    """Keras's Muon sends params that are not 2-D, embeddings and exclude_layers
+    to its AdamW step (lr * adam_lr_ratio, adam_beta_1/2, epsilon, decay
+    adam_weight_decay * lr).  fastopt: a MultiOptimizer that routes them by
+    name to AdamW(lr * adam_lr_ratio, weight_decay=adam_weight_decay /
+    adam_lr_ratio) and the rest to Muon gives Keras's trajectory."""
+    import functools
+    names = ["dense_kernel", "dense_bias", "token_embedding", "head_kernel"]
+    shapes = [(5, 3), (3,), (6, 4), (3, 2)]
+    ratio, adam_wd = 0.5, 0.01
+    keras_kw = {"adam_lr_ratio": ratio, "adam_weight_decay": adam_wd, "weight_decay": 0.02,
+                "adam_beta_1": 0.8, "adam_beta_2": 0.99, "epsilon": 1e-6,
+                "exclude_layers": ["head"]}
+    rng = np.random.default_rng(6)
+    w0 = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(25)]
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    from keras.src.backend.common import dtypes
+    saved, demotion = keras.config.floatx(), dict(dtypes.BIT64_TO_BIT32_DTYPE)
+    keras.config.set_floatx("float64")
+    dtypes.BIT64_TO_BIT32_DTYPE.clear()
+    try:
+        variables = [keras.Variable(w, dtype="float64", name=n) for w, n in zip(w0, names)]
+        kopt = keras.optimizers.Muon(learning_rate=lr_at(0), **keras_kw)
+        for step, g in enumerate(grads):
+            kopt.learning_rate = lr_at(step)
+            kopt.apply_gradients([(keras.ops.convert_to_tensor(x, dtype="float64"), v)
+                                  for x, v in zip(g, variables)])
+        theirs = [keras.ops.convert_to_numpy(v) for v in variables]
+    finally:
+        dtypes.BIT64_TO_BIT32_DTYPE.update(demotion)
+        keras.config.set_floatx(saved)
+
+    mine = [w.copy() for w in w0]
+    opt = fo.MultiOptimizer(
+        [{"params": mine, "names": names}],
+        optimizers={
+            "muon": functools.partial(fo.Muon, learning_rate=lr_at, weight_decay=0.02),
+            "adamw": functools.partial(fo.AdamW, learning_rate=lambda s: lr_at(s) * ratio,
+                                       weight_decay=adam_wd / ratio, beta_1=0.8, beta_2=0.99,
+                                       epsilon=1e-6)},
+        routes={"dense_bias": "adamw", ".*embedding.*": "adamw", "head.*": "adamw"},
+        default="muon")
+    for g in grads:
+        opt.step(g)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=names[i])

@@ -49,7 +49,8 @@ static void muon_finish(const fo_tensor *t, const double *sums, double *s)
 #else
 
 /* torch's lerp: a + w*(b - a) for |w| < 0.5, else b - (b - a)*(1 - w) */
-#define MU_LERP(a, b, wt, omw) (FO_FABS(wt) < (FO_T)0.5 ? (a) + (wt) * ((b) - (a)) : (b) - ((b) - (a)) * (omw))
+#define MU_LERP(a, b, wt, omw)                                               \
+    (FO_FABS(wt) < (FO_T)0.5 ? (a) + (wt) * ((b) - (a)) : (b) - ((b) - (a)) * (omw))
 
 /* One element of the reduction pass, accumulating u^2 into lane j. */
 #define MU_FIRST(ii, j)                                                      \
