@@ -31,6 +31,10 @@ OPTIONS = {
 }
 
 
+#: Optimizers that take matrices only (their rows are on a 32x31 matrix).
+MATRIX_ONLY = {"Muon"}
+
+
 def _arrays(n, count=1, seed=0):
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(n).astype(np.float32) for _ in range(count)]
@@ -81,9 +85,13 @@ def cases():
             return cls(params, learning_rate=1e-4), grads
         return build
 
-    out = [(f"{name} plain", plain(cls)) for name, cls in REGISTRY.items()]
+    out = [(f"{name} plain", plain(cls)) for name, cls in REGISTRY.items()
+           if name not in MATRIX_ONLY]
     out += [("MultiOptimizer (Adam + SGD, 2 x 500)", multi),
-            ("Adafactor, 32x31 matrix (factored)", factored(fo.Adafactor))]
+            ("Adafactor, 32x31 matrix (factored)", factored(fo.Adafactor)),
+            ("Muon, 32x31 matrix (keras)", factored(fo.Muon)),
+            ("Muon, 32x31 matrix (torch)", factored(
+                lambda p, **kw: fo.Muon(p, convention="torch", **kw)))]
     out += [(f"Adam + {label}", adam_with(opts)) for label, opts in OPTIONS.items()]
     out += [("Adam + schedule on lr (ExponentialDecay)", scheduled),
             ("SGD + OneCycle on lr and momentum", one_cycle),

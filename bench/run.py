@@ -422,7 +422,7 @@ def parse(argv):
                     help="ROWSxDIM of the --rows table (default 1000000x64; 20000x64 with "
                          "--smoke)")
     ap.add_argument("--matrix", action="store_true",
-                    help="only the optimizers that work on whole matrices (Adafactor), at "
+                    help="only the optimizers that work on whole matrices (Adafactor, Muon), at "
                          "--matrix-rows x --matrix-cols, beside torch.optim, at the largest --threads")
     ap.add_argument("--matrix-rows", type=int, default=2048, help="rows of the --matrix case")
     ap.add_argument("--matrix-cols", type=int, default=2048, help="columns of the --matrix case")

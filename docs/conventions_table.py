@@ -77,6 +77,17 @@ ROWS = [
     ("Adafactor 16x16, weight_decay 0.1 (RMS(w) after vs before the decay)", "Adafactor",
      {"learning_rate": 1e-2, "weight_decay": 0.1},
      {"learning_rate": 1e-2, "weight_decay": 0.1}, (16, 16)),
+    ("Muon 16x16, equal lr 1e-2, no decay, no lr adjustment (Keras sums the momentum, "
+     "torch averages it; the normalisation cancels the factor)", "Muon",
+     {"learning_rate": 1e-2, "weight_decay": 0.0, "rms_rate": None},
+     {"learning_rate": 1e-2, "weight_decay": 0.0}, (16, 16)),
+    ("Muon 16x16, equal lr 1e-2, each library's weight decay and lr adjustment "
+     "(Keras 0.004, x0.2*sqrt(16); torch 0.1, x1)", "Muon",
+     {"learning_rate": 1e-2}, {"learning_rate": 1e-2}, (16, 16)),
+    ("Muon 32x8, equal lr 1e-2, no decay, torch adjust_lr_fn='match_rms_adamw' (= Keras's "
+     "rms_rate 0.2)", "Muon",
+     {"learning_rate": 1e-2, "weight_decay": 0.0},
+     {"learning_rate": 1e-2, "weight_decay": 0.0, "adjust_lr_fn": "match_rms_adamw"}, (32, 8)),
 ]
 
 

@@ -24,14 +24,14 @@ from ._core import RowGrad
 from .checkpoint import load, save
 from .optimizers import (SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Ftrl, Lamb,
                          Lion, Nadam, Optimizer, RAdam, RMSprop, Rprop, SparseAdam)
-from .optimizers import ASGD, ScheduleFreeAdamW, ScheduleFreeSGD
+from .optimizers import ASGD, Muon, ScheduleFreeAdamW, ScheduleFreeSGD
 from .multi import MultiOptimizer
 
 _apply_env_simd()
 
 __all__ = [
     "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Nadam", "Adadelta",
-    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "Adafactor", "ASGD", "SparseAdam", "RowGrad",
+    "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "Adafactor", "ASGD", "SparseAdam", "Muon", "RowGrad",
     "ScheduleFreeAdamW", "ScheduleFreeSGD", "MultiOptimizer", "schedules",
     "save", "load", "set_num_threads", "get_num_threads", "show_config", "config",
     "__version__",

@@ -1047,6 +1047,7 @@ cdef class Stepper:
     cdef object sync
     cdef object cross_check
     cdef object reducer          # None, or what combines the reductions with other processes
+    cdef object host             # None, or the optimizer's host stage (a weak method)
     # options
     cdef bint maximize, decoupled, skip_nonfinite, has_clipvalue
     cdef double clipvalue, clipnorm, global_clipnorm
@@ -1078,7 +1079,7 @@ cdef class Stepper:
 
     def __init__(self, Engine engine, list groups, list group_of, int convention,
                  bint per_param, bint sched_calls, sync, Engine ema=None, list accum=None,
-                 *, bint refuse_no_grads=False):
+                 *, bint refuse_no_grads=False, host=None):
         cdef Py_ssize_t i
         self.engine = engine
         self.info = engine.info
@@ -1096,6 +1097,7 @@ cdef class Stepper:
         self.sched_calls = sched_calls
         self.refuse_no_grads = refuse_no_grads
         self.sync = _weakref.WeakMethod(sync)
+        self.host = None if host is None else _weakref.WeakMethod(host)
         self.cross_check = None
         self.ema = ema
         self.swa = ema is not None and ema.info.name == b"average"
@@ -1535,6 +1537,8 @@ cdef class Stepper:
             fo_step_reduce(&eng.plan, eng.kernel, eng.rows, sums, eng.dscratch, nthreads)
         if self.reducer is not None:
             self._combined(FO_NRED)
+        if self.host is not None:
+            self._host_stage()
         for i in range(self.n):
             if eng.tensors[i].grad == NULL:
                 continue
@@ -1543,6 +1547,18 @@ cdef class Stepper:
             eng.tensors[i].row = r
         with nogil:
             fo_step(&eng.plan, eng.kernel, eng.rows, nthreads)
+        return 0
+
+    cdef int _host_stage(self) except -1:
+        """The optimizer's host stage, between the reduction pass and the
+        finish: ``host(stepped, sums)`` with the indices of the tensors
+        stepped now and their sums (an ``(n, FO_NRED)`` float64 view the
+        stage may rewrite; the finish reads it).  It works on the arrays the
+        kernel shares with it (Muon's Newton-Schulz iteration)."""
+        cdef Py_ssize_t i
+        stepped = [i for i in range(self.n) if self.engine.tensors[i].grad != NULL]
+        sums = np.asarray(<double[:max(self.n, 1) * FO_NRED]> self.dbuf)
+        self.host()(stepped, sums[:self.n * FO_NRED].reshape(self.n, FO_NRED))
         return 0
 
     def step(self, grads, bint addresses=False):

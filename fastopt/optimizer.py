@@ -211,6 +211,14 @@ class Optimizer(Options):
     variables: "tuple[str, ...]" = ()
     initial: "dict[str, str]" = {}
     aux_state: "str | None" = None
+    #: None, or ``host_stage(stepped, sums)``: run by the step between the
+    #: kernel's reduction pass and its finish, with the indices of the tensors
+    #: stepped and their sums (see ``Stepper``); it may rewrite the sums and the
+    #: scratch arrays (:meth:`scratch_layout`).  Muon's Newton-Schulz iteration.
+    host_stage: Any = None
+    #: Float hyper-parameters that also take names, ``{key: {name: value}}``
+    #: (Muon's ``adjust_lr_fn``); the class maps them in ``_canonical_items``.
+    named_values: "Mapping[str, Mapping[Any, float]]" = {}
     #: False for an optimizer whose update of an element depends on other elements
     #: (Lamb's per-tensor trust ratio): it cannot run on a flat shard of a tensor.
     elementwise = True
@@ -237,6 +245,7 @@ class Optimizer(Options):
     _params: list[Any]
     _param_names: list[Optional[str]]
     _state: list[list[Any]]
+    _scratch: list[list[Any]]
     _group_state: list[Any]
     _index: dict[int, int]
     _ema: Optional[list[Any]]
@@ -306,6 +315,17 @@ class Optimizer(Options):
         kernel keeps factored state)."""
         return [(n, p.shape) for n in self.state_names(group)]
 
+    def scratch_layout(self, group, p):
+        """``(name, shape)`` of each scratch array bound to the kernel after
+        param ``p``'s state arrays: rewritten every step before it is read,
+        so it is no part of the state (state dicts and checkpoints leave it
+        out).  None by default; Muon's holds the Newton-Schulz matrix."""
+        return []
+
+    def check_param(self, p, i):
+        """The class's rules on one parameter (``params[i]``), at construction
+        and in ``add_param_group`` (Muon takes matrices only)."""
+
     def check(self, hp, where):
         """Rules across hyper-parameters (constants, and scheduled values per step)."""
 
@@ -358,6 +378,7 @@ class Optimizer(Options):
         groups = split_param_groups(given)
         self.param_groups, self._overrides = [], []
         self._params, self._param_names, self._state, self._group_state = [], [], [], []
+        self._scratch = []
         self._ema = [] if self._opt_use_ema else None
         self._swa = [] if self._opt_use_swa else None
         self._accum = [] if self._opt_gradient_accumulation_steps else None
@@ -378,6 +399,7 @@ class Optimizer(Options):
         group["params"] = plist
         for k, p in enumerate(plist):
             _check_param(p, start + k)
+            self.check_param(p, start + k)
         return group, over, names
 
     def _add_groups(self, groups):
@@ -395,6 +417,7 @@ class Optimizer(Options):
         def allocate():
             params, names = list(self._params), list(self._param_names)
             state, group_state = list(self._state), list(self._group_state)
+            scratch = list(self._scratch)
             for group, _, pnames in made:
                 params.extend(group["params"])
                 names.extend(pnames)
@@ -403,7 +426,10 @@ class Optimizer(Options):
                 for p in group["params"]:
                     state.append([self._initial_array(p, group, n, shape)
                                   for n, shape in self.state_layout(group, p)])
-            engine = _core.Engine(cls.kernel, params, state)     # refuses overlapping params
+                    scratch.append([np.zeros(shape, dtype=p.dtype)
+                                    for _, shape in self.scratch_layout(group, p)])
+            # refuses overlapping params
+            engine = _core.Engine(cls.kernel, params, [st + sc for st, sc in zip(state, scratch)])
             new = params[n0:]
             # copies, so finalize() before any step leaves the weights as they are
             ema = None if self._ema is None else self._ema + [p.copy() for p in new]
@@ -414,7 +440,7 @@ class Optimizer(Options):
                 averager = _core.Engine("ema", params, [[a] for a in ema])
             elif swa is not None:
                 averager = _core.Engine("average", params, [[a] for a in swa])
-            return params, names, state, group_state, engine, ema, swa, accum, averager
+            return params, names, state, group_state, engine, ema, swa, accum, averager, scratch
 
         try:
             built = allocate()
@@ -433,13 +459,14 @@ class Optimizer(Options):
                               f"be allocated; nothing was built and the parameters are as they "
                               f"were. Free memory, or use fewer state arrays (options) or "
                               f"ShardedOptimizer to split the state over processes")
-        params, names, state, group_state, engine, ema, swa, accum, averager = built
+        params, names, state, group_state, engine, ema, swa, accum, averager, scratch = built
         new = params[n0:]
         group_of = [gi for gi, g in enumerate(all_groups) for _ in g["params"]]
         stepper = _core.Stepper(engine, all_groups, group_of, conv.code,
                                 conv.per_param_steps and not cls.shared_clock,
                                 conv.schedule_clock_calls, self._sync, averager,
-                                accum, refuse_no_grads=conv.refuse_no_grads)
+                                accum, refuse_no_grads=conv.refuse_no_grads,
+                                host=None if cls.host_stage is None else self.host_stage)
         old = self._stepper
         if old is not None:
             if old.swapped:
@@ -460,6 +487,7 @@ class Optimizer(Options):
             self.param_groups.append(group)
             self._overrides.append(over)
         self._params, self._param_names, self._state = params, names, state
+        self._scratch = scratch
         self._group_state = group_state
         self._index = {id(p): i for i, p in enumerate(params)}
         self._engine, self._ema, self._accum, self._stepper = engine, ema, accum, stepper

@@ -1462,7 +1462,8 @@ class Adafactor(Optimizer):
     Params of fewer axes keep ``v``.  The row and column sums run in C in a
     fixed order (blocks of rows whose column sums are added in block order),
     so the result is the same for any thread count.  The RMS of the update
-    needs the whole tensor: ``ShardedOptimizer`` refuses Adafactor.
+    needs the whole tensor: ``ShardedOptimizer`` shards Adafactor by whole
+    tensors.
 
     Examples
     --------
@@ -1542,3 +1543,224 @@ class Adafactor(Optimizer):
         if p.ndim >= 2:
             return [("row", p.shape[:-1]), ("col", p.shape[:-2] + p.shape[-1:])]
         return [("v", p.shape)]
+
+
+#: torch.optim.Muon's ``adjust_lr_fn`` values, as a param group holds them.
+_MUON_ADJUST = {None: 0.0, "original": 0.0, "match_rms_adamw": 1.0}
+
+
+class Muon(Optimizer):
+    r"""Muon: momentum orthogonalised by a Newton-Schulz iteration, for matrices.
+
+    Parameters
+    ----------
+    params : list of ndarray, or list of dict
+        2-D arrays (matrices) updated in place, or param groups of them.  Any
+        other shape is refused (see Notes for biases, embeddings and the
+        output layer).
+    learning_rate : float or schedule
+        1e-3.  ``lr`` is an alias.
+    momentum : float or schedule
+        0.95.
+    nesterov : bool
+        True: the Newton-Schulz input is the Nesterov blend of the gradient
+        and the momentum, else the momentum.
+    muon_a, muon_b, muon_c : float
+        The quintic's coefficients (3.4445, -4.7750, 2.0315).  torch's
+        ``ns_coefficients=(a, b, c)`` sets all three.
+    ns_steps : int
+        Newton-Schulz iterations (5; torch requires fewer than 100).
+    epsilon : float
+        torch only: the floor of the Frobenius norm (1e-7; ``eps`` is an alias).
+        Keras adds 1e-7 to the norm instead.
+    adjust_lr_fn : {None, "original", "match_rms_adamw"}
+        torch only: the step is ``lr*sqrt(max(1, A/B))`` (None, "original") or
+        ``lr*0.2*sqrt(max(A, B))`` for an ``A x B`` param.  A param group
+        holds 0.0 for the first and 1.0 for the second.
+    rms_rate : float or None
+        Keras only: the step is ``lr*rms_rate*sqrt(max(A, B))`` (0.2); None:
+        ``lr`` (a param group holds -1.0).
+    weight_decay : float or schedule
+        Decoupled: ``w <- w*(1 - lr*weight_decay)`` before the update, with
+        the learning rate before any adjustment.  Keras 0.004, torch 0.1.
+    convention : {"keras", "torch"}
+        Keras 3 or torch.optim formulas and defaults.
+    **kwargs
+        The options of :class:`Optimizer`.
+
+    Notes
+    -----
+    ::
+
+        keras: m <- m + (g + m*(mu - 1));   u = g + mu*m  (nesterov)  or  m
+               X = u / (||u||_F + 1e-7)
+        torch: m <- lerp(m, g, 1 - mu);     u = lerp(g, m, mu) (nesterov)  or  m
+               X = u / max(||u||_F, eps)
+        X is transposed first when it has more rows than columns; then ns_steps times
+               G = X X^T;   X <- a*X + (b*G + c*G G) X
+        w <- w*(1 - lr*weight_decay) - lr*ratio*X
+
+    with ``ratio`` from ``adjust_lr_fn`` (torch) or ``rms_rate`` (Keras).  The
+    two conventions differ in the momentum (Keras sums, torch averages: with
+    the same momentum torch's buffer is ``1 - mu`` times Keras's, which the
+    normalisation cancels when the learning rate is constant), the
+    norm's epsilon, the step's ratio and the weight decay default.
+
+    The Newton-Schulz iteration runs in the param's dtype (float32 or
+    float64) through NumPy's matmul (its BLAS), between two C passes: the
+    momentum pass (which returns ``||u||_F`` from a deterministic reduction)
+    and the update.  torch runs the iteration in bfloat16 whatever the
+    param's dtype; fastopt never does, so on float64 params its result is
+    the float64 one, and torch's bf16 result differs from it by about 1e-2
+    (relative, after one step: bench/run.py --muon measures it).
+
+    Keras routes params that are not 2-D, embeddings and ``exclude_layers`` (by
+    variable path) to an AdamW step inside its Muon; fastopt's Muon takes
+    matrices only, and the route is a :class:`fastopt.MultiOptimizer` that
+    sends those params, by name, to :class:`AdamW`.  Keras's AdamW step is
+    AdamW with ``learning_rate=lr*adam_lr_ratio``, ``beta_1=adam_beta_1``,
+    ``beta_2=adam_beta_2``, ``epsilon`` and ``weight_decay=adam_weight_decay
+    /adam_lr_ratio`` (Keras decays those params by ``lr*adam_weight_decay``)::
+
+        opt = fo.MultiOptimizer(
+            [{"params": params, "names": names}],
+            optimizers={"muon": functools.partial(fo.Muon, learning_rate=lr),
+                        "adamw": functools.partial(fo.AdamW, learning_rate=lr * ratio,
+                                                   weight_decay=adam_weight_decay / ratio)},
+            routes={".*bias": "adamw", ".*embedding.*": "adamw", "output_dense.*": "adamw"},
+            default="muon")
+
+    reproduces Keras's Muon (``tests/test_muon.py`` checks it live).  The
+    iteration needs whole matrices: ``ShardedOptimizer`` shards Muon by whole
+    tensors (each matrix on one rank).
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> W = np.ones((2, 3))
+    >>> opt = fo.Muon([W], learning_rate=0.1, weight_decay=0.0, convention="torch")
+    >>> opt.step([np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])])
+    >>> np.round(W, 3)
+    array([[0.889, 1.   , 1.   ],
+           [1.   , 0.889, 1.   ]])
+    """
+
+    kernel = "muon"
+    hyper = {
+        "learning_rate": HP(1e-3, check=NONNEG),
+        "momentum": HP(0.95, check=NONNEG),
+        "nesterov": HP(True, kind=bool),
+        "muon_a": HP(3.4445, kernel=False, schedulable=False),
+        "muon_b": HP(-4.7750, kernel=False, schedulable=False),
+        "muon_c": HP(2.0315, kernel=False, schedulable=False),
+        "ns_steps": HP(5, check=NONNEG, kernel=False, schedulable=False),
+        "epsilon": HP(torch=1e-7, check=NONNEG, kernel=False, schedulable=False),
+        "adjust_lr_fn": HP(torch=0.0, kernel=False, schedulable=False),
+        "rms_rate": HP(keras=0.2, kernel=False, schedulable=False, none_refused=True),
+        "weight_decay": HP(keras=0.004, torch=0.1, check=NONNEG, kernel=False),
+    }
+    tuple_aliases = {"ns_coefficients": (("muon_a", "muon_b", "muon_c"), "(a, b, c)")}
+    #: hyper-parameters given by name (held as floats): a string not named is a ValueError
+    named_values = {"adjust_lr_fn": _MUON_ADJUST}
+    variables = ("momentum_buffer",)
+    elementwise = False
+    decoupled_only = True
+
+    momentum: HyperValue
+    nesterov: bool
+    muon_a: HyperValue
+    muon_b: HyperValue
+    muon_c: HyperValue
+    ns_steps: HyperValue
+    epsilon: HyperValue
+    eps: HyperValue
+    adjust_lr_fn: HyperValue
+    rms_rate: HyperValue
+    ns_coefficients: Any
+
+    def __init__(self, params: Params, learning_rate: HyperValue | None = None,
+                 momentum: HyperValue | None = None, nesterov: bool | None = None,
+                 muon_a: float | None = None, muon_b: float | None = None,
+                 muon_c: float | None = None, ns_steps: float | None = None, *,
+                 ns_coefficients: Any = None, epsilon: float | None = None,
+                 adjust_lr_fn: str | None = None, rms_rate: Any = DEFAULT,
+                 convention: ConventionName = "keras",
+                 **kwargs: Unpack[OptionsWithDecay]) -> None:
+        super().__init__(params, convention=convention, learning_rate=learning_rate,
+                         momentum=momentum, nesterov=nesterov, muon_a=muon_a, muon_b=muon_b,
+                         muon_c=muon_c, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
+                         epsilon=epsilon, adjust_lr_fn=adjust_lr_fn, rms_rate=rms_rate,
+                         **kwargs)
+
+    def _canonical_items(self, items, where, caller):
+        # torch's adjust_lr_fn names and Keras's rms_rate=None, as the floats a group holds
+        def code(key, value):
+            if key == "adjust_lr_fn" and (value is None or isinstance(value, str)):
+                if value not in _MUON_ADJUST:
+                    raise ValueError(f"{where}adjust_lr_fn must be None, 'original' or "
+                                     f"'match_rms_adamw' (as torch.optim.Muon); got {value!r}")
+                return _MUON_ADJUST[value]
+            if key == "rms_rate" and value is None:
+                return -1.0
+            return value
+        return super()._canonical_items([(k, code(k, v)) for k, v in items], where, caller)
+
+    def check(self, hp, where):
+        n = hp.get("ns_steps")
+        if n is not None and (n != int(n) or not 0 <= n < 100):
+            raise ValueError(f"{where}ns_steps must be a whole number in [0, 100) (torch "
+                             f"refuses 100 or more); got {n!r}")
+        adjust = hp.get("adjust_lr_fn")
+        if adjust is not None and adjust not in (0.0, 1.0):
+            raise ValueError(f"{where}adjust_lr_fn must be None, 'original' (0.0) or "
+                             f"'match_rms_adamw' (1.0); got {adjust!r}")
+        rms = hp.get("rms_rate")
+        if rms is not None and rms < 0 and rms != -1.0:
+            raise ValueError(f"{where}rms_rate must be >= 0, or None (kept as -1.0) for no "
+                             f"adjustment; got {rms!r}")
+
+    def check_param(self, p, i):
+        if p.ndim != 2:
+            raise ValueError(
+                f"params[{i}]: Muon takes 2-D params (matrices); got shape {p.shape}. "
+                f"Optimize biases, embeddings and other params with AdamW (Keras's Muon "
+                f"sends them to its AdamW step: AdamW with learning_rate=lr*adam_lr_ratio, "
+                f"weight_decay=adam_weight_decay/adam_lr_ratio), routing them by name with "
+                f"fastopt.MultiOptimizer (see help(fastopt.Muon))")
+
+    def scratch_layout(self, group, p):
+        return [("update", p.shape)]
+
+    def host_stage(self, stepped, sums):
+        """The Newton-Schulz iteration on each stepped param's scratch array
+        (the momentum pass left ``u`` there and ``||u||^2`` in ``sums[i, 0]``);
+        leaves the orthogonalised ``X`` there and the step's ratio in
+        ``sums[i, 1]``."""
+        owner = [g for g in self.param_groups for _ in g["params"]]
+        torch = self.convention == "torch"
+        for i in stepped:
+            group, x = owner[i], self._scratch[i][0]
+            rows, cols = x.shape
+            if torch:
+                adjust = group["adjust_lr_fn"]
+                ratio = (0.2 * math.sqrt(max(rows, cols)) if adjust == 1.0
+                         else math.sqrt(max(1.0, rows / cols)) if cols else 1.0)
+            else:
+                rms = group["rms_rate"]
+                ratio = 1.0 if rms == -1.0 else math.sqrt(max(rows, cols)) * rms
+            sums[i, 1] = ratio
+            if x.size == 0:
+                continue
+            norm = math.sqrt(sums[i, 0])
+            denom = max(norm, group["epsilon"]) if torch else norm + 1e-7
+            a, b, c = group["muon_a"], group["muon_b"], group["muon_c"]
+            tall = rows > cols
+            # a non-finite grad gives NaNs, as in both libraries, without a warning
+            with np.errstate(all="ignore"):
+                X = (x.T if tall else x) / x.dtype.type(denom)
+                for _ in range(int(group["ns_steps"])):
+                    G = X @ X.T
+                    # torch: addmm(G, G, G, beta=b, alpha=c); Keras: b*G + (c*G) @ G
+                    G = b * G + (c * (G @ G) if torch else (c * G) @ G)
+                    X = a * X + G @ X
+            x[...] = X.T if tall else X

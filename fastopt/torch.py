@@ -138,7 +138,7 @@ class _Spec:
         self.signature = inspect.signature(cls.__init__)
         args = tuple(k for k in self.signature.parameters if k not in ("self", "params"))
         # defaults torch sets beyond its arguments (AdamW: decoupled_weight_decay=True)
-        probe = cls([torch.zeros(1, requires_grad=True)]).defaults
+        probe = cls([torch.zeros(1, 1, requires_grad=True)]).defaults     # Muon: a matrix
         self.extra = {k: v for k, v in probe.items() if k not in args}
         self.keys = args + tuple(self.extra)
 
@@ -169,7 +169,10 @@ class _Spec:
                                     f"got {value!r}")
                 hp.update(zip(name, map(_scalar, parts)))
             else:
-                hp[name] = _scalar(value)
+                named = self.fastopt_cls.named_values.get(name, {})
+                # a name (Muon's adjust_lr_fn) as the value fastopt holds for it
+                hp[name] = named[value] if isinstance(value, (str, type(None))) and \
+                    value in named else _scalar(value)
         return hp, opts
 
 
@@ -574,6 +577,8 @@ _TABLE = [
     _Spec("Adafactor", _fo.Adafactor, {"row": "row_var", "col": "col_var", "v": "variance"},
           renames={"eps": "eps"},
           shapes={"row": lambda s: s[:-1] + (1,), "col": lambda s: s[:-2] + (1,) + s[-1:]}),
+    _Spec("Muon", _fo.Muon, {"momentum_buffer": "momentum_buffer"}, step=False,
+          renames={"ns_coefficients": ("muon_a", "muon_b", "muon_c")}),
 ]
 
 for _spec in _TABLE:

@@ -85,6 +85,16 @@ ANCHOR_DEFAULTS = {
                              "weight_decay": 0.0},
     ("keras", "ScheduleFreeAdamW"): {"learning_rate": 0.0025, "beta_1": 0.9, "beta_2": 0.999,
                                      "epsilon": 1e-8, "warmup_steps": 0, "weight_decay": 0.0},
+    # Muon: fastopt takes its 2-D route only, so Keras's AdamW-route arguments
+    # (adam_beta_1, adam_beta_2, adam_weight_decay, adam_lr_ratio, epsilon,
+    # exclude_layers, exclude_embeddings) have no fastopt keyword
+    ("keras", "Muon"): {"learning_rate": 0.001, "weight_decay": 0.004, "momentum": 0.95,
+                        "nesterov": True, "muon_a": 3.4445, "muon_b": -4.7750,
+                        "muon_c": 2.0315, "ns_steps": 5, "rms_rate": 0.2},
+    ("torch", "Muon"): {"learning_rate": 0.001, "weight_decay": 0.1, "momentum": 0.95,
+                        "nesterov": True, "muon_a": 3.4445, "muon_b": -4.7750,
+                        "muon_c": 2.0315, "epsilon": 1e-7, "ns_steps": 5,
+                        "adjust_lr_fn": None},
     # ---- schedulefree 1.4 (AdamWScheduleFree, SGDScheduleFree) -----------------------
     ("torch", "ScheduleFreeAdamW"): {"learning_rate": 0.0025, "beta_1": 0.9, "beta_2": 0.999,
                                      "epsilon": 1e-8, "weight_decay": 0.0, "warmup_steps": 0,
@@ -94,7 +104,7 @@ ANCHOR_DEFAULTS = {
 }
 
 #: An anchor's ``None`` default and the number fastopt keeps for it.
-NONE_AS = {("torch", "Adafactor", "epsilon_1"): -1.0}
+NONE_AS = {("torch", "Adafactor", "epsilon_1"): -1.0, ("torch", "Muon", "adjust_lr_fn"): 0.0}
 
 #: Hyper-parameters fastopt has in a convention whose library lacks them: each
 #: with the value that reproduces the library and why.
@@ -115,7 +125,9 @@ TORCH_NAMES = {"learning_rate": "lr", "epsilon": "eps", "beta_1": ("betas", 0),
 #: per class, where torch renames differently
 TORCH_CLASS_NAMES = {"RMSprop": {"rho": "alpha"},
                      "Adafactor": {"beta_2_decay": "beta2_decay", "clip_threshold": "d",
-                                   "epsilon_1": ("eps", 0), "epsilon_2": ("eps", 1)}}
+                                   "epsilon_1": ("eps", 0), "epsilon_2": ("eps", 1)},
+                     "Muon": {"muon_a": ("ns_coefficients", 0), "muon_b": ("ns_coefficients", 1),
+                              "muon_c": ("ns_coefficients", 2)}}
 
 
 def to_torch_kwargs(name, kwargs):

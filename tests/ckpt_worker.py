@@ -16,6 +16,7 @@ import numpy as np
 import fastopt as fo
 from fastopt import schedules
 from fastopt.optimizers import REGISTRY
+import optim_db
 from robust_util import accepts, conventions, stateful_kwargs
 
 SHAPES = [(5, 3), (7,), (2, 2, 2)]
@@ -43,8 +44,8 @@ def build(name, conv, variant):
     cls = REGISTRY[name]
     hyper = cls.defaults(conv)
     rng = np.random.default_rng(2024)
-    params = [rng.standard_normal(s).astype(np.float32 if k % 2 else np.float64)
-              for k, s in enumerate(SHAPES)]
+    params = [rng.standard_normal(optim_db.param_shape(name, s)).astype(
+        np.float32 if k % 2 else np.float64) for k, s in enumerate(SHAPES)]
     kw = stateful_kwargs(cls, conv)
     plateau = None
     base_lr = 0.01

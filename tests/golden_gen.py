@@ -41,15 +41,21 @@ def keras_row(entry, kwargs):
     if entry.keras_float64_reductions:      # Keras's formulas in float64 (optim_db)
         dtypes.BIT64_TO_BIT32_DTYPE.clear()
     try:
-        var = keras.Variable(np.array(optim_db.GOLDEN_W0), dtype="float64")
+        var = keras.Variable(_golden(entry, optim_db.GOLDEN_W0), dtype="float64")
         opt = getattr(keras.optimizers, entry.keras_name)(**kwargs)
         for g in optim_db.GOLDEN_GRADS:
-            opt.apply_gradients([(keras.ops.convert_to_tensor(np.array(g), dtype="float64"),
-                                  var)])
-        return [float(x) for x in keras.ops.convert_to_numpy(var)]
+            opt.apply_gradients([(keras.ops.convert_to_tensor(_golden(entry, g),
+                                                              dtype="float64"), var)])
+        return [float(x) for x in keras.ops.convert_to_numpy(var).ravel()]
     finally:
         dtypes.BIT64_TO_BIT32_DTYPE.update(demotion)
         keras.config.set_floatx(saved)
+
+
+def _golden(entry, values):
+    """A golden array in the shape the optimizer takes (optim_db.param_shape)."""
+    values = np.array(values, dtype=np.float64)
+    return values.reshape(optim_db.param_shape(entry.name, values.shape))
 
 
 def torch_row(entry, kwargs):
@@ -59,7 +65,8 @@ def torch_row(entry, kwargs):
     saved = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return _torch_steps(entry, kwargs)
+        with entry.torch_context():
+            return _torch_steps(entry, kwargs)
     finally:
         torch.set_default_dtype(saved)
 
@@ -68,7 +75,7 @@ def _torch_steps(entry, kwargs):
     import importlib
 
     import torch
-    p = torch.tensor(optim_db.GOLDEN_W0, dtype=torch.float64)
+    p = torch.tensor(_golden(entry, optim_db.GOLDEN_W0))
     import inspect
     module = importlib.import_module(entry.torch_module)      # torch.optim, or schedulefree
     cls = getattr(module, entry.torch_name)
@@ -77,12 +84,12 @@ def _torch_steps(entry, kwargs):
     if hasattr(opt, "train"):       # schedulefree's optimizers step only in train mode
         opt.train()
     for g in optim_db.GOLDEN_GRADS:
-        grad = torch.tensor(g, dtype=torch.float64)
+        grad = torch.tensor(_golden(entry, g))
         if entry.torch_sparse:      # every element named (SparseAdam takes sparse grads only)
             grad = torch.sparse_coo_tensor(torch.arange(len(grad))[None], grad, grad.shape)
         p.grad = grad
         opt.step()
-    return [float(x) for x in p.detach().numpy()]
+    return [float(x) for x in p.detach().numpy().ravel()]
 
 
 def check_versions():

@@ -27,6 +27,10 @@ the class does not say about itself:
 * ``torch_sparse``: the torch class takes sparse gradients only (SparseAdam): the
   live comparisons hand it each gradient as a sparse tensor naming every element.
 * ``decoupled_always``: weight decay is decoupled in every convention (AdamW).
+* ``shape``: the shape a param of the suites' shape takes for this optimizer
+  (:func:`param_shape`): the same, unless the optimizer takes some shapes only
+  (Muon: matrices of as many elements); ``torch_context``: what a run of the
+  torch anchor happens inside (Muon: :func:`torch_muon_float64`).
 * ``frozen``: what else a learning rate of 0 needs to leave the weights as
   they are (Rprop: its step sizes also have a floor, ``step_size_min``).
 * ``shared_clock``: one step count for the optimizer in every convention
@@ -39,6 +43,7 @@ the class does not say about itself:
 A new optimizer needs one entry here and its rule functions in
 ``tests/reference.py``; ``tests/test_optim_db.py`` fails until both exist.
 """
+import contextlib
 import json
 from pathlib import Path
 
@@ -71,8 +76,13 @@ class OptimizerInfo:
                  stateful=None, torch_name=None, keras_name=None, torch_cases=(),
                  torch_renames=None, decoupled_always=False, frozen=None, shared_clock=False,
                  per_update=None, coupled_decay_in_rule=(), torch_module="torch.optim",
-                 torch_sparse=False, keras_float64_reductions=False):
+                 torch_sparse=False, keras_float64_reductions=False, shape=None,
+                 torch_context=None):
         self.name = name
+        self.shape = shape or tuple
+        # what a run of the torch anchor happens inside (Muon: its Newton-Schulz
+        # iteration in float64, not bfloat16)
+        self.torch_context = torch_context or contextlib.nullcontext
         self.rules = dict(rules)
         self.initial_state = initial_state
         self.cases = list(cases)
@@ -174,6 +184,49 @@ def _adafactor_state(hp, w):
     if w.ndim >= 2:     # factored over the last two axes
         return {"row": np.zeros(w.shape[:-1]), "col": np.zeros(w.shape[:-2] + w.shape[-1:])}
     return {"v": np.zeros_like(w)}
+
+
+def _muon_state(hp, w):
+    return {"m": np.zeros_like(w)}
+
+
+def _matrix(shape):
+    """A matrix of about as many elements as ``shape`` (tall for most sizes,
+    so the Newton-Schulz iteration's transpose is exercised; wide ones come
+    from the entry's own cases)."""
+    shape = tuple(shape)
+    if len(shape) == 2:
+        return shape
+    n = int(np.prod(shape))
+    if len(shape) > 2 or n == 0:
+        return (int(np.prod(shape[:-1])), shape[-1]) if len(shape) > 2 else (0, 3)
+    for cols in (4, 3, 2):
+        if n % cols == 0 and n > cols:
+            return (n // cols, cols)
+    return (n, 1)
+
+
+@contextlib.contextmanager
+def torch_muon_float64():
+    """torch.optim.Muon with its Newton-Schulz iteration in float64: torch's
+    own function with its one cast (``grad.bfloat16()``, always a copy) made a
+    float64 copy (``grad.double()`` would return a float64 momentum buffer
+    itself, which the in-place ``div_`` would then scale).  fastopt runs the
+    iteration in the param's dtype; this is the float64 result torch's
+    formulas give."""
+    import inspect
+
+    import torch.optim._muon as muon
+    saved = muon._zeropower_via_newtonschulz
+    source = inspect.getsource(saved)
+    assert source.count("grad.bfloat16()") == 1, "torch's Newton-Schulz changed: read it again"
+    scope = dict(vars(muon))
+    exec(source.replace("grad.bfloat16()", "grad.to(torch.float64, copy=True)"), scope)
+    muon._zeropower_via_newtonschulz = scope["_zeropower_via_newtonschulz"]
+    try:
+        yield
+    finally:
+        muon._zeropower_via_newtonschulz = saved
 
 
 # ---- the table --------------------------------------------------------------------------
@@ -592,6 +645,39 @@ optim_db = [
              "maximize": True},
         ],
     ),
+    OptimizerInfo(
+        "Muon",
+        rules={"keras": ref.muon_keras, "torch": ref.muon_torch},
+        initial_state=_muon_state,
+        decoupled_always=True,
+        shape=_matrix,
+        cases=[
+            ({}, BOTH),
+            ({"nesterov": False, "weight_decay": 0.05, "clipvalue": 0.3}, BOTH),
+            ({"momentum": 0.5, "ns_steps": 3, "muon_a": 2.0, "muon_b": -1.5, "muon_c": 0.5,
+              "rms_rate": None}, KERAS),
+            ({"ns_coefficients": (2.0, -1.5, 0.5), "adjust_lr_fn": "match_rms_adamw",
+              "epsilon": 1e-3, "maximize": True}, TORCH),
+        ],
+        # tests/golden_gen.py on GOLDEN_W0 as a 3 x 1 matrix (param_shape); torch's
+        # Newton-Schulz in float64 (torch_muon_float64), Keras with float64 kept
+        golden=[
+            ({"learning_rate": 0.01},
+             [0.9974496174, -2.0006479931, 0.4946363832],
+             [0.9848571711, -1.9984516438, 0.4720114526]),
+            ({"learning_rate": 0.01, "nesterov": False, "weight_decay": 0.0},
+             [0.9981230735, -2.0003928812, 0.4938147170],
+             [0.9906153702, -2.0019644063, 0.4690735941]),
+        ],
+        torch_name="Muon", keras_name="Muon", keras_float64_reductions=True,
+        torch_context=torch_muon_float64,
+        torch_renames={"epsilon": "eps"},
+        torch_cases=[
+            {},
+            {"nesterov": False, "weight_decay": 0.05, "momentum": 0.5,
+             "ns_coefficients": (2.0, -1.5, 0.5), "adjust_lr_fn": "match_rms_adamw"},
+        ],
+    ),
 ]
 
 # Cross-option cases: the optimizer-wide options (clipping, EMA, accumulation,
@@ -623,6 +709,14 @@ def info(name):
             f"(reference functions in tests/reference.py, one per convention), initial_state, "
             f"cases, golden rows (or golden_missing), stateful kwargs and anchor names"
         ) from None
+
+
+def param_shape(name, shape):
+    """The shape a suite's param of ``shape`` takes for optimizer ``name``
+    (its entry's ``shape``; the same for most)."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    entry = _BY_NAME.get(name)
+    return tuple(entry.shape(shape)) if entry else shape
 
 
 def name_conventions():

@@ -336,6 +336,42 @@ def adafactor_torch(w, g, st, hp, t):
     return w - alpha * u / max(1.0, _rms(u) / hp["clip_threshold"])
 
 
+def _newton_schulz(u, hp, denom):
+    """Muon's quintic iteration on ``u / denom``, over its transpose when it
+    has more rows than columns."""
+    a, b, c = hp["muon_a"], hp["muon_b"], hp["muon_c"]
+    tall = u.shape[0] > u.shape[1]
+    x = (u.T if tall else u) / denom
+    for _ in range(int(hp["ns_steps"])):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+def muon_keras(w, g, st, hp, t):
+    mu = hp["momentum"]
+    st["m"] = mu * st["m"] + g
+    u = g + mu * st["m"] if hp["nesterov"] else st["m"]
+    if w.size == 0:
+        return w
+    o = _newton_schulz(u, hp, np.linalg.norm(u) + 1e-7)
+    ratio = 1.0 if hp["rms_rate"] == -1.0 else math.sqrt(max(w.shape)) * hp["rms_rate"]
+    return w - hp["learning_rate"] * ratio * o
+
+
+def muon_torch(w, g, st, hp, t):
+    mu = hp["momentum"]
+    st["m"] = st["m"] + (1 - mu) * (g - st["m"])
+    u = g + mu * (st["m"] - g) if hp["nesterov"] else st["m"]
+    if w.size == 0:
+        return w
+    o = _newton_schulz(u, hp, max(np.linalg.norm(u), hp["epsilon"]))
+    rows, cols = w.shape
+    ratio = (0.2 * math.sqrt(max(rows, cols)) if hp["adjust_lr_fn"] == 1.0
+             else math.sqrt(max(1.0, rows / cols)))
+    return w - hp["learning_rate"] * ratio * o
+
+
 # ---- the driver --------------------------------------------------------------
 
 class Rows:

@@ -50,7 +50,8 @@ def stateful_kwargs(cls, convention):
 def accepts(cls, convention, **options):
     """True when ``cls`` can be built with ``options`` (features another version may lack)."""
     try:
-        cls([np.zeros(2)], convention=convention, **options)
+        cls([np.zeros(optim_db.param_shape(cls.__name__, 2))], convention=convention,
+            **options)
     except TypeError:
         return False
     return True

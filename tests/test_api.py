@@ -165,12 +165,12 @@ def test_keras_global_step_vs_torch_per_param_step():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_config_round_trip(name):
     cls = REGISTRY[name]
-    w = np.zeros(3)
+    w = np.zeros(optim_db.param_shape(name, 3))
     convention = "torch" if "torch" in optim_db.info(name).conventions else "keras"
     opt = cls([w], learning_rate=0.02, convention=convention, weight_decay=0.1, maximize=True)
     cfg = opt.get_config()
     json.dumps(cfg)
-    clone = cls.from_config(cfg, [np.zeros(3)])
+    clone = cls.from_config(cfg, [np.zeros_like(w)])
     assert clone.get_config() == cfg
 
 
@@ -194,7 +194,7 @@ def _run(opt, params, grads):
 @pytest.mark.parametrize(("name", "convention"), optim_db.name_conventions())
 def test_state_dict_resume_is_bit_identical(name, convention, tmp_path):
     rng = np.random.default_rng(3)
-    shapes = [(4, 3), (7,)]
+    shapes = [optim_db.param_shape(name, s) for s in [(4, 3), (7,)]]
     grads = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
     grads[2][1] = None
     cls = REGISTRY[name]

@@ -26,11 +26,19 @@ from robust_util import (NAMES, TALLY, accepts, assert_same_optimizer, assert_un
 SHAPES = [(3, 4), (5,), (2, 3)]
 
 
-def make_params():
+def make_params(name=None):
+    """Two float32 views of one buffer and a float64 param of 5 elements (1-D,
+    or the shape optimizer ``name`` takes: optim_db.param_shape)."""
     buf32 = np.arange(40, dtype=np.float32) / 40 - 0.5
-    buf64 = np.linspace(-1.0, 1.0, 5)
+    buf64 = np.linspace(-1.0, 1.0, 5).reshape(optim_db.param_shape(name, 5))
     params = [buf32[0:12].reshape(3, 4), buf64, buf32[16:22].reshape(2, 3)]
     return params, buf32
+
+
+def _shape(name, n):
+    """A param of ``n`` elements in the shape optimizer ``name`` takes (1-D for
+    most; optim_db.param_shape)."""
+    return optim_db.param_shape(name, n)
 
 
 def good_grads(rng, params):
@@ -155,7 +163,7 @@ def _check_message(exc, patterns, what):
 
 
 def _battery_opt(name, rng):
-    params, buf = make_params()
+    params, buf = make_params(name)
     opt = build(name, params)
     twin_params = [p.copy() for p in params]
     twin = build(name, twin_params)
@@ -353,35 +361,39 @@ def _ro(a):
     return a
 
 
-def param_cases():
+def param_cases(name=None):
+    """Each case's good params are in the shape optimizer ``name`` takes."""
+    def ones(n, dtype=np.float64):
+        return np.ones(_shape(name, n), dtype)
     base = np.ones((3, 4))
-    buf = np.zeros(20)
-    same = np.ones(4)
+    buf = np.zeros(20).reshape(_shape(name, 20))
+    same = ones(4)
     return [
         ("list", [[1.0, 2.0]], TypeError, [r"params\[0\]", "ndarray", "got"]),
-        ("python-float", [np.ones(2), 1.5], TypeError, [r"params\[1\]", "ndarray"]),
-        ("float16", [np.ones(3, np.float16)], TypeError, [r"params\[0\]", "float16", "astype"]),
-        ("int", [np.ones(3, np.int64)], TypeError, [r"params\[0\]", "astype"]),
-        ("complex", [np.ones(3, np.complex128)], TypeError, [r"params\[0\]", "astype"]),
-        ("object", [np.ones(3, object)], TypeError, [r"params\[0\]", "astype"]),
-        ("bool", [np.ones(3, bool)], TypeError, [r"params\[0\]", "astype"]),
-        ("byte-swapped", [np.ones(2), np.ones(3, ">f8" if np.little_endian else "<f8")],
+        ("python-float", [ones(2), 1.5], TypeError, [r"params\[1\]", "ndarray"]),
+        ("float16", [ones(3, np.float16)], TypeError, [r"params\[0\]", "float16", "astype"]),
+        ("int", [ones(3, np.int64)], TypeError, [r"params\[0\]", "astype"]),
+        ("complex", [ones(3, np.complex128)], TypeError, [r"params\[0\]", "astype"]),
+        ("object", [ones(3, object)], TypeError, [r"params\[0\]", "astype"]),
+        ("bool", [ones(3, bool)], TypeError, [r"params\[0\]", "astype"]),
+        ("byte-swapped", [ones(2), ones(3, ">f8" if np.little_endian else "<f8")],
          TypeError, [r"params\[1\]", "byte order", "astype"]),
         ("sliced", [np.ones(10)[::2]], ValueError, [r"params\[0\]", "C-contiguous",
                                                     "ascontiguousarray"]),
         ("transposed", [base.T], ValueError, [r"params\[0\]", "ascontiguousarray"]),
         ("fortran", [np.asfortranarray(base)], ValueError, [r"params\[0\]",
                                                             "ascontiguousarray"]),
-        ("read-only", [np.ones(2), _ro(np.ones(3))], ValueError,
+        ("read-only", [ones(2), _ro(ones(3))], ValueError,
          [r"params\[1\]", "read-only", "writeable"]),
         ("misaligned", [_misaligned((4,), np.float64)], ValueError,
          [r"params\[0\]", "aligned", "copy"]),
-        ("same-twice", [same, np.ones(2), same], ValueError,
+        ("same-twice", [same, ones(2), same], ValueError,
          [r"params\[0\] and params\[2\]", "pass each parameter once"]),
-        ("overlapping", [buf[0:10], buf[5:15]], ValueError,
+        ("overlapping", [buf[0:10], buf[5:15]] if buf.ndim == 1 else [buf[0:3], buf[2:5]],
+         ValueError,
          [r"params\[0\] and params\[1\]", "pass each parameter once"]),
         ("single-ndarray", np.ones(3), TypeError, [r"single ndarray", r"\[w\]"]),
-        ("mixed-groups", [np.ones(2), {"params": [np.ones(2)]}], TypeError, ["not a mix"]),
+        ("mixed-groups", [ones(2), {"params": [ones(2)]}], TypeError, ["not a mix"]),
     ]
 
 
@@ -389,7 +401,7 @@ def param_cases():
 def test_bad_params_refused(name):
     cls = REGISTRY[name]
     for conv in conventions(cls):
-        for case_id, params, exc_type, patterns in param_cases():
+        for case_id, params, exc_type, patterns in param_cases(name):
             arrays = [p for p in (params if isinstance(params, list) else [params])
                       if isinstance(p, np.ndarray)]
             before = [(a.dtype.str, a.shape, a.tobytes()) for a in arrays]
@@ -406,18 +418,21 @@ def test_zero_d_and_empty_params_are_allowed(name):
     """0-d params update like 1-element ones; empty params are a no-op that still counts."""
     rng = np.random.default_rng(15)
     for dtype in (np.float32, np.float64):
-        scalar, empty, empty2d = np.array(0.5, dtype), np.zeros(0, dtype), np.zeros((0, 3), dtype)
-        flat = np.array([0.5], dtype)
+        # Muon takes matrices: its 0-d and empty params are (1, 1) and (0, 3)
+        s0, s1, e1 = _shape(name, ()), _shape(name, 1), _shape(name, 0)
+        scalar, empty = np.full(s0, 0.5, dtype), np.zeros(e1, dtype)
+        empty2d = np.zeros((0, 3), dtype)
+        flat = np.full(s1, 0.5, dtype)
         opt = build(name, [scalar, empty, empty2d])
         ref = build(name, [flat])
         for _ in range(3):
             g = np.array(rng.standard_normal(), dtype)
-            opt.step([g, np.zeros(0, dtype), np.zeros((0, 3), dtype)])
-            ref.step([g.reshape(1)])
-        assert scalar.shape == () and scalar.tobytes() == flat.tobytes(), name
+            opt.step([g.reshape(s0), np.zeros(e1, dtype), np.zeros((0, 3), dtype)])
+            ref.step([g.reshape(s1)])
+        assert scalar.shape == s0 and scalar.tobytes() == flat.tobytes(), name
         assert opt.iterations == 3
-        only_empty = build(name, [np.zeros(0, dtype)])
-        only_empty.step([np.zeros(0, dtype)])
+        only_empty = build(name, [np.zeros(e1, dtype)])
+        only_empty.step([np.zeros(e1, dtype)])
         assert only_empty.iterations == 1
         nothing = build(name, [{"params": []}])     # an empty group, as torch allows
         nothing.step([])
@@ -437,21 +452,27 @@ def test_non_finite_and_mistyped_hyperparameters_refused(name):
     for conv in conventions(cls):
         for key in float_hyper(cls, conv):
             for bad in BAD_FLOATS:
-                w = np.ones(3)
+                w = np.ones(_shape(name, 3))
                 with pytest.raises(ValueError) as exc:
                     build(name, [w], convention=conv, **{key: bad})
                 _check_message(exc, [key, "must be finite", "got"], f"{name} {key}={bad}")
                 assert (w == 1.0).all()
                 # the same value in a param group names the group
                 with pytest.raises(ValueError) as exc:
-                    build(name, [{"params": [np.ones(2)]}, {"params": [np.ones(2)], key: bad}],
+                    build(name, [{"params": [np.ones(_shape(name, 2))]},
+                                 {"params": [np.ones(_shape(name, 2))], key: bad}],
                           convention=conv)
                 _check_message(exc, [r"param group 1", key], f"{name} group {key}={bad}")
                 TALLY["inputs_tried"] += 2
                 TALLY["failures_survived"] += 2
             for bad in BAD_TYPES:
+                if isinstance(bad, str) and key in cls.named_values:
+                    with pytest.raises(ValueError) as exc:      # a name it does not have
+                        build(name, [np.ones(_shape(name, 3))], convention=conv, **{key: bad})
+                    _check_message(exc, [key, repr(bad)], f"{name} {key}={bad!r}")
+                    continue
                 with pytest.raises(TypeError) as exc:
-                    build(name, [np.ones(3)], convention=conv, **{key: bad})
+                    build(name, [np.ones(_shape(name, 3))], convention=conv, **{key: bad})
                 _check_message(exc, [key, "float or a schedule"], f"{name} {key}={bad!r}")
                 TALLY["inputs_tried"] += 1
                 TALLY["failures_survived"] += 1
@@ -463,7 +484,7 @@ def test_negative_and_zero_learning_rates(name):
     for conv in conventions(cls):
         for bad in (-1e-3, -1.0, -1e-300):
             with pytest.raises(ValueError) as exc:
-                build(name, [np.ones(3)], convention=conv, learning_rate=bad)
+                build(name, [np.ones(_shape(name, 3))], convention=conv, learning_rate=bad)
             _check_message(exc, ["learning_rate", "must be", "got"], f"{name} lr={bad}")
             TALLY["inputs_tried"] += 1
             TALLY["failures_survived"] += 1
@@ -504,7 +525,7 @@ def _out_of_range(name, conv, key, bad):
     """True when ``key=bad`` is refused by the constructor (a value legal for the
     key is not a bad input)."""
     try:
-        build(name, [np.ones(1)], convention=conv, **{key: bad})
+        build(name, [np.ones(_shape(name, 1))], convention=conv, **{key: bad})
     except (ValueError, TypeError):
         return True
     return False
@@ -536,7 +557,7 @@ def test_group_edits_refused_at_the_assignment(name):
     cases = [("no_such_key", 1.0, TypeError, ["param group 0", "unknown hyper-parameter",
                                                "'no_such_key'", "valid keys", "learning_rate"]),
              ("learning_rte", 0.1, TypeError, ["learning_rte", "valid keys"]),
-             ("params", [np.zeros(3)], ValueError, ["'params' cannot change",
+             ("params", [np.zeros(_shape(name, 3))], ValueError, ["'params' cannot change",
                                                     "add_param_group"])]
     for key in float_hyper(cls, conv):
         cases.append((key, float("nan"), ValueError, ["param group 0", key, "finite"]))
@@ -607,10 +628,11 @@ def test_two_spellings_of_one_hyperparameter_refused(name):
         for alias, key in _aliases(cls, conv):
             value = cls.defaults(conv)[key]
             with pytest.raises(TypeError) as exc:
-                build(name, [np.ones(2)], convention=conv, **{key: value, alias: value})
+                build(name, [np.ones(_shape(name, 2))], convention=conv,
+                      **{key: value, alias: value})
             _check_message(exc, ["not both", alias, key], f"{name}/{conv} {key}+{alias}")
             with pytest.raises(TypeError) as exc:
-                build(name, [{"params": [np.ones(2)], key: value, alias: value}],
+                build(name, [{"params": [np.ones(_shape(name, 2))], key: value, alias: value}],
                       convention=conv)
             _check_message(exc, ["param group 0", "not both"], f"{name}/{conv} group {alias}")
             TALLY["inputs_tried"] += 2
@@ -620,11 +642,12 @@ def test_two_spellings_of_one_hyperparameter_refused(name):
                 continue
             value = tuple(cls.defaults(conv)[n] for n in names)
             with pytest.raises(TypeError) as exc:
-                build(name, [np.ones(2)], convention=conv, **{alias: value, names[0]: value[0]})
+                build(name, [np.ones(_shape(name, 2))], convention=conv,
+                      **{alias: value, names[0]: value[0]})
             _check_message(exc, ["not both", alias], f"{name}/{conv} {alias}+{names[0]}")
             for bad in ((value[0],), value + value[:1], 0.5):
                 with pytest.raises(ValueError) as exc:
-                    build(name, [np.ones(2)], convention=conv, **{alias: bad})
+                    build(name, [np.ones(_shape(name, 2))], convention=conv, **{alias: bad})
                 _check_message(exc, [alias, "tuple", "got"], f"{name}/{conv} {alias}={bad!r}")
             TALLY["inputs_tried"] += 4
             TALLY["failures_survived"] += 4
@@ -648,7 +671,7 @@ def test_schedule_returning_a_non_number_refuses_the_step(name):
     conv = default_convention(cls)
     rng = np.random.default_rng(20)
     for bad in ("0.1", b"0.1", None, [0.1], True):
-        params = [rng.standard_normal(4)]
+        params = [rng.standard_normal(_shape(name, 4))]
         opt = build(name, params, convention=conv,
                     learning_rate=lambda step, bad=bad: 0.01 if step < 1 else bad)
         opt.step(rng_grads(rng, params))
@@ -669,7 +692,7 @@ def test_all_none_grads_follow_the_convention(name):
     cls = REGISTRY[name]
     rng = np.random.default_rng(21)
     for conv in conventions(cls):
-        params = [rng.standard_normal(4), rng.standard_normal(3)]
+        params = [rng.standard_normal(_shape(name, 4)), rng.standard_normal(_shape(name, 3))]
         opt = build(name, params, convention=conv)
         opt.step(rng_grads(rng, params))
         before = snapshot(opt, [])
@@ -774,13 +797,14 @@ def test_schedule_yielding_bad_values_refuses_the_step(name):
         for bad in (float("nan"), -5.0, 5.0):
             def sched(step, bad=bad, good=good):
                 return bad if step == 2 else good
-            params = [rng.standard_normal(4), rng.standard_normal((2, 2)).astype(np.float32)]
+            params = [rng.standard_normal(_shape(name, 4)),
+                      rng.standard_normal((2, 2)).astype(np.float32)]
             try:
                 opt = build(name, params, convention=conv, **{key: sched})
             except (ValueError, TypeError):
                 continue   # schedules not accepted for this key
             try:
-                probe = build(name, [np.ones(1)], convention=conv, **{key: bad})
+                probe = build(name, [np.ones(_shape(name, 1))], convention=conv, **{key: bad})
             except ValueError:
                 probe = None
             if probe is not None:
@@ -815,10 +839,10 @@ def test_bad_options_refused(name):
         kw = {key: bad, **extra}
         if key == "convention":
             with pytest.raises(exc_type) as exc:
-                cls([np.ones(2)], convention=bad)
+                cls([np.ones(_shape(name, 2))], convention=bad)
         else:
             with pytest.raises(exc_type) as exc:
-                build(name, [np.ones(2)], convention=conv, **kw)
+                build(name, [np.ones(_shape(name, 2))], convention=conv, **kw)
         _check_message(exc, [key if key != "no_such_option" else "no_such_option"],
                        f"{name} {key}={bad!r}")
         TALLY["inputs_tried"] += 1
@@ -846,7 +870,7 @@ def test_skip_nonfinite_skips_whole_step(name):
     if not accepts(cls, conv, skip_nonfinite=True):
         pytest.skip(f"{name} has no skip_nonfinite option in this version")
     rng = np.random.default_rng(19)
-    params, buf = make_params()
+    params, buf = make_params(name)
     opt = build(name, params, skip_nonfinite=True)
     opt.step(rng_grads(rng, params))
     for bad in (np.nan, np.inf, -np.inf):
@@ -929,7 +953,8 @@ def test_state_deciding_edits_are_refused_or_match_a_twin(name):
     rng = np.random.default_rng(32)
     for conv in conventions(cls):
         for key, value in _state_keys(cls, conv):
-            params = [rng.standard_normal(5), rng.standard_normal((2, 3)).astype(np.float32)]
+            params = [rng.standard_normal(_shape(name, 5)),
+                      rng.standard_normal((2, 3)).astype(np.float32)]
             opt = cls(params, convention=conv)
             kept = list(opt.state[0])
             before = snapshot(opt, [])
@@ -973,9 +998,11 @@ def test_options_set_after_construction_match_a_twin_built_with_them(name):
     cls = REGISTRY[name]
     conv = default_convention(cls)
     for key, value in OPTIONS_LATER + [("decoupled_weight_decay", not
-                                        cls([np.ones(1)], convention=conv).decoupled_weight_decay)]:
+                                        cls([np.ones(_shape(name, 1))],
+                                            convention=conv).decoupled_weight_decay)]:
         rng = np.random.default_rng(33)
-        params = [rng.standard_normal(6), rng.standard_normal(3).astype(np.float32)]
+        params = [rng.standard_normal(_shape(name, 6)),
+                  rng.standard_normal(_shape(name, 3)).astype(np.float32)]
         base = {"weight_decay": 0.01}
         try:
             twin = cls([p.copy() for p in params], convention=conv, **base, **{key: value})

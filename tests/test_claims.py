@@ -29,6 +29,11 @@ CONVENTIONS = optim_db.name_conventions()
 SHAPES = [(5, 3), (7,)]
 
 
+def _shapes(name):
+    """SHAPES in the shapes optimizer ``name`` takes (optim_db.param_shape)."""
+    return [optim_db.param_shape(name, s) for s in SHAPES]
+
+
 def _conv_cases(entry, conv):
     return [kw for kw, convs in entry.cases if conv in convs]
 
@@ -83,16 +88,17 @@ def _resume_run(name, conv, kwargs, grads, cut, tmp_path, fresh_arrays=()):
     steps the rest; returns the image of params and every array."""
     cls = REGISTRY[name]
     rng = np.random.default_rng(0)
-    w0 = [rng.standard_normal(s) for s in SHAPES]
+    w0 = [rng.standard_normal(s) for s in _shapes(name)]
     first = cls([w.copy() for w in w0], convention=conv, learning_rate=0.05, **kwargs)
     for g in grads[:cut]:
         first.step(g)
     path = tmp_path / "ck.npz"
     fo.save(path, first)
-    second = cls([np.zeros(s) for s in SHAPES], convention=conv, learning_rate=0.05, **kwargs)
+    second = cls([np.zeros(s) for s in _shapes(name)], convention=conv, learning_rate=0.05,
+                 **kwargs)
     if fresh_arrays:
         sd = fo.checkpoint.read(path)
-        fresh = cls([np.zeros(s) for s in SHAPES], convention=conv, learning_rate=0.05,
+        fresh = cls([np.zeros(s) for s in _shapes(name)], convention=conv, learning_rate=0.05,
                     **kwargs).state_dict()
         for where in fresh_arrays:
             if where[0] == "state":
@@ -118,7 +124,7 @@ def _image(opt):
 
 def _straight(name, conv, kwargs, grads):
     rng = np.random.default_rng(0)
-    w0 = [rng.standard_normal(s) for s in SHAPES]
+    w0 = [rng.standard_normal(s) for s in _shapes(name)]
     opt = REGISTRY[name](w0, convention=conv, learning_rate=0.05, **kwargs)
     for g in grads:
         opt.step(g)
@@ -126,7 +132,7 @@ def _straight(name, conv, kwargs, grads):
 
 
 def _every_array(name, conv, kwargs):
-    opt = REGISTRY[name]([np.zeros(s) for s in SHAPES], convention=conv, **kwargs)
+    opt = REGISTRY[name]([np.zeros(s) for s in _shapes(name)], convention=conv, **kwargs)
     sd = opt.state_dict()
     where = [("state", i, k) for i, s in enumerate(sd["state"]) for k in range(len(s))]
     for key in ("accumulators", "ema"):
@@ -140,7 +146,7 @@ def _every_array(name, conv, kwargs):
                               for n, c, kw in RESUME])
 def test_resume_restores_every_state_array(name, convention, kwargs, with_options, tmp_path):
     kwargs = dict(kwargs, **(OPTION_STATE if with_options else {}))
-    grads = _shrinking_grads(5, SHAPES)
+    grads = _shrinking_grads(5, _shapes(name))
     cut = 7                        # mid-accumulation with k=3 (7 % 3 == 1)
     straight = _straight(name, convention, kwargs, grads)
     assert _resume_run(name, convention, kwargs, grads, cut, tmp_path) == straight
@@ -217,7 +223,8 @@ def _refusals(opt, grads, shapes):
         opt.step(bad)
     out.append(("grad dtype", wrong_dtype, r"grads\[1\]"))
     out.append(("grad count", lambda: opt.step(grads[:1]), r"grads"))
-    out.append(("grad shape", lambda: opt.step([grads[0], np.zeros(shapes[1][0] + 1)]),
+    longer = (shapes[1][0] + 1,) + tuple(shapes[1][1:])
+    out.append(("grad shape", lambda: opt.step([grads[0], np.zeros(longer)]),
                 r"grads\[1\]"))
 
     def alias():
@@ -251,7 +258,7 @@ def _refusals(opt, grads, shapes):
     out.append(("apply_gradients unknown variable", pairs, r"pair 1 .*not built with"))
 
     def load_mismatch():
-        other = type(opt)([np.zeros(shapes[0]), np.zeros(shapes[1][0] + 2)],
+        other = type(opt)([np.zeros(shapes[0]), np.zeros((shapes[1][0] + 2,) + shapes[1][1:])],
                           convention=opt.convention)
         opt.load_state_dict(other.state_dict())
     out.append(("load_state_dict of other shapes", load_mismatch, r"shape"))
@@ -275,7 +282,7 @@ def _options_for(name, conv, options):
 def test_refused_calls_change_nothing_on_every_path(name, convention, which):
     options = OPTION_SETS[which]
     kw = _options_for(name, convention, options)
-    shapes = [(6,), (4,)]
+    shapes = [optim_db.param_shape(name, s) for s in [(6,), (4,)]]
     rng = np.random.default_rng(which)
     w0 = [rng.standard_normal(s) for s in shapes]
     sched = Poisonable()
@@ -289,7 +296,7 @@ def test_refused_calls_change_nothing_on_every_path(name, convention, which):
     for s in range(7):
         grads = [rng.standard_normal(sh) for sh in shapes]
         if s == 4 and options.get("skip_nonfinite"):
-            grads[0][2] = np.nan          # a skipped step is not a refused one
+            grads[0].flat[2] = np.nan     # a skipped step is not a refused one
         for label, call, pattern in _refusals(opt, grads, shapes):
             before = snapshot(opt)
             with pytest.raises((TypeError, ValueError), match=pattern) as err:
@@ -350,6 +357,8 @@ def _non_default_kwargs(cls, conv, w0, grads, first=()):
         d = spec.default(conv)
         if spec.kind is bool:
             candidates = [not d]
+        elif key in cls.named_values:       # the values its names stand for
+            candidates = [v for v in cls.named_values[key].values() if v != d]
         else:
             # relative moves first; then small absolute values, for a default far
             # from this short run's scale (ASGD's t0 = 1e6, Keras Adafactor's
@@ -376,8 +385,9 @@ def _non_default_kwargs(cls, conv, w0, grads, first=()):
 def test_config_round_trip_keeps_behaviour(name, convention):
     cls = REGISTRY[name]
     rng = np.random.default_rng(4)
-    w0 = [rng.standard_normal(5), rng.standard_normal(3)]
-    grads = [[rng.standard_normal(5), rng.standard_normal(3) * (1 + s % 4)] for s in range(40)]
+    s5, s3 = optim_db.param_shape(name, 5), optim_db.param_shape(name, 3)
+    w0 = [rng.standard_normal(s5), rng.standard_normal(s3)]
+    grads = [[rng.standard_normal(s5), rng.standard_normal(s3) * (1 + s % 4)] for s in range(40)]
     grads[5][0][1] = np.inf
     kw, excluded = _non_default_kwargs(cls, convention, w0, grads)
     missing = [k for k, spec in cls.hyper.items()

@@ -62,8 +62,9 @@ def test_defaults_drive_the_trajectory(name, convention):
         if (conv, n) == (convention, name):
             row[key] = value
     rng = np.random.default_rng(1)
-    w0 = [rng.standard_normal(9), rng.standard_normal(4)]
-    grads = [[rng.standard_normal(9) * (1 + s % 3), rng.standard_normal(4) * 0.1 ** s]
+    s9, s4 = optim_db.param_shape(name, 9), optim_db.param_shape(name, 4)
+    w0 = [rng.standard_normal(s9), rng.standard_normal(s4)]
+    grads = [[rng.standard_normal(s9) * (1 + s % 3), rng.standard_normal(s4) * 0.1 ** s]
              for s in range(12)]
     a = [w.copy() for w in w0]
     b = [w.copy() for w in w0]

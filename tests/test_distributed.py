@@ -412,8 +412,8 @@ def test_every_optimizer_and_option_sharded_equals_one_process(options_run):
     for r in range(world):
         assert results[r]["cases"] == expected
         assert results[r]["bad"] == [], "\n".join(results[r]["bad"])
-    # Adafactor sharded by whole tensors: each tensor on exactly one rank
-    for name in ("Adafactor",):
+    # Adafactor and Muon sharded by whole tensors: each tensor on exactly one rank
+    for name in ("Adafactor", "Muon"):
         pieces = [p for r in range(world) for p in results[r]["whole"][name]]
         assert sorted(p[0] for p in pieces) == list(range(5)), pieces
         assert all(p[1] == 0 for p in pieces), pieces

@@ -13,7 +13,7 @@ from fastopt.optimizers import REGISTRY
 
 from optim_db import GOLDEN_GRADS as GRADS
 from optim_db import GOLDEN_W0 as W0
-from optim_db import optim_db
+from optim_db import optim_db, param_shape
 
 # (class, kwargs, convention, result): each entry's golden rows (tests/optim_db.py);
 # other hyper-parameters are each library's defaults (tests/test_defaults.py pins
@@ -31,11 +31,17 @@ def _id(row):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_golden(row, dtype):
     name, kw, conv, expected = row
-    w = np.array(W0, dtype=dtype)
+    w = _golden(name, W0, dtype)
     opt = REGISTRY[name]([w], convention=conv, **kw)
     for g in GRADS:
-        opt.step([np.array(g, dtype=dtype)])
-    np.testing.assert_allclose(w, expected, rtol=TOLERANCE[np.dtype(dtype).name], atol=0)
+        opt.step([_golden(name, g, dtype)])
+    np.testing.assert_allclose(w.ravel(), expected, rtol=TOLERANCE[np.dtype(dtype).name],
+                               atol=0)
+
+
+def _golden(name, values, dtype):
+    """A golden array in the shape the optimizer takes (optim_db.param_shape)."""
+    return np.array(values, dtype=dtype).reshape(param_shape(name, (len(values),)))
 
 
 # float32: about two float32 ulps of the result (the largest error measured over
@@ -45,11 +51,11 @@ TOLERANCE = {"float64": 1e-9, "float32": 2e-7}
 
 
 def _float32_run(name, kw, conv):
-    w = np.array(W0, dtype=np.float32)
+    w = _golden(name, W0, np.float32)
     opt = REGISTRY[name]([w], convention=conv, **kw)
     for g in GRADS:
-        opt.step([np.array(g, dtype=np.float32)])
-    return w
+        opt.step([_golden(name, g, np.float32)])
+    return w.ravel()
 
 
 BOTH_COLUMNS = [(info.name, kw, keras, torch) for info in optim_db

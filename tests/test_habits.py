@@ -18,6 +18,7 @@ import fastopt as fo
 from fastopt import schedules
 from fastopt.optimizers import REGISTRY
 
+import optim_db
 from robust_util import (NAMES, assert_unchanged, build, conventions, default_convention,
                          float_hyper, rng_grads, snapshot)
 
@@ -39,18 +40,22 @@ def _same(a, b, what=""):
     assert sa.get_aux() == sb.get_aux(), what
 
 
-def _params(rng):
-    return [rng.standard_normal((3, 2)), rng.standard_normal(5).astype(np.float32)]
+def _params(rng, name=None):
+    """A float64 (3, 2) and a float32 param of 5 elements (1-D, or the shape
+    optimizer ``name`` takes: optim_db.param_shape)."""
+    return [rng.standard_normal((3, 2)),
+            rng.standard_normal(optim_db.param_shape(name, 5)).astype(np.float32)]
 
 
 def _new_value(cls, conv, key):
     """A legal value for ``key`` other than the default (None when none is found)."""
     default = cls.defaults(conv)[key]
-    for v in (default * 0.5, 0.25, default * 1.5, -0.25):
+    named = cls.named_values.get(key, {}).values()      # a hyper-parameter given by name
+    for v in (default * 0.5, 0.25, default * 1.5, -0.25, *named):
         if v == default:
             continue
         try:
-            cls([np.ones(1)], convention=conv, **{key: v})
+            cls([np.ones(optim_db.param_shape(cls.__name__, 1))], convention=conv, **{key: v})
         except (ValueError, TypeError):
             continue
         return v
@@ -107,7 +112,7 @@ def test_every_hyperparameter_is_a_settable_attribute(name):
         defaults = cls.defaults(conv)
         for key in defaults:
             rng = np.random.default_rng(2)
-            opt = build(name, _params(rng), convention=conv)
+            opt = build(name, _params(rng, name), convention=conv)
             assert getattr(opt, key) == opt.param_groups[0][key]
             if key not in float_hyper(cls, conv):
                 assert isinstance(getattr(opt, key), bool)
@@ -115,9 +120,10 @@ def test_every_hyperparameter_is_a_settable_attribute(name):
             v = _new_value(cls, conv, key)
             if v is None:
                 continue
-            built = build(name, _params(np.random.default_rng(2)), convention=conv, **{key: v})
-            edited = build(name, _params(np.random.default_rng(2)), convention=conv)
-            late = build(name, _params(np.random.default_rng(2)), convention=conv)
+            built = build(name, _params(np.random.default_rng(2), name), convention=conv,
+                          **{key: v})
+            edited = build(name, _params(np.random.default_rng(2), name), convention=conv)
+            late = build(name, _params(np.random.default_rng(2), name), convention=conv)
             try:
                 setattr(opt, key, v)
             except ValueError as e:          # needs state arrays it was not built with
@@ -160,7 +166,7 @@ def test_a_callable_without_arguments_is_a_schedule(name):
     cls = REGISTRY[name]
     conv = default_convention(cls)
     rng = np.random.default_rng(3)
-    a = _params(rng)
+    a = _params(rng, name)
     b = [p.copy() for p in a]
     calls = []
 
@@ -179,7 +185,8 @@ def test_a_callable_without_arguments_is_a_schedule(name):
     assert len(calls) == 3
     with pytest.raises(TypeError, match=r"learning_rate: a schedule must be callable as "
                                         r"fn\(step\) or fn\(\)"):
-        build(name, [np.ones(2)], convention=conv, learning_rate=lambda a, b: 0.1)
+        build(name, [np.ones(optim_db.param_shape(name, 2))], convention=conv,
+              learning_rate=lambda a, b: 0.1)
     assert schedules.Lambda(lambda: 0.5)(10) == 0.5
 
 
@@ -191,12 +198,13 @@ def test_add_param_group_in_the_torch_convention_matches_fresh_optimizers(name):
     if "torch" not in cls.conventions:
         pytest.skip("no torch convention")
     rng = np.random.default_rng(4)
-    a, b = rng.standard_normal(6), rng.standard_normal((2, 2)).astype(np.float32)
+    a = rng.standard_normal(optim_db.param_shape(name, 6))
+    b = rng.standard_normal((2, 2)).astype(np.float32)
     a_ref, b_ref = a.copy(), b.copy()
     opt = build(name, [a], convention="torch")
     if cls.shared_clock:
         # one step count for all groups: a group added later is refused, not mis-clocked
-        opt.step([rng.standard_normal(6)])
+        opt.step([rng.standard_normal(optim_db.param_shape(name, 6))])
         before = a.copy()
         with pytest.raises(ValueError, match="keeps one step count for every group"):
             opt.add_param_group({"params": [b], "lr": 0.02})
@@ -207,7 +215,7 @@ def test_add_param_group_in_the_torch_convention_matches_fresh_optimizers(name):
     for s in range(6):
         if s == 3:
             opt.add_param_group({"params": [b], "lr": 0.02})
-        ga = rng.standard_normal(6)
+        ga = rng.standard_normal(optim_db.param_shape(name, 6))
         gb = rng.standard_normal((2, 2)).astype(np.float32)
         opt.step([ga] if s < 3 else [ga, gb])
         ref_a.step([ga.copy()])
@@ -224,7 +232,7 @@ def test_add_param_group_checkpoints_and_config(name, tmp_path):
     conv = default_convention(cls)
     rng = np.random.default_rng(5)
     kw = {"use_ema": True, "gradient_accumulation_steps": 2}
-    a, b = _params(rng)
+    a, b = _params(rng, name)
     opt = build(name, [a], convention=conv, **kw)
     opt.step(rng_grads(rng, [a]))
     opt.add_param_group({"params": [b], "name": "head"})
@@ -259,7 +267,7 @@ def test_add_param_group_refusals_change_nothing(name):
     cls = REGISTRY[name]
     conv = default_convention(cls)
     rng = np.random.default_rng(6)
-    a, b = _params(rng)
+    a, b = _params(rng, name)
     opt = build(name, [a], convention=conv)
     if not cls.shared_clock:       # (one clock for all groups: refused after a step)
         opt.step(rng_grads(rng, [a]))
@@ -286,7 +294,7 @@ def test_deepcopy_and_pickle_continue_as_a_checkpoint_does(name, tmp_path):
     cls = REGISTRY[name]
     for conv in conventions(cls):
         rng = np.random.default_rng(7)
-        params = _params(rng)
+        params = _params(rng, name)
         opt = build(name, [{"params": params[:1], "name": "w"}, {"params": params[1:]}],
                     convention=conv, clipnorm=2.0, use_ema=True,
                     learning_rate=schedules.ExponentialDecay(0.01, 3, 0.5))

@@ -81,9 +81,9 @@ def _keras_steps(name, kwargs, w0, grads, lr_schedule):
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
-def _problem(seed, nsteps, with_none):
+def _problem(seed, nsteps, with_none, name=None):
     rng = np.random.default_rng(seed)
-    sizes = [17, 5, 300]
+    sizes = [optim_db.param_shape(name, n) for n in [17, 5, 300]]
     w0 = [rng.standard_normal(n) for n in sizes]
     grads = []
     for step in range(nsteps):
@@ -101,7 +101,7 @@ def test_trajectory_matches_keras(name, kwargs):
     # Keras drops the None pairs of a call; with accumulation that would also
     # drop them from the accumulators, a case the options suite covers
     with_none = "gradient_accumulation_steps" not in kwargs
-    w0, grads = _problem(11, 25, with_none)
+    w0, grads = _problem(11, 25, with_none, name)
     mine = [w.copy() for w in w0]
     opt = REGISTRY[name](mine, learning_rate=lr_at, convention="keras", **kwargs)
     for g in grads:
@@ -135,10 +135,10 @@ def test_float32_trajectory_close_to_keras(name):
 def test_defaults_match_keras_without_arguments():
     """Built with no arguments at all, each Keras-convention optimizer follows
     Keras's own defaults (a wrong default shows here even if the tables agree)."""
-    w0, grads = _problem(5, 12, False)
     for entry in optim_db.optim_db:
         if entry.keras_name is None:
             continue
+        w0, grads = _problem(5, 12, False, entry.name)
         mine = [w.copy() for w in w0]
         opt = REGISTRY[entry.name](mine, convention="keras")
         for g in grads:

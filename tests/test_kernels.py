@@ -34,9 +34,12 @@ def reference_for(case, convention, opt, params):
                                lambda step: opt.hyperparameters(step=step), **options)
 
 
-def make_problem(rng, sizes, dtype, nsteps):
-    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
-    grads = [[(rng.standard_normal(n) * 0.3).astype(dtype) for n in sizes]
+def make_problem(rng, sizes, dtype, nsteps, name=None):
+    """Params of ``sizes`` (in the shapes optimizer ``name`` takes:
+    optim_db.param_shape) and ``nsteps`` lists of grads."""
+    shapes = [optim_db.param_shape(name, n) for n in sizes]
+    params = [rng.standard_normal(sh).astype(dtype) for sh in shapes]
+    grads = [[(rng.standard_normal(sh) * 0.3).astype(dtype) for sh in shapes]
              for _ in range(nsteps)]
     return params, grads
 
@@ -62,7 +65,7 @@ def _tolerance(dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
 def test_matches_reference(case, convention, dtype, rng):
-    params, grads = make_problem(rng, SIZES, dtype, nsteps=12)
+    params, grads = make_problem(rng, SIZES, dtype, nsteps=12, name=case[0])
     opt = build(case, convention, params)
     ref = reference_for(case, convention, opt, params)
     for step_grads in grads:
@@ -76,7 +79,7 @@ def test_matches_reference(case, convention, dtype, rng):
 @pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
 def test_matches_reference_with_skipped_grads(case, convention, rng):
     """None grads: the param and its state stay put; torch counts steps per param."""
-    params, grads = make_problem(rng, [5, 33, 0, 8], np.float64, nsteps=8)
+    params, grads = make_problem(rng, [5, 33, 0, 8], np.float64, nsteps=8, name=case[0])
     opt = build(case, convention, params)
     ref = reference_for(case, convention, opt, params)
     for s, step_grads in enumerate(grads):
@@ -96,7 +99,7 @@ assert BIG > 2 * _core.parallel_threshold() and BIG % _core.CHUNK, BIG
 
 @pytest.mark.parametrize(("case", "convention"), [p for p, _ in PAIRS], ids=[i for _, i in PAIRS])
 def test_large_tensor_matches_reference(case, convention, rng):
-    params, grads = make_problem(rng, [BIG], np.float32, nsteps=3)
+    params, grads = make_problem(rng, [BIG], np.float32, nsteps=3, name=case[0])
     opt = build(case, convention, params)
     ref = reference_for(case, convention, opt, params)
     for step_grads in grads:
@@ -111,9 +114,10 @@ _PROBLEMS = {}
 
 
 def _trajectory(case, convention, dtype, simd, threads, threshold):
-    key = np.dtype(dtype).name
+    key = (np.dtype(dtype).name, optim_db.param_shape(case[0], BIG))
     if key not in _PROBLEMS:
-        _PROBLEMS[key] = make_problem(np.random.default_rng(7), BIT_SIZES, dtype, nsteps=3)
+        _PROBLEMS[key] = make_problem(np.random.default_rng(7), BIT_SIZES, dtype, nsteps=3,
+                                      name=case[0])
     params0, grads = _PROBLEMS[key]
     params = [p.copy() for p in params0]
     _core.set_simd(simd)

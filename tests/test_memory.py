@@ -11,6 +11,7 @@ import pytest
 
 import fastopt as fo
 
+import optim_db
 from robust_util import NAMES, TALLY, build
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
@@ -43,7 +44,7 @@ def _flat(run, what, warm=0.1):
 @pytest.mark.parametrize("name", NAMES)
 def test_rss_flat_over_1e5_steps(name):
     rng = np.random.default_rng(31)
-    params = [rng.standard_normal(s).astype(dt) for s, dt in
+    params = [rng.standard_normal(optim_db.param_shape(name, s)).astype(dt) for s, dt in
               [((4, 4), np.float32), ((7,), np.float64), ((), np.float32)]]
     # a schedule and a None grad keep the per-step Python paths busy
     opt = build(name, params, learning_rate=lambda step: 1e-3 / (1 + step * 1e-5))
@@ -96,12 +97,15 @@ def test_rss_flat_over_refused_steps_and_checkpoints(tmp_path):
 def test_rss_flat_over_optimizer_construction():
     """Building and dropping optimizers (engines allocate C work lists) frees everything."""
     rng = np.random.default_rng(33)
-    params = [rng.standard_normal(3000) for _ in range(5)]
+    # per optimizer, in the shape it takes (optim_db.param_shape)
+    params = {name: [rng.standard_normal(optim_db.param_shape(name, 3000)) for _ in range(5)]
+              for name in NAMES}
 
     def run(frac):
         for k in range(int(3000 * frac)):
-            opt = build(NAMES[k % len(NAMES)], params)
-            opt.step([np.ones(3000)] * 5)
+            name = NAMES[k % len(NAMES)]
+            opt = build(name, params[name])
+            opt.step([np.ones_like(p) for p in params[name]])
             del opt
 
     _flat(run, "construction")

@@ -21,12 +21,15 @@ def lr_schedule(step):
     return 0.02 * (0.9 ** step) * (1.0 + 0.5 * (step % 2))
 
 
-def _problem(seed, nsteps, skip=True, dtype=np.float64):
+def _problem(seed, nsteps, skip=True, dtype=np.float64, name=None):
+    """Params of SIZES (in the shapes optimizer ``name`` takes:
+    optim_db.param_shape) and their grads, some None."""
     rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(n).astype(dtype) for n in SIZES]
+    shapes = [optim_db.param_shape(name, n) for n in SIZES]
+    params = [rng.standard_normal(sh).astype(dtype) for sh in shapes]
     grads = []
     for s in range(nsteps):
-        step = [(rng.standard_normal(n) * (0.2 + s % 3)).astype(dtype) for n in SIZES]
+        step = [(rng.standard_normal(sh) * (0.2 + s % 3)).astype(dtype) for sh in shapes]
         if skip:
             step = [None if (i + s) % 4 == 0 else g for i, g in enumerate(step)]
         grads.append(step)
@@ -39,7 +42,7 @@ def _hyper(opt):
 
 def _compare(name, convention, kwargs, nsteps=10, exclude=None, skip=True, seed=0,
              check_ema=False):
-    params, grads = _problem(seed, nsteps, skip)
+    params, grads = _problem(seed, nsteps, skip, name=name)
     opt = REGISTRY[name](params, learning_rate=lr_schedule, convention=convention, **kwargs)
     ref_opts = {k: v for k, v in kwargs.items() if k in reference.OPTIONS}
     ref = reference.Reference(name, convention, params, _hyper(opt),
@@ -84,11 +87,11 @@ def test_global_clipnorm_and_ema(name, convention):
 def test_gradient_accumulation_and_skip_nonfinite(name, convention):
     kw = dict(_base_kwargs(name), gradient_accumulation_steps=3, skip_nonfinite=True,
               clipvalue=1.5, use_ema=True)
-    params, grads = _problem(4, 13)
+    params, grads = _problem(4, 13, name=name)
     grads[5] = [None if g is None else g.copy() for g in grads[5]]
-    grads[5][1][2] = np.nan
+    grads[5][1].flat[2] = np.nan
     grads[8] = [None if g is None else g.copy() for g in grads[8]]
-    grads[8][3][0] = -np.inf
+    grads[8][3].flat[0] = -np.inf
     opt = REGISTRY[name](params, learning_rate=lr_schedule, convention=convention, **kw)
     ref = reference.Reference(name, convention, params, _hyper(opt),
                               **{k: v for k, v in kw.items() if k in reference.OPTIONS})

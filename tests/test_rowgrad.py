@@ -196,12 +196,13 @@ def _refused_step(opt, grads, match):
 def test_refused(case, convention, rng):
     """No lazy form: Lamb's trust ratio reads the whole tensor; gradient
     accumulation keeps a dense sum.  A refused step changes nothing."""
-    params = [rng.standard_normal((6, 3)), rng.standard_normal(4)]
+    s4 = optim_db.param_shape(case[0], 4)
+    params = [rng.standard_normal((6, 3)), rng.standard_normal(s4)]
     opt = build(case, convention, params)
-    opt.step([rng.standard_normal((6, 3)), rng.standard_normal(4)])
+    opt.step([rng.standard_normal((6, 3)), rng.standard_normal(s4)])
     match = ("accumulated" if case[1].get("gradient_accumulation_steps")
              else "reads the whole tensor")
-    _refused_step(opt, [make_rows(rng, 6, 3, 4, np.float64), rng.standard_normal(4)], match)
+    _refused_step(opt, [make_rows(rng, 6, 3, 4, np.float64), rng.standard_normal(s4)], match)
 
 
 def test_rowgrad_of_a_1d_param_refused():

@@ -17,6 +17,7 @@ import fastopt as fo
 from fastopt import _core
 from fastopt.optimizers import REGISTRY
 
+import optim_db
 from conftest import SIMD_VARIANTS, expected_team
 from robust_util import NAMES, TALLY, accepts, build, default_convention
 
@@ -90,10 +91,10 @@ REDUCING = [(name, opts) for name in NAMES
                          ids=[f"{n}-{','.join(o) or 'default'}" for n, o in REDUCING])
 def test_reducing_options_bit_identical_across_threads_and_simd(name, opts, dtype):
     rng = np.random.default_rng(22)
-    sizes = [7, 65537, 10**6]
-    params0 = [rng.standard_normal(n).astype(dtype) for n in sizes]
-    steps = [[(rng.standard_normal(n) * 2).astype(dtype) for n in sizes] for _ in range(3)]
-    steps[1][2][17] = np.nan          # exercises skip_nonfinite where present
+    shapes = [optim_db.param_shape(name, n) for n in [7, 65537, 10**6]]
+    params0 = [rng.standard_normal(sh).astype(dtype) for sh in shapes]
+    steps = [[(rng.standard_normal(sh) * 2).astype(dtype) for sh in shapes] for _ in range(3)]
+    steps[1][2].flat[17] = np.nan     # exercises skip_nonfinite where present
     default = _core.parallel_threshold()
     images = set()
     for simd in SIMD_VARIANTS:

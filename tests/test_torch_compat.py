@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from fastopt.optimizers import REGISTRY  # noqa: E402
 
-from optim_db import info, optim_db  # noqa: E402
+from optim_db import info, optim_db, param_shape  # noqa: E402
 
 # (fastopt class, keyword arguments in fastopt's names): each entry's torch_cases;
 # every hyper-parameter the two sides could default differently is spelled out
@@ -18,7 +18,9 @@ CASES = [(entry.name, kw) for entry in optim_db for kw in entry.torch_cases]
 
 
 def _torch_kwargs(name, kwargs):
-    if info(name).torch_sparse:     # one implementation, no foreach switch
+    import inspect
+    # SparseAdam and Muon have one implementation, no foreach switch
+    if "foreach" not in inspect.signature(_torch_class(name)).parameters:
         return info(name).torch_kwargs(kwargs)
     return dict(info(name).torch_kwargs(kwargs), foreach=False)
 
@@ -62,7 +64,7 @@ def float64_default():
                               for n, kw in CASES])
 def test_trajectory_matches_torch(name, kwargs, float64_default):
     rng = np.random.default_rng(11)
-    sizes = [17, 5, 300]
+    sizes = [param_shape(name, n) for n in [17, 5, 300]]
     w0 = [rng.standard_normal(n) for n in sizes]
     mine = [w.copy() for w in w0]
     theirs = [torch.tensor(w, requires_grad=False) for w in w0]
@@ -80,7 +82,8 @@ def test_trajectory_matches_torch(name, kwargs, float64_default):
             group["lr"] = lr_at(step)
         for p, g in zip(theirs, grads):
             p.grad = None if g is None else _torch_grad(name, g)
-        topt.step()
+        with info(name).torch_context():
+            topt.step()
         opt.step(grads)
     for i, (a, b) in enumerate(zip(mine, theirs)):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-10, atol=1e-12, err_msg=f"params[{i}]")

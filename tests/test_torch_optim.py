@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from optim_db import info, optim_db
+from optim_db import info, optim_db, param_shape
 
 # torch.optim classes fastopt has but fastopt.torch does not wrap; the test
 # below fails when this list and the module disagree
@@ -59,8 +59,10 @@ def _pair(name, kwargs, dtype=torch.float64, seed=0, model=None, torch_names=Fal
     torch.manual_seed(seed)
     if model is None and info(name).torch_sparse:
         model = _Embeddings
+    # an optimizer of matrices only (Muon, optim_db.param_shape) gets a model without biases
+    bias = param_shape(name, 3) == (3,)
     m = model() if model else torch.nn.Sequential(
-        torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 3))
+        torch.nn.Linear(7, 13, bias=bias), torch.nn.Tanh(), torch.nn.Linear(13, 3, bias=bias))
     m = m.to(dtype)
     m2 = copy.deepcopy(m)
     tname = info(name).torch_name
@@ -102,8 +104,9 @@ def test_every_torch_optimizer_has_a_drop_in():
 def test_signature_defaults_and_groups_are_torchs(entry):
     mine, theirs = getattr(ft, entry.torch_name), getattr(torch.optim, entry.torch_name)
     assert inspect.signature(mine.__init__) == inspect.signature(theirs.__init__)
-    w = torch.nn.Parameter(torch.zeros(3))
-    a, b = mine([w]), theirs([torch.nn.Parameter(torch.zeros(3))])
+    shape = param_shape(entry.name, 3)
+    w = torch.nn.Parameter(torch.zeros(shape))
+    a, b = mine([w]), theirs([torch.nn.Parameter(torch.zeros(shape))])
     assert isinstance(a, torch.optim.Optimizer)
     assert a.defaults == b.defaults
     assert {k: v for k, v in a.param_groups[0].items() if k != "params"} == \
@@ -111,8 +114,8 @@ def test_signature_defaults_and_groups_are_torchs(entry):
     # fastopt's own torch-convention defaults are torch's: a group given torch's
     # defaults (under torch's names, aliases and pairs) equals a group given none
     hp, opts = mine._spec.translate(b.defaults, "")
-    given = entry.cls([{"params": [np.zeros(3)], **hp}], convention="torch", **opts)
-    own = entry.cls([np.zeros(3)], convention="torch")
+    given = entry.cls([{"params": [np.zeros(shape)], **hp}], convention="torch", **opts)
+    own = entry.cls([np.zeros(shape)], convention="torch")
     assert {k: v for k, v in given.param_groups[0].items() if k != "params"} == \
         {k: v for k, v in own.param_groups[0].items() if k != "params"}
 
@@ -121,7 +124,8 @@ def test_signature_defaults_and_groups_are_torchs(entry):
 def test_float64_trajectory_equals_torch(name, kwargs, float64_default):
     m, opt, m2, tkw = _pair(name, kwargs)
     topt = _single_tensor(info(name).torch_name, m2.parameters(), tkw)
-    _steps([(m, opt, None), (m2, topt, None)], 12, torch.float64, skip=4)
+    with info(name).torch_context():
+        _steps([(m, opt, None), (m2, topt, None)], 12, torch.float64, skip=4)
     _assert_params(m, m2, rtol=1e-12, atol=1e-15)
     # the state as torch keeps it
     sd, tsd = opt.state_dict(), topt.state_dict()
@@ -183,6 +187,8 @@ def test_deepcopy_and_pickle_keep_the_state(float64_default):
 
 
 def _fused_or_foreach(tname):
+    """torch's fused or foreach implementation where the class has the switch
+    (Muon and SparseAdam have one implementation)."""
     params = inspect.signature(getattr(torch.optim, tname).__init__).parameters
     if "fused" in params and tname in ("Adam", "AdamW", "SGD", "Adagrad"):
         return {"fused": True}
@@ -194,7 +200,8 @@ def test_float32_trajectory_equals_torch_to_rounding(name, kwargs):
     m, opt, m2, tkw = _pair(name, kwargs, dtype=torch.float32)
     tname = info(name).torch_name
     topt = getattr(torch.optim, tname)(m2.parameters(), **tkw, **_fused_or_foreach(tname))
-    _steps([(m, opt, None), (m2, topt, None)], 10, torch.float32)
+    with info(name).torch_context():
+        _steps([(m, opt, None), (m2, topt, None)], 10, torch.float32)
     _assert_params(m, m2, rtol=2e-5, atol=2e-6)
 
 

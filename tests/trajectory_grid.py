@@ -46,9 +46,14 @@ OPTION_VARIANTS = {
 }
 
 
-def _grads(seed, dtype, step, nonfinite_at=None):
+def _shapes(name):
+    """SHAPES in the shapes optimizer ``name`` takes (optim_db.param_shape)."""
+    return [optim_db.param_shape(name, s) for s in SHAPES]
+
+
+def _grads(seed, dtype, step, nonfinite_at=None, name=None):
     rng = np.random.default_rng(seed * 1000 + step)
-    gs = [(rng.standard_normal(s) * 0.5).astype(dtype) for s in SHAPES]
+    gs = [(rng.standard_normal(s) * 0.5).astype(dtype) for s in _shapes(name)]
     # a None grad now and then: per-parameter step counts drift apart (torch)
     if step % 5 == 3:
         gs[1] = None
@@ -60,9 +65,9 @@ def _grads(seed, dtype, step, nonfinite_at=None):
     return gs
 
 
-def _params(seed, dtype):
+def _params(seed, dtype, name=None):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    return [rng.standard_normal(s).astype(dtype) for s in _shapes(name)]
 
 
 def _feed(value, h):
@@ -94,8 +99,8 @@ def digest(opt, params):
     return h.hexdigest()
 
 
-def _run(make, seed, dtype, nonfinite_at=None, round_trip=False):
-    params = _params(seed, dtype)
+def _run(make, seed, dtype, nonfinite_at=None, round_trip=False, name=None):
+    params = _params(seed, dtype, name)
     opt = make(params)
     for step in range(STEPS):
         if round_trip and step == STEPS // 2:
@@ -104,7 +109,7 @@ def _run(make, seed, dtype, nonfinite_at=None, round_trip=False):
             opt = make(fresh)
             opt.load_state_dict(sd)
             params = fresh
-        opt.step(_grads(seed, dtype, step, nonfinite_at))
+        opt.step(_grads(seed, dtype, step, nonfinite_at, name))
     return digest(opt, params)
 
 
@@ -182,7 +187,12 @@ def configurations(only=None):
                                                     momentum=schedules.ExponentialDecay(0.5, 3, 0.5)),
                     {}))
     # the configurations of the optimizers asked for (their ids start with the name)
-    return [c for c in out if c[0].split("-")[0].split(":")[-1].split("(")[0] in names]
+    return [c for c in out if _name(c[0]) in names]
+
+
+def _name(cid):
+    """The optimizer a configuration id starts with."""
+    return cid.split("-")[0].split(":")[-1].split("(")[0]
 
 
 def compute(only=None):
@@ -192,7 +202,8 @@ def compute(only=None):
             key = f"{cid}-{np.dtype(dtype).name}"
             assert key not in out, key
             # seeded by the name: adding a configuration moves no other digest
-            out[key] = _run(make, seed=zlib.crc32(key.encode()) % 9973, dtype=dtype, **opts)
+            out[key] = _run(make, seed=zlib.crc32(key.encode()) % 9973, dtype=dtype,
+                            name=_name(cid), **opts)
     return out
 
 

@@ -24,11 +24,12 @@ def shardable_class(opt_class):
 def whole_tensors(opt_class):
     """Whether ``opt_class`` is sharded by whole tensors: its update of an
     element depends on other elements of the tensor beyond per-tensor sums
-    (Adafactor's factored rows and columns), which a piece of a tensor cannot
-    compute.  Otherwise (elementwise, or per-tensor sums combined over the
+    (Adafactor's factored rows and columns, Muon's Newton-Schulz iteration on
+    the whole matrix), which a piece of a tensor cannot compute.  Otherwise (elementwise, or per-tensor sums combined over the
     ranks, as Lamb's) tensors are cut into pieces."""
     return not opt_class.elementwise and (not _core.kernel_reduces(opt_class.kernel)
-                                          or _core.kernel_factored(opt_class.kernel))
+                                          or _core.kernel_factored(opt_class.kernel)
+                                          or opt_class.host_stage is not None)
 
 
 def check_disjoint(params):

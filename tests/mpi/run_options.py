@@ -50,14 +50,19 @@ def cases():
                 yield entry, conv, oname
 
 
-def init():
+def shapes(name):
+    """SHAPES as optimizer ``name`` takes them (Muon: matrices)."""
+    return [optim_db.param_shape(name, s) for s in SHAPES]
+
+
+def init(name):
     rng = np.random.default_rng(3)
-    return [(rng.standard_normal(s) * 0.5).astype(d) for s, d in zip(SHAPES, DTYPES)]
+    return [(rng.standard_normal(s) * 0.5).astype(d) for s, d in zip(shapes(name), DTYPES)]
 
 
-def rank_grads(step, rank, world, what):
+def rank_grads(step, rank, world, what, name):
     rng = np.random.default_rng([step, rank, world])
-    grads = [rng.standard_normal(s).astype(d) for s, d in zip(SHAPES, DTYPES)]
+    grads = [rng.standard_normal(s).astype(d) for s, d in zip(shapes(name), DTYPES)]
     if "nonfinite" in what and rank == world - 1:
         if step == 2:
             grads[4].reshape(-1)[7000] = np.nan      # in the last shard at 3 ranks
@@ -71,8 +76,8 @@ def rank_grads(step, rank, world, what):
     return grads
 
 
-def mean_grads(step, world, what):
-    parts = [rank_grads(step, r, world, what) for r in range(world)]
+def mean_grads(step, world, what, name):
+    parts = [rank_grads(step, r, world, what, name) for r in range(world)]
     out = []
     for i in range(len(SHAPES)):
         if parts[0][i] is None:
@@ -100,12 +105,12 @@ def run():
         kwargs = dict(entry.stateful, convention=conv, learning_rate=0.01, **options)
         case = f"{entry.name}/{conv}/{oname}"
         count += 1
-        params, ref_params = init(), init()
+        params, ref_params = init(entry.name), init(entry.name)
         sharded = ShardedOptimizer(entry.cls, arg(params, what), comm, **kwargs)
         ref = entry.cls(arg(ref_params, what), **kwargs)
         for t in range(STEPS):
-            sharded.step(rank_grads(t, rank, world, what))
-            ref.step(mean_grads(t, world, what))
+            sharded.step(rank_grads(t, rank, world, what, entry.name))
+            ref.step(mean_grads(t, world, what, entry.name))
         problems = []
         for i, (p, q) in enumerate(zip(params, ref_params)):
             if not np.array_equal(p, q):

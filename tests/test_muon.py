@@ -1,0 +1,297 @@
+"""Muon beyond the shared suites: live trajectories on matrices of every
+orientation against torch.optim.Muon and Keras 3's Muon (when installed),
+what the Newton-Schulz iteration's dtype changes (torch's bfloat16, Keras's
+float32 norm, fastopt's float32), and its refusals."""
+import os
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+
+import optim_db
+import reference
+
+SHAPES = [(5, 3), (3, 7), (4, 4), (1, 6)]     # tall, wide, square, one row
+
+
+def lr_at(step):
+    return 0.02 * (0.95 ** step) * (1.0 + 0.4 * (step % 3))
+
+
+def _problem(seed, nsteps=30):
+    """Params of SHAPES and their grads; params[1] has no grad every fourth step."""
+    rng = np.random.default_rng(seed)
+    w0 = [rng.standard_normal(s) for s in SHAPES]
+    grads = []
+    for step in range(nsteps):
+        g = [rng.standard_normal(s) * (0.5 + step % 2) for s in SHAPES]
+        if step % 4 == 1:
+            g[1] = None
+        grads.append(g)
+    return w0, grads
+
+
+def _fastopt_run(convention, kwargs, w0, grads, dtype=np.float64):
+    mine = [w.astype(dtype) for w in w0]
+    opt = fo.Muon(mine, learning_rate=lr_at, convention=convention, **kwargs)
+    for g in grads:
+        opt.step([None if x is None else x.astype(dtype) for x in g])
+    return mine
+
+
+TORCH_CASES = [
+    {},
+    {"nesterov": False, "adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.05},
+    {"momentum": 0.3, "ns_coefficients": (2.0, -1.5, 0.5), "ns_steps": 3, "eps": 1e-3},
+]
+
+
+def _torch_run(kwargs, w0, grads, float64_iteration=True):
+    import contextlib
+
+    import torch
+    theirs = [torch.tensor(w) for w in w0]
+    opt = torch.optim.Muon(theirs, lr=lr_at(0), **kwargs)
+    context = optim_db.torch_muon_float64 if float64_iteration else contextlib.nullcontext
+    for step, g in enumerate(grads):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        for p, x in zip(theirs, g):
+            p.grad = None if x is None else torch.tensor(x)
+        with context():
+            opt.step()
+    return [t.numpy() for t in theirs]
+
+
+@pytest.mark.parametrize("kwargs", TORCH_CASES, ids=lambda kw: ",".join(kw) or "default")
+def test_trajectory_matches_torch_on_every_orientation(kwargs):
+    """30 steps, a learning rate that changes every step, a param without a
+    grad some steps: to 1e-10 relative (measured: about 1e-15) against torch
+    with its iteration in float64; fastopt's is the same arithmetic."""
+    pytest.importorskip("torch")
+    w0, grads = _problem(1)
+    mine = _fastopt_run("torch", kwargs, w0, grads)
+    theirs = _torch_run(kwargs, w0, grads)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"params[{i}]")
+
+
+def test_torch_bfloat16_iteration_is_about_one_percent_off():
+    """torch runs Newton-Schulz in bfloat16 whatever the dtype; fastopt never
+    does.  One step of torch's own Muon, bf16 against float64: the updates
+    differ by 1.1e-2 to 1.6e-2 (Frobenius, relative; 64x32 to 1024x512, see
+    README), far beyond float32 rounding, so fastopt follows the float64 one."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    w0, g = rng.standard_normal((64, 32)), rng.standard_normal((64, 32))
+    steps = {}
+    for float64_iteration in (False, True):
+        out = _torch_run({"weight_decay": 0.0}, [w0], [[g]], float64_iteration)[0]
+        steps[float64_iteration] = w0 - out
+    mine = [w0.copy()]
+    fo.Muon(mine, learning_rate=lr_at, weight_decay=0.0, convention="torch").step([g])
+    gap = np.linalg.norm(steps[False] - steps[True]) / np.linalg.norm(steps[True])
+    assert 3e-3 < gap < 5e-2, gap
+    np.testing.assert_allclose(w0 - mine[0], steps[True], rtol=1e-12, atol=1e-15)
+    assert torch.get_default_dtype() == torch.float32     # nothing leaked
+
+
+KERAS_CASES = [
+    {},
+    {"nesterov": False, "rms_rate": None, "weight_decay": 0.05},
+    {"momentum": 0.3, "ns_steps": 3, "muon_a": 2.0, "muon_b": -1.5, "muon_c": 0.5},
+]
+
+
+def _keras_run(kwargs, w0, grads, float64_norm=True):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    from keras.src.backend.common import dtypes
+    saved, demotion = keras.config.floatx(), dict(dtypes.BIT64_TO_BIT32_DTYPE)
+    keras.config.set_floatx("float64")
+    if float64_norm:
+        dtypes.BIT64_TO_BIT32_DTYPE.clear()
+    try:
+        variables = [keras.Variable(w, dtype="float64") for w in w0]
+        opt = keras.optimizers.Muon(learning_rate=lr_at(0), **kwargs)
+        for step, g in enumerate(grads):
+            opt.learning_rate = lr_at(step)
+            opt.apply_gradients([(keras.ops.convert_to_tensor(x, dtype="float64"), v)
+                                 for x, v in zip(g, variables) if x is not None])
+        return [keras.ops.convert_to_numpy(v) for v in variables]
+    finally:
+        dtypes.BIT64_TO_BIT32_DTYPE.update(demotion)
+        keras.config.set_floatx(saved)
+
+
+@pytest.mark.parametrize("kwargs", KERAS_CASES, ids=lambda kw: ",".join(kw) or "default")
+def test_trajectory_matches_keras_on_every_orientation(kwargs):
+    """Keras 3 on its torch backend, floatx float64, its float64 norm kept (see
+    the next test): to 1e-10 relative (measured: about 2e-15)."""
+    w0, grads = _problem(3)
+    theirs = _keras_run(kwargs, w0, grads)
+    mine = _fastopt_run("keras", kwargs, w0, grads)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"params[{i}]")
+
+
+def test_keras_takes_the_norm_of_float64_in_float32():
+    """Keras's ``ops.norm`` casts to ``result_type(x.dtype, float)``, which maps
+    float64 to float32 (its JAX-like 64-to-32 rule): with floatx float64 its
+    Muon moves by ~1e-7 relative from the float64 formulas fastopt follows."""
+    w0, grads = _problem(3, nsteps=10)
+    demoted = _keras_run({}, w0, grads, float64_norm=False)
+    kept = _keras_run({}, w0, grads, float64_norm=True)
+    gap = max(float(np.max(np.abs(a - b) / np.abs(b))) for a, b in zip(demoted, kept))
+    assert 1e-10 < gap < 1e-5, gap
+
+
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+def test_float32_iteration_is_float32_accurate(convention):
+    """The iteration runs in the param's dtype: float32 params stay within
+    float32's reach of the float64 reference over 30 steps."""
+    w0, grads = _problem(4)
+    mine = _fastopt_run(convention, {}, w0, grads, dtype=np.float32)
+    opt = fo.Muon([w.copy() for w in w0], learning_rate=lr_at, convention=convention)
+    ref = reference.Reference("Muon", convention, w0, lambda s: opt.hyperparameters(step=s))
+    for g in grads:
+        ref.step(g)
+    for i, (a, b) in enumerate(zip(mine, ref.w)):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"params[{i}]")
+
+
+def test_state_is_the_momentum_only():
+    """The Newton-Schulz matrix is scratch: no part of the state or a checkpoint."""
+    w = np.ones((3, 2))
+    opt = fo.Muon([w], convention="torch")
+    opt.step([np.full((3, 2), 0.5)])
+    assert list(opt.state[0]) == ["momentum_buffer"]
+    assert [a.shape for a in opt.state_dict()["state"][0]] == [(3, 2)]
+
+
+# ---- refusals: a clear message, nothing changed ------------------------------------------
+
+def _image(opt):
+    return ([p.tobytes() for p in opt.params] +
+            [a.tobytes() for s in opt.state_arrays() for a in s] + [opt.iterations])
+
+
+def _stepped(convention):
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal((4, 3)), rng.standard_normal((2, 5))]
+    opt = fo.Muon(params, convention=convention, learning_rate=0.05)
+    opt.step([rng.standard_normal((4, 3)), rng.standard_normal((2, 5))])
+    return opt, rng
+
+
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+@pytest.mark.parametrize("shape", [(5,), (), (2, 3, 4)])
+def test_params_that_are_not_matrices_are_refused(convention, shape):
+    ok, bad = np.ones((3, 2)), np.ones(shape)
+    with pytest.raises(ValueError, match=rf"params\[1\]: Muon takes 2-D params .*got shape "
+                                         rf"{__import__('re').escape(str(shape))}.*AdamW"):
+        fo.Muon([ok, bad], convention=convention)
+    assert (ok == 1).all() and (bad == 1).all()
+    opt, rng = _stepped(convention)
+    before = _image(opt)
+    with pytest.raises(ValueError, match=r"params\[2\]: Muon takes 2-D params"):
+        opt.add_param_group({"params": [np.ones(shape)]})
+    assert _image(opt) == before and len(opt.param_groups) == 1
+
+
+BAD = [
+    ("torch", {"ns_coefficients": (3.4, -4.7)}, ValueError, r"ns_coefficients"),
+    ("torch", {"ns_coefficients": (1.0, 2.0, 3.0, 4.0)}, ValueError, r"ns_coefficients"),
+    ("torch", {"adjust_lr_fn": "spectral"}, ValueError, r"adjust_lr_fn .*'spectral'"),
+    ("torch", {"ns_steps": 100}, ValueError, r"ns_steps .*\[0, 100\)"),
+    ("keras", {"ns_steps": 2.5}, ValueError, r"ns_steps .*whole number"),
+    ("torch", {"momentum": -0.1}, ValueError, r"momentum"),
+    ("keras", {"rms_rate": -0.2}, ValueError, r"rms_rate"),
+    ("torch", {"rms_rate": 0.2}, TypeError, r"rms_rate"),            # Keras's, not torch's
+    ("keras", {"adjust_lr_fn": "original"}, TypeError, r"adjust_lr_fn"),   # torch's
+    ("keras", {"eps": 1e-3}, TypeError, r"eps"),                     # Keras adds 1e-7
+    ("keras", {"adam_beta_1": 0.9}, TypeError, r"adam_beta_1"),      # no AdamW route
+    ("keras", {"exclude_layers": ["head"]}, TypeError, r"exclude_layers"),
+]
+
+
+@pytest.mark.parametrize(("convention", "kwargs", "exc", "pattern"), BAD,
+                         ids=[f"{c}-{next(iter(kw))}" for c, kw, _, _ in BAD])
+def test_bad_settings_refused_and_nothing_changes(convention, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        fo.Muon([np.ones((2, 2))], convention=convention, **kwargs)
+    opt, rng = _stepped(convention)
+    twin, _ = _stepped(convention)
+    before = _image(opt)
+    from fastopt.optimizer import _known_names
+    for key, value in kwargs.items():
+        with pytest.raises((TypeError, ValueError), match=pattern):
+            opt.param_groups[0][key] = value
+        if key in _known_names():       # a name some optimizer has (not Keras's own extras)
+            with pytest.raises((TypeError, ValueError, AttributeError), match=key):
+                setattr(opt, key, value)
+    assert _image(opt) == before
+    g = [rng.standard_normal((4, 3)), rng.standard_normal((2, 5))]
+    opt.step(g)
+    twin.step([x.copy() for x in g])
+    assert _image(opt) == _image(twin)
+
+
+def test_sharded_by_whole_matrices():
+    """The iteration needs whole matrices: ShardedOptimizer gives each to one
+    rank (tests/mpi/run_options.py checks it bit for bit)."""
+    from fastopt.distributed import _inputs
+    assert _inputs.whole_tensors(fo.Muon)
+
+
+def test_keras_adamw_route_is_adamw_beside_muon_in_a_multioptimizer():
+    """Keras's Muon sends params that are not 2-D, embeddings and exclude_layers
+    to its AdamW step (lr * adam_lr_ratio, adam_beta_1/2, epsilon, decay
+    adam_weight_decay * lr).  fastopt: a MultiOptimizer that routes them by
+    name to AdamW(lr * adam_lr_ratio, weight_decay=adam_weight_decay /
+    adam_lr_ratio) and the rest to Muon gives Keras's trajectory."""
+    import functools
+    names = ["dense_kernel", "dense_bias", "token_embedding", "head_kernel"]
+    shapes = [(5, 3), (3,), (6, 4), (3, 2)]
+    ratio, adam_wd = 0.5, 0.01
+    keras_kw = {"adam_lr_ratio": ratio, "adam_weight_decay": adam_wd, "weight_decay": 0.02,
+                "adam_beta_1": 0.8, "adam_beta_2": 0.99, "epsilon": 1e-6,
+                "exclude_layers": ["head"]}
+    rng = np.random.default_rng(6)
+    w0 = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(25)]
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    from keras.src.backend.common import dtypes
+    saved, demotion = keras.config.floatx(), dict(dtypes.BIT64_TO_BIT32_DTYPE)
+    keras.config.set_floatx("float64")
+    dtypes.BIT64_TO_BIT32_DTYPE.clear()
+    try:
+        variables = [keras.Variable(w, dtype="float64", name=n) for w, n in zip(w0, names)]
+        kopt = keras.optimizers.Muon(learning_rate=lr_at(0), **keras_kw)
+        for step, g in enumerate(grads):
+            kopt.learning_rate = lr_at(step)
+            kopt.apply_gradients([(keras.ops.convert_to_tensor(x, dtype="float64"), v)
+                                  for x, v in zip(g, variables)])
+        theirs = [keras.ops.convert_to_numpy(v) for v in variables]
+    finally:
+        dtypes.BIT64_TO_BIT32_DTYPE.update(demotion)
+        keras.config.set_floatx(saved)
+
+    mine = [w.copy() for w in w0]
+    opt = fo.MultiOptimizer(
+        [{"params": mine, "names": names}],
+        optimizers={
+            "muon": functools.partial(fo.Muon, learning_rate=lr_at, weight_decay=0.02),
+            "adamw": functools.partial(fo.AdamW, learning_rate=lambda s: lr_at(s) * ratio,
+                                       weight_decay=adam_wd / ratio, beta_1=0.8, beta_2=0.99,
+                                       epsilon=1e-6)},
+        routes={"dense_bias": "adamw", ".*embedding.*": "adamw", "head.*": "adamw"},
+        default="muon")
+    for g in grads:
+        opt.step(g)
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=names[i])
