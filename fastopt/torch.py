@@ -390,58 +390,59 @@ class _TorchOptimizer(torch.optim.Optimizer):
 
     # ---- the step ------------------------------------------------------------------
 
+    def _checked(self, gi, b, grads, one):
+        """``one(where, p, g)`` of each grad that is not None (None kept)."""
+        out = []
+        for i, (p, g) in enumerate(zip(b.params, grads)):
+            where = f"param group {gi}, params[{i}] (shape {tuple(p.shape)}, {p.dtype})"
+            out.append(None if g is None else one(where, p, g))
+        return out
+
     def _grads(self, gi, b, grads):
         """The addresses of ``grads``, each checked (the slow path: a None,
         or a grad the fast check refused)."""
-        out = []
-        for i, (p, g) in enumerate(zip(b.params, grads)):
-            if g is None:
-                out.append(None)
-                continue
-            where = f"param group {gi}, params[{i}] (shape {tuple(p.shape)}, {p.dtype})"
-            if g.layout != torch.strided:
-                raise ValueError(f"{where}: a {g.layout} gradient; "
-                                 f"fastopt.torch.{self._spec.torch_name} takes dense "
-                                 f"gradients (torch.optim.SparseAdam takes sparse ones)")
-            if g.device != p.device:
-                raise ValueError(f"{where}: its gradient is on {g.device}")
-            if g.dtype != p.dtype or g.shape != p.shape:
-                raise ValueError(f"{where}: its gradient has dtype {g.dtype} and shape "
-                                 f"{tuple(g.shape)}; expected the param's")
-            if not g.is_contiguous():
-                raise ValueError(f"{where}: its gradient is not contiguous (strides "
-                                 f"{g.stride()}); fastopt reads contiguous gradients. Make "
-                                 f"it contiguous (p.grad = p.grad.contiguous())")
-            out.append(g.data_ptr())
-        return out
+        return self._checked(gi, b, grads, self._address)
+
+    def _address(self, where, p, g):
+        if g.layout != torch.strided:
+            raise ValueError(f"{where}: a {g.layout} gradient; "
+                             f"fastopt.torch.{self._spec.torch_name} takes dense "
+                             f"gradients (torch.optim.SparseAdam takes sparse ones)")
+        if g.device != p.device:
+            raise ValueError(f"{where}: its gradient is on {g.device}")
+        if g.dtype != p.dtype or g.shape != p.shape:
+            raise ValueError(f"{where}: its gradient has dtype {g.dtype} and shape "
+                             f"{tuple(g.shape)}; expected the param's")
+        if not g.is_contiguous():
+            raise ValueError(f"{where}: its gradient is not contiguous (strides "
+                             f"{g.stride()}); fastopt reads contiguous gradients. Make "
+                             f"it contiguous (p.grad = p.grad.contiguous())")
+        return g.data_ptr()
 
     def _row_grads(self, gi, b, grads):
         """``fo.RowGrad`` s of coalesced sparse COO grads (SparseAdam): the
         rows of a 2-D param, as ``nn.Embedding(sparse=True)`` gives them."""
-        out = []
-        for i, (p, g) in enumerate(zip(b.params, grads)):
-            if g is None:
-                out.append(None)
-                continue
-            where = f"param group {gi}, params[{i}] (shape {tuple(p.shape)}, {p.dtype})"
-            if g.layout != torch.sparse_coo:
-                raise RuntimeError(f"{where}: SparseAdam does not support dense gradients "
-                                   f"(got {g.layout}), please consider Adam instead")
-            if g.device != p.device or g.dtype != p.dtype or g.shape != p.shape:
-                raise ValueError(f"{where}: its gradient has dtype {g.dtype}, shape "
-                                 f"{tuple(g.shape)} and device {g.device}; expected the "
-                                 f"param's")
-            if p.dim() != 2 or g.sparse_dim() != 1:
-                raise ValueError(f"{where}: a sparse gradient with {g.sparse_dim()} sparse "
-                                 f"dimension(s); fastopt.torch.SparseAdam updates whole rows of "
-                                 f"a 2-D parameter (sparse_dim 1, as nn.Embedding(sparse=True) "
-                                 f"gives); use torch.optim.SparseAdam for other layouts")
-            g = g.coalesce()        # torch's sum of repeated rows, in torch's order
-            values = g._values()
-            if not values.is_contiguous():      # pragma: no cover - coalesce makes them so
-                values = values.contiguous()
-            out.append(_RowGrad(g._indices()[0].numpy(), values.numpy()))
-        return out
+        return self._checked(gi, b, grads, self._rows)
+
+    @staticmethod
+    def _rows(where, p, g):
+        if g.layout != torch.sparse_coo:
+            raise RuntimeError(f"{where}: SparseAdam does not support dense gradients "
+                               f"(got {g.layout}), please consider Adam instead")
+        if g.device != p.device or g.dtype != p.dtype or g.shape != p.shape:
+            raise ValueError(f"{where}: its gradient has dtype {g.dtype}, shape "
+                             f"{tuple(g.shape)} and device {g.device}; expected the "
+                             f"param's")
+        if p.dim() != 2 or g.sparse_dim() != 1:
+            raise ValueError(f"{where}: a sparse gradient with {g.sparse_dim()} sparse "
+                             f"dimension(s); fastopt.torch.SparseAdam updates whole rows of "
+                             f"a 2-D parameter (sparse_dim 1, as nn.Embedding(sparse=True) "
+                             f"gives); use torch.optim.SparseAdam for other layouts")
+        g = g.coalesce()        # torch's sum of repeated rows, in torch's order
+        values = g._values()
+        if not values.is_contiguous():      # pragma: no cover - coalesce makes them so
+            values = values.contiguous()
+        return _RowGrad(g._indices()[0].numpy(), values.numpy())
 
     def step(self, closure=None):
         """One update of every parameter that has a ``.grad`` (the others and

@@ -389,12 +389,18 @@ def test_steps_work_after_refused_ones(errors):
 
 
 
-@pytest.fixture(scope="module", params=[1, 2, 3])
-def options_run(request, tmp_path_factory):
+def _world_run(request, tmp_path_factory, script):
+    """``(world, results)`` of ``script`` on ``request.param`` ranks."""
     if _skip_reason():
         pytest.skip(_skip_reason())
     world = request.param
-    return world, mpirun("run_options.py", tmp_path_factory.mktemp(f"options{world}"), n=world)
+    directory = tmp_path_factory.mktemp(f"{script[:-3]}{world}")
+    return world, mpirun(script, directory, n=world)
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3])
+def options_run(request, tmp_path_factory):
+    return _world_run(request, tmp_path_factory, "run_options.py")
 
 
 @needs_mpi
@@ -905,10 +911,7 @@ MODE_CASES = ["ScheduleFreeAdamW", "ScheduleFreeSGD", "ScheduleFreeAdamW keras",
 
 @pytest.fixture(scope="module", params=[2, 3])
 def modes_run(request, tmp_path_factory):
-    if _skip_reason():
-        pytest.skip(_skip_reason())
-    world = request.param
-    return world, mpirun("run_modes.py", tmp_path_factory.mktemp(f"modes{world}"), n=world)
+    return _world_run(request, tmp_path_factory, "run_modes.py")
 
 
 @needs_mpi
