@@ -147,19 +147,29 @@ def allreduce_gradients(grads: Any, comm: Any, *,
                 used += g.size
             if pending:
                 _reduce_packed(comm, MPI, pending, used, dtype, mpitype, world)
-    rows = [i for i, g in enumerate(grads) if isinstance(g, RowGrad)]
-    if rows:
-        counts = np.array([len(grads[i].indices) for i in rows], dtype=np.int64)
-        table = np.empty((world, len(rows)), dtype=np.int64)
-        comm.Allgather([counts, MPI.INT64_T], [table, MPI.INT64_T])
-        for k, i in enumerate(rows):
-            grads[i] = gather_rows(comm, MPI, grads[i], table[:, k], world)
-            if given is not None:
-                given[i] = grads[i]
+    rows = gather_every_rows(comm, MPI, {i: g for i, g in enumerate(grads)
+                                         if isinstance(g, RowGrad)})
+    for i, g in rows.items():
+        grads[i] = g
+        if given is not None:
+            given[i] = g
     return grads if given is None else given
 
 
-def gather_rows(comm, MPI, g, counts, world):
+def gather_every_rows(comm, MPI, rows):
+    """``{index: RowGrad}`` of this rank -> ``{index: every rank's rows}`` (one
+    ``Allgather`` of the row counts, then two ``Allgatherv`` per RowGrad)."""
+    if not rows:
+        return rows
+    keys = sorted(rows)
+    world = comm.Get_size()
+    counts = np.array([len(rows[i].indices) for i in keys], dtype=np.int64)
+    table = np.empty((world, len(keys)), dtype=np.int64)
+    comm.Allgather([counts, MPI.INT64_T], [table, MPI.INT64_T])
+    return {i: _gather_rows(comm, MPI, rows[i], table[:, k], world) for k, i in enumerate(keys)}
+
+
+def _gather_rows(comm, MPI, g, counts, world):
     """Every rank's rows of one RowGrad, in rank order, the values averaged."""
     vals = np.ascontiguousarray(g.values)
     dim, dtype = vals.shape[1], vals.dtype

@@ -14,7 +14,7 @@ from ._inputs import (check_disjoint, check_grads, check_row_params, pairs_to_gr
                       shardable_class, whole_tensors)
 from ._layout import aligned_empty, flat_view, make_buckets, piece_shape, pieces_of
 from ._reduce import ShardReducer, reduce_scatter_ordered
-from .allreduce import gather_rows
+from .allreduce import gather_every_rows
 
 if TYPE_CHECKING:
     from .._types import Array, Grads, Params
@@ -379,40 +379,23 @@ class ShardedOptimizer:
         with self.optimizer.lock:
             self._agree_step(grads, refused)
             self._reducer.active = any(g is not None for g in grads)
-            rows = {i: g for i, g in enumerate(grads) if isinstance(g, RowGrad)}
-            if rows:
-                rows = self._gather_rows(rows)
+            rows = gather_every_rows(self.comm, self._MPI, {
+                i: g for i, g in enumerate(grads) if isinstance(g, RowGrad)})
             for bi, b in enumerate(self._buckets):
-                if any(isinstance(grads[i], np.ndarray) for i in b.tensors):
+                # a bucket of RowGrads and Nones alone has no dense grad to reduce
+                if not rows or any(isinstance(grads[i], np.ndarray) for i in b.tensors):
                     self._reduce_scatter(bi, grads)
-            inner = []
-            for piece, g in zip(self._pieces, self._piece_grads):
-                if piece.tensor in rows:
-                    inner.append(self._rows_of_piece(rows[piece.tensor], piece, g.shape[0]))
-                else:
-                    inner.append(None if grads[piece.tensor] is None else g)
-            self.optimizer.step(inner)
+            self.optimizer.step([self._rows_of_piece(rows[p.tensor], p, g.shape[0])
+                                 if p.tensor in rows else
+                                 None if grads[p.tensor] is None else g
+                                 for p, g in zip(self._pieces, self._piece_grads)])
             self._gather_params()
 
-    def _gather_rows(self, rows):
-        """Every rank's rows of each RowGrad (``{index: RowGrad}``), in rank
-        order, as ``(indices, values / R)`` (one ``Allgather`` of the counts,
-        then two ``Allgatherv`` per RowGrad)."""
-        MPI = self._MPI
-        keys = sorted(rows)
-        counts = np.array([len(rows[i].indices) for i in keys], dtype=np.int64)
-        table = np.empty((self.world_size, len(keys)), dtype=np.int64)
-        self.comm.Allgather([counts, MPI.INT64_T], [table, MPI.INT64_T])
-        return {i: gather_rows(self.comm, MPI, rows[i], table[:, k], self.world_size)
-                for k, i in enumerate(keys)}
-
-    @staticmethod
-    def _rows_of_piece(g, piece, nrows):
+    def _rows_of_piece(self, g, piece, nrows):
         """The rows of ``g`` (all ranks' rows of a table) that fall into
-        ``piece``, renumbered from its first row, in the order gathered (so
-        repeated rows are summed in the same order as by one process)."""
-        first = piece.start // g.values.shape[1] if g.values.ndim == 2 and g.values.shape[1] \
-            else 0
+        ``piece`` (``nrows`` whole rows), renumbered from its first row, in the
+        order gathered (so repeated rows are summed as by one process)."""
+        first = piece.start // self._shapes[piece.tensor][1]
         keep = (g.indices >= first) & (g.indices < first + nrows)
         return RowGrad(g.indices[keep] - first, np.ascontiguousarray(g.values[keep]))
 
