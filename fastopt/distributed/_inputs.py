@@ -7,6 +7,7 @@ import numpy as np
 from .. import _core
 from .._core import RowGrad
 from ..optimizers import REGISTRY, Optimizer
+from ._agree import describe
 
 def shardable_class(opt_class):
     """The optimizer class given (or named), checked to be one."""
@@ -25,8 +26,9 @@ def whole_tensors(opt_class):
     """Whether ``opt_class`` is sharded by whole tensors: its update of an
     element depends on other elements of the tensor beyond per-tensor sums
     (Adafactor's factored rows and columns, Muon's Newton-Schulz iteration on
-    the whole matrix), which a piece of a tensor cannot compute.  Otherwise (elementwise, or per-tensor sums combined over the
-    ranks, as Lamb's) tensors are cut into pieces."""
+    the whole matrix), which a piece of a tensor cannot compute.  Otherwise
+    (elementwise, or per-tensor sums combined over the ranks, as Lamb's)
+    tensors are cut into pieces."""
     return not opt_class.elementwise and (not _core.kernel_reduces(opt_class.kernel)
                                           or _core.kernel_factored(opt_class.kernel)
                                           or opt_class.host_stage is not None)
@@ -82,13 +84,11 @@ def _check_rows(i, g, p, tables, reduces):
     if (not isinstance(idx, np.ndarray) or idx.ndim != 1 or idx.dtype.kind != "i"
             or idx.dtype.itemsize not in (4, 8)):
         return (f"grads[{i}].indices: expected a 1-D int32 or int64 ndarray; got "
-                f"{type(idx).__name__ if not isinstance(idx, np.ndarray) else f'{idx.dtype} {idx.shape}'}")
+                f"{describe(idx)}")
     if (not isinstance(vals, np.ndarray) or vals.dtype != p.dtype
             or vals.shape != (len(idx), p.shape[1])):
-        got = (f"{vals.dtype} {vals.shape}" if isinstance(vals, np.ndarray)
-               else type(vals).__name__)
         return (f"grads[{i}].values: expected {p.dtype} of shape ({len(idx)}, {p.shape[1]}) "
-                f"(a row of params[{i}] per index); got {got}")
+                f"(a row of params[{i}] per index); got {describe(vals)}")
     if len(idx) and (idx.min() < 0 or idx.max() >= p.shape[0]):
         bad = int(np.flatnonzero((idx < 0) | (idx >= p.shape[0]))[0])
         return (f"grads[{i}].indices[{bad}] is {int(idx[bad])}; params[{i}] has "
