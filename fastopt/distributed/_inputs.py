@@ -84,11 +84,12 @@ def _check_rows(i, g, p, tables, reduces):
     if (not isinstance(idx, np.ndarray) or idx.ndim != 1 or idx.dtype.kind != "i"
             or idx.dtype.itemsize not in (4, 8)):
         return (f"grads[{i}].indices: expected a 1-D int32 or int64 ndarray; got "
-                f"{describe(idx)}")
+                f"{describe(idx)}. Pass np.asarray(indices, dtype=np.int64).ravel()")
     if (not isinstance(vals, np.ndarray) or vals.dtype != p.dtype
             or vals.shape != (len(idx), p.shape[1])):
         return (f"grads[{i}].values: expected {p.dtype} of shape ({len(idx)}, {p.shape[1]}) "
-                f"(a row of params[{i}] per index); got {describe(vals)}")
+                f"(a row of params[{i}] per index); got {describe(vals)}. Pass one row of "
+                f"the param's width per index, in its dtype (values.astype(p.dtype))")
     if len(idx) and (idx.min() < 0 or idx.max() >= p.shape[0]):
         bad = int(np.flatnonzero((idx < 0) | (idx >= p.shape[0]))[0])
         return (f"grads[{i}].indices[{bad}] is {int(idx[bad])}; params[{i}] has "
