@@ -104,7 +104,7 @@ compile_args, link_args = build_flags()
 
 ext = Extension(
     "fastopt._core",
-    sources=["fastopt/_core.pyx", "csrc/driver.c", *sorted(glob("csrc/kernels/*.c"))],
+    sources=["fastopt/_core.pyx", "csrc/driver.c", "csrc/compact.c", *sorted(glob("csrc/kernels/*.c"))],
     include_dirs=["csrc", np.get_include()],
     depends=sorted(glob("csrc/*.h") + glob("csrc/*.def")),
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],

@@ -219,8 +219,6 @@ static int fo_team_size(int64_t elems, int64_t cost, int nthreads)
     return most < nthreads ? (int)(most > 1 ? most : 1) : nthreads;
 }
 
-static int64_t fo_align_down(int64_t x) { return x - x % FO_ALIGN; }
-
 /* Elements a bound tensor updates this step: all of them, or its rows. */
 static int64_t fo_active_size(const fo_tensor *t)
 {
@@ -279,8 +277,9 @@ static void fo_run_rows(const fo_tensor *t, fo_kernel_fn f, int64_t ra, int64_t 
 
 /* Thread `part` of `parts` updates the active elements [lo, hi) of the
  * concatenation of active tensors.  Cut points inside a tensor are rounded to
- * FO_ALIGN elements so no two threads write one cache line. */
-static void fo_run_part(const fo_plan *plan, fo_kernel_fn f32, fo_kernel_fn f64,
+ * FO_ALIGN elements so no two threads write one cache line (FO_QBLOCK in a
+ * compact tensor, whose blocks stay whole). */
+static void fo_run_part(const fo_plan *plan, int simd, fo_kernel_fn f32, fo_kernel_fn f64,
                         const double *rows, int64_t active, int part, int parts)
 {
     const int64_t lo = active / parts * part + active % parts * part / parts;
@@ -298,13 +297,17 @@ static void fo_run_part(const fo_plan *plan, fo_kernel_fn f32, fo_kernel_fn f64,
             fo_run_rows(t, t->dtype == FO_FLOAT32 ? f32 : f64, (a + t->width - 1) / t->width,
                         (b + t->width - 1) / t->width, rows + (int64_t)t->row * FO_NSCALARS);
         } else if (end > lo) {
+            /* a compact tensor is cut between its blocks */
+            const int64_t align = t->compact ? FO_QBLOCK : FO_ALIGN;
             int64_t a = lo > off ? lo - off : 0;
             int64_t b = hi < end ? hi - off : t->size;
             if (a > 0)
-                a = fo_align_down(a);
+                a -= a % align;
             if (b < t->size)
-                b = fo_align_down(b);
-            if (b > a)
+                b -= b % align;
+            if (b > a && t->compact)
+                fo_compact_run(simd, t, f32, a, b, rows + (int64_t)t->row * FO_NSCALARS);
+            else if (b > a)
                 (t->dtype == FO_FLOAT32 ? f32 : f64)(t, a, b, rows + (int64_t)t->row * FO_NSCALARS);
         }
         off = end;
@@ -324,7 +327,7 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
         return;
     const int team = fo_team_size(active, fo_costs[kernel], nthreads);
     if (team <= 1) {
-        fo_run_part(plan, f32, f64, rows, active, 0, 1);
+        fo_run_part(plan, simd, f32, f64, rows, active, 0, 1);
         fo_note_team(1);
         return;
     }
@@ -334,7 +337,8 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
     {
         if (omp_get_thread_num() == 0)
             ran = omp_get_num_threads();
-        fo_run_part(plan, f32, f64, rows, active, omp_get_thread_num(), omp_get_num_threads());
+        fo_run_part(plan, simd, f32, f64, rows, active, omp_get_thread_num(),
+                    omp_get_num_threads());
     }
 #endif
     fo_note_team(ran);
@@ -360,6 +364,22 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
 
 static double fo_sumsq_f32(const void *p, int64_t n) { FO_SUMSQ_BODY(float) }
 static double fo_sumsq_f64(const void *p, int64_t n) { FO_SUMSQ_BODY(double) }
+
+/* Elements [b, b + n) (n <= FO_CHUNK) of a tensor's grad (which 0) or
+ * param (which 1) as an array of its dtype: the memory itself, its float32
+ * master copy, or 16-bit values decoded into buf. */
+static const void *fo_values(const fo_tensor *t, int which, int64_t b, int64_t n, float *buf)
+{
+    const int fmt = which == 1 ? t->pfmt : t->gfmt;
+    const void *base = which == 1 ? (const void *)t->param : t->grad;
+    if (which == 1 && t->master != NULL)
+        return t->master + b;
+    if (fmt == FO_FMT_NATIVE)
+        return (const char *)base + (size_t)b * (t->dtype == FO_FLOAT32 ? sizeof(float)
+                                                                        : sizeof(double));
+    fo_compact_decode(fmt, (const uint16_t *)base + b, buf, b, n);
+    return buf;
+}
 
 /* Norm of one whole tensor, scaled by its largest magnitude so that a sum of
  * squares beyond DBL_MAX (float64 elements near 1e155) still gives the finite
@@ -413,6 +433,18 @@ double fo_norm_scaled(const fo_plan *plan, int32_t tensor, int which)
         return 0.0;
     if (which == 0 && t->rows != NULL)
         return t->dtype == FO_FLOAT32 ? fo_norm_scaled_rows_f32(t) : fo_norm_scaled_rows_f64(t);
+    if (which == 1 && t->master != NULL)
+        return fo_norm_scaled_f32(t->master, t->size);
+    if ((which == 1 ? t->pfmt : t->gfmt) != FO_FMT_NATIVE) {
+        /* 16-bit values: their sum of squares cannot overflow a double */
+        double s = 0.0;
+        for (int64_t b = 0; b < t->size; b += FO_CHUNK) {
+            float buf[FO_CHUNK];
+            const int64_t n = t->size - b < FO_CHUNK ? t->size - b : FO_CHUNK;
+            s += fo_sumsq_f32(fo_values(t, which, b, n, buf), n);
+        }
+        return sqrt(s);
+    }
     return t->dtype == FO_FLOAT32 ? fo_norm_scaled_f32(base, t->size)
                                   : fo_norm_scaled_f64(base, t->size);
 }
@@ -485,8 +517,8 @@ void fo_sumsq(const fo_plan *plan, int which, double *out, double *scratch, int 
                            r += t->dtype == FO_FLOAT32 ? fo_sumsq_f32(p, len)
                                                        : fo_sumsq_f64(p, len));
         } else if (base != NULL) {
-            const size_t es = t->dtype == FO_FLOAT32 ? sizeof(float) : sizeof(double);
-            const char *p = (const char *)base + (size_t)ch->begin * es;
+            float buf[FO_CHUNK];
+            const void *p = fo_values(t, which, ch->begin, ch->end - ch->begin, buf);
             r = t->dtype == FO_FLOAT32 ? fo_sumsq_f32(p, ch->end - ch->begin)
                                        : fo_sumsq_f64(p, ch->end - ch->begin);
         }
@@ -672,10 +704,12 @@ void fo_count_nonfinite(const fo_plan *plan, int64_t *out, int64_t *scratch, int
             FO_ROWS_PIECES(t, ch->begin, ch->end,
                            r += t->dtype == FO_FLOAT32 ? fo_nonfinite_f32((const float *)p, len)
                                                        : fo_nonfinite_f64((const double *)p, len));
-        else if (t->grad != NULL)
-            r = t->dtype == FO_FLOAT32
-                    ? fo_nonfinite_f32((const float *)t->grad + ch->begin, ch->end - ch->begin)
-                    : fo_nonfinite_f64((const double *)t->grad + ch->begin, ch->end - ch->begin);
+        else if (t->grad != NULL) {
+            float buf[FO_CHUNK];
+            const void *p = fo_values(t, 0, ch->begin, ch->end - ch->begin, buf);
+            r = t->dtype == FO_FLOAT32 ? fo_nonfinite_f32((const float *)p, ch->end - ch->begin)
+                                       : fo_nonfinite_f64((const double *)p, ch->end - ch->begin);
+        }
         scratch[c] = r;
     }
     fo_note_team(ran);

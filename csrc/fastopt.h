@@ -21,9 +21,15 @@ extern "C" {
 #define FO_CHUNK 4096       /* elements per work-list chunk (16 KiB of float32) */
 #define FO_ALIGN 16         /* thread split points are multiples of this many elements */
 #define FO_NRED 2           /* partial sums a reduction pass returns per chunk (Lamb: |w|^2, |r|^2) */
+#define FO_QBLOCK 256       /* elements per block of compact storage (one int8 scale each) */
+#define FO_QBLOCK_BYTES (4 + FO_QBLOCK)   /* an int8 block: float32 absmax, then the codes */
 
 enum { FO_OK = 0, FO_ENOMEM = 1, FO_EINVAL = 2 };
 enum { FO_FLOAT32 = 0, FO_FLOAT64 = 1 };
+/* Storage of a param, grad or state array (csrc/compact.c): NATIVE is the
+ * tensor's dtype; the others hold float32 values in fewer bytes. */
+enum { FO_FMT_NATIVE = 0, FO_FMT_BF16 = 1, FO_FMT_F16 = 2, FO_FMT_Q8S = 3, FO_FMT_Q8U = 4 };
+enum { FO_ROUND_NEAREST = 0, FO_ROUND_STOCHASTIC = 1 };
 enum { FO_KERAS = 0, FO_TORCH = 1 };     /* whose formulas a kernel's scalars follow */
 #define FO_MAX_HP 16        /* hyper-parameters a kernel may read */
 enum { FO_SIMD_BASELINE = 0, FO_SIMD_AVX2 = 1, FO_SIMD_AVX512 = 2, FO_SIMD_COUNT = 3 };
@@ -65,6 +71,25 @@ typedef struct {
     int64_t frows, fcols;
     double *work;                /* fo_work_size(t) doubles: row sums, column sums,
                                     one value per matrix (see fo_step_rowcol) */
+    /* Compact storage (csrc/compact.c).  When `compact` is set the tensor is
+     * float32 and every pass runs its float32 body on blocks of FO_QBLOCK
+     * elements decoded into float32, then encodes what it wrote: fmt[k] is
+     * the storage of state array k, pfmt of the param, gfmt of the grad bound
+     * now.  A low-precision param with a master copy is read and written
+     * through `master` (float32) and rewritten from it, rounded; without one
+     * it is rounded directly.  Roundings that are stochastic draw from a
+     * counter-based generator keyed by (key, step, base + element index), so
+     * the bits do not depend on threads, SIMD variant or how a param is cut
+     * into shards; int8 blocks start at multiples of FO_QBLOCK from element 0
+     * of the whole param (base is a multiple of FO_QBLOCK). */
+    int8_t compact;
+    int8_t fmt[FO_MAX_STATE];
+    int8_t pfmt, gfmt;
+    int8_t rounding;             /* FO_ROUND_* of a low-precision param */
+    float *master;
+    uint64_t key;                /* fo_rng_key(seed, index of the param in its optimizer) */
+    int64_t base;                /* index of element 0 in the whole param */
+    int64_t step;                /* the step applied now */
 } fo_tensor;
 
 typedef void (*fo_kernel_fn)(const fo_tensor *t, int64_t begin, int64_t end,
@@ -154,6 +179,20 @@ enum {
 const fo_kernel_info *fo_kernel(int32_t id);
 
 int fo_plan_init(fo_plan *plan, fo_tensor *tensors, int32_t ntensors);
+
+/* Compact storage (csrc/compact.c). */
+uint64_t fo_rng_key(uint64_t seed, uint64_t param_index);
+/* Runs the float32 elementwise pass f over [begin, end) of a compact tensor
+ * (begin a multiple of FO_QBLOCK) with the SIMD variant simd.  Kernels with a
+ * reduction or row/column pass never see compact tensors (the host refuses). */
+void fo_compact_run(int simd, const fo_tensor *t, fo_kernel_fn f, int64_t begin, int64_t end,
+                    const double *s);
+/* Encodes/decodes n float32 values from element `first` of an array of
+ * storage fmt (a whole number of blocks for int8 formats; the reference
+ * tests use these to model the rounding).  stream picks the draws. */
+void fo_compact_encode(int fmt, int rounding, const float *x, void *out, int64_t first, int64_t n,
+                       uint64_t key, int64_t step, int stream);
+void fo_compact_decode(int fmt, const void *in, float *x, int64_t first, int64_t n);
 void fo_plan_free(fo_plan *plan);
 
 /* One optimizer update over every tensor whose grad is set: a single
