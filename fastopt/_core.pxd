@@ -1,5 +1,5 @@
 # Mirror of csrc/fastopt.h: the one C API shared by C users and Cython.
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
 
 cdef extern from "fastopt.h" nogil:
     enum:
@@ -7,6 +7,15 @@ cdef extern from "fastopt.h" nogil:
         FO_NSCALARS
         FO_CHUNK
         FO_NRED
+        FO_QBLOCK
+        FO_QBLOCK_BYTES
+        FO_FMT_NATIVE
+        FO_FMT_BF16
+        FO_FMT_F16
+        FO_FMT_Q8S
+        FO_FMT_Q8U
+        FO_ROUND_NEAREST
+        FO_ROUND_STOCHASTIC
         FO_OK
         FO_ENOMEM
         FO_EINVAL
@@ -45,6 +54,15 @@ cdef extern from "fastopt.h" nogil:
         int64_t frows
         int64_t fcols
         double *work
+        int8_t compact
+        int8_t fmt[FO_MAX_STATE]
+        int8_t pfmt
+        int8_t gfmt
+        int8_t rounding
+        float *master
+        uint64_t key
+        int64_t base
+        int64_t step
 
     ctypedef struct fo_ctx:
         const double *hp
@@ -67,6 +85,7 @@ cdef extern from "fastopt.h" nogil:
         fo_scalars_fn scalars_fn
         fo_finish_fn finish
         int32_t (*nstate_used)(const double *s)
+        void *reduce[FO_SIMD_COUNT][2]
         void *rowcol[FO_SIMD_COUNT][2]
 
     ctypedef struct fo_plan:
@@ -78,6 +97,10 @@ cdef extern from "fastopt.h" nogil:
     const fo_kernel_info *fo_kernel(int32_t id)
     int fo_plan_init(fo_plan *plan, fo_tensor *tensors, int32_t ntensors)
     void fo_plan_free(fo_plan *plan)
+    uint64_t fo_rng_key(uint64_t seed, uint64_t param_index)
+    void fo_compact_encode(int fmt, int rounding, const float *x, void *out, int64_t first,
+                           int64_t n, uint64_t key, int64_t step, int stream)
+    void fo_compact_decode(int fmt, const void *inp, float *x, int64_t first, int64_t n)
     void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthreads)
     void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
                         double *scratch, int nthreads)

@@ -8,7 +8,7 @@ fail during a step, so all errors are raised here.
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.math cimport INFINITY, isfinite, sqrt
 from libc.string cimport memcpy, memset
@@ -58,6 +58,13 @@ NSCALARS = FO_NSCALARS
 CHUNK = FO_CHUNK
 NRED = FO_NRED
 MAX_STATE = FO_MAX_STATE
+# Compact storage (csrc/compact.c): the storage format codes, the block of
+# int8 state and the dtype holding one (its float32 absmax, then its codes).
+QBLOCK = FO_QBLOCK
+FMT_NATIVE, FMT_BF16, FMT_F16, FMT_Q8S, FMT_Q8U = (FO_FMT_NATIVE, FO_FMT_BF16, FO_FMT_F16,
+                                                   FO_FMT_Q8S, FO_FMT_Q8U)
+Q8_DTYPE = np.dtype([("absmax", "<f4"), ("codes", "u1", (FO_QBLOCK,))])
+ROUNDINGS = {"nearest": FO_ROUND_NEAREST, "stochastic": FO_ROUND_STOCHASTIC}
 # host values a kernel may keep per tensor (FO_KERNEL_AUX)
 cdef enum:
     _NAUX = 2
@@ -162,6 +169,67 @@ cdef inline bint _native_float(cnp.ndarray a):
     return (tn == cnp.NPY_FLOAT or tn == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(a)
 
 
+cdef int _half(object dtype):
+    """FO_FMT_BF16 or FO_FMT_F16 for a native 16-bit float dtype (bfloat16
+    is ml_dtypes'), else 0."""
+    if dtype.itemsize != 2 or not dtype.isnative:
+        return 0
+    if dtype.kind == "f":
+        return FO_FMT_F16
+    return FO_FMT_BF16 if dtype.name == "bfloat16" else 0
+
+
+def storage_format(dtype):
+    """The storage code of a param or grad dtype: FMT_NATIVE for native
+    float32/float64, FMT_BF16, FMT_F16, or -1."""
+    dtype = np.dtype(dtype)
+    if dtype.isnative and dtype in (np.float32, np.float64):
+        return FO_FMT_NATIVE
+    return _half(dtype) or -1
+
+
+def rng_key(seed, index):
+    """The rounding stream of the param at ``index`` of an optimizer seeded
+    with ``seed`` (see csrc/compact.c)."""
+    return int(fo_rng_key(<uint64_t>(seed & 0xFFFFFFFFFFFFFFFF), <uint64_t>index))
+
+
+def compact_encode(int fmt, str rounding, x, int64_t first, uint64_t key, int64_t step,
+                   int stream):
+    """Encode float32 ``x`` (elements ``first ..`` of a param) in storage
+    ``fmt`` as the kernels do: a uint16 array, or int8 blocks (Q8_DTYPE)."""
+    cdef cnp.ndarray src = np.ascontiguousarray(x, dtype=np.float32).ravel()
+    cdef int64_t n = src.shape[0]
+    if fmt in (FO_FMT_Q8S, FO_FMT_Q8U):
+        if first % FO_QBLOCK:
+            raise ValueError(f"first must be a multiple of {FO_QBLOCK}; got {first}")
+        out = np.zeros((n + FO_QBLOCK - 1) // FO_QBLOCK, dtype=Q8_DTYPE)
+    elif fmt in (FO_FMT_BF16, FO_FMT_F16):
+        out = np.zeros(n, dtype=np.uint16)
+    else:
+        raise ValueError(f"fmt must be a compact format; got {fmt}")
+    fo_compact_encode(fmt, ROUNDINGS[rounding], <const float *>cnp.PyArray_DATA(src),
+                      cnp.PyArray_DATA(<cnp.ndarray>out), first, n, key, step, stream)
+    return out
+
+
+def compact_decode(int fmt, data, int64_t n):
+    """The float32 values of ``n`` elements held in storage ``fmt``."""
+    cdef cnp.ndarray src = np.ascontiguousarray(data)
+    if fmt in (FO_FMT_Q8S, FO_FMT_Q8U):
+        if src.dtype != Q8_DTYPE or src.size * FO_QBLOCK < n:
+            raise ValueError("expected int8 blocks for n elements")
+    elif fmt in (FO_FMT_BF16, FO_FMT_F16):
+        if src.dtype.itemsize != 2 or src.size < n:
+            raise ValueError("expected 16-bit values for n elements")
+    else:
+        raise ValueError(f"fmt must be a compact format; got {fmt}")
+    out = np.empty(n, dtype=np.float32)
+    fo_compact_decode(fmt, cnp.PyArray_DATA(src), <float *>cnp.PyArray_DATA(<cnp.ndarray>out),
+                      0, n)
+    return out
+
+
 cdef class RowGrad:
     """The gradient of some rows of a 2-D parameter (an embedding table).
 
@@ -250,6 +318,7 @@ cdef class Engine:
     cdef void **adata           # the buffer, size and dtype each had when bound
     cdef int64_t *asize
     cdef int *atype
+    cdef list adtypes           # the dtype each had when bound, for messages
     cdef int32_t *aowner        # params[i] that array j belongs to
     cdef int32_t *aslot         # -1: the param itself; k: its state array k
     cdef readonly int32_t n
@@ -283,6 +352,11 @@ cdef class Engine:
     cdef int64_t *rg_scratch
     cdef int64_t rg_scratch_cap
     cdef readonly int32_t nrowgrads     # RowGrads bound now
+    # compact storage: a tensor is compact with any state, its param or a
+    # master copy stored compactly (fixed), or a 16-bit grad (per step)
+    cdef bint *fixed_compact
+    cdef int8_t *pending_gfmt
+    cdef readonly list masters
 
     def __cinit__(self):
         self.tensors = NULL
@@ -296,8 +370,11 @@ cdef class Engine:
         self.nrowgrads = 0
         self.work = NULL
         self.rcscratch = NULL
+        self.fixed_compact = NULL
+        self.pending_gfmt = NULL
 
-    def __init__(self, str kernel, list params, list states):
+    def __init__(self, str kernel, list params, list states, formats=None, masters=None,
+                 keys=None, bases=None, rounding=None):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; known: {sorted(KERNELS)}")
         self.kernel = KERNELS[kernel]
@@ -318,7 +395,7 @@ cdef class Engine:
         self.states = [list(st) for st in states]
         cdef Py_ssize_t ntot = n
         for i in range(n):
-            ntot += len(self.states[i])
+            ntot += len(self.states[i]) + (masters is not None and masters[i] is not None)
         self.tensors = <fo_tensor *>_alloc(max(n, 1) * sizeof(fo_tensor))
         self.typenums = <int *>_alloc(max(n, 1) * sizeof(int))
         self.ndims = <int *>_alloc(max(n, 1) * sizeof(int))
@@ -339,7 +416,18 @@ cdef class Engine:
         self.rg_sums = <char **>_calloc(max(n, 1), sizeof(char *))
         self.rg_cap = <int64_t *>_calloc(max(n, 1), sizeof(int64_t))
         memset(self.tensors, 0, max(n, 1) * sizeof(fo_tensor))
+        self.fixed_compact = <bint *>_calloc(max(n, 1), sizeof(bint))
+        self.pending_gfmt = <int8_t *>_calloc(max(n, 1), sizeof(int8_t))
         self.arrays = []
+        self.adtypes = []
+        self.masters = [None] * n if masters is None else list(masters)
+        for name, given in (("formats", formats), ("keys", keys), ("bases", bases),
+                            ("rounding", rounding)):
+            if given is not None and len(given) != n:
+                raise ValueError(f"expected {n} {name}; got {len(given)}")
+        if len(self.masters) != n:
+            raise ValueError(f"expected {n} masters; got {len(self.masters)}")
+        multipass = self.factored or self.info.reduce[0][0] != NULL
 
         cdef cnp.ndarray p, s
         cdef int64_t at = 0, nwork = 0
@@ -355,7 +443,29 @@ cdef class Engine:
             self.tensors[i].param = cnp.PyArray_DATA(p)
             self.tensors[i].grad = NULL
             self.tensors[i].size = cnp.PyArray_SIZE(p)
-            self.tensors[i].dtype = FO_FLOAT32 if self.typenums[i] == cnp.NPY_FLOAT else FO_FLOAT64
+            self.tensors[i].pfmt = _half((<object>p).dtype)
+            self.tensors[i].dtype = (FO_FLOAT32 if self.typenums[i] == cnp.NPY_FLOAT
+                                     or self.tensors[i].pfmt else FO_FLOAT64)
+            self.tensors[i].key = 0 if keys is None else <uint64_t>keys[i]
+            self.tensors[i].base = 0 if bases is None else bases[i]
+            self.tensors[i].rounding = (FO_ROUND_STOCHASTIC if rounding is None
+                                        else ROUNDINGS[rounding[i]])
+            fmts = [FO_FMT_NATIVE] * len(self.states[i]) if formats is None else list(formats[i])
+            if len(fmts) != len(self.states[i]):
+                raise ValueError(f"params[{i}]: {len(self.states[i])} state arrays but "
+                                 f"{len(fmts)} formats")
+            self.fixed_compact[i] = (self.tensors[i].pfmt != FO_FMT_NATIVE
+                                     or self.masters[i] is not None
+                                     or any(f != FO_FMT_NATIVE for f in fmts))
+            if self.fixed_compact[i] and multipass:
+                raise ValueError(f"params[{i}]: kernel {kernel!r} makes more than one pass "
+                                 f"over a tensor, so it takes float32/float64 params and state "
+                                 f"only")
+            if self.fixed_compact[i] and self.tensors[i].base % FO_QBLOCK:
+                raise ValueError(f"params[{i}]: a compact tensor starts at a multiple of "
+                                 f"{FO_QBLOCK} elements of its param; got base "
+                                 f"{self.tensors[i].base}")
+            self.tensors[i].compact = self.fixed_compact[i]
             self.tensors[i].row = 0
             self.tensors[i].frows = 0
             self.tensors[i].fcols = 0
@@ -376,19 +486,52 @@ cdef class Engine:
             self._track(p, i, -1)
             if cnp.PyArray_NBYTES(p) > 0:
                 ranges.append((<uintptr_t>cnp.PyArray_DATA(p), cnp.PyArray_NBYTES(p), i, -1))
+            master = self.masters[i]
+            if master is not None:
+                if (not isinstance(master, np.ndarray) or master.dtype != np.float32
+                        or master.shape != (<object>p).shape
+                        or (cnp.PyArray_FLAGS(<cnp.ndarray>master) & _REQUIRED_FLAGS)
+                        != _REQUIRED_FLAGS):
+                    raise ValueError(f"the master copy of params[{i}] must be a writeable, "
+                                     f"aligned, C-contiguous float32 ndarray of shape "
+                                     f"{(<object>p).shape}; got {_describe(master)}")
+                if not self.tensors[i].pfmt:
+                    raise ValueError(f"params[{i}] is {(<object>p).dtype}: a master copy is "
+                                     f"for bfloat16 or float16 params")
+                self.tensors[i].master = <float *>cnp.PyArray_DATA(<cnp.ndarray>master)
+                self._track(<cnp.ndarray>master, i, -2)
+                if master.nbytes > 0:
+                    ranges.append((<uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>master),
+                                   master.nbytes, i, -2))
+            compute = np.float32 if self.tensors[i].pfmt else (<object>p).dtype
             for k in range(len(self.states[i])):
                 obj = self.states[i][k]
                 if not isinstance(obj, np.ndarray):
                     raise ValueError(f"state {k} of params[{i}] must be an ndarray; got "
                                      f"{_describe(obj)}")
                 s = <cnp.ndarray>obj
-                if (cnp.PyArray_TYPE(s) != self.typenums[i] or obj.shape != shapes_of_state[k]
-                        or not cnp.PyArray_ISNOTSWAPPED(s)
+                f = fmts[k]
+                if f == FO_FMT_NATIVE:
+                    want, wshape = np.dtype(compute), shapes_of_state[k]
+                elif f == FO_FMT_Q8S or f == FO_FMT_Q8U:
+                    want = Q8_DTYPE
+                    wshape = ((self.tensors[i].size + FO_QBLOCK - 1) // FO_QBLOCK,)
+                elif f == FO_FMT_BF16 or f == FO_FMT_F16:
+                    want, wshape = None, (<object>p).shape
+                else:
+                    raise ValueError(f"params[{i}]: unknown format {f!r} of state {k}")
+                if f != FO_FMT_NATIVE and compute != np.float32:
+                    raise ValueError(f"params[{i}]: compact state is for float32, bfloat16 and "
+                                     f"float16 params; params[{i}] is {(<object>p).dtype}")
+                ok_dtype = (_half(obj.dtype) == f) if want is None else (obj.dtype == want)
+                if (not ok_dtype or obj.shape != wshape or not cnp.PyArray_ISNOTSWAPPED(s)
                         or (cnp.PyArray_FLAGS(s) & _REQUIRED_FLAGS) != _REQUIRED_FLAGS):
+                    kind = ({FO_FMT_BF16: "bfloat16", FO_FMT_F16: "float16"}.get(f)
+                            or str(want))
                     raise ValueError(f"state {k} of params[{i}] must be a writeable, aligned, "
-                                     f"C-contiguous ndarray of the param's dtype (native byte "
-                                     f"order) and of shape {shapes_of_state[k]}; got "
-                                     f"{_describe(obj)}")
+                                     f"C-contiguous ndarray of dtype {kind} (native byte "
+                                     f"order) and of shape {wshape}; got {_describe(obj)}")
+                self.tensors[i].fmt[k] = f
                 self.tensors[i].state[k] = cnp.PyArray_DATA(s)
                 self._track(s, i, k)
                 if cnp.PyArray_NBYTES(s) > 0:
@@ -400,7 +543,7 @@ cdef class Engine:
             a, b = ranges[k - 1], ranges[k]
             if a[0] + a[1] > b[0]:
                 ia, ib = sorted((a[2], b[2]))
-                if a[3] < 0 and b[3] < 0:
+                if a[3] == -1 and b[3] == -1:
                     raise ValueError(
                         f"params[{ia}] and params[{ib}] share memory (the same array passed twice, "
                         f"or overlapping views of one buffer); pass each parameter once")
@@ -432,6 +575,7 @@ cdef class Engine:
     cdef void _track(self, cnp.ndarray a, Py_ssize_t owner, Py_ssize_t slot):
         cdef Py_ssize_t j = len(self.arrays)
         self.arrays.append(a)
+        self.adtypes.append((<object>a).dtype)
         self.adata[j] = cnp.PyArray_DATA(a)
         self.asize[j] = cnp.PyArray_SIZE(a)
         self.atype[j] = cnp.PyArray_TYPE(a)
@@ -451,7 +595,8 @@ cdef class Engine:
     cdef str _changed_message(self, Py_ssize_t j):
         cdef cnp.ndarray a = <cnp.ndarray>self.arrays[j]
         cdef Py_ssize_t i = self.aowner[j]
-        what = (f"params[{i}]" if self.aslot[j] < 0
+        what = (f"params[{i}]" if self.aslot[j] == -1
+                else f"the master copy of params[{i}]" if self.aslot[j] == -2
                 else f"state array {self.aslot[j]} of params[{i}]")
         if not cnp.PyArray_ISWRITEABLE(a):
             return (f"{what} was made read-only after the optimizer was built, and fastopt "
@@ -464,7 +609,7 @@ cdef class Engine:
                     f"new optimizer over the array as it is now; nothing was changed")
         return (f"{what} changed dtype, byte order or layout in place since the optimizer was "
                 f"built (expected an aligned C-contiguous native "
-                f"{np.dtype(np.float32 if self.atype[j] == cnp.NPY_FLOAT else np.float64)} "
+                f"{self.adtypes[j]} "
                 f"array; got {_describe(a)}, strides {(<object>a).strides}). Restore it, or "
                 f"build a new optimizer; nothing was changed")
 
@@ -504,6 +649,8 @@ cdef class Engine:
         free(self.rg_cap)
         free(self.rg_scratch)
         free(self.tensors)
+        free(self.fixed_compact)
+        free(self.pending_gfmt)
         free(self.nstates)
         free(self.adata)
         free(self.asize)
@@ -605,19 +752,22 @@ cdef class Engine:
                                 f"mask too. Pass g.filled(0) (masked entries then add nothing) "
                                 f"or a plain ndarray")
             a = <cnp.ndarray>g
-            if cnp.PyArray_TYPE(a) != self.typenums[i] or not cnp.PyArray_ISNOTSWAPPED(a):
+            self.pending_gfmt[i] = self._grad_format(i, a)
+            if self.pending_gfmt[i] < 0:
                 if g.dtype.kind == "f" and g.dtype.itemsize in (4, 8) and g.dtype.isnative:
                     # float32 <-> float64: the model's weights were likely converted
                     # (model.double()), which leaves the optimizer on the old arrays
                     raise TypeError(
-                        f"grads[{i}]: expected dtype {self.params[i].dtype} (the dtype of "
-                        f"params[{i}]); got {g.dtype!r}. If the parameters were converted "
+                        f"grads[{i}]: expected dtype {' or '.join(self.grad_dtypes(i))} "
+                        f"(params[{i}] is {self.params[i].dtype}); got {g.dtype!r}. If the "
+                        f"parameters were converted "
                         f"after the optimizer was built (model.double(), .float(), "
                         f"astype), the optimizer still updates the old arrays: build a new "
                         f"optimizer over the new parameters. Otherwise compute the grad in "
                         f"the param's dtype (or cast it: g.astype(p.dtype))")
-                raise TypeError(f"grads[{i}]: expected dtype {self.params[i].dtype} (the dtype of "
-                                f"params[{i}]); got {g.dtype!r}. Cast it with "
+                raise TypeError(f"grads[{i}]: expected dtype "
+                                f"{' or '.join(self.grad_dtypes(i))} (params[{i}] is "
+                                f"{self.params[i].dtype}); got {g.dtype!r}. Cast it with "
                                 f"g.astype(p.dtype) or compute the grad in the param's dtype")
             nd = cnp.PyArray_NDIM(a)
             bad_shape = nd != self.ndims[i]
@@ -646,6 +796,8 @@ cdef class Engine:
                 self._coalesce(i, <RowGrad>grads[i])
         for i in range(self.n):
             self.tensors[i].grad = self.pending[i]
+            self.tensors[i].gfmt = self.pending_gfmt[i] if self.pending[i] != NULL else 0
+            self.tensors[i].compact = self.fixed_compact[i] or self.tensors[i].gfmt != 0
         self.nrowgrads = 0 if rowgrads is None else len(rowgrads)
         if rowgrads is not None:
             for i in rowgrads:
@@ -654,6 +806,28 @@ cdef class Engine:
                 self.tensors[i].rgrad = self.rg_ptr[i]
         self.held = grads
         return active
+
+    cdef int _grad_format(self, Py_ssize_t i, cnp.ndarray a):
+        """How a grad of a's dtype is read for params[i] (FO_FMT_*), or -1
+        if it is not allowed: the param's dtype; bfloat16 or float16 grads of
+        float32 params; float32 grads of 16-bit params."""
+        if not cnp.PyArray_ISNOTSWAPPED(a):
+            return -1
+        if cnp.PyArray_TYPE(a) == self.typenums[i]:
+            return self.tensors[i].pfmt
+        cdef int half = _half((<object>a).dtype)
+        if self.typenums[i] == cnp.NPY_FLOAT and half:
+            return half
+        if self.tensors[i].pfmt and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT:
+            return FO_FMT_NATIVE
+        return -1
+
+    def grad_dtypes(self, Py_ssize_t i):
+        """The grad dtypes params[i] takes (names), for messages."""
+        p = self.params[i].dtype
+        if p == np.float32:
+            return ["float32", "bfloat16", "float16"]
+        return [str(p)] + (["float32"] if self.tensors[i].pfmt else [])
 
     cdef int64_t _overlap_owner(self, uintptr_t lo, uintptr_t hi) noexcept:
         """The param whose own or state memory overlaps [lo, hi), or -1."""
@@ -689,6 +863,10 @@ cdef class Engine:
             raise ValueError(f"grads[{i}]: a RowGrad updates rows of a 2-D parameter (rows x "
                              f"dim); params[{i}] has shape {self._shape_str(i)}. Pass a dense "
                              f"gradient of that shape")
+        if self.fixed_compact[i]:
+            raise ValueError(f"grads[{i}]: a RowGrad, but params[{i}] has compact storage "
+                             f"(16-bit param or compact state), which is updated in whole "
+                             f"blocks. Pass a dense gradient, or keep float32 state")
         if self.info.finish != NULL:
             raise ValueError(f"grads[{i}]: a RowGrad, but the update of kernel "
                              f"{self.info.name.decode()!r} reads the whole tensor (a per-tensor "
@@ -808,7 +986,8 @@ cdef class Engine:
             if lo == 0 and self.tensors[i].size > 0:
                 raise ValueError(f"grads[{i}]: a null address")
             hi = lo + <uintptr_t>(self.tensors[i].size *
-                                  (4 if self.tensors[i].dtype == FO_FLOAT32 else 8))
+                                  (2 if self.tensors[i].pfmt else
+                                   4 if self.tensors[i].dtype == FO_FLOAT32 else 8))
             k = self._overlap_owner(lo, hi)
             if k >= 0:
                 raise ValueError(f"grads[{i}] shares memory with params[{k}] or its optimizer "
@@ -819,6 +998,8 @@ cdef class Engine:
         self._unbind()
         for i in range(self.n):
             self.tensors[i].grad = self.pending[i]
+            self.tensors[i].gfmt = self.tensors[i].pfmt if self.pending[i] != NULL else 0
+            self.tensors[i].compact = self.fixed_compact[i]
         self.held = addrs
         return active
 
@@ -953,7 +1134,7 @@ def check_param(obj, Py_ssize_t i):
 
 cdef _check_param(obj, Py_ssize_t i):
     if not isinstance(obj, np.ndarray):
-        raise TypeError(f"params[{i}]: expected a numpy.ndarray of float32 or float64; got "
+        raise TypeError(f"params[{i}]: expected a numpy.ndarray of floats; got "
                         f"{_describe(obj)}. fastopt updates parameters in place and never "
                         f"copies one: create the weights as ndarrays and pass those objects")
     if not cnp.PyArray_CheckExact(obj) and isinstance(obj, _MaskedArray):
@@ -961,10 +1142,11 @@ cdef _check_param(obj, Py_ssize_t i):
                         f"the mask too. Pass its data (w.data, the same memory) and apply the "
                         f"mask yourself")
     cdef cnp.ndarray a = <cnp.ndarray>obj
-    if not _native_float(a):
-        raise TypeError(f"params[{i}]: expected dtype float32 or float64 (native byte order); "
-                        f"got {obj.dtype!r}. Convert the weights once with "
-                        f"w = w.astype(np.float32) and keep using the new array")
+    if not _native_float(a) and not _half(obj.dtype):
+        raise TypeError(f"params[{i}]: expected dtype float32, float64, bfloat16 (ml_dtypes) "
+                        f"or float16 (native byte order); got {obj.dtype!r}. Convert the "
+                        f"weights once with w = w.astype(np.float32) and keep using the new "
+                        f"array")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"params[{i}]: expected a C-contiguous array; got a view with strides "
                          f"{obj.strides} of shape {obj.shape}. Updating a copy would lose the update: "
@@ -1156,6 +1338,11 @@ cdef class Stepper:
             self.acc_data = <void **>_alloc(nt * sizeof(void *))
             for i in range(self.n):
                 a = accum[i]
+                if engine.tensors[i].pfmt != FO_FMT_NATIVE:
+                    raise ValueError(f"params[{i}] is {engine.params[i].dtype}: gradient "
+                                     f"accumulation sums float32 or float64 grads in the "
+                                     f"param's dtype; accumulate in float32 yourself and step "
+                                     f"with the mean")
                 if (not isinstance(a, np.ndarray) or a.dtype != engine.params[i].dtype
                         or a.shape != engine.params[i].shape or not a.flags.c_contiguous
                         or not a.flags.writeable):
@@ -1598,6 +1785,12 @@ cdef class Stepper:
                                  "batches, and step without accumulation. Nothing was changed")
             if self.ema is not None:
                 self.ema._check_arrays()    # before the update, not after it
+            if k:
+                for i in range(self.n):
+                    if eng.tensors[i].grad != NULL and eng.tensors[i].gfmt != FO_FMT_NATIVE:
+                        raise TypeError(f"grads[{i}]: a {eng.held[i].dtype} grad, but gradient "
+                                        f"accumulation sums grads in the param's dtype "
+                                        f"({eng.params[i].dtype}); pass grads of that dtype")
             if self.skip_nonfinite and active:
                 with nogil:
                     fo_count_nonfinite(&eng.plan, self.ibuf, eng.iscratch, nthreads)
@@ -1633,9 +1826,11 @@ cdef class Stepper:
                         if self.per_param:
                             self.trow[i] = self._row(g, self.steps[i] + 1, &self.aux_t[i * _NAUX],
                                                      self.excluded[i], &nrows)
+                            eng.tensors[i].step = self.steps[i] + 1
                         else:
                             self.trow[i] = self._row(g, t_shared, &self.aux_g[g * _NAUX],
                                                      self.excluded[i], &nrows)
+                            eng.tensors[i].step = t_shared
                         eng.tensors[i].row = self.trow[i]
                     eng.nrows = nrows
                     eng._check_state_counts()
