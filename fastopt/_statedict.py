@@ -89,6 +89,9 @@ def build(opt, config=True):
         extra["swa_n_averaged"] = int(s.n_averaged)
     if opt.aux_state is not None:
         extra[opt.aux_state] = np.array(s.get_aux(), dtype=np.float64)
+    masters = _masters(opt)
+    if masters is not None:
+        extra["masters"] = [m.copy() for m in masters]
     return {
         "format_version": 1,
         "class": type(opt).__name__,
@@ -122,6 +125,29 @@ def _check_arrays(mine, theirs, key):
     return arrays
 
 
+def _dtype_name(dtype):
+    from ._core import Q8_DTYPE
+    return "int8 blocks" if dtype == Q8_DTYPE else str(dtype)
+
+
+def _storage_hint(mine, theirs):
+    """What to do when a state array was saved in another storage."""
+    from ._core import Q8_DTYPE
+    names = {np.dtype(np.float16): "float16", Q8_DTYPE: "int8"}
+    saved = names.get(theirs) or ("bfloat16" if theirs.name == "bfloat16" else None)
+    if saved is None and mine not in names and mine.name != "bfloat16":
+        return ""
+    return (f". The state was saved with state_dtype={saved or 'None'!r}"
+            f" for this param (int8 applies to params of at least min_8bit_size elements);"
+            f" build the optimizer with the same state_dtype and min_8bit_size to load it")
+
+
+def _masters(opt):
+    """The float32 master copies the optimizer keeps (None if none)."""
+    kept = [m for m in opt._masters if m is not None]
+    return kept or None
+
+
 def _check_extra(opt, extra):
     if not isinstance(extra, dict):
         raise ValueError("state 'extra' must be a dict")
@@ -130,6 +156,7 @@ def _check_extra(opt, extra):
     out["ema"] = _check_arrays(opt._ema, extra.get("ema"), "ema")
     out["accumulators"] = _check_arrays(opt._accum, extra.get("accumulators"), "accumulators")
     out["swa"] = _check_arrays(opt._swa, extra.get("swa"), "swa")
+    out["masters"] = _check_arrays(_masters(opt), extra.get("masters"), "masters")
     if opt._swa is not None:
         out["swa_n_averaged"] = check_counter(extra.get("swa_n_averaged"),
                                               "extra.swa_n_averaged")
@@ -314,8 +341,9 @@ def check(opt, sd, hyperparameters=None):
         for k, (a, b) in enumerate(zip(mine, theirs)):
             b = np.asarray(b)
             if b.shape != a.shape or b.dtype != a.dtype:
-                raise ValueError(f"params[{i}] state {k}: expected {a.dtype} {a.shape}; "
-                                 f"got {b.dtype} {b.shape}")
+                raise ValueError(f"params[{i}] state {k}: expected {_dtype_name(a.dtype)} "
+                                 f"{a.shape}; got {_dtype_name(b.dtype)} {b.shape}"
+                                 f"{_storage_hint(a.dtype, b.dtype)}")
     nparams = len(opt._params)
     steps = np.asarray(sd["steps"])
     if (steps.dtype.kind not in "iu" and steps.size) or steps.shape != (nparams,):
@@ -357,7 +385,7 @@ def check(opt, sd, hyperparameters=None):
         s.micro = extra["micro_steps"]
         s.skipped = extra["skipped_steps"]
         for mine, key in ((opt._ema, "ema"), (opt._accum, "accumulators"),
-                          (opt._swa, "swa")):
+                          (opt._swa, "swa"), (_masters(opt), "masters")):
             if mine is not None:
                 for a, b in zip(mine, extra[key]):
                     np.copyto(a, b)

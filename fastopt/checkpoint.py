@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
+from . import _compact, _core
+
 if TYPE_CHECKING:
     from ._types import LoadPolicy
     from .optimizer import Optimizer
@@ -38,9 +40,17 @@ _USER = "user_extra"      # the state-dict key of save(..., extra=...)
 
 
 def _encode(obj, arrays, prefix):
-    """JSON-able copy of obj with every ndarray moved into ``arrays``."""
+    """JSON-able copy of obj with every ndarray moved into ``arrays``.  Compact
+    state (bfloat16, int8 blocks) is stored as its raw bytes (uint16, uint8
+    rows of a block each), exactly as it is, with a note of what it is."""
     if isinstance(obj, np.ndarray):
         key = f"{prefix}"
+        if obj.dtype == _core.Q8_DTYPE:
+            arrays[key] = np.ascontiguousarray(obj).view(np.uint8).reshape(obj.shape[0], -1)
+            return {"__array__": key, "__view__": "int8_blocks"}
+        if obj.dtype.name == "bfloat16":
+            arrays[key] = np.ascontiguousarray(obj).view(np.uint16)
+            return {"__array__": key, "__view__": "bfloat16"}
         arrays[key] = obj
         return {"__array__": key}
     if isinstance(obj, dict):
@@ -55,16 +65,35 @@ def _encode(obj, arrays, prefix):
 def _decode(obj, lookup):
     """obj with every array reference ``{"__array__": name}`` replaced by ``lookup(name)``."""
     if isinstance(obj, dict):
-        if set(obj) == {"__array__"}:
+        if set(obj) in ({"__array__"}, {"__array__", "__view__"}):
             name = obj["__array__"]
             if not isinstance(name, str):
                 raise ValueError(f"an array reference must name a member (a string); got "
                                  f"{name!r:.80}")
-            return lookup(name)
+            return _view(lookup(name), obj.get("__view__"), name)
         return {k: _decode(v, lookup) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_decode(v, lookup) for v in obj]
     return obj
+
+
+def _view(a, kind, name):
+    """A member read back as the compact array it was saved from (see _encode);
+    a stand-in (no memory) stays one, of the compact dtype and shape."""
+    if kind is None or a is None:
+        return a
+    stand_in = a.size > 0 and all(st == 0 for st in a.strides)
+    if kind == "bfloat16" and a.dtype == np.uint16:
+        dtype, shape = _compact.bfloat16(), a.shape
+    elif (kind == "int8_blocks" and a.dtype == np.uint8 and a.ndim == 2
+          and a.shape[1] == _core.Q8_DTYPE.itemsize):
+        dtype, shape = _core.Q8_DTYPE, a.shape[:1]
+    else:
+        raise ValueError(f"member {name!r}: corrupt checkpoint: a {a.dtype} array of shape "
+                         f"{a.shape} said to hold {kind!r:.40}")
+    if stand_in:
+        return np.broadcast_to(np.zeros((), dtype=dtype), shape)
+    return np.ascontiguousarray(a).view(dtype).reshape(shape)
 
 
 def _create_temp(directory):

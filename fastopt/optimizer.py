@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Tu
 
 import numpy as np
 
-from . import _core, _statedict, _threads
+from . import _compact, _core, _statedict, _threads
 from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, ParamGroup, check_range, check_value,
                      group_names, is_schedule, split_param_groups, step_callable)
 from ._options import Options
@@ -224,6 +224,14 @@ class Optimizer(Options):
     elementwise = True
     #: True when weight decay can only be decoupled (AdamW).
     decoupled_only = False
+    #: State arrays that ``state_dtype`` may hold in bfloat16, float16 or int8,
+    #: each "signed" or "unsigned" (int8 codes of values >= 0): moments and
+    #: accumulators, not copies of the weights (see fastopt/_compact.py).
+    compact_state: "Mapping[str, str]" = {}
+    #: True when bfloat16/float16 params are taken (a single elementwise pass).
+    compact_params = False
+    #: Why a class takes neither, for its messages.
+    compact_reason: "str | None" = None
     #: Methods that rewrite the parameters elementwise from the state (no
     #: arguments): a ShardedOptimizer runs them on every shard and gathers.
     param_methods: "tuple[str, ...]" = ("swap_averages",)
@@ -338,6 +346,8 @@ class Optimizer(Options):
                  gradient_accumulation_steps: Optional[int] = None,
                  skip_nonfinite: bool = False, use_swa: bool = False, swa_start: int = 0,
                  swa_freq: int = 1, swa_decay: Optional[float] = None,
+                 state_dtype: Optional[str] = None, min_8bit_size: int = 4096, seed: int = 0,
+                 rounding: Optional[str] = None, master_weights: bool = False,
                  **hyper: Any) -> None:
         cls = type(self)
         if convention not in CONVENTIONS:
@@ -370,6 +380,8 @@ class Optimizer(Options):
                           skip_nonfinite=skip_nonfinite, use_swa=use_swa, swa_start=swa_start,
                           swa_freq=swa_freq, swa_decay=swa_decay)
         self._check_group(defaults, "")
+        self._storage = _compact.Storage(cls, state_dtype, min_8bit_size, seed, rounding,
+                                         master_weights)
         self._defaults = defaults
         given: Any = params if isinstance(params, np.ndarray) else list(params)
         if isinstance(given, list) and not given:
@@ -379,6 +391,13 @@ class Optimizer(Options):
         self.param_groups, self._overrides = [], []
         self._params, self._param_names, self._state, self._group_state = [], [], [], []
         self._scratch = []
+        self._group_dtypes: "list[Optional[str]]" = []
+        self._masters: "list[Optional[np.ndarray]]" = []
+        self._formats: "list[list[int]]" = []
+        #: per param, its index in the whole model and its first element there
+        #: (a ShardedOptimizer's pieces set them): the rounding draws are keyed by both
+        self._rng_index: "Optional[list[int]]" = None
+        self._rng_base: "Optional[list[int]]" = None
         self._ema = [] if self._opt_use_ema else None
         self._swa = [] if self._opt_use_swa else None
         self._accum = [] if self._opt_gradient_accumulation_steps else None
@@ -391,7 +410,9 @@ class Optimizer(Options):
         """A checked param group (not yet added) from its params and overrides;
         its params are numbered from ``start`` in messages."""
         where = f"param group {gi}: "
+        over = dict(over)
         names = group_names(over, len(plist), gi)
+        sdtype = _compact.check_state_dtype(over.pop("state_dtype", None), where)
         over = self._canonical_items(over.items(), where, f"param group {gi}")
         group = ParamGroup(self._defaults)
         group.update(over)
@@ -400,7 +421,9 @@ class Optimizer(Options):
         for k, p in enumerate(plist):
             _check_param(p, start + k)
             self.check_param(p, start + k)
-        return group, over, names
+        self._storage.check_params(self, plist, start, sdtype)
+        self._storage.check_names(type(self), self.state_names(group), sdtype, where)
+        return group, over, names, sdtype
 
     def _add_groups(self, groups):
         """Check the new groups, make their state arrays and bind everything
@@ -411,25 +434,41 @@ class Optimizer(Options):
         for k, (plist, over) in enumerate(groups):
             made.append(self._new_group(gi0 + k, plist, over, start))
             start += len(plist)
-        all_groups = self.param_groups + [g for g, _, _ in made]
-        cls, conv = type(self), self._conv
+        all_groups = self.param_groups + [g for g, _, _, _ in made]
+        cls, conv, storage = type(self), self._conv, self._storage
+        storage.check_all(cls, self._params + [p for g, _, _, _ in made for p in g["params"]])
 
         def allocate():
             params, names = list(self._params), list(self._param_names)
             state, group_state = list(self._state), list(self._group_state)
-            scratch = list(self._scratch)
-            for group, _, pnames in made:
+            scratch, masters = list(self._scratch), list(self._masters)
+            formats = list(self._formats)
+            for group, _, pnames, sdtype in made:
                 params.extend(group["params"])
                 names.extend(pnames)
                 snames = self.state_names(group)
                 group_state.append((dict(group, params=list(group["params"])), snames))
                 for p in group["params"]:
-                    state.append([self._initial_array(p, group, n, shape)
-                                  for n, shape in self.state_layout(group, p)])
+                    layout = self.state_layout(group, p)
+                    fmts = storage.formats(cls, [n for n, _ in layout], sdtype, p)
+                    formats.append(fmts)
+                    state.append([self._initial_array(p, group, n, shape, f)
+                                  for (n, shape), f in zip(layout, fmts)])
                     scratch.append([np.zeros(shape, dtype=p.dtype)
                                     for _, shape in self.scratch_layout(group, p)])
+                    half = storage.master_weights and _compact.half_name(p.dtype)
+                    masters.append(p.astype(np.float32) if half else None)
+            index = self._rng_index or range(len(params))
+            base = self._rng_base or [0] * len(params)
             # refuses overlapping params
-            engine = _core.Engine(cls.kernel, params, [st + sc for st, sc in zip(state, scratch)])
+            engine = _core.Engine(cls.kernel, params, [st + sc for st, sc in zip(state, scratch)],
+                                  formats=[f + [_core.FMT_NATIVE] * len(sc)
+                                           for f, sc in zip(formats, scratch)],
+                                  masters=masters,
+                                  keys=[_core.rng_key(storage.seed, index[i])
+                                        for i in range(len(params))],
+                                  bases=list(base[:len(params)]),
+                                  rounding=[storage.param_rounding()] * len(params))
             new = params[n0:]
             # copies, so finalize() before any step leaves the weights as they are
             ema = None if self._ema is None else self._ema + [p.copy() for p in new]
@@ -440,7 +479,8 @@ class Optimizer(Options):
                 averager = _core.Engine("ema", params, [[a] for a in ema])
             elif swa is not None:
                 averager = _core.Engine("average", params, [[a] for a in swa])
-            return params, names, state, group_state, engine, ema, swa, accum, averager, scratch
+            return (params, names, state, group_state, engine, ema, swa, accum, averager, scratch,
+                    formats, masters)
 
         try:
             built = allocate()
@@ -448,9 +488,9 @@ class Optimizer(Options):
             built = None
         if built is None:
             # raised outside the handler: nothing refers to what was allocated
-            new_params = [p for g, _, _ in made for p in g["params"]]
+            new_params = [p for g, _, _, _ in made for p in g["params"]]
             need = sum(len(self.state_names(g)) * p.nbytes
-                       for g, _, _ in made for p in g["params"])
+                       for g, _, _, _ in made for p in g["params"])
             need += sum(p.nbytes for p in new_params) * (
                 bool(self._opt_use_ema) + bool(self._opt_use_swa) +
                 bool(self._opt_gradient_accumulation_steps))
@@ -459,7 +499,8 @@ class Optimizer(Options):
                               f"be allocated; nothing was built and the parameters are as they "
                               f"were. Free memory, or use fewer state arrays (options) or "
                               f"ShardedOptimizer to split the state over processes")
-        params, names, state, group_state, engine, ema, swa, accum, averager, scratch = built
+        (params, names, state, group_state, engine, ema, swa, accum, averager, scratch,
+         formats, masters) = built
         new = params[n0:]
         group_of = [gi for gi, g in enumerate(all_groups) for _ in g["params"]]
         stepper = _core.Stepper(engine, all_groups, group_of, conv.code,
@@ -482,12 +523,14 @@ class Optimizer(Options):
             mine = old.get_aux()
             stepper.set_aux(list(mine) + aux[len(mine):])
         # from here on nothing can fail: commit
-        for group, over, _ in made:
+        for group, over, _, sdtype in made:
             group._bind(self)
+            self._group_dtypes.append(sdtype)
             self.param_groups.append(group)
             self._overrides.append(over)
         self._params, self._param_names, self._state = params, names, state
         self._scratch = scratch
+        self._formats, self._masters = formats, masters
         self._group_state = group_state
         self._index = {id(p): i for i, p in enumerate(params)}
         self._engine, self._ema, self._accum, self._stepper = engine, ema, accum, stepper
@@ -521,16 +564,20 @@ class Optimizer(Options):
                     f"with every group, or add it before the first step")
             self._add_groups(split_param_groups([param_group]))
 
-    def _initial_array(self, p, group, name, shape):
-        """A new state array of ``shape``: a copy of the parameter
-        (``initial[name] == "param"``), filled with a hyper-parameter's value,
-        or zeros (factored state has a shape of its own)."""
+    def _initial_array(self, p, group, name, shape, fmt=_core.FMT_NATIVE):
+        """A new state array of ``shape`` in storage ``fmt``: a copy of the
+        parameter (``initial[name] == "param"``), filled with a
+        hyper-parameter's value, or zeros (factored state has a shape of its
+        own).  Full-precision state of a 16-bit param is float32."""
         source = self.initial.get(name)
+        dtype = _compact.compute_dtype(p)
         if source == "param":
-            return p.copy()
-        if source is not None:
-            return np.full_like(p, group[source])
-        return np.zeros_like(p) if shape == p.shape else np.zeros(shape, dtype=p.dtype)
+            values = p.astype(dtype)
+        elif source is not None:
+            values = np.full(p.shape, group[source], dtype=dtype)
+        else:
+            values = np.zeros(shape, dtype=dtype)
+        return _compact.encode(values, fmt, shape)
 
     # ---- hyper-parameters ----------------------------------------------------
 
@@ -765,6 +812,19 @@ class Optimizer(Options):
                 out.append(dict(zip(names, self._state[len(out)])))
         return out
 
+    @property
+    def master_params(self) -> "list[Optional[Array]]":
+        """Per parameter, its float32 master copy (``master_weights=True``, a
+        bfloat16 or float16 param), else None (live arrays)."""
+        return list(self._masters)
+
+    def _storage_config(self):
+        """The storage options that differ from their defaults (a config without
+        them is the same optimizer as before they existed)."""
+        defaults = {"state_dtype": None, "min_8bit_size": 4096, "seed": 0, "rounding": None,
+                    "master_weights": False}
+        return {k: v for k, v in self._storage.config().items() if v != defaults[k]}
+
     def state_arrays(self) -> list[list[Array]]:
         """Per parameter, the list of its state arrays in kernel order (live)."""
         return [list(s) for s in self._state]
@@ -941,16 +1001,20 @@ class Optimizer(Options):
                "maximize": self.maximize, "clipvalue": self.clipvalue,
                "num_threads": self.num_threads}
         cfg.update(self._options_config())
+        cfg.update(self._storage_config())
         for key, value in self._defaults.items():
             cfg[key] = _config_value(value, schedules)
         if (len(self.param_groups) > 1 or any(self._overrides)
-                or any(n is not None for n in self._param_names)):
+                or any(n is not None for n in self._param_names)
+                or any(d is not None for d in self._group_dtypes)):
             cfg["param_groups"] = []
             start = 0
             for group, over in zip(self.param_groups, self._overrides):
                 size = len(group["params"])
                 entry = dict({k: _config_value(v, schedules) for k, v in over.items()},
                              size=size)
+                if self._group_dtypes[len(cfg["param_groups"])] is not None:
+                    entry["state_dtype"] = self._group_dtypes[len(cfg["param_groups"])]
                 names = self._param_names[start:start + size]
                 if any(n is not None for n in names):
                     entry["names"] = list(names)
@@ -1026,11 +1090,13 @@ class Optimizer(Options):
                       "decoupled_weight_decay": self.decoupled_weight_decay,
                       "maximize": self.maximize, "clipvalue": self.clipvalue,
                       "num_threads": self.num_threads, **self._options_config(),
-                      **self._defaults}
+                      **self._storage_config(), **self._defaults}
             groups, start = [], 0
             for group, over in zip(self.param_groups, self._overrides):
                 size = len(group["params"])
                 entry = dict(over, params=list(group["params"]))
+                if self._group_dtypes[len(groups)] is not None:
+                    entry["state_dtype"] = self._group_dtypes[len(groups)]
                 names = self._param_names[start:start + size]
                 if any(n is not None for n in names):
                     entry["names"] = list(names)

@@ -85,6 +85,8 @@ class SGD(Optimizer):
     """
 
     kernel = "sgd"
+    compact_state = {"momentum": "signed"}
+    compact_params = True
     momentum: HyperValue
     nesterov: bool
     dampening: HyperValue
@@ -163,6 +165,8 @@ class Adam(Optimizer):
     """
 
     kernel = "adam"
+    compact_state = {"m": "signed", "v": "unsigned", "vhat": "unsigned"}
+    compact_params = True
     beta_1: HyperValue
     beta_2: HyperValue
     eps: HyperValue
@@ -280,6 +284,8 @@ class Adagrad(Optimizer):
     """
 
     kernel = "adagrad"
+    compact_state = {"accumulator": "unsigned"}
+    compact_params = True
     initial_accumulator_value: HyperValue
     eps: HyperValue
     epsilon: HyperValue
@@ -353,6 +359,8 @@ class RMSprop(Optimizer):
     """
 
     kernel = "rmsprop"
+    compact_state = {"v": "unsigned", "mg": "signed", "momentum": "signed"}
+    compact_params = True
     alpha: HyperValue
     rho: HyperValue
     momentum: HyperValue
@@ -419,6 +427,8 @@ class Adamax(Optimizer):
     """
 
     kernel = "adamax"
+    compact_state = {"m": "signed", "u": "unsigned"}
+    compact_params = True
     beta_1: HyperValue
     beta_2: HyperValue
     eps: HyperValue
@@ -490,6 +500,8 @@ class Nadam(Optimizer):
     """
 
     kernel = "nadam"
+    compact_state = {"m": "signed", "v": "unsigned"}
+    compact_params = True
     beta_1: HyperValue
     beta_2: HyperValue
     eps: HyperValue
@@ -555,6 +567,8 @@ class Adadelta(Optimizer):
     """
 
     kernel = "adadelta"
+    compact_state = {"accumulated_grad": "unsigned", "accumulated_delta": "unsigned"}
+    compact_params = True
     rho: HyperValue
     eps: HyperValue
     epsilon: HyperValue
@@ -610,6 +624,8 @@ class Lion(Optimizer):
     """
 
     kernel = "lion"
+    compact_state = {"momentum": "signed"}
+    compact_params = True
     beta_1: HyperValue
     beta_2: HyperValue
     betas: HyperPair
@@ -674,6 +690,7 @@ class Lamb(Optimizer):
     """
 
     kernel = "lamb"
+    compact_reason = "its trust ratio reads each tensor twice"
     beta_1: HyperValue
     beta_2: HyperValue
     eps: HyperValue
@@ -744,6 +761,8 @@ class Ftrl(Optimizer):
     """
 
     kernel = "ftrl"
+    compact_state = {"accumulator": "unsigned"}
+    compact_params = True
     learning_rate_power: HyperValue
     initial_accumulator_value: HyperValue
     l1_regularization_strength: HyperValue
@@ -820,6 +839,8 @@ class RAdam(Optimizer):
     """
 
     kernel = "radam"
+    compact_state = {"m": "signed", "v": "unsigned"}
+    compact_params = True
     beta_1: HyperValue
     beta_2: HyperValue
     eps: HyperValue
@@ -887,6 +908,8 @@ class Rprop(Optimizer):
     """
 
     kernel = "rprop"
+    compact_state = {"prev": "signed", "step_size": "unsigned"}
+    compact_params = True
     etaminus: HyperValue
     etaplus: HyperValue
     step_size_min: HyperValue
@@ -967,6 +990,7 @@ class ASGD(Optimizer):
     """
 
     kernel = "asgd"
+    compact_reason = "its average ax is a copy of the weights"
     hyper = {
         "learning_rate": HP(torch=1e-2, check=NONNEG),
         "lambd": HP(torch=1e-4, check=NONNEG),
@@ -1223,6 +1247,8 @@ class ScheduleFreeAdamW(_ScheduleFree):
     """
 
     kernel = "sfadamw"
+    compact_state = {"v": "unsigned"}
+    compact_reason = "its eval/train modes compute x from y and z in the param's dtype"
     hyper = {
         "learning_rate": HP(0.0025, check=NONNEG),
         "beta_1": HP(0.9, check=OPEN_UNIT),
@@ -1304,6 +1330,8 @@ class ScheduleFreeSGD(_ScheduleFree):
     """
 
     kernel = "sfsgd"
+    compact_reason = ("its only state z is a point of the parameter space, and its eval/train "
+                      "modes compute x from y and z in the param's dtype")
     hyper = {
         "learning_rate": HP(torch=1.0, check=NONNEG),
         "momentum": HP(torch=0.9, check=OPEN_UNIT),
@@ -1383,6 +1411,7 @@ class SparseAdam(Optimizer):
     """
 
     kernel = "sparse_adam"
+    compact_reason = "it updates rows of its state"
     hyper = {
         "learning_rate": HP(torch=1e-3, check=NONNEG),
         "beta_1": HP(torch=0.9, check=UNIT_OPEN),
@@ -1479,6 +1508,7 @@ class Adafactor(Optimizer):
     """
 
     kernel = "adafactor"
+    compact_reason = "its state is factored into row and column statistics"
     hyper = {
         "learning_rate": HP(keras=1e-3, torch=1e-2, check=NONNEG),
         "beta_2_decay": HP(-0.8, check=NONPOS, aliases=("beta2_decay",)),
@@ -1646,6 +1676,7 @@ class Muon(Optimizer):
     """
 
     kernel = "muon"
+    compact_reason = "its Newton-Schulz iteration runs between two passes"
     hyper = {
         "learning_rate": HP(1e-3, check=NONNEG),
         "momentum": HP(0.95, check=NONNEG),
