@@ -95,7 +95,9 @@ def grad_cases(i):
         ("numpy-scalar", _replace(i, lambda g, p, b, o: p.dtype.type(1)), TypeError,
          [idx, r"np\.asarray"]),
         ("string", _replace(i, "grad"), TypeError, [idx, r"np\.asarray"]),
-        ("float16", _replace(i, lambda g, p, b, o: g.astype(np.float16)), TypeError,
+        # float32 params take native float16 and bfloat16 grads (tests/test_compact.py)
+        ("float16", _replace(i, lambda g, p, b, o: g.astype(
+            np.float16 if p.dtype == np.float64 else ">f2")), TypeError,
          [idx, "float16", dt_fix]),
         ("int32", _replace(i, lambda g, p, b, o: g.astype(np.int32)), TypeError, [idx, dt_fix]),
         ("int64", _replace(i, lambda g, p, b, o: g.astype(np.int64)), TypeError, [idx, dt_fix]),
@@ -371,7 +373,9 @@ def param_cases(name=None):
     return [
         ("list", [[1.0, 2.0]], TypeError, [r"params\[0\]", "ndarray", "got"]),
         ("python-float", [ones(2), 1.5], TypeError, [r"params\[1\]", "ndarray"]),
-        ("float16", [ones(3, np.float16)], TypeError, [r"params\[0\]", "float16", "astype"]),
+        # optimizers with compact storage take native float16 params (tests/test_compact.py)
+        ("float16", [ones(3, ">f2" if name and REGISTRY[name].compact_params else np.float16)],
+         TypeError, [r"params\[0\]", "float16", "astype"]),
         ("int", [ones(3, np.int64)], TypeError, [r"params\[0\]", "astype"]),
         ("complex", [ones(3, np.complex128)], TypeError, [r"params\[0\]", "astype"]),
         ("object", [ones(3, object)], TypeError, [r"params\[0\]", "astype"]),

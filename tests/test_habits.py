@@ -276,7 +276,7 @@ def test_add_param_group_refusals_change_nothing(name):
              ({"params": [b], "no_such": 1.0}, TypeError, "unknown hyper-parameter"),
              ({"params": [b], "learning_rate": -1.0}, ValueError, "learning_rate"),
              ({"params": [b], "lr": 0.1, "learning_rate": 0.1}, TypeError, "not both"),
-             ({"params": [b.astype(np.float16)]}, TypeError, r"params\[1\]"),
+             ({"params": [b.astype(np.int32)]}, TypeError, r"params\[1\]"),
              ({"no_params": [b]}, ValueError, "no 'params'"),
              ([b], TypeError, "expects a dict")]
     for group, exc, pattern in cases:
