@@ -39,6 +39,7 @@ sys.path.insert(0, HERE)
 import fastopt as fo  # noqa: E402
 from fastopt import _core  # noqa: E402
 
+import compact as compact_bench  # noqa: E402
 import fixed_cost  # noqa: E402
 import in_loop  # noqa: E402
 import matrix  # noqa: E402
@@ -426,6 +427,11 @@ def parse(argv):
                          "--matrix-rows x --matrix-cols, beside torch.optim, at the largest --threads")
     ap.add_argument("--matrix-rows", type=int, default=2048, help="rows of the --matrix case")
     ap.add_argument("--matrix-cols", type=int, default=2048, help="columns of the --matrix case")
+    ap.add_argument("--compact", action="store_true",
+                    help="Adam with bfloat16/int8 state and bfloat16 params beside float32, "
+                         "torch fused and bitsandbytes' AdamW8bit (bench/compact.py)")
+    ap.add_argument("--compact-size", type=float, default=None,
+                    help="elements of the --compact problem (1.6e7; smoke 1e5)")
     args = ap.parse_args(argv)
     args.optimizers = [o for o in args.optimizers.split(",") if o]
     for o in args.optimizers:
@@ -469,6 +475,20 @@ def main(argv=None):
         return 0
     load_before = loadavg()
     log(f"load average before: {load_before}")
+    if args.compact:
+        n = int(args.compact_size or (1e5 if args.smoke else 1.6e7))
+        threads = max(args.threads)
+        torch_ok = not args.no_torch and I.torch_available()
+        floor = I.FloorProbe()
+        try:
+            results = compact_bench.run(n, threads, measure, args.reps, args.batch_ms * 1e-3,
+                                        args.pause_ms * 1e-3, floor, torch_ok, log)
+        finally:
+            floor.close()
+        log("")
+        log(compact_bench.markdown(results, n, threads))
+        log(f"load average after: {loadavg()}")
+        return 0
     if args.rows:
         spec = args.rows_table or ("20000x64" if args.smoke else "1000000x64")
         nrows, dim = (int(float(x)) for x in spec.lower().split("x"))
