@@ -210,22 +210,20 @@ class LossScaleOptimizer:
 
     def _unscaled(self, grads):
         """``g / scale`` for every grad, into this wrapper's buffers."""
-        scale = self._scale
-        out = []
         # a scale below 1 may overflow a finite grad to inf, as Keras's division does
-        errstate = np.errstate(over="ignore", divide="ignore", invalid="ignore")
-        for i, (g, p) in enumerate(zip(grads, self._inner.params)):
-            if g is None:
-                out.append(None)
-                continue
-            values = g.values if isinstance(g, RowGrad) else g
-            buf = self._buffers.get(i)
-            if buf is None or buf.shape != values.shape or buf.dtype != p.dtype:
-                buf = self._buffers[i] = np.empty(values.shape, dtype=p.dtype)
-            with errstate:
-                np.divide(values, scale, out=buf)
-            out.append(RowGrad(g.indices, buf) if isinstance(g, RowGrad) else buf)
-        return out
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return [self._unscale(i, g, p) for i, (g, p) in enumerate(zip(grads,
+                                                                           self._inner.params))]
+
+    def _unscale(self, i, g, p):
+        if g is None:
+            return None
+        values = g.values if isinstance(g, RowGrad) else g
+        buf = self._buffers.get(i)
+        if buf is None or buf.shape != values.shape or buf.dtype != p.dtype:
+            buf = self._buffers[i] = np.empty(values.shape, dtype=p.dtype)
+        np.divide(values, self._scale, out=buf)
+        return RowGrad(g.indices, buf) if isinstance(g, RowGrad) else buf
 
     def apply_gradients(self, grads_and_vars):
         """Keras-style: pairs matched to the parameters by identity; parameters
