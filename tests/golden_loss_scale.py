@@ -37,6 +37,9 @@ CASES = [
     # scales that are not powers of two: Keras divides (g / S is not g * (1/S) there)
     ("SGD", {"learning_rate": 0.1}, 1000.0, 3, "float64"),
     ("Adam", {"learning_rate": 0.05}, 3000.0, 1, "float32"),
+    # the inner optimizer's options see the unscaled gradients
+    ("Adam", {"learning_rate": 0.05, "gradient_accumulation_steps": 2}, 1024.0, 3, "float64"),
+    ("SGD", {"learning_rate": 0.1, "clipvalue": 0.2}, 1024.0, 3, "float64"),
 ]
 
 

@@ -77,7 +77,15 @@ def test_against_keras_live(case):
             np.testing.assert_allclose(a, b, **_tol(dtype), err_msg=f"step {step}")
 
 
-@pytest.mark.parametrize("case", gls.CASES, ids=_case_id)
+# cases Keras cannot run: the rule is fastopt's for every optimizer and convention
+MORE = [
+    ("Adam", {"convention": "torch", "lr": 0.05, "weight_decay": 0.1}, 1024.0, 3, "float64"),
+    ("Lion", {"learning_rate": 0.01, "use_ema": True}, 2.0 ** 15, 2, "float32"),
+    ("RMSprop", {"learning_rate": 0.01, "maximize": True}, 100.0, 4, "float64"),
+]
+
+
+@pytest.mark.parametrize("case", gls.CASES + MORE, ids=_case_id)
 def test_the_wrapper_is_its_rule(case):
     """Bit for bit the rule written out over the bare inner optimizer, in
     every dtype."""
