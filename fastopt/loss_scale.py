@@ -1,12 +1,16 @@
 """Dynamic loss scaling around a fastopt optimizer, with Keras 3's semantics
 (``keras.optimizers.LossScaleOptimizer``)."""
+from __future__ import annotations
+
 import math
+from typing import Any, Callable, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
 from . import _statedict
 from ._core import RowGrad
 from ._threads import get_num_threads
+from ._types import Array, Grads, HyperValue, LoadPolicy
 from .optimizer import Optimizer
 
 
@@ -74,7 +78,8 @@ class LossScaleOptimizer:
     (array([0., 0.], dtype=float32), 3, 8.0)
     """
 
-    def __init__(self, inner_optimizer, initial_scale=2.0 ** 15, dynamic_growth_steps=2000):
+    def __init__(self, inner_optimizer: Optimizer, initial_scale: float = 2.0 ** 15,
+                 dynamic_growth_steps: int = 2000) -> None:
         if not isinstance(inner_optimizer, Optimizer):
             what = type(inner_optimizer).__name__
             hint = ("it already scales the loss: wrap the optimizer inside once"
@@ -102,61 +107,61 @@ class LossScaleOptimizer:
         self._growth_steps = int(dynamic_growth_steps)
         self._scale = scale
         self._counter = 0
-        self._buffers = {}
+        self._buffers: dict[int, Any] = {}
 
     # ---- attributes --------------------------------------------------------
 
     @property
-    def inner_optimizer(self):
+    def inner_optimizer(self) -> Optimizer:
         """The wrapped optimizer."""
         return self._inner
 
     @property
-    def initial_scale(self):
+    def initial_scale(self) -> float:
         """The scale given at construction."""
         return self._initial_scale
 
     @property
-    def dynamic_growth_steps(self):
+    def dynamic_growth_steps(self) -> int:
         """Consecutive finite steps after which the scale doubles."""
         return self._growth_steps
 
     @property
-    def dynamic_scale(self):
+    def dynamic_scale(self) -> float:
         """The current loss scale (a float32 value, as a float)."""
         return float(self._scale)
 
     @property
-    def step_counter(self):
+    def step_counter(self) -> int:
         """Finite steps since the scale last changed (Keras's ``step_counter``)."""
         return self._counter
 
     @property
-    def iterations(self):
+    def iterations(self) -> int:
         """The inner optimizer's ``iterations``: updates applied (a skipped
         step is not one)."""
         return self._inner.iterations
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> HyperValue:
         """The inner optimizer's learning rate (settable, as in Keras)."""
         return self._inner.learning_rate
 
     @learning_rate.setter
-    def learning_rate(self, value):
+    def learning_rate(self, value: HyperValue) -> None:
         self._inner.learning_rate = value
 
     @property
-    def params(self):
+    def params(self) -> list[Array]:
         """The inner optimizer's parameters, in the order their grads are expected."""
         return self._inner.params
 
     @property
-    def lock(self):
+    def lock(self) -> Any:
         """The inner optimizer's lock, held by step, state_dict and load_state_dict."""
         return self._inner.lock
 
-    def scale_loss(self, loss):
+    def scale_loss(self, loss: Any) -> Any:
         """``loss * dynamic_scale``: take the gradients of this, then :meth:`step`.
         ``loss`` may be a number, a NumPy array or another framework's tensor
         (its own multiplication by a Python float, which keeps its dtype)."""
@@ -164,7 +169,7 @@ class LossScaleOptimizer:
 
     # ---- the step ------------------------------------------------------------
 
-    def step(self, grads):
+    def step(self, grads: Grads) -> None:
         """One step with the gradients of :meth:`scale_loss`: skipped (scale
         halved) if any holds NaN or Inf, else applied unscaled by the inner
         optimizer.  Bad input raises before anything changes."""
@@ -225,12 +230,13 @@ class LossScaleOptimizer:
         np.divide(values, self._scale, out=buf)
         return RowGrad(g.indices, buf) if isinstance(g, RowGrad) else buf
 
-    def apply_gradients(self, grads_and_vars):
+    def apply_gradients(self, grads_and_vars: Iterable[Tuple[Optional[Array], Array]]
+                        ) -> None:
         """Keras-style: pairs matched to the parameters by identity; parameters
         without a pair get no gradient this step."""
         params = self._inner.params
         index = {id(p): i for i, p in enumerate(params)}
-        grads = [None] * len(params)
+        grads: list[Optional[Array]] = [None] * len(params)
         pairs = 0
         for k, pair in enumerate(grads_and_vars):
             pairs += 1
@@ -249,7 +255,7 @@ class LossScaleOptimizer:
         if pairs:
             self.step(grads)
 
-    def finalize(self):
+    def finalize(self) -> None:
         """The inner optimizer's :meth:`~fastopt.Optimizer.finalize`."""
         self._inner.finalize()
 
@@ -257,7 +263,7 @@ class LossScaleOptimizer:
 
     # ---- state -----------------------------------------------------------
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The scale, the counter and the inner optimizer's state dict."""
         with self._inner.lock:
             return {"format_version": 1, "class": "LossScaleOptimizer",
@@ -266,7 +272,8 @@ class LossScaleOptimizer:
                     "dynamic_scale": float(self._scale), "step_counter": self._counter,
                     "inner_optimizer": self._inner.state_dict()}
 
-    def check_state_dict(self, sd, hyperparameters=None):
+    def check_state_dict(self, sd: Mapping[str, Any], hyperparameters: LoadPolicy = None
+                         ) -> Callable[[], None]:
         """Validate ``sd`` completely; return a function that applies it and
         cannot fail.  ``hyperparameters`` goes to the inner optimizer (see
         :meth:`fastopt.Optimizer.load_state_dict`)."""
@@ -296,24 +303,25 @@ class LossScaleOptimizer:
             raise ValueError(f"inner_optimizer: {e}") from e
         scale = np.float32(scale)
 
-        def apply():
+        def apply() -> None:
             apply_inner()
             self._scale = scale
             self._counter = counter
 
         return apply
 
-    def load_state_dict(self, sd, hyperparameters=None):
+    def load_state_dict(self, sd: Mapping[str, Any], hyperparameters: LoadPolicy = None
+                        ) -> None:
         """Restore :meth:`state_dict`; everything is checked first."""
         with self._inner.lock:
             self.check_state_dict(sd, hyperparameters)()
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_buffers"] = {}      # scratch: refilled by the next step
         return state
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"LossScaleOptimizer({self._inner!r}, dynamic_scale={float(self._scale)!r}, "
                 f"step_counter={self._counter}, dynamic_growth_steps={self._growth_steps})")
 
