@@ -215,20 +215,23 @@ class LossScaleOptimizer:
 
     def _unscaled(self, grads):
         """``g / scale`` for every grad, into this wrapper's buffers."""
+        scale = np.array(self._scale)     # float32; a 0-d array: NumPy's quickest operand
+        buffers = self._buffers
+        out: list[Any] = []
         # a scale below 1 may overflow a finite grad to inf, as Keras's division does
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            return [self._unscale(i, g, p) for i, (g, p) in enumerate(zip(grads,
-                                                                           self._inner.params))]
-
-    def _unscale(self, i, g, p):
-        if g is None:
-            return None
-        values = g.values if isinstance(g, RowGrad) else g
-        buf = self._buffers.get(i)
-        if buf is None or buf.shape != values.shape or buf.dtype != p.dtype:
-            buf = self._buffers[i] = np.empty(values.shape, dtype=p.dtype)
-        np.divide(values, self._scale, out=buf)
-        return RowGrad(g.indices, buf) if isinstance(g, RowGrad) else buf
+            for i, (g, p) in enumerate(zip(grads, self._inner.params)):
+                if g is None:
+                    out.append(None)
+                    continue
+                rows = isinstance(g, RowGrad)
+                values = g.values if rows else g
+                buf = buffers.get(i)
+                if buf is None or buf.shape != values.shape or buf.dtype != p.dtype:
+                    buf = buffers[i] = np.empty(values.shape, dtype=p.dtype)
+                np.divide(values, scale, out=buf)
+                out.append(RowGrad(g.indices, buf) if rows else buf)
+        return out
 
     def apply_gradients(self, grads_and_vars: Iterable[Tuple[Optional[Array], Array]]
                         ) -> None:
