@@ -10,8 +10,8 @@ import numpy as np
 from . import _statedict
 from ._core import RowGrad
 from ._threads import get_num_threads
-from ._types import Array, Grads, HyperValue, LoadPolicy
-from .optimizer import Optimizer
+from ._types import Array, Grads, HyperValue, LoadPolicy, Params
+from .optimizer import REGISTRY, Optimizer
 
 
 class LossScaleOptimizer:
@@ -200,7 +200,7 @@ class LossScaleOptimizer:
             else:
                 self._counter += 1
 
-    def _finite(self, grads):
+    def _finite(self, grads: list[Any]) -> bool:
         """Whether every grad is finite (None grads do not count); the grads
         are checked as the inner step checks them first (count, types,
         shapes, dtypes, memory), so bad input raises here."""
@@ -213,7 +213,7 @@ class LossScaleOptimizer:
             engine.clear_grads()
         return not counts.any()
 
-    def _unscaled(self, grads):
+    def _unscaled(self, grads: list[Any]) -> list[Any]:
         """``g / scale`` for every grad, into this wrapper's buffers."""
         scale = np.array(self._scale)     # float32; a 0-d array: NumPy's quickest operand
         buffers = self._buffers
@@ -264,7 +264,30 @@ class LossScaleOptimizer:
 
     finalize_variable_values = finalize
 
-    # ---- state -----------------------------------------------------------
+    # ---- configuration and state -------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        """As Keras's: the inner optimizer (its class name and
+        :meth:`~fastopt.Optimizer.get_config`), ``initial_scale`` and
+        ``dynamic_growth_steps``; JSON-able."""
+        return {"inner_optimizer": {"class_name": type(self._inner).__name__,
+                                    "config": self._inner.get_config()},
+                "initial_scale": self._initial_scale,
+                "dynamic_growth_steps": self._growth_steps}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], params: Params) -> LossScaleOptimizer:
+        """Rebuild a LossScaleOptimizer from :meth:`get_config` over ``params``
+        (the scale starts at ``initial_scale``; :meth:`load_state_dict`
+        restores the current one)."""
+        inner = config.get("inner_optimizer")
+        if not isinstance(inner, dict) or inner.get("class_name") not in REGISTRY \
+                or not isinstance(inner.get("config"), dict):
+            raise ValueError(f"inner_optimizer: expected {{'class_name': <a fastopt optimizer>, "
+                             f"'config': {{...}}}} as get_config() gives it; got {inner!r:.80}. "
+                             f"Optimizers: {sorted(REGISTRY)}")
+        rest = {k: v for k, v in config.items() if k != "inner_optimizer"}
+        return cls(REGISTRY[inner["class_name"]].from_config(inner["config"], params), **rest)
 
     def state_dict(self) -> dict[str, Any]:
         """The scale, the counter and the inner optimizer's state dict."""
@@ -329,7 +352,7 @@ class LossScaleOptimizer:
                 f"step_counter={self._counter}, dynamic_growth_steps={self._growth_steps})")
 
 
-def _refuse_skip(inner):
+def _refuse_skip(inner: Optimizer) -> None:
     if inner.skip_nonfinite:
         raise ValueError("inner_optimizer has skip_nonfinite=True: a LossScaleOptimizer skips "
                          "steps with NaN or Inf gradients itself and halves the scale; an inner "

@@ -403,3 +403,30 @@ def test_attributes_as_keras():
     with pytest.raises(ValueError, match="pair 0 names a parameter"):
         opt.apply_gradients([(np.ones(3), np.ones(3))])
     assert "LossScaleOptimizer(Adam(" in repr(opt)
+
+
+def test_config_round_trip_keeps_behaviour():
+    w = np.ones((2, 3), np.float32)
+    inner = fo.Adam([{"params": [w], "learning_rate": 0.02}], beta_1=0.8, clipvalue=0.5)
+    opt = fo.LossScaleOptimizer(inner, initial_scale=256.0, dynamic_growth_steps=2)
+    cfg = json.loads(json.dumps(opt.get_config()))
+    assert cfg["inner_optimizer"]["class_name"] == "Adam"
+    assert (cfg["initial_scale"], cfg["dynamic_growth_steps"]) == (256.0, 2)
+    w2 = w.copy()
+    twin = fo.LossScaleOptimizer.from_config(cfg, [w2])
+    assert twin.inner_optimizer.param_groups[0]["learning_rate"] == 0.02
+    rng = np.random.default_rng(3)
+    for k in range(7):
+        g = rng.standard_normal(w.shape).astype(np.float32) * opt.dynamic_scale
+        if k == 3:
+            g[1, 1] = np.nan
+        opt.step([g])
+        twin.step([g.copy()])
+        assert w.tobytes() == w2.tobytes()
+        assert (twin.dynamic_scale, twin.step_counter) == (opt.dynamic_scale, opt.step_counter)
+    for bad in ({**cfg, "inner_optimizer": {"class_name": "Nope", "config": {}}},
+                {k: v for k, v in cfg.items() if k != "inner_optimizer"}):
+        with pytest.raises(ValueError, match="inner_optimizer: expected .*'class_name'"):
+            fo.LossScaleOptimizer.from_config(bad, [w2])
+    with pytest.raises(ValueError, match="dynamic_growth_steps must be"):
+        fo.LossScaleOptimizer.from_config({**cfg, "dynamic_growth_steps": 0}, [w2])
