@@ -54,8 +54,8 @@ class LossScaleOptimizer:
     threads); the division writes the unscaled gradients into buffers that
     the wrapper keeps (one per parameter, of its dtype and shape) and that
     the inner step reads in place of the gradients.  ``None`` grads stay
-    ``None``; a :class:`fastopt.RowGrad` is checked as the inner optimizer
-    sums it and its values are divided.  :meth:`state_dict`,
+    ``None``; a :class:`fastopt.RowGrad` is checked once its repeated rows
+    are summed (as the inner step sums them) and its values are divided.  :meth:`state_dict`,
     :func:`fastopt.save` and :func:`fastopt.load` hold the scale, the counter
     and the inner optimizer's state, so a resumed run continues bit for bit.
 
@@ -89,18 +89,22 @@ class LossScaleOptimizer:
                             f"fastopt.Optimizer); got {what}: {hint}")
         if isinstance(initial_scale, (bool, np.bool_)) or not isinstance(
                 initial_scale, (int, float, np.integer, np.floating)):
-            raise TypeError(f"initial_scale must be a positive float; got {initial_scale!r:.60}")
-        with np.errstate(over="ignore", under="ignore"):
-            scale = np.float32(initial_scale)
-        if not (initial_scale > 0 and math.isfinite(initial_scale) and 0 < scale < np.inf):
+            raise TypeError(f"initial_scale must be a positive float; got {_show(initial_scale)}")
+        try:
+            with np.errstate(over="ignore", under="ignore"):
+                scale = np.float32(initial_scale)
+            fine = initial_scale > 0 and math.isfinite(initial_scale) and 0 < scale < np.inf
+        except OverflowError:       # an int beyond any float
+            fine = False
+        if not fine:
             raise ValueError(f"initial_scale must be a positive float that is finite and not "
                              f"zero in float32 (the scale is held in float32, up to about "
-                             f"3.4e38); got {initial_scale!r}. Keras's default is 2**15")
+                             f"3.4e38); got {_show(initial_scale)}. Keras's default is 2**15")
         if isinstance(dynamic_growth_steps, (bool, np.bool_)) or not isinstance(
                 dynamic_growth_steps, (int, np.integer)) or not (
                 1 <= dynamic_growth_steps <= _statedict.COUNTER_MAX):
             raise ValueError(f"dynamic_growth_steps must be an int >= 1 (the finite steps "
-                             f"after which the scale doubles); got {dynamic_growth_steps!r:.60}")
+                             f"after which the scale doubles); got {_show(dynamic_growth_steps)}")
         _refuse_skip(inner_optimizer)
         self._inner = inner_optimizer
         self._initial_scale = float(initial_scale)
@@ -306,14 +310,9 @@ class LossScaleOptimizer:
         if not isinstance(sd, dict) or sd.get("format_version") != 1 \
                 or sd.get("class") != "LossScaleOptimizer":
             got = sd.get("class") if isinstance(sd, dict) else type(sd).__name__
-            raise ValueError(f"not a LossScaleOptimizer state (got {got!r:.60}); pass the dict "
+            raise ValueError(f"not a LossScaleOptimizer state (got {_show(got)}); pass the dict "
                              f"returned by LossScaleOptimizer.state_dict()")
-        scale = sd.get("dynamic_scale")
-        if isinstance(scale, (bool, np.bool_)) or not isinstance(
-                scale, (int, float, np.integer, np.floating)) or not (
-                scale >= 0 and float(np.float32(scale)) == scale):
-            raise ValueError(f"dynamic_scale: expected a float32 value >= 0 (the scale a "
-                             f"LossScaleOptimizer saves); got {scale!r:.60}")
+        scale = _saved_scale(sd.get("dynamic_scale"))
         counter = _statedict.check_counter(sd.get("step_counter"), "step_counter")
         if counter >= self._growth_steps:
             raise ValueError(f"step_counter: {counter} finite steps counted, but this "
@@ -327,7 +326,6 @@ class LossScaleOptimizer:
             apply_inner = self._inner.check_state_dict(sd["inner_optimizer"], hyperparameters)
         except ValueError as e:
             raise ValueError(f"inner_optimizer: {e}") from e
-        scale = np.float32(scale)
 
         def apply() -> None:
             apply_inner()
@@ -358,3 +356,28 @@ def _refuse_skip(inner: Optimizer) -> None:
                          "steps with NaN or Inf gradients itself and halves the scale; an inner "
                          "skip would hide them from the scale. Set the inner optimizer's "
                          "skip_nonfinite=False")
+
+
+def _saved_scale(value: Any) -> np.float32:
+    """A saved ``dynamic_scale`` as float32, or ValueError: a value the
+    scale can take (>= 0, exact in float32; inf after an overflow)."""
+    fine = not isinstance(value, (bool, np.bool_)) and isinstance(
+        value, (int, float, np.integer, np.floating))
+    if fine:
+        try:
+            with np.errstate(over="ignore", under="ignore"):
+                scale = np.float32(value)
+            fine = value >= 0 and float(scale) == value
+        except OverflowError:       # an int beyond any float
+            fine = False
+    if not fine:
+        raise ValueError(f"dynamic_scale: expected a float32 value >= 0 (the scale a "
+                         f"LossScaleOptimizer saves); got {_show(value)}")
+    return scale
+
+
+def _show(value: Any) -> str:
+    """``value`` for a message: its repr, cut short (a huge int by its size)."""
+    if isinstance(value, (int, np.integer)) and abs(int(value)).bit_length() > 128:
+        return f"an int of {abs(int(value)).bit_length()} bits"
+    return f"{value!r:.60}"

@@ -1,7 +1,8 @@
 """Writes tests/data/loss_scale_golden.json: trajectories of Keras 3's
-``LossScaleOptimizer`` around Adam and SGD, recorded from Keras itself (torch
-backend, ``floatx`` set to each case's dtype), for the tests that run without
-Keras (tests/test_loss_scale.py, which also compares with Keras live).
+``LossScaleOptimizer`` around Adam and SGD, recorded from Keras itself
+(Keras 3.15.1 on its torch backend, torch 2.13.0 CPU; ``floatx`` set to each
+case's dtype, variables of that dtype), for the tests that run without Keras
+(tests/test_loss_scale.py, which also compares with Keras live).
 
     KERAS_BACKEND=torch PYTHONPATH=tests python tests/golden_loss_scale.py          # diff
     KERAS_BACKEND=torch PYTHONPATH=tests python tests/golden_loss_scale.py --write  # record

@@ -77,6 +77,11 @@ def test_against_keras_live(case):
             np.testing.assert_allclose(a, b, **_tol(dtype), err_msg=f"step {step}")
 
 
+def _recorded_id(c):
+    return _case_id((c["optimizer"], c["kwargs"], c["initial_scale"],
+                     c["dynamic_growth_steps"], c["dtype"]))
+
+
 # cases Keras cannot run: the rule is fastopt's for every optimizer and convention
 MORE = [
     ("Adam", {"convention": "torch", "lr": 0.05, "weight_decay": 0.1}, 1024.0, 3, "float64"),
@@ -95,6 +100,20 @@ def test_the_wrapper_is_its_rule(case):
         assert [a.tobytes() for a in p] == [a.tobytes() for a in wp], f"step {step}"
 
 
+@pytest.mark.parametrize("recorded", GOLDEN["cases"], ids=_recorded_id)
+def test_golden_regenerates(recorded):
+    """Keras today gives the recorded answers (the generator is not stale)."""
+    keras = pytest.importorskip("keras")
+    assert keras.__version__.split(".")[:2] == GOLDEN["keras"].split(".")[:2]
+    steps = gls.keras_run(recorded["optimizer"], recorded["kwargs"], recorded["initial_scale"],
+                          recorded["dynamic_growth_steps"], recorded["dtype"])
+    assert [s for _, s, _, _ in steps] == recorded["dynamic_scale"]
+    assert [t for _, _, _, t in steps] == recorded["iterations"]
+    for (params, _, _, _), want in zip(steps, recorded["params"]):
+        for p, w in zip(params, want):
+            np.testing.assert_array_equal(p, np.array(w, dtype=recorded["dtype"]))
+
+
 def test_golden_covers_every_case():
     cases = [(c["optimizer"], c["kwargs"], c["initial_scale"], c["dynamic_growth_steps"],
               c["dtype"]) for c in GOLDEN["cases"]]
@@ -102,8 +121,7 @@ def test_golden_covers_every_case():
     assert GOLDEN["backend"] == "torch"
 
 
-@pytest.mark.parametrize("recorded", GOLDEN["cases"], ids=lambda c: _case_id(
-    (c["optimizer"], c["kwargs"], c["initial_scale"], c["dynamic_growth_steps"], c["dtype"])))
+@pytest.mark.parametrize("recorded", GOLDEN["cases"], ids=_recorded_id)
 def test_golden(recorded):
     dtype = recorded["dtype"]
     mine = fastopt_run(recorded["optimizer"], recorded["kwargs"], recorded["initial_scale"],
@@ -266,6 +284,8 @@ def test_refuses_what_is_not_a_fastopt_optimizer(inner, exc, pattern):
     ({"initial_scale": float("inf")}, ValueError, "initial_scale .* got inf"),
     ({"initial_scale": 1e39}, ValueError, r"finite and not zero in float32 .* got 1e\+39"),
     ({"initial_scale": 1e-46}, ValueError, "not zero in float32"),
+    ({"initial_scale": 10 ** 400}, ValueError, "initial_scale .* got an int of 1329 bits"),
+    ({"dynamic_growth_steps": 2 ** 63}, ValueError, "dynamic_growth_steps .* got 92233"),
     ({"initial_scale": True}, TypeError, "initial_scale must be a positive float; got True"),
     ({"initial_scale": "1024"}, TypeError, "initial_scale must be a positive float"),
     ({"dynamic_growth_steps": 0}, ValueError, "dynamic_growth_steps must be an int >= 1 .* got 0"),
@@ -361,6 +381,8 @@ def test_refused_loads_change_nothing(tmp_path):
         ({**sd, "dynamic_scale": 0.1}, "dynamic_scale: expected a float32 value"),
         ({**sd, "dynamic_scale": float("nan")}, "dynamic_scale"),
         ({**sd, "dynamic_scale": "8"}, "dynamic_scale"),
+        ({**sd, "dynamic_scale": 10 ** 400}, "dynamic_scale: .* got an int of 1329 bits"),
+        ({**sd, "dynamic_scale": 1e300}, "dynamic_scale"),
         ({**sd, "step_counter": 3}, "step_counter: 3 finite steps counted, .* "
                                     "dynamic_growth_steps=3"),
         ({**sd, "step_counter": -1}, "step_counter"),
