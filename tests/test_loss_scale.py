@@ -157,6 +157,19 @@ def test_unscaling_divides_in_float32_promotion():
     assert opt.scale_loss(2.0) == 2.0 * float(np.float32(0.1))
 
 
+def test_a_scale_below_one_overflows_quietly_as_keras():
+    """Finite grads that g / S turns into inf reach the inner optimizer (Keras
+    checks the grads it is given, not the quotients), without a NumPy warning."""
+    import warnings
+    w = np.zeros(2, dtype=np.float32)
+    opt = fo.LossScaleOptimizer(fo.SGD([w], learning_rate=1.0), initial_scale=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step([np.array([3e38, 1.0], dtype=np.float32)])
+    np.testing.assert_array_equal(w, [-np.inf, -2.0])
+    assert (opt.iterations, opt.dynamic_scale, opt.step_counter) == (1, 0.5, 1)
+
+
 def _snapshot(opt):
     inner = opt.inner_optimizer
     return ([p.tobytes() for p in inner.params],
