@@ -20,7 +20,8 @@ _QUIET = contextlib.nullcontext()
 
 def _in_eval_mode(inner: Optimizer) -> bool:
     """Whether ``inner`` has train/eval modes (schedule-free) and is in eval mode."""
-    return getattr(type(inner), "training", None) is not None and inner.training is False
+    return (getattr(type(inner), "training", None) is not None
+            and getattr(inner, "training") is False)
 
 
 class LossScaleOptimizer:
