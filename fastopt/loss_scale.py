@@ -192,7 +192,12 @@ class LossScaleOptimizer:
             if isinstance(grads, np.ndarray):
                 raise TypeError(f"grads: expected a list of {len(inner.params)} gradients; got "
                                 f"an ndarray. Wrap a single gradient in a list: step([g])")
-            grads = list(grads)
+            try:
+                grads = list(grads)
+            except TypeError:
+                raise TypeError(f"grads: expected a list of {len(inner.params)} gradients (one "
+                                f"per parameter, None skips one); got "
+                                f"{type(grads).__name__}") from None
             _refuse_skip(inner)
             if _in_eval_mode(inner):
                 raise ValueError(f"inner_optimizer {type(inner).__name__} is in eval mode: "

@@ -331,7 +331,7 @@ def test_refuses_an_inner_optimizer_that_skips_nonfinite_steps_itself():
         assert _snapshot(opt) == before
 
 
-@pytest.mark.parametrize("which", ["count", "dtype", "shape", "type", "ndarray", "alias",
+@pytest.mark.parametrize("which", ["count", "dtype", "shape", "type", "ndarray", "alias", "int",
                                    "all_none", "eval", "swapped"])
 @pytest.mark.parametrize("finite", [True, False])
 def test_refused_steps_change_nothing(which, finite):
@@ -362,6 +362,9 @@ def test_refused_steps_change_nothing(which, finite):
     elif which == "ndarray":
         grads = grads[0]
         exc, pattern = TypeError, "Wrap a single gradient in a list"
+    elif which == "int":
+        grads = 3
+        exc, pattern = TypeError, "grads: expected a list of 3 gradients .* got int"
     elif which == "alias":
         grads[2] = params[2]
         pattern = r"grads\[2\]"
