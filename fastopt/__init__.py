@@ -26,13 +26,15 @@ from .optimizers import (SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW,
                          Lion, Nadam, Optimizer, RAdam, RMSprop, Rprop, SparseAdam)
 from .optimizers import ASGD, Muon, ScheduleFreeAdamW, ScheduleFreeSGD
 from .multi import MultiOptimizer
+from .loss_scale import LossScaleOptimizer
 
 _apply_env_simd()
 
 __all__ = [
     "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Nadam", "Adadelta",
     "Lion", "Lamb", "Ftrl", "RAdam", "Rprop", "Adafactor", "ASGD", "SparseAdam", "Muon", "RowGrad",
-    "ScheduleFreeAdamW", "ScheduleFreeSGD", "MultiOptimizer", "schedules",
+    "ScheduleFreeAdamW", "ScheduleFreeSGD", "MultiOptimizer", "LossScaleOptimizer",
+    "schedules",
     "save", "load", "set_num_threads", "get_num_threads", "show_config", "config",
     "__version__",
 ]
