@@ -480,3 +480,39 @@ def test_bad_grads_refused_and_nothing_changes():
                                               for a in st]
         assert after == before
     assert opt.iterations == 0
+
+
+def test_sharded_optimizer_refuses_compact_storage():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from fastopt.distributed import ShardedOptimizer
+    w = np.zeros(5000, np.float32)
+    for kwargs, match in [({"state_dtype": "int8"}, "state_dtype"),
+                          ({"state_dtype": "bfloat16"}, "state_dtype")]:
+        with pytest.raises(ValueError, match=match):
+            ShardedOptimizer(fo.Adam, [w], MPI.COMM_SELF, **kwargs)
+    with pytest.raises(ValueError, match="param group 0: state_dtype"):
+        ShardedOptimizer(fo.Adam, [{"params": [w], "state_dtype": "int8"}], MPI.COMM_SELF)
+    with pytest.raises(TypeError, match="ShardedOptimizer takes float32 or float64"):
+        ShardedOptimizer(fo.Adam, [np.zeros(9, bf16)], MPI.COMM_SELF)
+    assert not w.any()
+
+
+def test_torch_bfloat16_tensors_are_handed_over_without_a_copy():
+    """The README's recipe: a bfloat16 torch tensor seen as ml_dtypes' bfloat16
+    through an int16 view shares its memory; float16 needs no view."""
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.randn(3000, dtype=torch.bfloat16))
+    h = torch.nn.Parameter(torch.randn(3000, dtype=torch.float16))
+    w = p.data.view(torch.int16).numpy().view(bf16)
+    wh = h.data.numpy()
+    assert np.shares_memory(w, p.data.view(torch.int16).numpy())
+    ref_w, ref_h = w.copy(), wh.copy()
+    opt = fo.Adam([w, wh], learning_rate=0.01)
+    twin = fo.Adam([ref_w, ref_h], learning_rate=0.01)
+    for _ in range(3):
+        g = torch.randn(3000, dtype=torch.bfloat16)
+        gh = torch.randn(3000, dtype=torch.float16)
+        opt.step([g.view(torch.int16).numpy().view(bf16), gh.numpy()])
+        twin.step([g.view(torch.int16).numpy().view(bf16).copy(), gh.numpy().copy()])
+    assert p.data.view(torch.int16).numpy().tobytes() == ref_w.view(np.int16).tobytes()
+    assert h.data.numpy().tobytes() == ref_h.tobytes()

@@ -209,6 +209,7 @@ class ShardedOptimizer:
         flat = [p for plist, _ in groups for p in plist]
         for i, p in enumerate(flat):
             _core.check_param(p, i)
+        self._refuse_compact(opt_class, groups, flat, kwargs)
         check_disjoint(flat)
         self._params = flat
         self._shapes = [tuple(int(d) for d in p.shape) for p in flat]
@@ -240,6 +241,26 @@ class ShardedOptimizer:
         self._reduces = self._needs_reducer(kwargs)
         if self._reduces:
             self.optimizer._stepper.set_reducer(self._reducer)
+
+    @staticmethod
+    def _refuse_compact(opt_class, groups, flat, kwargs):
+        """Compact storage is an optimizer's in one process: a shard's blocks,
+        rounding draws and size threshold would follow its piece, not the
+        whole param, so the bits would depend on the layout."""
+        for i, p in enumerate(flat):
+            if _core.storage_format(p.dtype) not in (_core.FMT_NATIVE, -1):
+                raise TypeError(f"params[{i}] is {p.dtype}: ShardedOptimizer takes float32 or "
+                                f"float64 params; keep a float32 copy of the weights for the "
+                                f"sharded step")
+        given = [k for k in ("state_dtype", "master_weights", "rounding")
+                 if kwargs.get(k) not in (None, False)]
+        given += [f"param group {gi}: state_dtype" for gi, (_, over) in enumerate(groups)
+                  if over.get("state_dtype") is not None]
+        if given:
+            raise ValueError(f"{given[0]}: ShardedOptimizer keeps full-precision state (its "
+                             f"shards would round and block their state by piece, not by "
+                             f"param); use {opt_class.__name__} in one process for compact "
+                             f"state, or leave it unset")
 
     def _needs_reducer(self, kwargs):
         """Whether a step reduces over whole tensors (a norm, a finite check)."""
