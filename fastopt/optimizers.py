@@ -10,6 +10,7 @@ optimizer: see CONTRIBUTING.md.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +20,7 @@ from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, NONPOS, POSITIVE, UNIT,  
 from .optimizer import REGISTRY, Optimizer  # noqa: F401
 
 if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping
+    from typing import Any, Callable, Mapping, Sequence
 
     from typing_extensions import Unpack
 
@@ -1654,9 +1655,13 @@ class Muon(Optimizer):
         "muon_b": HP(-4.7750, kernel=False, schedulable=False),
         "muon_c": HP(2.0315, kernel=False, schedulable=False),
         "ns_steps": HP(5, check=NONNEG, kernel=False, schedulable=False),
-        "epsilon": HP(torch=1e-7, check=NONNEG, kernel=False, schedulable=False),
+        "epsilon": HP(1e-7, check=NONNEG, schedulable=False),
         "adjust_lr_fn": HP(torch=0.0, kernel=False, schedulable=False),
         "rms_rate": HP(keras=0.2, kernel=False, schedulable=False, none_refused=True),
+        "adam_beta_1": HP(keras=0.9, check=UNIT_OPEN),
+        "adam_beta_2": HP(keras=0.999, check=UNIT_OPEN),
+        "adam_lr_ratio": HP(keras=1.0, check=NONNEG),
+        "adam_weight_decay": HP(keras=0.004, check=NONNEG, none_refused=True),
         "weight_decay": HP(keras=0.004, torch=0.1, check=NONNEG, kernel=False),
     }
     tuple_aliases = {"ns_coefficients": (("muon_a", "muon_b", "muon_c"), "(a, b, c)")}
@@ -1676,6 +1681,10 @@ class Muon(Optimizer):
     eps: HyperValue
     adjust_lr_fn: HyperValue
     rms_rate: HyperValue
+    adam_beta_1: HyperValue
+    adam_beta_2: HyperValue
+    adam_lr_ratio: HyperValue
+    adam_weight_decay: HyperValue
     ns_coefficients: Any
 
     def __init__(self, params: Params, learning_rate: HyperValue | None = None,
@@ -1684,13 +1693,116 @@ class Muon(Optimizer):
                  muon_c: float | None = None, ns_steps: float | None = None, *,
                  ns_coefficients: Any = None, epsilon: float | None = None,
                  adjust_lr_fn: str | None = None, rms_rate: Any = DEFAULT,
+                 adam_beta_1: HyperValue | None = None, adam_beta_2: HyperValue | None = None,
+                 adam_lr_ratio: HyperValue | None = None,
+                 adam_weight_decay: Any = DEFAULT,
+                 exclude_layers: Sequence[str] | None = None,
+                 exclude_embeddings: bool | None = None,
                  convention: ConventionName = "keras",
                  **kwargs: Unpack[OptionsWithDecay]) -> None:
+        # the AdamW route's selection, fixed at construction: a param's route
+        # decides which state arrays it keeps
+        self._exclude_layers, self._exclude_embeddings = self._route_settings(
+            convention, exclude_layers, exclude_embeddings)
+        self._adamw: dict[int, bool] = {}
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          momentum=momentum, nesterov=nesterov, muon_a=muon_a, muon_b=muon_b,
                          muon_c=muon_c, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
                          epsilon=epsilon, adjust_lr_fn=adjust_lr_fn, rms_rate=rms_rate,
+                         adam_beta_1=adam_beta_1, adam_beta_2=adam_beta_2,
+                         adam_lr_ratio=adam_lr_ratio, adam_weight_decay=adam_weight_decay,
                          **kwargs)
+
+    @staticmethod
+    def _route_settings(convention, exclude_layers, exclude_embeddings):
+        """``exclude_layers`` as a tuple of compiled patterns and
+        ``exclude_embeddings`` as a bool (Keras's defaults: none, True);
+        refused in the torch convention, whose Muon has no AdamW route."""
+        if convention == "torch":
+            for key, value in (("exclude_layers", exclude_layers),
+                               ("exclude_embeddings", exclude_embeddings)):
+                if value is not None:
+                    raise TypeError(f"Muon() got an unexpected keyword argument {key!r}: "
+                                    f"torch.optim.Muon has no AdamW route (it takes 2-D "
+                                    f"params only); use convention='keras' for Keras's")
+            return (), False
+        if exclude_embeddings is None:
+            exclude_embeddings = True
+        if not isinstance(exclude_embeddings, (bool, np.bool_)):
+            raise TypeError(f"exclude_embeddings must be a bool; got {exclude_embeddings!r}")
+        if isinstance(exclude_layers, str):
+            raise TypeError(f"exclude_layers must be a list of strings (regular expressions "
+                            f"searched in each param's name); got a single string: pass "
+                            f"[{exclude_layers!r}]")
+        patterns = []
+        for k, pattern in enumerate(exclude_layers or ()):
+            if not isinstance(pattern, str):
+                raise TypeError(f"exclude_layers[{k}] must be a string (a regular expression "
+                                f"searched in each param's name); got {pattern!r}")
+            try:
+                patterns.append(re.compile(pattern))
+            except re.error as e:
+                raise ValueError(f"exclude_layers[{k}] is not a regular expression: "
+                                 f"{pattern!r} ({e}). Escape it with re.escape to match "
+                                 f"the text as it is") from None
+        return tuple(patterns), bool(exclude_embeddings)
+
+    @property
+    def exclude_layers(self) -> list[str]:
+        """Keras only: the patterns whose params take the AdamW route (fixed at
+        construction)."""
+        return [p.pattern for p in self._exclude_layers]
+
+    @property
+    def exclude_embeddings(self) -> bool:
+        """Keras only: whether a param named ``*embedding*`` takes the AdamW
+        route (fixed at construction)."""
+        return self._exclude_embeddings
+
+    @property
+    def routes(self) -> list[str]:
+        """Per param, in order, ``"muon"`` or ``"adamw"``: the update it gets."""
+        return ["adamw" if len(st) == 2 else "muon" for st in self._state]
+
+    def _to_adamw(self, p, name):
+        """Keras's ``_should_use_adamw``, with the param's name (from its param
+        group) as the variable's path."""
+        if self.convention != "keras":
+            return False
+        if p.ndim != 2:
+            return True
+        if name is None:
+            return False
+        if self._exclude_embeddings and "embedding" in name.lower():
+            return True
+        return any(pattern.search(name) for pattern in self._exclude_layers)
+
+    def _new_group(self, gi, plist, over, start):
+        group, over, names = super()._new_group(gi, plist, over, start)
+        for p, name in zip(plist, names):
+            self._adamw[id(p)] = self._to_adamw(p, name)
+        return group, over, names
+
+    def state_layout(self, group, p):
+        # the AdamW route keeps Keras's velocity after the momentum
+        shapes = [("momentum_buffer", p.shape)]
+        if self._adamw.get(id(p), False):
+            shapes.append(("velocity", p.shape))
+        return shapes
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = super().get_config()
+        if self.convention == "keras":
+            cfg["exclude_layers"] = self.exclude_layers
+            cfg["exclude_embeddings"] = self._exclude_embeddings
+        return cfg
+
+    def __reduce__(self):
+        rebuild, args = super().__reduce__()
+        if self.convention == "keras":
+            args[2]["exclude_layers"] = self.exclude_layers
+            args[2]["exclude_embeddings"] = self._exclude_embeddings
+        return rebuild, args
 
     def _canonical_items(self, items, where, caller):
         # torch's adjust_lr_fn names and Keras's rms_rate=None, as the floats a group holds
@@ -1702,6 +1814,8 @@ class Muon(Optimizer):
                 return _MUON_ADJUST[value]
             if key == "rms_rate" and value is None:
                 return -1.0
+            if key == "adam_weight_decay" and value is None:
+                return 0.0      # Keras's None: no decay on the AdamW route
             return value
         return super()._canonical_items([(k, code(k, v)) for k, v in items], where, caller)
 
@@ -1720,13 +1834,12 @@ class Muon(Optimizer):
                              f"adjustment; got {rms!r}")
 
     def check_param(self, p, i):
-        if p.ndim != 2:
+        if p.ndim != 2 and self.convention == "torch":
             raise ValueError(
-                f"params[{i}]: Muon takes 2-D params (matrices); got shape {p.shape}. "
-                f"Optimize biases, embeddings and other params with AdamW (Keras's Muon "
-                f"sends them to its AdamW step: AdamW with learning_rate=lr*adam_lr_ratio, "
-                f"weight_decay=adam_weight_decay/adam_lr_ratio), routing them by name with "
-                f"fastopt.MultiOptimizer (see help(fastopt.Muon))")
+                f"params[{i}]: Muon in the torch convention takes 2-D params (matrices), as "
+                f"torch.optim.Muon does; got shape {p.shape}. Use convention='keras', whose "
+                f"Muon updates the other params with its AdamW step, or optimize them with "
+                f"AdamW beside Muon in a fastopt.MultiOptimizer (see help(fastopt.Muon))")
 
     def scratch_layout(self, group, p):
         return [("update", p.shape)]
@@ -1735,10 +1848,16 @@ class Muon(Optimizer):
         """The Newton-Schulz iteration on each stepped param's scratch array
         (the momentum pass left ``u`` there and ``||u||^2`` in ``sums[i, 0]``);
         leaves the orthogonalised ``X`` there and the step's ratio in
-        ``sums[i, 1]``."""
+        ``sums[i, 1]``.  A param on the AdamW route gets 1.0 there when its
+        decay applies, else 0.0."""
         owner = [g for g in self.param_groups for _ in g["params"]]
         torch = self.convention == "torch"
         for i in stepped:
+            if len(self._state[i]) == 2:
+                # the AdamW route: whether its own decay applies (the kernel
+                # cannot tell an excluded param from a weight_decay of 0)
+                sums[i, 1] = 0.0 if i in self._wd_excluded else 1.0
+                continue
             group, x = owner[i], self._scratch[i][0]
             rows, cols = x.shape
             if torch:
