@@ -1556,9 +1556,10 @@ class Muon(Optimizer):
     Parameters
     ----------
     params : list of ndarray, or list of dict
-        2-D arrays (matrices) updated in place, or param groups of them.  Any
-        other shape is refused (see Notes for biases, embeddings and the
-        output layer).
+        Arrays updated in place, or param groups of them (``"name"`` or
+        ``"names"`` give the names the AdamW route reads).  Keras: any shape;
+        matrices take the Muon step, other params Keras's AdamW step (see
+        Notes).  torch: 2-D arrays (matrices) only, as ``torch.optim.Muon``.
     learning_rate : float or schedule
         1e-3.  ``lr`` is an alias.
     momentum : float or schedule
@@ -1572,8 +1573,9 @@ class Muon(Optimizer):
     ns_steps : int
         Newton-Schulz iterations (5; torch requires fewer than 100).
     epsilon : float
-        torch only: the floor of the Frobenius norm (1e-7; ``eps`` is an alias).
-        Keras adds 1e-7 to the norm instead.
+        1e-7 (``eps`` is an alias).  torch: the floor of the Frobenius norm.
+        Keras: the AdamW route's epsilon (its Muon step adds a fixed 1e-7 to
+        the norm).
     adjust_lr_fn : {None, "original", "match_rms_adamw"}
         torch only: the step is ``lr*sqrt(max(1, A/B))`` (None, "original") or
         ``lr*0.2*sqrt(max(A, B))`` for an ``A x B`` param.  A param group
@@ -1584,6 +1586,22 @@ class Muon(Optimizer):
     weight_decay : float or schedule
         Decoupled: ``w <- w*(1 - lr*weight_decay)`` before the update, with
         the learning rate before any adjustment.  Keras 0.004, torch 0.1.
+        Keras: the Muon route's.
+    adam_beta_1, adam_beta_2 : float or schedule
+        Keras only: the AdamW route's moment decay rates (0.9, 0.999).
+    adam_lr_ratio : float or schedule
+        Keras only: the AdamW route's learning rate is ``lr*adam_lr_ratio`` (1).
+    adam_weight_decay : float, schedule or None
+        Keras only: the AdamW route's decoupled decay, ``w <- w*(1 -
+        lr*adam_weight_decay)`` with the learning rate itself, not times
+        ``adam_lr_ratio``, as Keras decays (0.004; None: no decay, as 0.0).
+    exclude_layers : list of str
+        Keras only: regular expressions; a matrix whose name any of them
+        ``re.search``-matches takes the AdamW route (none).  Fixed at
+        construction.
+    exclude_embeddings : bool
+        Keras only: a matrix whose name holds "embedding" (any case) takes the
+        AdamW route (True).  Fixed at construction.
     convention : {"keras", "torch"}
         Keras 3 or torch.optim formulas and defaults.
     **kwargs
@@ -1615,25 +1633,32 @@ class Muon(Optimizer):
     the float64 one, and torch's bf16 result differs from it by about 1e-2
     (relative, after one step: bench/run.py --muon measures it).
 
-    Keras routes params that are not 2-D, embeddings and ``exclude_layers`` (by
-    variable path) to an AdamW step inside its Muon; fastopt's Muon takes
-    matrices only, and the route is a :class:`fastopt.MultiOptimizer` that
-    sends those params, by name, to :class:`AdamW`.  Keras's AdamW step is
-    AdamW with ``learning_rate=lr*adam_lr_ratio``, ``beta_1=adam_beta_1``,
-    ``beta_2=adam_beta_2``, ``epsilon`` and ``weight_decay=adam_weight_decay
-    /adam_lr_ratio`` (Keras decays those params by ``lr*adam_weight_decay``)::
+    Keras's AdamW route.  In the Keras convention a param takes Keras's AdamW
+    step instead of the Muon step when it is not 2-D, when
+    ``exclude_embeddings`` is on and its name holds "embedding", or when an
+    ``exclude_layers`` pattern searches its name (Keras's
+    ``_should_use_adamw``, which reads variable paths: name the params as
+    Keras names the variables, ``{"params": [...], "names": ["dense/kernel",
+    ...]}``; an unnamed matrix takes the Muon step)::
 
-        opt = fo.MultiOptimizer(
-            [{"params": params, "names": names}],
-            optimizers={"muon": functools.partial(fo.Muon, learning_rate=lr),
-                        "adamw": functools.partial(fo.AdamW, learning_rate=lr * ratio,
-                                                   weight_decay=adam_weight_decay / ratio)},
-            routes={".*bias": "adamw", ".*embedding.*": "adamw", "output_dense.*": "adamw"},
-            default="muon")
+        m <- m + (g - m)*(1 - adam_beta_1);   v <- v + (g^2 - v)*(1 - adam_beta_2)
+        w <- w*(1 - lr*adam_weight_decay)
+             - lr*adam_lr_ratio*sqrt(1 - b2^t)/(1 - b1^t) * m/(sqrt(v) + epsilon)
 
-    reproduces Keras's Muon (``tests/test_muon.py`` checks it live).  The
-    iteration needs whole matrices: ``ShardedOptimizer`` shards Muon by whole
-    tensors (each matrix on one rank).
+    Both routes run in the same step (one ``step(grads)``, one state dict,
+    one checkpoint; clipping and ``global_clipnorm`` see every grad).
+    :attr:`routes` says which step each param gets; a param on the AdamW route
+    keeps ``velocity`` beside ``momentum_buffer``.  The route is fixed at
+    construction (``add_param_group`` routes the new params the same way); a
+    checkpoint restores into an optimizer that routes the params alike.
+    ``exclude_from_weight_decay`` turns off either route's decay.  The AdamW
+    route is elementwise but, as Muon's step reads whole tensors, takes no
+    :class:`RowGrad`.  torch's Muon has no such route: in the torch
+    convention, optimize the other params with :class:`AdamW` beside Muon in
+    a :class:`fastopt.MultiOptimizer` (routing by name).
+
+    The iteration needs whole matrices: ``ShardedOptimizer`` shards Muon by
+    whole tensors (each matrix on one rank).
 
     Examples
     --------
@@ -1644,6 +1669,11 @@ class Muon(Optimizer):
     >>> np.round(W, 3)
     array([[0.889, 1.   , 1.   ],
            [1.   , 0.889, 1.   ]])
+    >>> W, b, E = np.ones((2, 3)), np.ones(3), np.ones((4, 2))
+    >>> opt = fo.Muon([{"params": [W, b, E], "names": ["dense/kernel", "dense/bias",
+    ...                                                 "token_embedding/embeddings"]}])
+    >>> opt.routes
+    ['muon', 'adamw', 'adamw']
     """
 
     kernel = "muon"
