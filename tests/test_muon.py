@@ -562,3 +562,21 @@ def test_route_settings_are_fixed_at_construction():
         with pytest.raises(TypeError, match=key):
             opt.param_groups[0][key] = value
     assert opt.exclude_layers == ["head"] and opt.exclude_embeddings is True
+
+
+def test_route_keywords_default_as_keras():
+    """exclude_layers and exclude_embeddings are keywords, not hyper-parameters
+    (tests/anchor_defaults.py holds those): their defaults against Keras's
+    signature."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    import inspect
+    sig = inspect.signature(keras.optimizers.Muon).parameters
+    assert sig["exclude_layers"].default is None and sig["exclude_embeddings"].default is True
+    opt = fo.Muon([np.ones((2, 2))])
+    assert opt.exclude_layers == [] and opt.exclude_embeddings is True
+    extra = set(sig) - {"self", "kwargs", "name", "clipnorm", "clipvalue", "global_clipnorm",
+                        "use_ema", "ema_momentum", "ema_overwrite_frequency",
+                        "loss_scale_factor", "gradient_accumulation_steps"}
+    missing = extra - set(fo.Muon.defaults("keras")) - {"exclude_layers", "exclude_embeddings"}
+    assert not missing, f"Keras's Muon has keywords fastopt's lacks: {sorted(missing)}"
