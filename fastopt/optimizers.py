@@ -1734,7 +1734,8 @@ class Muon(Optimizer):
         # decides which state arrays it keeps
         self._exclude_layers, self._exclude_embeddings = self._route_settings(
             convention, exclude_layers, exclude_embeddings)
-        self._adamw: dict[int, bool] = {}
+        # the routes of params being added, until their state arrays hold them
+        self._routing: dict[int, bool] = {}
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          momentum=momentum, nesterov=nesterov, muon_a=muon_a, muon_b=muon_b,
                          muon_c=muon_c, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
@@ -1810,13 +1811,24 @@ class Muon(Optimizer):
     def _new_group(self, gi, plist, over, start):
         group, over, names = super()._new_group(gi, plist, over, start)
         for p, name in zip(plist, names):
-            self._adamw[id(p)] = self._to_adamw(p, name)
+            self._routing[id(p)] = self._to_adamw(p, name)
         return group, over, names
+
+    def _add_groups(self, groups):
+        try:
+            super()._add_groups(groups)
+        finally:
+            # added: their state arrays say their routes; refused: nothing is kept
+            self._routing.clear()
 
     def state_layout(self, group, p):
         # the AdamW route keeps Keras's velocity after the momentum
+        adamw = self._routing.get(id(p))
+        if adamw is None:       # a param of the optimizer: its route is its state
+            i = self._index.get(id(p))
+            adamw = i is not None and self._params[i] is p and len(self._state[i]) == 2
         shapes = [("momentum_buffer", p.shape)]
-        if self._adamw.get(id(p), False):
+        if adamw:
             shapes.append(("velocity", p.shape))
         return shapes
 
@@ -1868,8 +1880,9 @@ class Muon(Optimizer):
             raise ValueError(
                 f"params[{i}]: Muon in the torch convention takes 2-D params (matrices), as "
                 f"torch.optim.Muon does; got shape {p.shape}. Use convention='keras', whose "
-                f"Muon updates the other params with its AdamW step, or optimize them with "
-                f"AdamW beside Muon in a fastopt.MultiOptimizer (see help(fastopt.Muon))")
+                f"Muon gives the other params its AdamW step (at learning_rate*adam_lr_ratio), "
+                f"or optimize them with fastopt.AdamW beside Muon in a fastopt.MultiOptimizer "
+                f"(see help(fastopt.Muon))")
 
     def scratch_layout(self, group, p):
         return [("update", p.shape)]
