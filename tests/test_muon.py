@@ -259,9 +259,10 @@ def test_sharded_by_whole_matrices():
 def test_keras_adamw_route_is_adamw_beside_muon_in_a_multioptimizer():
     """Keras's Muon sends params that are not 2-D, embeddings and exclude_layers
     to its AdamW step (lr * adam_lr_ratio, adam_beta_1/2, epsilon, decay
-    adam_weight_decay * lr).  fastopt: a MultiOptimizer that routes them by
-    name to AdamW(lr * adam_lr_ratio, weight_decay=adam_weight_decay /
-    adam_lr_ratio) and the rest to Muon gives Keras's trajectory."""
+    adam_weight_decay * lr).  Besides Muon's own route (the tests above), a
+    MultiOptimizer that routes them by name to AdamW(lr * adam_lr_ratio,
+    weight_decay=adam_weight_decay / adam_lr_ratio) and the rest to Muon
+    (what the torch convention's users can do) gives Keras's trajectory."""
     import functools
     names = ["dense_kernel", "dense_bias", "token_embedding", "head_kernel"]
     shapes = [(5, 3), (3,), (6, 4), (3, 2)]
