@@ -327,15 +327,20 @@ def _close(mine, theirs, rtol):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2, err_msg=name)
 
 
-def test_adamw_route_matches_keras_live():
+MIXED_LIVE = [{}, {"global_clipnorm": 1.0}, {"clipnorm": 0.5},
+              {"clipvalue": 0.3, "nesterov": False, "rms_rate": None}]
+
+
+@pytest.mark.parametrize("options", MIXED_LIVE, ids=lambda kw: ",".join(kw) or "plain")
+def test_adamw_route_matches_keras_live(options):
     """Keras 3's Muon on the mixed model (a bias, a 3-D kernel, a scalar, an
     embedding, an excluded layer beside two matrices): 30 steps, a learning
-    rate that changes every step, both weight decays and an exclusion: to
-    1e-10 relative (measured: about 1e-15)."""
+    rate that changes every step, both weight decays and an exclusion, with
+    clipping over every grad: to 1e-10 relative (measured: about 3e-15)."""
     pytest.importorskip("keras")
     w0, grads = golden_muon.problem()
-    theirs = golden_muon.run_keras(w0, grads)
-    opt, mine, grads = _mixed(w0, grads)
+    theirs = golden_muon.run_keras(w0, grads, kwargs=dict(golden_muon.KWARGS, **options))
+    opt, mine, grads = _mixed(w0, grads, **options)
     assert opt.routes == golden_muon.ROUTES
     for g in grads:
         opt.step(g)
