@@ -1784,11 +1784,24 @@ class Muon(Optimizer):
         construction)."""
         return [p.pattern for p in self._exclude_layers]
 
+    @exclude_layers.setter
+    def exclude_layers(self, value: Any) -> None:
+        self._refuse_route_change("exclude_layers")
+
     @property
     def exclude_embeddings(self) -> bool:
         """Keras only: whether a param named ``*embedding*`` takes the AdamW
         route (fixed at construction)."""
         return self._exclude_embeddings
+
+    @exclude_embeddings.setter
+    def exclude_embeddings(self, value: Any) -> None:
+        self._refuse_route_change("exclude_embeddings")
+
+    def _refuse_route_change(self, key):
+        raise AttributeError(f"{key} cannot change after construction: it decides which "
+                             f"params take the AdamW route, and so which state arrays each "
+                             f"keeps. Build a new Muon with {key}=...; nothing was changed")
 
     @property
     def routes(self) -> list[str]:

@@ -563,7 +563,7 @@ def test_route_settings_are_fixed_at_construction():
     """They decide which state arrays each param keeps: read-only after."""
     opt = fo.Muon([np.ones((2, 2))], exclude_layers=["head"])
     for key, value in (("exclude_layers", ["x"]), ("exclude_embeddings", False)):
-        with pytest.raises(AttributeError):
+        with pytest.raises(AttributeError, match=rf"{key} cannot change after construction"):
             setattr(opt, key, value)
         with pytest.raises(TypeError, match=key):
             opt.param_groups[0][key] = value
