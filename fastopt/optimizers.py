@@ -10,6 +10,7 @@ optimizer: see CONTRIBUTING.md.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +20,7 @@ from ._hyper import (CONVENTIONS, DEFAULT, HP, NONNEG, NONPOS, POSITIVE, UNIT,  
 from .optimizer import REGISTRY, Optimizer  # noqa: F401
 
 if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping
+    from typing import Any, Callable, Mapping, Sequence
 
     from typing_extensions import Unpack
 
@@ -1585,9 +1586,10 @@ class Muon(Optimizer):
     Parameters
     ----------
     params : list of ndarray, or list of dict
-        2-D arrays (matrices) updated in place, or param groups of them.  Any
-        other shape is refused (see Notes for biases, embeddings and the
-        output layer).
+        Arrays updated in place, or param groups of them (``"name"`` or
+        ``"names"`` give the names the AdamW route reads).  Keras: any shape;
+        matrices take the Muon step, other params Keras's AdamW step (see
+        Notes).  torch: 2-D arrays (matrices) only, as ``torch.optim.Muon``.
     learning_rate : float or schedule
         1e-3.  ``lr`` is an alias.
     momentum : float or schedule
@@ -1601,8 +1603,9 @@ class Muon(Optimizer):
     ns_steps : int
         Newton-Schulz iterations (5; torch requires fewer than 100).
     epsilon : float
-        torch only: the floor of the Frobenius norm (1e-7; ``eps`` is an alias).
-        Keras adds 1e-7 to the norm instead.
+        1e-7 (``eps`` is an alias).  torch: the floor of the Frobenius norm.
+        Keras: the AdamW route's epsilon (its Muon step adds a fixed 1e-7 to
+        the norm).
     adjust_lr_fn : {None, "original", "match_rms_adamw"}
         torch only: the step is ``lr*sqrt(max(1, A/B))`` (None, "original") or
         ``lr*0.2*sqrt(max(A, B))`` for an ``A x B`` param.  A param group
@@ -1613,6 +1616,22 @@ class Muon(Optimizer):
     weight_decay : float or schedule
         Decoupled: ``w <- w*(1 - lr*weight_decay)`` before the update, with
         the learning rate before any adjustment.  Keras 0.004, torch 0.1.
+        Keras: the Muon route's.
+    adam_beta_1, adam_beta_2 : float or schedule
+        Keras only: the AdamW route's moment decay rates (0.9, 0.999).
+    adam_lr_ratio : float or schedule
+        Keras only: the AdamW route's learning rate is ``lr*adam_lr_ratio`` (1).
+    adam_weight_decay : float, schedule or None
+        Keras only: the AdamW route's decoupled decay, ``w <- w*(1 -
+        lr*adam_weight_decay)`` with the learning rate itself, not times
+        ``adam_lr_ratio``, as Keras decays (0.004; None: no decay, as 0.0).
+    exclude_layers : list of str
+        Keras only: regular expressions; a matrix whose name any of them
+        ``re.search``-matches takes the AdamW route (none).  Fixed at
+        construction.
+    exclude_embeddings : bool
+        Keras only: a matrix whose name holds "embedding" (any case) takes the
+        AdamW route (True).  Fixed at construction.
     convention : {"keras", "torch"}
         Keras 3 or torch.optim formulas and defaults.
     **kwargs
@@ -1644,25 +1663,32 @@ class Muon(Optimizer):
     the float64 one, and torch's bf16 result differs from it by about 1e-2
     (relative, after one step: bench/run.py --muon measures it).
 
-    Keras routes params that are not 2-D, embeddings and ``exclude_layers`` (by
-    variable path) to an AdamW step inside its Muon; fastopt's Muon takes
-    matrices only, and the route is a :class:`fastopt.MultiOptimizer` that
-    sends those params, by name, to :class:`AdamW`.  Keras's AdamW step is
-    AdamW with ``learning_rate=lr*adam_lr_ratio``, ``beta_1=adam_beta_1``,
-    ``beta_2=adam_beta_2``, ``epsilon`` and ``weight_decay=adam_weight_decay
-    /adam_lr_ratio`` (Keras decays those params by ``lr*adam_weight_decay``)::
+    Keras's AdamW route.  In the Keras convention a param takes Keras's AdamW
+    step instead of the Muon step when it is not 2-D, when
+    ``exclude_embeddings`` is on and its name holds "embedding", or when an
+    ``exclude_layers`` pattern searches its name (Keras's
+    ``_should_use_adamw``, which reads variable paths: name the params as
+    Keras names the variables, ``{"params": [...], "names": ["dense/kernel",
+    ...]}``; an unnamed matrix takes the Muon step)::
 
-        opt = fo.MultiOptimizer(
-            [{"params": params, "names": names}],
-            optimizers={"muon": functools.partial(fo.Muon, learning_rate=lr),
-                        "adamw": functools.partial(fo.AdamW, learning_rate=lr * ratio,
-                                                   weight_decay=adam_weight_decay / ratio)},
-            routes={".*bias": "adamw", ".*embedding.*": "adamw", "output_dense.*": "adamw"},
-            default="muon")
+        m <- m + (g - m)*(1 - adam_beta_1);   v <- v + (g^2 - v)*(1 - adam_beta_2)
+        w <- w*(1 - lr*adam_weight_decay)
+             - lr*adam_lr_ratio*sqrt(1 - b2^t)/(1 - b1^t) * m/(sqrt(v) + epsilon)
 
-    reproduces Keras's Muon (``tests/test_muon.py`` checks it live).  The
-    iteration needs whole matrices: ``ShardedOptimizer`` shards Muon by whole
-    tensors (each matrix on one rank).
+    Both routes run in the same step (one ``step(grads)``, one state dict,
+    one checkpoint; clipping and ``global_clipnorm`` see every grad).
+    :attr:`routes` says which step each param gets; a param on the AdamW route
+    keeps ``velocity`` beside ``momentum_buffer``.  The route is fixed at
+    construction (``add_param_group`` routes the new params the same way); a
+    checkpoint restores into an optimizer that routes the params alike.
+    ``exclude_from_weight_decay`` turns off either route's decay.  The AdamW
+    route is elementwise but, as Muon's step reads whole tensors, takes no
+    :class:`RowGrad`.  torch's Muon has no such route: in the torch
+    convention, optimize the other params with :class:`AdamW` beside Muon in
+    a :class:`fastopt.MultiOptimizer` (routing by name).
+
+    The iteration needs whole matrices: ``ShardedOptimizer`` shards Muon by
+    whole tensors (each matrix on one rank).
 
     Examples
     --------
@@ -1673,6 +1699,11 @@ class Muon(Optimizer):
     >>> np.round(W, 3)
     array([[0.889, 1.   , 1.   ],
            [1.   , 0.889, 1.   ]])
+    >>> W, b, E = np.ones((2, 3)), np.ones(3), np.ones((4, 2))
+    >>> opt = fo.Muon([{"params": [W, b, E], "names": ["dense/kernel", "dense/bias",
+    ...                                                 "token_embedding/embeddings"]}])
+    >>> opt.routes
+    ['muon', 'adamw', 'adamw']
     """
 
     kernel = "muon"
@@ -1685,9 +1716,13 @@ class Muon(Optimizer):
         "muon_b": HP(-4.7750, kernel=False, schedulable=False),
         "muon_c": HP(2.0315, kernel=False, schedulable=False),
         "ns_steps": HP(5, check=NONNEG, kernel=False, schedulable=False),
-        "epsilon": HP(torch=1e-7, check=NONNEG, kernel=False, schedulable=False),
+        "epsilon": HP(1e-7, check=NONNEG, schedulable=False),
         "adjust_lr_fn": HP(torch=0.0, kernel=False, schedulable=False),
         "rms_rate": HP(keras=0.2, kernel=False, schedulable=False, none_refused=True),
+        "adam_beta_1": HP(keras=0.9, check=UNIT_OPEN),
+        "adam_beta_2": HP(keras=0.999, check=UNIT_OPEN),
+        "adam_lr_ratio": HP(keras=1.0, check=NONNEG),
+        "adam_weight_decay": HP(keras=0.004, check=NONNEG, none_refused=True),
         "weight_decay": HP(keras=0.004, torch=0.1, check=NONNEG, kernel=False),
     }
     tuple_aliases = {"ns_coefficients": (("muon_a", "muon_b", "muon_c"), "(a, b, c)")}
@@ -1707,6 +1742,10 @@ class Muon(Optimizer):
     eps: HyperValue
     adjust_lr_fn: HyperValue
     rms_rate: HyperValue
+    adam_beta_1: HyperValue
+    adam_beta_2: HyperValue
+    adam_lr_ratio: HyperValue
+    adam_weight_decay: HyperValue
     ns_coefficients: Any
 
     def __init__(self, params: Params, learning_rate: HyperValue | None = None,
@@ -1715,13 +1754,141 @@ class Muon(Optimizer):
                  muon_c: float | None = None, ns_steps: float | None = None, *,
                  ns_coefficients: Any = None, epsilon: float | None = None,
                  adjust_lr_fn: str | None = None, rms_rate: Any = DEFAULT,
+                 adam_beta_1: HyperValue | None = None, adam_beta_2: HyperValue | None = None,
+                 adam_lr_ratio: HyperValue | None = None,
+                 adam_weight_decay: Any = DEFAULT,
+                 exclude_layers: Sequence[str] | None = None,
+                 exclude_embeddings: bool | None = None,
                  convention: ConventionName = "keras",
                  **kwargs: Unpack[OptionsWithDecay]) -> None:
+        # the AdamW route's selection, fixed at construction: a param's route
+        # decides which state arrays it keeps
+        self._exclude_layers, self._exclude_embeddings = self._route_settings(
+            convention, exclude_layers, exclude_embeddings)
+        # the routes of params being added, until their state arrays hold them
+        self._routing: dict[int, bool] = {}
         super().__init__(params, convention=convention, learning_rate=learning_rate,
                          momentum=momentum, nesterov=nesterov, muon_a=muon_a, muon_b=muon_b,
                          muon_c=muon_c, ns_steps=ns_steps, ns_coefficients=ns_coefficients,
                          epsilon=epsilon, adjust_lr_fn=adjust_lr_fn, rms_rate=rms_rate,
+                         adam_beta_1=adam_beta_1, adam_beta_2=adam_beta_2,
+                         adam_lr_ratio=adam_lr_ratio, adam_weight_decay=adam_weight_decay,
                          **kwargs)
+
+    @staticmethod
+    def _route_settings(convention, exclude_layers, exclude_embeddings):
+        """``exclude_layers`` as a tuple of compiled patterns and
+        ``exclude_embeddings`` as a bool (Keras's defaults: none, True);
+        refused in the torch convention, whose Muon has no AdamW route."""
+        if convention == "torch":
+            for key, value in (("exclude_layers", exclude_layers),
+                               ("exclude_embeddings", exclude_embeddings)):
+                if value is not None:
+                    raise TypeError(f"Muon() got an unexpected keyword argument {key!r}: "
+                                    f"torch.optim.Muon has no AdamW route (it takes 2-D "
+                                    f"params only); use convention='keras' for Keras's")
+            return (), False
+        if exclude_embeddings is None:
+            exclude_embeddings = True
+        if not isinstance(exclude_embeddings, (bool, np.bool_)):
+            raise TypeError(f"exclude_embeddings must be a bool; got {exclude_embeddings!r}")
+        if isinstance(exclude_layers, str):
+            raise TypeError(f"exclude_layers must be a list of strings (regular expressions "
+                            f"searched in each param's name); got a single string: pass "
+                            f"[{exclude_layers!r}]")
+        patterns = []
+        for k, pattern in enumerate(exclude_layers or ()):
+            if not isinstance(pattern, str):
+                raise TypeError(f"exclude_layers[{k}] must be a string (a regular expression "
+                                f"searched in each param's name); got {pattern!r}")
+            try:
+                patterns.append(re.compile(pattern))
+            except re.error as e:
+                raise ValueError(f"exclude_layers[{k}] is not a regular expression: "
+                                 f"{pattern!r} ({e}). Escape it with re.escape to match "
+                                 f"the text as it is") from None
+        return tuple(patterns), bool(exclude_embeddings)
+
+    @property
+    def exclude_layers(self) -> list[str]:
+        """Keras only: the patterns whose params take the AdamW route (fixed at
+        construction)."""
+        return [p.pattern for p in self._exclude_layers]
+
+    @exclude_layers.setter
+    def exclude_layers(self, value: Any) -> None:
+        self._refuse_route_change("exclude_layers")
+
+    @property
+    def exclude_embeddings(self) -> bool:
+        """Keras only: whether a param named ``*embedding*`` takes the AdamW
+        route (fixed at construction)."""
+        return self._exclude_embeddings
+
+    @exclude_embeddings.setter
+    def exclude_embeddings(self, value: Any) -> None:
+        self._refuse_route_change("exclude_embeddings")
+
+    def _refuse_route_change(self, key):
+        raise AttributeError(f"{key} cannot change after construction: it decides which "
+                             f"params take the AdamW route, and so which state arrays each "
+                             f"keeps. Build a new Muon with {key}=...; nothing was changed")
+
+    @property
+    def routes(self) -> list[str]:
+        """Per param, in order, ``"muon"`` or ``"adamw"``: the update it gets."""
+        return ["adamw" if len(st) == 2 else "muon" for st in self._state]
+
+    def _to_adamw(self, p, name):
+        """Keras's ``_should_use_adamw``, with the param's name (from its param
+        group) as the variable's path."""
+        if self.convention != "keras":
+            return False
+        if p.ndim != 2:
+            return True
+        if name is None:
+            return False
+        if self._exclude_embeddings and "embedding" in name.lower():
+            return True
+        return any(pattern.search(name) for pattern in self._exclude_layers)
+
+    def _new_group(self, gi, plist, over, start):
+        group, over, names = super()._new_group(gi, plist, over, start)
+        for p, name in zip(plist, names):
+            self._routing[id(p)] = self._to_adamw(p, name)
+        return group, over, names
+
+    def _add_groups(self, groups):
+        try:
+            super()._add_groups(groups)
+        finally:
+            # added: their state arrays say their routes; refused: nothing is kept
+            self._routing.clear()
+
+    def state_layout(self, group, p):
+        # the AdamW route keeps Keras's velocity after the momentum
+        adamw = self._routing.get(id(p))
+        if adamw is None:       # a param of the optimizer: its route is its state
+            i = self._index.get(id(p))
+            adamw = i is not None and self._params[i] is p and len(self._state[i]) == 2
+        shapes = [("momentum_buffer", p.shape)]
+        if adamw:
+            shapes.append(("velocity", p.shape))
+        return shapes
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = super().get_config()
+        if self.convention == "keras":
+            cfg["exclude_layers"] = self.exclude_layers
+            cfg["exclude_embeddings"] = self._exclude_embeddings
+        return cfg
+
+    def __reduce__(self):
+        rebuild, args = super().__reduce__()
+        if self.convention == "keras":
+            args[2]["exclude_layers"] = self.exclude_layers
+            args[2]["exclude_embeddings"] = self._exclude_embeddings
+        return rebuild, args
 
     def _canonical_items(self, items, where, caller):
         # torch's adjust_lr_fn names and Keras's rms_rate=None, as the floats a group holds
@@ -1733,6 +1900,8 @@ class Muon(Optimizer):
                 return _MUON_ADJUST[value]
             if key == "rms_rate" and value is None:
                 return -1.0
+            if key == "adam_weight_decay" and value is None:
+                return 0.0      # Keras's None: no decay on the AdamW route
             return value
         return super()._canonical_items([(k, code(k, v)) for k, v in items], where, caller)
 
@@ -1751,13 +1920,13 @@ class Muon(Optimizer):
                              f"adjustment; got {rms!r}")
 
     def check_param(self, p, i):
-        if p.ndim != 2:
+        if p.ndim != 2 and self.convention == "torch":
             raise ValueError(
-                f"params[{i}]: Muon takes 2-D params (matrices); got shape {p.shape}. "
-                f"Optimize biases, embeddings and other params with AdamW (Keras's Muon "
-                f"sends them to its AdamW step: AdamW with learning_rate=lr*adam_lr_ratio, "
-                f"weight_decay=adam_weight_decay/adam_lr_ratio), routing them by name with "
-                f"fastopt.MultiOptimizer (see help(fastopt.Muon))")
+                f"params[{i}]: Muon in the torch convention takes 2-D params (matrices), as "
+                f"torch.optim.Muon does; got shape {p.shape}. Use convention='keras', whose "
+                f"Muon gives the other params its AdamW step (at learning_rate*adam_lr_ratio), "
+                f"or optimize them with fastopt.AdamW beside Muon in a fastopt.MultiOptimizer "
+                f"(see help(fastopt.Muon))")
 
     def scratch_layout(self, group, p):
         return [("update", p.shape)]
@@ -1766,10 +1935,16 @@ class Muon(Optimizer):
         """The Newton-Schulz iteration on each stepped param's scratch array
         (the momentum pass left ``u`` there and ``||u||^2`` in ``sums[i, 0]``);
         leaves the orthogonalised ``X`` there and the step's ratio in
-        ``sums[i, 1]``."""
+        ``sums[i, 1]``.  A param on the AdamW route gets 1.0 there when its
+        decay applies, else 0.0."""
         owner = [g for g in self.param_groups for _ in g["params"]]
         torch = self.convention == "torch"
         for i in stepped:
+            if len(self._state[i]) == 2:
+                # the AdamW route: whether its own decay applies (the kernel
+                # cannot tell an excluded param from a weight_decay of 0)
+                sums[i, 1] = 0.0 if i in self._wd_excluded else 1.0
+                continue
             group, x = owner[i], self._scratch[i][0]
             rows, cols = x.shape
             if torch:

@@ -85,12 +85,13 @@ ANCHOR_DEFAULTS = {
                              "weight_decay": 0.0},
     ("keras", "ScheduleFreeAdamW"): {"learning_rate": 0.0025, "beta_1": 0.9, "beta_2": 0.999,
                                      "epsilon": 1e-8, "warmup_steps": 0, "weight_decay": 0.0},
-    # Muon: fastopt takes its 2-D route only, so Keras's AdamW-route arguments
-    # (adam_beta_1, adam_beta_2, adam_weight_decay, adam_lr_ratio, epsilon,
-    # exclude_layers, exclude_embeddings) have no fastopt keyword
+    # Muon: exclude_layers (None) and exclude_embeddings (True) are keywords that
+    # route params, not hyper-parameters (tests/test_muon.py checks them)
     ("keras", "Muon"): {"learning_rate": 0.001, "weight_decay": 0.004, "momentum": 0.95,
                         "nesterov": True, "muon_a": 3.4445, "muon_b": -4.7750,
-                        "muon_c": 2.0315, "ns_steps": 5, "rms_rate": 0.2},
+                        "muon_c": 2.0315, "ns_steps": 5, "rms_rate": 0.2,
+                        "adam_beta_1": 0.9, "adam_beta_2": 0.999, "adam_weight_decay": 0.004,
+                        "epsilon": 1e-7, "adam_lr_ratio": 1},
     ("torch", "Muon"): {"learning_rate": 0.001, "weight_decay": 0.1, "momentum": 0.95,
                         "nesterov": True, "muon_a": 3.4445, "muon_b": -4.7750,
                         "muon_c": 2.0315, "epsilon": 1e-7, "ns_steps": 5,

@@ -31,6 +31,10 @@ the class does not say about itself:
   (:func:`param_shape`): the same, unless the optimizer takes some shapes only
   (Muon: matrices of as many elements); ``torch_context``: what a run of the
   torch anchor happens inside (Muon: :func:`torch_muon_float64`).
+* ``claim_shapes``: per convention, the shapes of the params of
+  tests/test_claims.py's round trip, where the suites' shape leaves some
+  hyper-parameter without effect (Muon, Keras: matrices never read the AdamW
+  route's; a vector takes that route).
 * ``frozen``: what else a learning rate of 0 needs to leave the weights as
   they are (Rprop: its step sizes also have a floor, ``step_size_min``).
 * ``shared_clock``: one step count for the optimizer in every convention
@@ -77,9 +81,10 @@ class OptimizerInfo:
                  torch_renames=None, decoupled_always=False, frozen=None, shared_clock=False,
                  per_update=None, coupled_decay_in_rule=(), torch_module="torch.optim",
                  torch_sparse=False, keras_float64_reductions=False, shape=None,
-                 torch_context=None):
+                 torch_context=None, claim_shapes=None):
         self.name = name
         self.shape = shape or tuple
+        self.claim_shapes = dict(claim_shapes or {})
         # what a run of the torch anchor happens inside (Muon: its Newton-Schulz
         # iteration in float64, not bfloat16)
         self.torch_context = torch_context or contextlib.nullcontext
@@ -671,6 +676,8 @@ optim_db = [
         ],
         torch_name="Muon", keras_name="Muon", keras_float64_reductions=True,
         torch_context=torch_muon_float64,
+        # a matrix takes the Muon step, a vector Keras's AdamW step
+        claim_shapes={"keras": [(5, 1), (3,)]},
         torch_renames={"epsilon": "eps"},
         torch_cases=[
             {},

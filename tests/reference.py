@@ -359,6 +359,54 @@ def muon_keras(w, g, st, hp, t):
     return w - hp["learning_rate"] * ratio * o
 
 
+def muon_keras_adamw(w, g, st, hp, t):
+    """Keras's Muon on a param of its AdamW route (``_adamw_update_step``, with
+    the learning rate times ``adam_lr_ratio``); ``w`` is already decayed (see
+    :class:`KerasMuon`)."""
+    b1, b2 = hp["adam_beta_1"], hp["adam_beta_2"]
+    alpha = (hp["learning_rate"] * hp["adam_lr_ratio"] * math.sqrt(1 - b2 ** t)
+             / (1 - b1 ** t))
+    st["m"] = st["m"] + (g - st["m"]) * (1 - b1)
+    st["v"] = st["v"] + (g * g - st["v"]) * (1 - b2)
+    return w - st["m"] * alpha / (np.sqrt(st["v"]) + hp["epsilon"])
+
+
+class KerasMuon:
+    """Keras 3's Muon over params of both routes, in float64: per step, each
+    param with a grad is decayed by ``w - w*wd*lr`` (``wd``: ``weight_decay``
+    on the Muon route, ``adam_weight_decay`` on the AdamW route; none for the
+    indices in ``excluded``), then updated by :func:`muon_keras` or
+    :func:`muon_keras_adamw` with the optimizer's step count.  ``routes``:
+    "muon" or "adamw" per param; ``hyper(step)``: the evaluated
+    hyper-parameters at the 0-based step."""
+
+    def __init__(self, params, routes, hyper, excluded=()):
+        self.w = [np.array(p, dtype=np.float64) for p in params]
+        self.routes = list(routes)
+        self.hyper = hyper
+        self.excluded = set(excluded)
+        self.state = [{"m": np.zeros_like(w), **({"v": np.zeros_like(w)} if r == "adamw"
+                                                  else {})}
+                      for w, r in zip(self.w, self.routes)]
+        self.iterations = 0
+
+    def step(self, grads):
+        hp = dict(self.hyper(self.iterations))
+        t = self.iterations + 1
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            g = np.array(g, dtype=np.float64)
+            adamw = self.routes[i] == "adamw"
+            w = self.w[i]
+            wd = hp["adam_weight_decay"] if adamw else hp["weight_decay"]
+            if i not in self.excluded:
+                w = w - w * wd * hp["learning_rate"]
+            rule = muon_keras_adamw if adamw else muon_keras
+            self.w[i] = rule(w, g, self.state[i], hp, t)
+        self.iterations += 1
+
+
 def muon_torch(w, g, st, hp, t):
     mu = hp["momentum"]
     st["m"] = st["m"] + (1 - mu) * (g - st["m"])

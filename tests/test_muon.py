@@ -1,7 +1,9 @@
 """Muon beyond the shared suites: live trajectories on matrices of every
 orientation against torch.optim.Muon and Keras 3's Muon (when installed),
 what the Newton-Schulz iteration's dtype changes (torch's bfloat16, Keras's
-float32 norm, fastopt's float32), and its refusals."""
+float32 norm, fastopt's float32), Keras's AdamW route on a mixed model (live,
+known answers, the float64 reference, threads and SIMD variants, checkpoints)
+and the refusals."""
 import os
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 import fastopt as fo
 
+import golden_muon
 import optim_db
 import reference
 
@@ -186,17 +189,19 @@ def _stepped(convention):
     return opt, rng
 
 
-@pytest.mark.parametrize("convention", ["keras", "torch"])
 @pytest.mark.parametrize("shape", [(5,), (), (2, 3, 4)])
-def test_params_that_are_not_matrices_are_refused(convention, shape):
+def test_torch_convention_refuses_params_that_are_not_matrices(shape):
+    """torch.optim.Muon takes matrices only; the message names Keras's route."""
     ok, bad = np.ones((3, 2)), np.ones(shape)
-    with pytest.raises(ValueError, match=rf"params\[1\]: Muon takes 2-D params .*got shape "
-                                         rf"{__import__('re').escape(str(shape))}.*AdamW"):
-        fo.Muon([ok, bad], convention=convention)
+    with pytest.raises(ValueError, match=rf"params\[1\]: Muon in the torch convention takes "
+                                         rf"2-D params .*got shape "
+                                         rf"{__import__('re').escape(str(shape))}.*"
+                                         rf"convention='keras'.*AdamW"):
+        fo.Muon([ok, bad], convention="torch")
     assert (ok == 1).all() and (bad == 1).all()
-    opt, rng = _stepped(convention)
+    opt, rng = _stepped("torch")
     before = _image(opt)
-    with pytest.raises(ValueError, match=r"params\[2\]: Muon takes 2-D params"):
+    with pytest.raises(ValueError, match=r"params\[2\]: Muon in the torch convention takes 2-D"):
         opt.add_param_group({"params": [np.ones(shape)]})
     assert _image(opt) == before and len(opt.param_groups) == 1
 
@@ -211,9 +216,14 @@ BAD = [
     ("keras", {"rms_rate": -0.2}, ValueError, r"rms_rate"),
     ("torch", {"rms_rate": 0.2}, TypeError, r"rms_rate"),            # Keras's, not torch's
     ("keras", {"adjust_lr_fn": "original"}, TypeError, r"adjust_lr_fn"),   # torch's
-    ("keras", {"eps": 1e-3}, TypeError, r"eps"),                     # Keras adds 1e-7
-    ("keras", {"adam_beta_1": 0.9}, TypeError, r"adam_beta_1"),      # no AdamW route
-    ("keras", {"exclude_layers": ["head"]}, TypeError, r"exclude_layers"),
+    ("torch", {"adam_beta_1": 0.9}, TypeError, r"adam_beta_1"),      # no AdamW route
+    ("torch", {"adam_weight_decay": 0.1}, TypeError, r"adam_weight_decay"),
+    ("torch", {"adam_lr_ratio": 0.1}, TypeError, r"adam_lr_ratio"),
+    ("keras", {"adam_beta_1": 1.0}, ValueError, r"adam_beta_1 must be in \[0, 1\)"),
+    ("keras", {"adam_beta_2": -0.1}, ValueError, r"adam_beta_2"),
+    ("keras", {"adam_lr_ratio": -1.0}, ValueError, r"adam_lr_ratio"),
+    ("keras", {"adam_weight_decay": -0.1}, ValueError, r"adam_weight_decay"),
+    ("keras", {"epsilon": -1e-3}, ValueError, r"epsilon"),
 ]
 
 
@@ -249,9 +259,10 @@ def test_sharded_by_whole_matrices():
 def test_keras_adamw_route_is_adamw_beside_muon_in_a_multioptimizer():
     """Keras's Muon sends params that are not 2-D, embeddings and exclude_layers
     to its AdamW step (lr * adam_lr_ratio, adam_beta_1/2, epsilon, decay
-    adam_weight_decay * lr).  fastopt: a MultiOptimizer that routes them by
-    name to AdamW(lr * adam_lr_ratio, weight_decay=adam_weight_decay /
-    adam_lr_ratio) and the rest to Muon gives Keras's trajectory."""
+    adam_weight_decay * lr).  Besides Muon's own route (the tests above), a
+    MultiOptimizer that routes them by name to AdamW(lr * adam_lr_ratio,
+    weight_decay=adam_weight_decay / adam_lr_ratio) and the rest to Muon
+    (what the torch convention's users can do) gives Keras's trajectory."""
     import functools
     names = ["dense_kernel", "dense_bias", "token_embedding", "head_kernel"]
     shapes = [(5, 3), (3,), (6, 4), (3, 2)]
@@ -295,3 +306,283 @@ def test_keras_adamw_route_is_adamw_beside_muon_in_a_multioptimizer():
         opt.step(g)
     for i, (a, b) in enumerate(zip(mine, theirs)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=names[i])
+
+
+# ---- Keras's AdamW route inside Muon --------------------------------------------------
+
+def _mixed(w0=None, grads=None, dtype=np.float64, learning_rate=golden_muon.lr_at, **options):
+    """fastopt's Muon over golden_muon's mixed model (names as Keras's paths),
+    its params and its grads (in ``dtype``)."""
+    if w0 is None:
+        w0, grads = golden_muon.problem()
+    mine = [w.astype(dtype) for w in w0]
+    opt = fo.Muon([{"params": mine, "names": golden_muon.NAMES}],
+                  learning_rate=learning_rate, **golden_muon.KWARGS, **options)
+    opt.exclude_from_weight_decay(var_names=golden_muon.EXCLUDED)
+    return opt, mine, [[None if x is None else x.astype(dtype) for x in g] for g in grads]
+
+
+def _close(mine, theirs, rtol):
+    for name, a, b in zip(golden_muon.NAMES, mine, theirs):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2, err_msg=name)
+
+
+MIXED_LIVE = [{}, {"global_clipnorm": 1.0}, {"clipnorm": 0.5},
+              {"clipvalue": 0.3, "nesterov": False, "rms_rate": None}]
+
+
+@pytest.mark.parametrize("options", MIXED_LIVE, ids=lambda kw: ",".join(kw) or "plain")
+def test_adamw_route_matches_keras_live(options):
+    """Keras 3's Muon on the mixed model (a bias, a 3-D kernel, a scalar, an
+    embedding, an excluded layer beside two matrices): 30 steps, a learning
+    rate that changes every step, both weight decays and an exclusion, with
+    clipping over every grad: to 1e-10 relative (measured: about 3e-15)."""
+    pytest.importorskip("keras")
+    w0, grads = golden_muon.problem()
+    theirs = golden_muon.run_keras(w0, grads, kwargs=dict(golden_muon.KWARGS, **options))
+    opt, mine, grads = _mixed(w0, grads, **options)
+    assert opt.routes == golden_muon.ROUTES
+    for g in grads:
+        opt.step(g)
+    _close(mine, theirs, 1e-10)
+
+
+def test_adamw_route_known_answers():
+    """Keras's own numbers for the mixed model (tests/golden_muon.py records
+    them), without Keras."""
+    data = golden_muon.load()
+    assert data["names"] == golden_muon.NAMES and data["kwargs"] == golden_muon.KWARGS
+    assert data["excluded"] == golden_muon.EXCLUDED
+    opt, mine, grads = _mixed(data["w0"], data["grads"])
+    for g in grads:
+        opt.step(g)
+    _close(mine, data["w"], 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adamw_route_matches_the_float64_reference(dtype):
+    """Both routes against reference.KerasMuon, in both dtypes (float32 to
+    float32's reach)."""
+    opt, mine, grads = _mixed(dtype=dtype)
+    excluded = [i for i, n in enumerate(golden_muon.NAMES)
+                if any(e in n for e in golden_muon.EXCLUDED)]
+    assert excluded == [1, 4]
+    w0, _ = golden_muon.problem()
+    ref = reference.KerasMuon(w0, opt.routes, lambda s: opt.hyperparameters(step=s), excluded)
+    for g in grads:
+        opt.step(g)
+        ref.step(g)
+    assert all(a.dtype == dtype for a in mine)
+    _close(mine, ref.w, 1e-11 if dtype == np.float64 else 1e-4)
+
+
+def _big_mixed(dtype):
+    """The mixed model's routes at sizes that split into many chunks."""
+    rng = np.random.default_rng(11)
+    shapes = [(300, 70), (5000,), (7, 9, 130), (4100, 8), (1,)]
+    names = ["dense_kernel", "bias", "conv", "word_embedding", "head"]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
+    return params, grads, names
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_route_bit_identical_across_threads_and_simd(dtype):
+    """Both routes, every SIMD variant, serial and forced splits: the same
+    bits (the AdamW route runs in the elementwise pass, the Muon route's
+    norm is a fixed-order reduction)."""
+    from conftest import SIMD_VARIANTS
+    from fastopt import _core
+    params0, grads, names = _big_mixed(dtype)
+    saved_simd, saved_threshold = _core.get_simd(), _core.parallel_threshold()
+    runs = []
+    try:
+        for simd in SIMD_VARIANTS:
+            for threads, threshold in [(1, 10**9), (3, 0), (4, saved_threshold)]:
+                _core.set_simd(simd)
+                _core.set_parallel_threshold(threshold)
+                params = [p.copy() for p in params0]
+                opt = fo.Muon([{"params": params, "names": names}], learning_rate=0.01,
+                              adam_lr_ratio=0.3, adam_weight_decay=0.05, num_threads=threads,
+                              clipvalue=1.5, exclude_layers=["^head$"])
+                assert opt.routes == ["muon", "adamw", "adamw", "adamw", "adamw"]
+                for g in grads:
+                    opt.step(g)
+                runs.append((simd, threads, [a.tobytes() for a in params] +
+                             [a.tobytes() for s in opt.state_arrays() for a in s]))
+    finally:
+        _core.set_simd(saved_simd)
+        _core.set_parallel_threshold(saved_threshold)
+    for simd, threads, image in runs[1:]:
+        assert image == runs[0][2], (simd, threads)
+
+
+def test_routes_follow_keras_should_use_adamw():
+    """Not 2-D: AdamW.  2-D: AdamW when the name holds "embedding" (any case;
+    exclude_embeddings=False turns that off) or an exclude_layers pattern
+    searches it; unnamed matrices take the Muon step."""
+    shapes = [(3, 2), (3, 2), (3, 2), (3, 2), (2,), (3, 2)]
+    names = ["dense/kernel", "Token_Embedding/embeddings", "head/kernel", "block_3/kernel",
+             "dense/bias", None]
+    def routes(**kw):
+        params = [np.zeros(s) for s in shapes]
+        groups = [{"params": params[:5], "names": names[:5]}, {"params": params[5:]}]
+        return fo.Muon(groups, **kw).routes
+    assert routes() == ["muon", "adamw", "muon", "muon", "adamw", "muon"]
+    assert routes(exclude_embeddings=False) == ["muon", "muon", "muon", "muon", "adamw", "muon"]
+    assert routes(exclude_layers=["head", r"block_\d"]) == \
+        ["muon", "adamw", "adamw", "adamw", "adamw", "muon"]
+    opt = fo.Muon([{"params": [np.zeros((3, 2)), np.zeros(4)], "names": ["w", "b"]}])
+    assert [list(s) for s in opt.state] == [["momentum_buffer"], ["momentum_buffer", "velocity"]]
+    assert [len(s) for s in opt.state_dict()["state"]] == [1, 2]     # scratch left out
+    assert opt.exclude_layers == [] and opt.exclude_embeddings is True
+    # a group added later is routed the same way
+    opt.add_param_group({"params": [np.zeros((2, 2))], "name": "pos_embedding"})
+    assert opt.routes == ["muon", "adamw", "adamw"]
+
+
+def test_adamw_route_decay_follows_keras():
+    """Keras decays an AdamW-route param by lr*adam_weight_decay (not by
+    lr*adam_lr_ratio*adam_weight_decay), also when weight_decay is 0, and not
+    at all when it is excluded; the Muon route by lr*weight_decay."""
+    def one_step(**kw):
+        w, b = np.ones((2, 2)), np.ones(3)
+        opt = fo.Muon([{"params": [w, b], "names": ["w", "b"]}], learning_rate=0.1,
+                      adam_lr_ratio=0.5, **kw)
+        excluded = kw.pop("excluded", None)
+        if excluded:
+            opt.exclude_from_weight_decay(var_names=excluded)
+        opt.step([np.zeros((2, 2)), np.zeros(3)])    # zero grads: the decay alone moves
+        return w, b
+    w, b = one_step(weight_decay=0.0, adam_weight_decay=0.2)
+    assert (w == 1).all() and np.allclose(b, 1 - 0.1 * 0.2, rtol=1e-15)
+    w, b = one_step(weight_decay=0.3, adam_weight_decay=0.0)
+    assert np.allclose(w, 1 - 0.1 * 0.3, rtol=1e-15) and (b == 1).all()
+    w, b = one_step(weight_decay=0.0, adam_weight_decay=None)      # Keras's None: no decay
+    assert (w == 1).all() and (b == 1).all()
+
+
+def test_adamw_route_decay_exclusion():
+    w, b = np.ones((2, 2)), np.ones(3)
+    opt = fo.Muon([{"params": [w, b], "names": ["w", "b"]}], learning_rate=0.1,
+                  weight_decay=0.0, adam_weight_decay=0.2)
+    opt.exclude_from_weight_decay(var_names=["b"])
+    opt.step([np.zeros((2, 2)), np.zeros(3)])
+    assert (w == 1).all() and (b == 1).all()
+    opt.exclude_from_weight_decay()
+    opt.step([np.zeros((2, 2)), np.zeros(3)])
+    assert np.allclose(b, 1 - 0.1 * 0.2, rtol=1e-15)
+
+
+def _image_mixed(opt, params):
+    return ([p.tobytes() for p in params] + [a.tobytes() for s in opt.state_arrays() for a in s]
+            + [opt.iterations])
+
+
+def test_adamw_route_checkpoint_round_trip_is_bit_exact(tmp_path):
+    """state_dict, fastopt.save/load, pickle and get_config/from_config: a run
+    resumed at step 15 ends with the bits of one that never stopped."""
+    import pickle
+
+    from fastopt import schedules
+    lr = schedules.ExponentialDecay(0.02, decay_steps=3, decay_rate=0.7)    # moves every step
+    w0, grads = golden_muon.problem()
+    whole, params, grads = _mixed(w0, grads, learning_rate=lr)
+    for g in grads:
+        whole.step(g)
+    expected = _image_mixed(whole, params)
+
+    for how in ("state_dict", "file", "pickle", "config"):
+        opt, mine, _ = _mixed(w0, grads, learning_rate=lr)
+        for g in grads[:15]:
+            opt.step(g)
+        if how == "state_dict":
+            sd = opt.state_dict()
+            opt, mine, _ = _mixed([w.copy() for w in mine], grads, learning_rate=lr)
+            opt.load_state_dict(sd)
+        elif how == "file":
+            fo.save(tmp_path / "muon.npz", opt)
+            opt, mine, _ = _mixed([w.copy() for w in mine], grads, learning_rate=lr)
+            fo.load(tmp_path / "muon.npz", opt)
+        elif how == "pickle":
+            opt = pickle.loads(pickle.dumps(opt))
+            mine = opt.params
+        else:
+            sd = opt.state_dict()
+            copies = [w.copy() for w in mine]
+            cfg = opt.get_config()
+            assert cfg["exclude_layers"] == ["output_dense"] and cfg["exclude_embeddings"]
+            opt = fo.Muon.from_config(cfg, copies)
+            opt.exclude_from_weight_decay(var_names=golden_muon.EXCLUDED)
+            opt.load_state_dict(sd)
+            mine = copies
+        assert opt.routes == golden_muon.ROUTES, how
+        for g in grads[15:]:
+            opt.step(g)
+        assert _image_mixed(opt, mine) == expected, how
+
+
+def test_checkpoint_of_other_routes_is_refused():
+    """A checkpoint whose params were routed otherwise holds other state
+    arrays: refused, nothing changed."""
+    w, e = np.ones((3, 2)), np.ones((4, 2))
+    opt = fo.Muon([{"params": [w, e], "names": ["w", "embedding"]}])
+    opt.step([np.ones((3, 2)), np.ones((4, 2))])
+    other = fo.Muon([{"params": [w.copy(), e.copy()], "names": ["w", "embedding"]}],
+                    exclude_embeddings=False)
+    before = _image_mixed(other, other.params)
+    with pytest.raises(ValueError, match=r"params\[1\]: state has 2 arrays; expected 1"):
+        other.load_state_dict(opt.state_dict())
+    assert _image_mixed(other, other.params) == before
+
+
+ROUTE_BAD = [
+    ({"exclude_layers": ["head", "dense("]}, ValueError,
+     r"exclude_layers\[1\] is not a regular expression: 'dense\('"),
+    ({"exclude_layers": "head"}, TypeError, r"exclude_layers must be a list .*\['head'\]"),
+    ({"exclude_layers": [3]}, TypeError, r"exclude_layers\[0\] must be a string"),
+    ({"exclude_embeddings": "yes"}, TypeError, r"exclude_embeddings must be a bool"),
+    ({"exclude_layers": ["head"], "convention": "torch"}, TypeError,
+     r"exclude_layers.*torch.optim.Muon has no AdamW route"),
+    ({"exclude_embeddings": True, "convention": "torch"}, TypeError,
+     r"exclude_embeddings.*torch.optim.Muon has no AdamW route"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "pattern"), ROUTE_BAD,
+                         ids=[f"{i}-{next(iter(kw))}" for i, (kw, _, _) in enumerate(ROUTE_BAD)])
+def test_bad_route_settings_refused_and_nothing_changes(kwargs, exc, pattern):
+    w, b = np.ones((3, 2)), np.ones(2)
+    params = [w] if kwargs.get("convention") == "torch" else [w, b]
+    with pytest.raises(exc, match=pattern):
+        fo.Muon([{"params": params, "names": ["head", "b"][:len(params)]}], **kwargs)
+    assert (w == 1).all() and (b == 1).all()
+
+
+def test_route_settings_are_fixed_at_construction():
+    """They decide which state arrays each param keeps: read-only after."""
+    opt = fo.Muon([np.ones((2, 2))], exclude_layers=["head"])
+    for key, value in (("exclude_layers", ["x"]), ("exclude_embeddings", False)):
+        with pytest.raises(AttributeError, match=rf"{key} cannot change after construction"):
+            setattr(opt, key, value)
+        with pytest.raises(TypeError, match=key):
+            opt.param_groups[0][key] = value
+    assert opt.exclude_layers == ["head"] and opt.exclude_embeddings is True
+
+
+def test_route_keywords_default_as_keras():
+    """exclude_layers and exclude_embeddings are keywords, not hyper-parameters
+    (tests/anchor_defaults.py holds those): their defaults against Keras's
+    signature."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    import inspect
+    sig = inspect.signature(keras.optimizers.Muon).parameters
+    assert sig["exclude_layers"].default is None and sig["exclude_embeddings"].default is True
+    opt = fo.Muon([np.ones((2, 2))])
+    assert opt.exclude_layers == [] and opt.exclude_embeddings is True
+    extra = set(sig) - {"self", "kwargs", "name", "clipnorm", "clipvalue", "global_clipnorm",
+                        "use_ema", "ema_momentum", "ema_overwrite_frequency",
+                        "loss_scale_factor", "gradient_accumulation_steps"}
+    missing = extra - set(fo.Muon.defaults("keras")) - {"exclude_layers", "exclude_embeddings"}
+    assert not missing, f"Keras's Muon has keywords fastopt's lacks: {sorted(missing)}"

@@ -186,6 +186,15 @@ def configurations(only=None):
                     lambda p, conv=conv: fo.RMSprop(p, convention=conv,
                                                     momentum=schedules.ExponentialDecay(0.5, 3, 0.5)),
                     {}))
+    # Keras's Muon with its AdamW route (by name and by exclude_layers) beside matrices
+    for label, opts in (("adamw-route", {}), ("adamw-route-round-trip", {"round_trip": True})):
+        out.append((f"Muon-keras-{label}",
+                    lambda p: fo.Muon([{"params": p, "names": ["kernel", "token_embedding",
+                                                                "head"]}],
+                                      exclude_layers=["head"], adam_lr_ratio=0.5,
+                                      adam_weight_decay=0.02, weight_decay=0.01,
+                                      clipvalue=0.4),
+                    opts))
     # the configurations of the optimizers asked for (their ids start with the name)
     return [c for c in out if _name(c[0]) in names]
 
