@@ -332,7 +332,7 @@ class Optimizer(Options):
 
     def check_param(self, p, i):
         """The class's rules on one parameter (``params[i]``), at construction
-        and in ``add_param_group`` (Muon takes matrices only)."""
+        and in ``add_param_group`` (Muon in the torch convention takes matrices only)."""
 
     def check(self, hp, where):
         """Rules across hyper-parameters (constants, and scheduled values per step)."""

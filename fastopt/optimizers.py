@@ -1853,10 +1853,10 @@ class Muon(Optimizer):
         return any(pattern.search(name) for pattern in self._exclude_layers)
 
     def _new_group(self, gi, plist, over, start):
-        group, over, names = super()._new_group(gi, plist, over, start)
-        for p, name in zip(plist, names):
+        made = super()._new_group(gi, plist, over, start)
+        for p, name in zip(plist, made[2]):
             self._routing[id(p)] = self._to_adamw(p, name)
-        return group, over, names
+        return made
 
     def _add_groups(self, groups):
         try:
