@@ -31,12 +31,12 @@
  * and round-to-nearest would freeze it); a low-precision param as its
  * tensor's `rounding` says.  A stochastic rounding adds 16 uniform random bits
  * below the kept ones and truncates.  The bits come from a counter-based
- * generator: the rounding of stream s (0 for the param, 1 + k for state array
- * k) of element e of the whole param (t->base + index) at step t->step uses
- * one half of fo_draw(e_lo ^ K), K = fo_block_key(t->key, t->step, s / 2,
- * e_hi): the low half for even s, the high half for odd s.  The bits do not
- * depend on threads, SIMD variant, shard layout, or a resume in another
- * process.
+ * generator: element e of the whole param (t->base + index) at step t->step
+ * draws fo_draw(e_lo ^ K), K = fo_block_key(t->key, t->step, pair, e_hi),
+ * 32 bits for two roundings: pair 0 rounds the param (its low half), pair
+ * 1 + k / 2 state array k (the low half for even k, the high half for odd
+ * k), so the two moments of Adam share one draw.  The bits do not depend on
+ * threads, SIMD variant, shard layout, or a resume in another process.
  */
 #ifndef FO_VAR
 #include <string.h>
@@ -171,11 +171,12 @@ void fo_compact_encode(int fmt, int rounding, const float *x, void *out, int64_t
                        uint64_t key, int64_t step, int stream)
 {
     uint32_t r[FO_QBLOCK];
-    const int sh = stream % 2 ? 0 : 16;
+    const int pair = stream == 0 ? 0 : 1 + (stream - 1) / 2;
+    const int sh = stream > 0 && (stream - 1) % 2 ? 0 : 16;
     for (int64_t b = 0; b < n; b += FO_QBLOCK) {
         const int64_t m = n - b < FO_QBLOCK ? n - b : FO_QBLOCK;
         const int64_t e = first + b;
-        fo_draws_baseline(r, m, (uint32_t)e, fo_block_key(key, step, stream / 2, e >> 32));
+        fo_draws_baseline(r, m, (uint32_t)e, fo_block_key(key, step, pair, e >> 32));
         if (fmt == FO_FMT_Q8S || fmt == FO_FMT_Q8U)
             fo_q8_encode_baseline(x + b, (unsigned char *)out + (b / FO_QBLOCK) * FO_QBLOCK_BYTES,
                                   m, fmt == FO_FMT_Q8S, r, sh);
@@ -324,7 +325,7 @@ static void FO_CV(fo_compact_run)(const fo_tensor *t, fo_kernel_fn f, int64_t be
                                   int64_t end, const double *s)
 {
     float pw[FO_QBLOCK], pg[FO_QBLOCK], ps[FO_MAX_STATE][FO_QBLOCK];
-    uint32_t rd[(FO_MAX_STATE + 2) / 2][FO_QBLOCK];     /* the draws of each pair of streams */
+    uint32_t rd[1 + (FO_MAX_STATE + 1) / 2][FO_QBLOCK];     /* the draws of each pair */
     fo_tensor u = *t;
     u.compact = 0;
     for (int64_t b0 = begin; b0 < end; b0 += FO_QBLOCK) {
@@ -371,7 +372,8 @@ static void FO_CV(fo_compact_run)(const fo_tensor *t, fo_kernel_fn f, int64_t be
             const int fmt = stream == 0 ? t->pfmt : t->fmt[k];
             if (fmt == FO_FMT_NATIVE || (stream > 0 && t->state[k] == NULL))
                 continue;
-            const int pair = stream / 2, sh = stream % 2 ? 0 : 16;
+            const int pair = stream == 0 ? 0 : 1 + k / 2;
+            const int sh = stream > 0 && k % 2 ? 0 : 16;
             if (!(drawn & (1 << pair)))
                 FO_CV(fo_draws)(rd[pair], n, e0, fo_block_key(t->key, t->step, pair, e >> 32));
             drawn |= 1 << pair;

@@ -41,15 +41,17 @@ def draw(counter):
 def draws(key, step, stream, first, n):
     """The 16 random bits (as the top half of a uint32) that stream ``stream``
     (0: the param, 1 + k: state k) of elements first .. first + n - 1 of a
-    param rounds with: the low half of its pair's draw for even streams, the
-    high half for odd ones."""
+    param rounds with: the param the low half of pair 0's draw, state k the
+    low (even k) or high (odd k) half of pair 1 + k // 2's."""
+    pair = 0 if stream == 0 else 1 + (stream - 1) // 2
+    high = stream > 0 and (stream - 1) % 2 == 1
     e = np.arange(first, first + n, dtype=np.uint64)
     out = np.empty(n, dtype=np.uint32)
     for hi in np.unique(e >> np.uint64(32)):
         sel = (e >> np.uint64(32)) == hi
-        kb = np.uint32(block_key(key, step, stream // 2, int(hi)))
+        kb = np.uint32(block_key(key, step, pair, int(hi)))
         out[sel] = draw((e[sel] & np.uint64(0xFFFFFFFF)).astype(np.uint32) ^ kb)
-    if stream % 2:
+    if high:
         return out & np.uint32(0xFFFF0000)
     return out << np.uint32(16)
 
