@@ -55,6 +55,11 @@ class CommonOptions(TypedDict, total=False):
     swa_start: int
     swa_freq: int
     swa_decay: Optional[float]
+    state_dtype: Optional[Literal["float32", "bfloat16", "float16", "int8"]]
+    min_8bit_size: int
+    seed: int
+    rounding: Optional[Literal["stochastic", "nearest"]]
+    master_weights: bool
 
 
 class Options(CommonOptions, total=False):
