@@ -133,8 +133,9 @@ class Storage:
             raise ValueError(f"{where}state_dtype={sd!r}: {cls.__name__} has {kept}, and "
                              f"{why}. Leave state_dtype unset")
 
-    def formats(self, cls, names, group_dtype, p):
-        """The storage code of each state array of param ``p``."""
+    def formats(self, cls, names, group_dtype, p, size):
+        """The storage code of each state array of param ``p`` (of a param of
+        ``size`` elements: a shard's piece follows the whole param)."""
         sd = self.state_dtype if group_dtype is None else group_dtype
         if sd is None:
             sd = half_name(p.dtype)
@@ -144,7 +145,7 @@ class Storage:
             if sign is None or sd in (None, "float32"):
                 out.append(_core.FMT_NATIVE)
             elif sd == "int8":
-                small = p.size < self.min_8bit_size
+                small = size < self.min_8bit_size
                 out.append(_core.FMT_NATIVE if small else
                            _core.FMT_Q8S if sign == "signed" else _core.FMT_Q8U)
             else:

@@ -348,6 +348,7 @@ class Optimizer(Options):
                  swa_freq: int = 1, swa_decay: Optional[float] = None,
                  state_dtype: Optional[str] = None, min_8bit_size: int = 4096, seed: int = 0,
                  rounding: Optional[str] = None, master_weights: bool = False,
+                 _layout: "Optional[Tuple[list[int], list[int], list[int]]]" = None,
                  **hyper: Any) -> None:
         cls = type(self)
         if convention not in CONVENTIONS:
@@ -394,10 +395,10 @@ class Optimizer(Options):
         self._group_dtypes: "list[Optional[str]]" = []
         self._masters: "list[Optional[np.ndarray]]" = []
         self._formats: "list[list[int]]" = []
-        #: per param, its index in the whole model and its first element there
-        #: (a ShardedOptimizer's pieces set them): the rounding draws are keyed by both
-        self._rng_index: "Optional[list[int]]" = None
-        self._rng_base: "Optional[list[int]]" = None
+        #: per param, its index in the whole model, its first element there and
+        #: the whole param's size (a ShardedOptimizer's pieces): the rounding
+        #: draws, int8 blocks and min_8bit_size follow the whole param
+        self._layout = _layout
         self._ema = [] if self._opt_use_ema else None
         self._swa = [] if self._opt_use_swa else None
         self._accum = [] if self._opt_gradient_accumulation_steps else None
@@ -450,7 +451,8 @@ class Optimizer(Options):
                 group_state.append((dict(group, params=list(group["params"])), snames))
                 for p in group["params"]:
                     layout = self.state_layout(group, p)
-                    fmts = storage.formats(cls, [n for n, _ in layout], sdtype, p)
+                    size = p.size if self._layout is None else self._layout[2][len(formats)]
+                    fmts = storage.formats(cls, [n for n, _ in layout], sdtype, p, size)
                     formats.append(fmts)
                     state.append([self._initial_array(p, group, n, shape, f)
                                   for (n, shape), f in zip(layout, fmts)])
@@ -458,8 +460,8 @@ class Optimizer(Options):
                                     for _, shape in self.scratch_layout(group, p)])
                     half = storage.master_weights and _compact.half_name(p.dtype)
                     masters.append(p.astype(np.float32) if half else None)
-            index = self._rng_index or range(len(params))
-            base = self._rng_base or [0] * len(params)
+            index = range(len(params)) if self._layout is None else self._layout[0]
+            base = [0] * len(params) if self._layout is None else self._layout[1]
             # refuses overlapping params
             engine = _core.Engine(cls.kernel, params, [st + sc for st, sc in zip(state, scratch)],
                                   formats=[f + [_core.FMT_NATIVE] * len(sc)

@@ -482,18 +482,18 @@ def test_bad_grads_refused_and_nothing_changes():
     assert opt.iterations == 0
 
 
-def test_sharded_optimizer_refuses_compact_storage():
+def test_sharded_optimizer_takes_compact_state_not_16bit_params():
+    """(tests/test_distributed.py runs compact state on 2 and 3 ranks.)"""
     MPI = pytest.importorskip("mpi4py.MPI")
     from fastopt.distributed import ShardedOptimizer
     w = np.zeros(5000, np.float32)
-    for kwargs, match in [({"state_dtype": "int8"}, "state_dtype"),
-                          ({"state_dtype": "bfloat16"}, "state_dtype")]:
-        with pytest.raises(ValueError, match=match):
-            ShardedOptimizer(fo.Adam, [w], MPI.COMM_SELF, **kwargs)
-    with pytest.raises(ValueError, match="param group 0: state_dtype"):
-        ShardedOptimizer(fo.Adam, [{"params": [w], "state_dtype": "int8"}], MPI.COMM_SELF)
+    opt = ShardedOptimizer(fo.Adam, [w], MPI.COMM_SELF, state_dtype="int8")
+    assert [a.dtype for a in opt.optimizer.state_arrays()[0]] == [_core.Q8_DTYPE] * 2
     with pytest.raises(TypeError, match="ShardedOptimizer takes float32 or float64"):
         ShardedOptimizer(fo.Adam, [np.zeros(9, bf16)], MPI.COMM_SELF)
+    with pytest.raises(ValueError, match="master_weights"):
+        ShardedOptimizer(fo.Adam, [np.zeros(9, np.float32)], MPI.COMM_SELF,
+                         master_weights=True)
     assert not w.any()
 
 

@@ -929,6 +929,29 @@ def test_methods_that_rewrite_params_run_sharded_as_one_process(modes_run, name)
     assert "has no attribute 'eval'" in results[0]["no eval"]
 
 
+COMPACT_CASES = ["Adam int8", "AdamW bfloat16 amsgrad", "RMSprop float16 centered",
+                 "Adam groups"]
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def compact_run(request, tmp_path_factory):
+    return _world_run(request, tmp_path_factory, "run_compact.py")
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", COMPACT_CASES)
+def test_compact_state_sharded_equals_one_process(compact_run, name):
+    """int8, bfloat16 and float16 state on 2 and 3 ranks (tensors cut by the
+    shards at multiples of 4096 elements, one under min_8bit_size, groups of
+    different state_dtype): params after every step, the consolidated state
+    (its dtypes and bytes), and steps after load_consolidated equal one
+    process's bit for bit."""
+    world, results = compact_run
+    for r in range(world):
+        got = results[r][name]
+        assert all(v is True for v in got.values()), (r, got)
+
+
 # ---- a rank killed during a sharded save ------------------------------------------
 
 KILL_POINTS = ["before_write", "mid_write", "before_rename", "after_rename",

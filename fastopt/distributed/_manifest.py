@@ -11,10 +11,12 @@ its pieces as ``[tensor, start, length]``) and the pieces of the parameters.
 """
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
 
+from .. import _core
 from .. import checkpoint as _checkpoint
 from .._statedict import COUNTER_MAX, check_counter
 from ._agree import describe
@@ -180,6 +182,36 @@ def check_shard_meta(file, shard, manifest, rank):
                          f"{manifest['world_size']}")
 
 
+def state_span(a, start, n):
+    """Where the piece ``[start, start + n)`` of a param lies in one of its
+    state arrays ``a``: its elements, or its int8 blocks (compact state; a
+    piece starts at a multiple of the block, and ends at one or at the
+    param's end)."""
+    if a.dtype == _core.Q8_DTYPE:
+        return start // _core.QBLOCK, -(-(start + n) // _core.QBLOCK)
+    return start, start + n
+
+
+def full_state_like(b, shape):
+    """A zero whole-param state array of the kind of the piece's array ``b``."""
+    if b.dtype == _core.Q8_DTYPE:
+        return np.zeros(-(-math.prod(shape) // _core.QBLOCK), dtype=_core.Q8_DTYPE)
+    return np.zeros(shape, dtype=b.dtype)
+
+
+def _piece_state_ok(b, dtype, length):
+    """A piece's state array: of the param's dtype and the piece's length, or
+    compact (bfloat16, float16 or int8 blocks) of a float32 param."""
+    if describe(b) == f"{dtype} {(length,)}":
+        return True
+    if dtype != np.float32 or not isinstance(b, np.ndarray):
+        return False
+    if b.dtype == _core.Q8_DTYPE:
+        return b.shape == (-(-length // _core.QBLOCK),)
+    return _core.storage_format(b.dtype) in (_core.FMT_BF16, _core.FMT_F16) and \
+        b.shape == (length,)
+
+
 def check_rank_file(file, sd, manifest, rank, pieces):
     """Refuse a rank file that does not hold exactly ``pieces`` (rank
     ``rank``'s of the manifest's layout): their params, state arrays and step
@@ -207,8 +239,8 @@ def check_rank_file(file, sd, manifest, rank, pieces):
         # whole tensors keep their state arrays in the optimizer's shapes (checked
         # when the consolidated file is loaded into an optimizer)
         if not isinstance(states, list) or any(
-                not describe(b).startswith(f"{dtype} ") if whole else describe(b) != want
-                for b in states):
+                not describe(b).startswith(f"{dtype} ") if whole
+                else not _piece_state_ok(b, dtype, piece.length) for b in states):
             raise ValueError(f"{file}: the state of the piece of params[{i}] is not a list of "
                              f"{f'{dtype} arrays' if whole else f'{want} arrays'}")
     extra = sd.get("extra", {})

@@ -19,8 +19,9 @@ from .. import checkpoint as _checkpoint
 from ._agree import agree, describe
 from ._layout import make_buckets, piece_entries, piece_shape, pieces_of
 from ._manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, PIECE_EXTRAS, check_rank_file,
-                        check_shard_meta, file_digest, is_layout, layout_str, rank_file,
-                        read_manifest, verify_rank_file, write_json_atomic)
+                        check_shard_meta, file_digest, full_state_like, is_layout, layout_str,
+                        rank_file, read_manifest, state_span, verify_rank_file,
+                        write_json_atomic)
 
 
 # ---- save ------------------------------------------------------------------------
@@ -303,7 +304,7 @@ def _split_full_state(sharded, file, sd):
                              f"arrays this optimizer keeps (were the optimizer options "
                              f"the same?)")
         for a, b in zip(state[i], mine):
-            expected = describe(b) if sharded._whole else want
+            expected = describe(b if sharded._whole else full_state_like(b, shapes[i]))
             if describe(a) != expected:
                 raise ValueError(f"{file}: params[{i}] state is {describe(a)}; "
                                  f"expected {expected}")
@@ -311,8 +312,8 @@ def _split_full_state(sharded, file, sd):
         if sharded._whole:          # the piece is the tensor: its state as it is
             pieces_state.append(list(state[i]))
         else:
-            pieces_state.append([a.reshape(-1)[start:start + n].reshape(shape)
-                                 for a in state[i]])
+            pieces_state.append([a.reshape(-1)[slice(*state_span(a, start, n))].reshape(b.shape)
+                                 for a, b in zip(state[i], mine)])
         p = full_params[i]
         if describe(p) != want:
             raise ValueError(f"{file}: params[{i}] is {describe(p)}; expected {want}")
@@ -454,13 +455,14 @@ def consolidate(path, out):
                 filled[i] += m
                 continue
             if full_state[i] is None:
-                full_state[i] = [np.zeros(shapes[i], dtype=dtypes[i]) for _ in states]
+                full_state[i] = [full_state_like(b, shapes[i]) for b in states]
                 steps[i] = int(k)
-            if len(states) != len(full_state[i]) or int(k) != steps[i]:
+            if (len(states) != len(full_state[i]) or int(k) != steps[i]
+                    or any(a.dtype != b.dtype for a, b in zip(full_state[i], states))):
                 raise ValueError(f"{file}: pieces of params[{i}] disagree on their state "
-                                 f"(count or step)")
+                                 f"(count, dtype or step)")
             for a, b in zip(full_state[i], states):
-                a.reshape(-1)[start:start + m] = b
+                a.reshape(-1)[slice(*state_span(a, start, m))] = b
             filled[i] += m
         for key in PIECE_EXTRAS:
             if key in extra:

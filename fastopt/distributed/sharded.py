@@ -209,7 +209,7 @@ class ShardedOptimizer:
         flat = [p for plist, _ in groups for p in plist]
         for i, p in enumerate(flat):
             _core.check_param(p, i)
-        self._refuse_compact(opt_class, groups, flat, kwargs)
+        self._refuse_compact(flat, kwargs)
         check_disjoint(flat)
         self._params = flat
         self._shapes = [tuple(int(d) for d in p.shape) for p in flat]
@@ -236,31 +236,30 @@ class ShardedOptimizer:
             inner_params = [dict(over, params=[q for q, piece in zip(piece_params, self._pieces)
                                                if group_of[piece.tensor] == gi])
                             for gi, (_, over) in enumerate(groups)]
-        self.optimizer = opt_class(inner_params, **kwargs)
+        # each piece's rounding and int8 blocks follow the whole param's elements
+        layout = ([p.tensor for p in self._pieces], [p.start for p in self._pieces],
+                  [int(np.prod(self._shapes[p.tensor])) for p in self._pieces])
+        self.optimizer = opt_class(inner_params, _layout=layout, **kwargs)
         self._reducer = ShardReducer(self._MPI, self.comm, self._buckets, self._shapes)
         self._reduces = self._needs_reducer(kwargs)
         if self._reduces:
             self.optimizer._stepper.set_reducer(self._reducer)
 
     @staticmethod
-    def _refuse_compact(opt_class, groups, flat, kwargs):
-        """Compact storage is an optimizer's in one process: a shard's blocks,
-        rounding draws and size threshold would follow its piece, not the
-        whole param, so the bits would depend on the layout."""
+    def _refuse_compact(flat, kwargs):
+        """16-bit params are refused: their grads would be summed over ranks in
+        16 bits (MPI has no bfloat16 sum).  Compact state is taken: each piece
+        holds it blocked, rounded and sized as the whole param would be."""
         for i, p in enumerate(flat):
             if _core.storage_format(p.dtype) not in (_core.FMT_NATIVE, -1):
                 raise TypeError(f"params[{i}] is {p.dtype}: ShardedOptimizer takes float32 or "
-                                f"float64 params; keep a float32 copy of the weights for the "
-                                f"sharded step")
-        given = [k for k in ("state_dtype", "master_weights", "rounding")
-                 if kwargs.get(k) not in (None, False)]
-        given += [f"param group {gi}: state_dtype" for gi, (_, over) in enumerate(groups)
-                  if over.get("state_dtype") is not None]
-        if given:
-            raise ValueError(f"{given[0]}: ShardedOptimizer keeps full-precision state (its "
-                             f"shards would round and block their state by piece, not by "
-                             f"param); use {opt_class.__name__} in one process for compact "
-                             f"state, or leave it unset")
+                                f"float64 params (its gradients are summed over ranks); keep "
+                                f"float32 weights for the sharded step, and state_dtype for "
+                                f"compact state")
+        for key in ("master_weights", "rounding"):
+            if kwargs.get(key) not in (None, False):
+                raise ValueError(f"{key}: is for bfloat16/float16 params, which "
+                                 f"ShardedOptimizer does not take")
 
     def _needs_reducer(self, kwargs):
         """Whether a step reduces over whole tensors (a norm, a finite check)."""
