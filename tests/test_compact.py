@@ -516,3 +516,21 @@ def test_torch_bfloat16_tensors_are_handed_over_without_a_copy():
         twin.step([g.view(torch.int16).numpy().view(bf16).copy(), gh.numpy().copy()])
     assert p.data.view(torch.int16).numpy().tobytes() == ref_w.view(np.int16).tobytes()
     assert h.data.numpy().tobytes() == ref_h.tobytes()
+
+
+def test_loss_scaling_of_float16_params():
+    """float16 training as Keras does it: gradients of the scaled loss, a
+    step skipped (nothing written) and the scale halved on overflow."""
+    w = np.full(5000, 0.5, np.float16)
+    opt = fo.LossScaleOptimizer(fo.Adam([w], learning_rate=1e-3), initial_scale=2.0 ** 15,
+                                dynamic_growth_steps=2)
+    before = w.tobytes()
+    g = np.full(5000, np.float16(60000))          # 2**15 * ~1.8: overflows to inf when scaled
+    g[0] = np.inf
+    opt.step([g])
+    assert w.tobytes() == before and opt.dynamic_scale == 2.0 ** 14 and opt.iterations == 0
+    scaled = (np.full(5000, 0.25, np.float32) * opt.dynamic_scale).astype(np.float16)
+    opt.step([scaled])
+    opt.step([scaled])
+    assert opt.iterations == 2 and opt.dynamic_scale == 2.0 ** 15
+    assert (w.astype(np.float32) < 0.5).all()
