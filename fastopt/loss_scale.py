@@ -12,7 +12,7 @@ from . import _statedict
 from ._core import RowGrad
 from ._threads import get_num_threads
 from ._types import Array, Grads, HyperValue, LoadPolicy, Params
-from .optimizer import REGISTRY, Optimizer
+from .optimizer import REGISTRY, Optimizer, pairs_to_grads
 
 
 _QUIET = contextlib.nullcontext()
@@ -259,23 +259,8 @@ class LossScaleOptimizer:
         """Keras-style: pairs matched to the parameters by identity; parameters
         without a pair get no gradient this step."""
         params = self._inner.params
-        index = {id(p): i for i, p in enumerate(params)}
-        grads: list[Optional[Array]] = [None] * len(params)
-        pairs = 0
-        for k, pair in enumerate(grads_and_vars):
-            pairs += 1
-            try:
-                g, p = pair
-            except (TypeError, ValueError):
-                raise TypeError(f"apply_gradients expects (grad, param) pairs; item {k} is "
-                                f"{type(pair).__name__}") from None
-            i = index.get(id(p))
-            if i is None:
-                raise ValueError(f"apply_gradients: pair {k} names a parameter the inner "
-                                 f"optimizer was not built with")
-            if grads[i] is not None:
-                raise ValueError(f"apply_gradients: params[{i}] appears twice")
-            grads[i] = g
+        grads, pairs = pairs_to_grads(grads_and_vars, params,
+                                      {id(p): i for i, p in enumerate(params)})
         if pairs:
             self.step(grads)
 

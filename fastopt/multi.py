@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _statedict
 from ._hyper import group_names, is_schedule, split_param_groups
+from .optimizer import pairs_to_grads
 
 ROUTE_KEY = "optimizer"
 
@@ -214,20 +215,7 @@ class MultiOptimizer:
     def apply_gradients(self, grads_and_vars):
         """Keras-style: pairs matched to the parameters by identity; parameters
         without a pair are skipped this step."""
-        grads = [None] * len(self._params)
-        for k, pair in enumerate(grads_and_vars):
-            try:
-                g, p = pair
-            except (TypeError, ValueError):
-                raise TypeError(f"apply_gradients expects (grad, param) pairs; item {k} is "
-                                f"{type(pair).__name__}") from None
-            i = self._index.get(id(p))
-            if i is None or self._params[i] is not p:
-                raise ValueError(f"apply_gradients: pair {k} names a parameter this optimizer "
-                                 f"was not built with")
-            if grads[i] is not None:
-                raise ValueError(f"apply_gradients: params[{i}] appears twice")
-            grads[i] = g
+        grads, _ = pairs_to_grads(grads_and_vars, self._params, self._index)
         self.step(grads)
 
     # ---- state -----------------------------------------------------------

@@ -106,6 +106,32 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_locks_after_fork)
 
 
+def pairs_to_grads(grads_and_vars: Iterable[Tuple[Optional[Array], Array]],
+                   params: "list[Array]", index: "Mapping[int, int]"
+                   ) -> "Tuple[list[Optional[Array]], int]":
+    """Keras's ``(grad, param)`` pairs as a grads list in the order of
+    ``params`` (``index``: ``id(p) -> i``) and the number of pairs; a pair
+    that is not one, names an unknown param or names one twice is refused."""
+    grads: "list[Optional[Array]]" = [None] * len(params)
+    pairs = 0
+    for k, pair in enumerate(grads_and_vars):
+        pairs += 1
+        try:
+            g, p = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"apply_gradients expects (grad, param) pairs; item {k} is "
+                            f"{type(pair).__name__}") from None
+        i = index.get(id(p))
+        if i is None or params[i] is not p:
+            raise ValueError(f"apply_gradients: pair {k} names a parameter this optimizer "
+                             f"was not built with; pass the same array objects as at "
+                             f"construction")
+        if grads[i] is not None:
+            raise ValueError(f"apply_gradients: params[{i}] appears twice")
+        grads[i] = g
+    return grads, pairs
+
+
 class Optimizer(Options):
     """Base class: parameter groups, conventions, schedules, state, checkpoints.
 
@@ -920,23 +946,7 @@ class Optimizer(Options):
         of pairs does nothing, and pairs whose grads are all None raise in the
         keras convention.
         """
-        grads: list[Optional[Array]] = [None] * len(self._params)
-        pairs = 0
-        for k, pair in enumerate(grads_and_vars):
-            pairs += 1
-            try:
-                g, p = pair
-            except (TypeError, ValueError):
-                raise TypeError(f"apply_gradients expects (grad, param) pairs; item {k} is "
-                                f"{type(pair).__name__}") from None
-            i = self._index.get(id(p))
-            if i is None or self._params[i] is not p:
-                raise ValueError(f"apply_gradients: pair {k} names a parameter this optimizer "
-                                 f"was not built with; pass the same array objects as at "
-                                 f"construction")
-            if grads[i] is not None:
-                raise ValueError(f"apply_gradients: params[{i}] appears twice")
-            grads[i] = g
+        grads, pairs = pairs_to_grads(grads_and_vars, self._params, self._index)
         if pairs:       # Keras: no pairs at all is a no-op (pairs of None grads are not)
             self.step(grads)
 

@@ -922,11 +922,15 @@ def test_methods_that_rewrite_params_run_sharded_as_one_process(modes_run, name)
     and the shards are gathered; params after each call, and the state, mode,
     kept y and averages through save, consolidate and a plain load, equal one
     process's bit for bit."""
-    world, results = modes_run
+    _every_check_true(*modes_run, name)
+    assert "has no attribute 'eval'" in modes_run[1][0]["no eval"]
+
+
+def _every_check_true(world, results, name):
+    """Every check a rank script reported for case ``name`` passed on every rank."""
     for r in range(world):
         got = results[r][name]
         assert all(v is True for v in got.values()), (r, got)
-    assert "has no attribute 'eval'" in results[0]["no eval"]
 
 
 COMPACT_CASES = ["Adam int8", "AdamW bfloat16 amsgrad", "RMSprop float16 centered",
@@ -946,10 +950,7 @@ def test_compact_state_sharded_equals_one_process(compact_run, name):
     different state_dtype): params after every step, the consolidated state
     (its dtypes and bytes), and steps after load_consolidated equal one
     process's bit for bit."""
-    world, results = compact_run
-    for r in range(world):
-        got = results[r][name]
-        assert all(v is True for v in got.values()), (r, got)
+    _every_check_true(*compact_run, name)
 
 
 # ---- a rank killed during a sharded save ------------------------------------------

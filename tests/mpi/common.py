@@ -165,3 +165,15 @@ def report(directory, rank, obj):
     interleave the ranks' long lines)."""
     with open(os.path.join(directory, f"result.rank{rank}.json"), "w") as f:
         json.dump(obj, f)
+
+
+def rank_order_mean(parts):
+    """Per tensor, the ranks' gradients ``parts[r][i]`` summed in rank order
+    and divided by the number of ranks, as the sharded step reduces them."""
+    out = []
+    for i in range(len(parts[0])):
+        acc = parts[0][i].copy()
+        for p in parts[1:]:
+            acc += p[i]
+        out.append(acc / len(parts))
+    return out

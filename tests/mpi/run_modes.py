@@ -30,14 +30,7 @@ def grads(t, r):
 
 
 def mean(t):
-    parts = [grads(t, r) for r in range(world)]
-    out = []
-    for i in range(len(SHAPES)):
-        acc = parts[0][i].copy()
-        for p in parts[1:]:
-            acc += p[i]
-        out.append(acc / world)
-    return out
+    return common.rank_order_mean([grads(t, r) for r in range(world)])
 
 
 def same(a, b):
