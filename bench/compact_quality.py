@@ -81,7 +81,7 @@ def digits(mode, quick):
     stored = Stored(model.params, bf16)
     opt = fo.Adam(stored.held, learning_rate=1e-3, **kw)
     rng = np.random.default_rng(1)
-    epochs = 8 if quick else 40
+    epochs = 3 if quick else 40
     curve = []
     for _ in range(epochs):
         order = rng.permutation(len(ytr))
@@ -132,7 +132,7 @@ class Teacher:
 
 def teacher(mode, quick):
     bf16, kw = MODES[mode]
-    steps = 1500 if quick else 8000
+    steps = 400 if quick else 8000
     target = Teacher(seed=100, scale=2.0)
     student = Teacher(seed=0)
     stored = Stored(student.params, bf16)

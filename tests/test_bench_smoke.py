@@ -135,3 +135,31 @@ def test_matrix_table_runs():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "| fastopt Adafactor (torch convention) |" in r.stdout
     assert "| fastopt Adafactor (keras convention) |" in r.stdout
+
+
+def test_compact_table_runs():
+    """bench/run.py --compact on a small problem: every storage mode in the table
+    with its bytes per element and state bytes per parameter."""
+    pytest.importorskip("ml_dtypes")
+    r = subprocess.run([sys.executable, str(RUN), "--compact", "--smoke", "--no-torch",
+                        "--compact-size", "65536", "--threads", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for row in ("| fastopt float32 | 28.00 | 8.000 |", "| fastopt bf16 state | 20.00 | 4.000 |",
+                "| fastopt int8 state | 16.06 | 2.031 |",
+                "| fastopt bf16 params, grads, state | 14.00 | 4.000 |",
+                "| float32 traffic floor | 28.00 |"):
+        assert row in r.stdout, (row, r.stdout)
+
+
+def test_compact_quality_runs(tmp_path):
+    """bench/compact_quality.py --quick: every mode of both problems in the table."""
+    pytest.importorskip("ml_dtypes")
+    pytest.importorskip("sklearn")
+    script = RUN.parent / "compact_quality.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = (tmp_path / "compact_quality.md").read_text()
+    for mode in ("float32", "bf16 state", "int8 state", "bf16 weights, nearest"):
+        assert table.count(f"| {mode} |") == 2, (mode, table)
