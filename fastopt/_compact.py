@@ -169,20 +169,3 @@ def encode(values, fmt, shape):
     if fmt == _core.FMT_BF16:
         return flat.astype(bfloat16()).reshape(shape)
     return _core.compact_encode(fmt, "stochastic", flat, 0, 0, 0, 0)
-
-
-def decode(a, fmt, n):
-    """The float32 values (flat) of ``n`` elements held in ``a``."""
-    if fmt == _core.FMT_NATIVE:
-        return np.asarray(a, dtype=np.float32).ravel()
-    if fmt in (_core.FMT_BF16, _core.FMT_F16):
-        return np.asarray(a).astype(np.float32).ravel()
-    return _core.compact_decode(fmt, a, n)
-
-
-def format_of(a):
-    """The storage of a state array by its dtype (int8 blocks: signedness is
-    the optimizer's declaration, so FMT_Q8S stands for both here)."""
-    if a.dtype == _core.Q8_DTYPE:
-        return _core.FMT_Q8S
-    return max(_core.storage_format(a.dtype), 0)
