@@ -91,29 +91,26 @@ class Storage:
             return self.rounding
         return "nearest" if self.master_weights else "stochastic"
 
-    def check_params(self, opt, plist, start, group_dtype):
-        """Refuse params and settings that would not work or would do nothing."""
-        cls = type(opt)
-        halves = [(start + k, p.dtype) for k, p in enumerate(plist) if half_name(p.dtype)]
-        if halves and not cls.compact_params:
-            i, dt = halves[0]
-            raise TypeError(f"params[{i}] is {dt}: {cls.__name__} takes float32 or float64 "
+    def check_param(self, opt, p, i, group_dtype):
+        """Refuse params[i] if its dtype and these settings would not work or
+        would do nothing (checked with the other rules on each param, in order)."""
+        cls, half = type(opt), half_name(p.dtype)
+        if half and not cls.compact_params:
+            raise TypeError(f"params[{i}] is {p.dtype}: {cls.__name__} takes float32 or float64 "
                             f"params ({cls.compact_reason or 'its update is not elementwise'}); "
                             f"convert the weights once with w.astype(np.float32)")
-        if halves and (opt._opt_use_ema or opt._opt_use_swa):
-            raise ValueError(f"params[{halves[0][0]}] is {halves[0][1]}: use_ema and use_swa "
-                             f"take float32/float64 params (the averages would be rounded "
-                             f"to 16 bits every step); average a float32 copy yourself")
-        if halves and opt._opt_gradient_accumulation_steps:
-            raise ValueError(f"params[{halves[0][0]}] is {halves[0][1]}: "
-                             f"gradient_accumulation_steps sums grads in the param's dtype, "
-                             f"which would round each sum to 16 bits; accumulate in float32 "
-                             f"yourself and step with the mean")
+        if half and (opt._opt_use_ema or opt._opt_use_swa):
+            raise ValueError(f"params[{i}] is {p.dtype}: use_ema and use_swa take "
+                             f"float32/float64 params (the averages would be rounded to 16 "
+                             f"bits every step); average a float32 copy yourself")
+        if half and opt._opt_gradient_accumulation_steps:
+            raise ValueError(f"params[{i}] is {p.dtype}: gradient_accumulation_steps sums "
+                             f"grads in the param's dtype, which would round each sum to 16 "
+                             f"bits; accumulate in float32 yourself and step with the mean")
         sd = self.state_dtype if group_dtype is None else group_dtype
-        for k, p in enumerate(plist):
-            if sd is not None and sd != "float32" and p.dtype == np.float64:
-                raise TypeError(f"params[{start + k}] is float64: state_dtype={sd!r} is for "
-                                f"float32, bfloat16 and float16 params")
+        if sd is not None and sd != "float32" and p.dtype == np.float64:
+            raise TypeError(f"params[{i}] is float64: state_dtype={sd!r} is for float32, "
+                            f"bfloat16 and float16 params")
 
     def check_all(self, cls, params):
         """After every group is made: the param options must act on some param."""

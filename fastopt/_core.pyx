@@ -539,15 +539,18 @@ cdef class Engine:
         self.shape_at[n] = at
         self.min_nstate = min([self.nstates[i] for i in range(n)], default=nstate_max)
         ranges.sort()
+        overlaps = []       # reported in the order of the params, not of the addresses
         for k in range(1, len(ranges)):
             a, b = ranges[k - 1], ranges[k]
             if a[0] + a[1] > b[0]:
-                ia, ib = sorted((a[2], b[2]))
-                if a[3] == -1 and b[3] == -1:
-                    raise ValueError(
-                        f"params[{ia}] and params[{ib}] share memory (the same array passed twice, "
-                        f"or overlapping views of one buffer); pass each parameter once")
-                raise ValueError(f"optimizer state overlaps params[{ia}] or params[{ib}]")
+                overlaps.append((*sorted((a[2], b[2])), a[3] == -1 and b[3] == -1))
+        if overlaps:
+            ia, ib, both_params = min(overlaps)
+            if both_params:
+                raise ValueError(
+                    f"params[{ia}] and params[{ib}] share memory (the same array passed twice, "
+                    f"or overlapping views of one buffer); pass each parameter once")
+            raise ValueError(f"optimizer state overlaps params[{ia}] or params[{ib}]")
         self.nranges = len(ranges)
         for k in range(self.nranges):
             self.rlo[k] = ranges[k][0]
@@ -1163,10 +1166,20 @@ cdef _check_param(obj, Py_ssize_t i):
 # ---- the whole step -------------------------------------------------------
 
 cdef inline void _acc_add(const fo_tensor *t, void *acc) noexcept nogil:
-    cdef int64_t j
+    cdef int64_t j, b, n
     cdef float *a32
     cdef double *a64
-    if t.dtype == FO_FLOAT32:
+    cdef float buf[FO_QBLOCK]
+    if t.gfmt != FO_FMT_NATIVE:     # a 16-bit grad of a float32 param, widened a block at a time
+        a32 = <float *>acc
+        b = 0
+        while b < t.size:
+            n = min(<int64_t>FO_QBLOCK, t.size - b)
+            fo_compact_decode(t.gfmt, <const char *>t.grad + 2 * b, buf, b, n)
+            for j in range(n):
+                a32[b + j] = a32[b + j] + buf[j]
+            b += n
+    elif t.dtype == FO_FLOAT32:
         a32 = <float *>acc
         for j in range(t.size):
             a32[j] = a32[j] + (<const float *>t.grad)[j]
@@ -1183,7 +1196,18 @@ cdef inline void _acc_mean(const fo_tensor *t, void *acc, int64_t k) noexcept no
     cdef double *a64
     cdef float k32 = <float>k
     cdef double k64 = <double>k
-    if t.dtype == FO_FLOAT32:
+    cdef int64_t b, n
+    cdef float buf[FO_QBLOCK]
+    if t.gfmt != FO_FMT_NATIVE:
+        a32 = <float *>acc
+        b = 0
+        while b < t.size:
+            n = min(<int64_t>FO_QBLOCK, t.size - b)
+            fo_compact_decode(t.gfmt, <const char *>t.grad + 2 * b, buf, b, n)
+            for j in range(n):
+                a32[b + j] = (buf[j] + a32[b + j]) / k32
+            b += n
+    elif t.dtype == FO_FLOAT32:
         a32 = <float *>acc
         for j in range(t.size):
             a32[j] = ((<const float *>t.grad)[j] + a32[j]) / k32
@@ -1785,12 +1809,6 @@ cdef class Stepper:
                                  "batches, and step without accumulation. Nothing was changed")
             if self.ema is not None:
                 self.ema._check_arrays()    # before the update, not after it
-            if k:
-                for i in range(self.n):
-                    if eng.tensors[i].grad != NULL and eng.tensors[i].gfmt != FO_FMT_NATIVE:
-                        raise TypeError(f"grads[{i}]: a {eng.held[i].dtype} grad, but gradient "
-                                        f"accumulation sums grads in the param's dtype "
-                                        f"({eng.params[i].dtype}); pass grads of that dtype")
             if self.skip_nonfinite and active:
                 with nogil:
                     fo_count_nonfinite(&eng.plan, self.ibuf, eng.iscratch, nthreads)
@@ -1840,6 +1858,8 @@ cdef class Stepper:
                         if eng.tensors[i].grad != NULL:
                             _acc_mean(&eng.tensors[i], self.acc_data[i], k)
                             eng.tensors[i].grad = self.acc_data[i]
+                            eng.tensors[i].gfmt = FO_FMT_NATIVE     # the param's dtype
+                            eng.tensors[i].compact = eng.fixed_compact[i]
                 if active:
                     self._clip(&nrows, nthreads)
                     self._apply(&nrows, nthreads)

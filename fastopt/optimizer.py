@@ -447,8 +447,8 @@ class Optimizer(Options):
         group["params"] = plist
         for k, p in enumerate(plist):
             _check_param(p, start + k)
+            self._storage.check_param(self, p, start + k, sdtype)
             self.check_param(p, start + k)
-        self._storage.check_params(self, plist, start, sdtype)
         self._storage.check_names(type(self), self.state_names(group), sdtype, where)
         return group, over, names, sdtype
 

@@ -31,6 +31,8 @@ the class does not say about itself:
   (:func:`param_shape`): the same, unless the optimizer takes some shapes only
   (Muon: matrices of as many elements); ``torch_context``: what a run of the
   torch anchor happens inside (Muon: :func:`torch_muon_float64`).
+* ``shape_conventions``: the conventions that refuse a param not of the
+  entry's ``shape`` (Muon: torch's; Keras's routes other params to AdamW).
 * ``claim_shapes``: per convention, the shapes of the params of
   tests/test_claims.py's round trip, where the suites' shape leaves some
   hyper-parameter without effect (Muon, Keras: matrices never read the AdamW
@@ -81,9 +83,10 @@ class OptimizerInfo:
                  torch_renames=None, decoupled_always=False, frozen=None, shared_clock=False,
                  per_update=None, coupled_decay_in_rule=(), torch_module="torch.optim",
                  torch_sparse=False, keras_float64_reductions=False, shape=None,
-                 torch_context=None, claim_shapes=None):
+                 torch_context=None, claim_shapes=None, shape_conventions=BOTH):
         self.name = name
         self.shape = shape or tuple
+        self.shape_conventions = tuple(shape_conventions)
         self.claim_shapes = dict(claim_shapes or {})
         # what a run of the torch anchor happens inside (Muon: its Newton-Schulz
         # iteration in float64, not bfloat16)
@@ -678,6 +681,7 @@ optim_db = [
         torch_context=torch_muon_float64,
         # a matrix takes the Muon step, a vector Keras's AdamW step
         claim_shapes={"keras": [(5, 1), (3,)]},
+        shape_conventions=TORCH,
         torch_renames={"epsilon": "eps"},
         torch_cases=[
             {},
