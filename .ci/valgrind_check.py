@@ -68,7 +68,36 @@ def workload():
                     fo.save(path, opt)
                     fo.load(path, opt)
                     del opt
+            _compact_workload(rng, tmp)
     print("workload done")
+
+
+def _compact_workload(rng, tmp):
+    """Compact storage: int8, bfloat16 and float16 state, 16-bit params and
+    grads, a master copy, clipping of 16-bit grads, a checkpoint."""
+    import numpy as np
+
+    import fastopt as fo
+    try:
+        import ml_dtypes
+    except ImportError:
+        return
+    bf16 = ml_dtypes.bfloat16
+    sizes = [(37, np.float32), (5000, np.float32), (9000, bf16), (300, np.float16)]
+    for kw in ({"state_dtype": "int8", "min_8bit_size": 0}, {"state_dtype": "bfloat16"},
+               {"state_dtype": "float16", "global_clipnorm": 1.0},
+               {"master_weights": True, "state_dtype": "int8", "skip_nonfinite": True}):
+        params = [rng.standard_normal(n).astype(dt) for n, dt in sizes]
+        opt = fo.Adam(params, **kw)
+        for k in range(3):
+            grads = [rng.standard_normal(p.shape).astype(bf16 if k == 1 and p.dtype ==
+                                                           np.float32 else p.dtype)
+                     for p in params]
+            opt.step(grads)
+        path = os.path.join(tmp, "compact.npz")
+        fo.save(path, opt)
+        fo.load(path, opt)
+        del opt
 
 
 def _frames_in_fastopt(stack):
