@@ -454,9 +454,11 @@ cdef class Engine:
             if len(fmts) != len(self.states[i]):
                 raise ValueError(f"params[{i}]: {len(self.states[i])} state arrays but "
                                  f"{len(fmts)} formats")
+            # (no generator expression: valgrind counts its scope object, kept on
+            # a free list by Cython, as a leak)
             self.fixed_compact[i] = (self.tensors[i].pfmt != FO_FMT_NATIVE
                                      or self.masters[i] is not None
-                                     or any(f != FO_FMT_NATIVE for f in fmts))
+                                     or fmts.count(FO_FMT_NATIVE) != len(fmts))
             if self.fixed_compact[i] and multipass:
                 raise ValueError(f"params[{i}]: kernel {kernel!r} makes more than one pass "
                                  f"over a tensor, so it takes float32/float64 params and state "
