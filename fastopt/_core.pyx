@@ -454,8 +454,6 @@ cdef class Engine:
             if len(fmts) != len(self.states[i]):
                 raise ValueError(f"params[{i}]: {len(self.states[i])} state arrays but "
                                  f"{len(fmts)} formats")
-            # (no generator expression: valgrind counts its scope object, kept on
-            # a free list by Cython, as a leak)
             self.fixed_compact[i] = (self.tensors[i].pfmt != FO_FMT_NATIVE
                                      or self.masters[i] is not None
                                      or fmts.count(FO_FMT_NATIVE) != len(fmts))
