@@ -365,10 +365,7 @@ void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthrea
 static double fo_sumsq_f32(const void *p, int64_t n) { FO_SUMSQ_BODY(float) }
 static double fo_sumsq_f64(const void *p, int64_t n) { FO_SUMSQ_BODY(double) }
 
-/* Elements [b, b + n) (n <= FO_CHUNK) of a tensor's grad (which 0) or
- * param (which 1) as an array of its dtype: the memory itself, its float32
- * master copy, or 16-bit values decoded into buf. */
-static const void *fo_values(const fo_tensor *t, int which, int64_t b, int64_t n, float *buf)
+const void *fo_values(const fo_tensor *t, int which, int64_t b, int64_t n, float *buf)
 {
     const int fmt = which == 1 ? t->pfmt : t->gfmt;
     const void *base = which == 1 ? (const void *)t->param : t->grad;

@@ -193,6 +193,10 @@ void fo_compact_run(int simd, const fo_tensor *t, fo_kernel_fn f, int64_t begin,
 void fo_compact_encode(int fmt, int rounding, const float *x, void *out, int64_t first, int64_t n,
                        uint64_t key, int64_t step, int stream);
 void fo_compact_decode(int fmt, const void *in, float *x, int64_t first, int64_t n);
+/* Elements [b, b + n) (n <= FO_CHUNK) of a tensor's grad (which 0) or
+ * param (which 1) as an array of its dtype: the memory itself, its float32
+ * master copy, or 16-bit values decoded into buf (FO_CHUNK floats). */
+const void *fo_values(const fo_tensor *t, int which, int64_t b, int64_t n, float *buf);
 void fo_plan_free(fo_plan *plan);
 
 /* One optimizer update over every tensor whose grad is set: a single

@@ -101,6 +101,7 @@ cdef extern from "fastopt.h" nogil:
     void fo_compact_encode(int fmt, int rounding, const float *x, void *out, int64_t first,
                            int64_t n, uint64_t key, int64_t step, int stream)
     void fo_compact_decode(int fmt, const void *inp, float *x, int64_t first, int64_t n)
+    const void *fo_values(const fo_tensor *t, int which, int64_t b, int64_t n, float *buf)
     void fo_step(const fo_plan *plan, int32_t kernel, const double *rows, int nthreads)
     void fo_step_reduce(const fo_plan *plan, int32_t kernel, const double *rows, double *out,
                         double *scratch, int nthreads)

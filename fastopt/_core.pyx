@@ -1166,23 +1166,21 @@ cdef _check_param(obj, Py_ssize_t i):
 # ---- the whole step -------------------------------------------------------
 
 cdef inline void _acc_add(const fo_tensor *t, void *acc) noexcept nogil:
+    """acc <- acc + g; a 16-bit grad of a float32 param widened a chunk at a time."""
     cdef int64_t j, b, n
     cdef float *a32
+    cdef const float *g32
     cdef double *a64
-    cdef float buf[FO_QBLOCK]
-    if t.gfmt != FO_FMT_NATIVE:     # a 16-bit grad of a float32 param, widened a block at a time
+    cdef float buf[FO_CHUNK]
+    if t.dtype == FO_FLOAT32:
         a32 = <float *>acc
         b = 0
         while b < t.size:
-            n = min(<int64_t>FO_QBLOCK, t.size - b)
-            fo_compact_decode(t.gfmt, <const char *>t.grad + 2 * b, buf, b, n)
+            n = min(<int64_t>FO_CHUNK, t.size - b)
+            g32 = <const float *>fo_values(t, 0, b, n, buf)
             for j in range(n):
-                a32[b + j] = a32[b + j] + buf[j]
+                a32[b + j] = a32[b + j] + g32[j]
             b += n
-    elif t.dtype == FO_FLOAT32:
-        a32 = <float *>acc
-        for j in range(t.size):
-            a32[j] = a32[j] + (<const float *>t.grad)[j]
     else:
         a64 = <double *>acc
         for j in range(t.size):
@@ -1191,26 +1189,22 @@ cdef inline void _acc_add(const fo_tensor *t, void *acc) noexcept nogil:
 
 cdef inline void _acc_mean(const fo_tensor *t, void *acc, int64_t k) noexcept nogil:
     """acc <- (g + acc) / k, in the param's dtype."""
-    cdef int64_t j
+    cdef int64_t j, b, n
     cdef float *a32
+    cdef const float *g32
     cdef double *a64
     cdef float k32 = <float>k
     cdef double k64 = <double>k
-    cdef int64_t b, n
-    cdef float buf[FO_QBLOCK]
-    if t.gfmt != FO_FMT_NATIVE:
+    cdef float buf[FO_CHUNK]
+    if t.dtype == FO_FLOAT32:
         a32 = <float *>acc
         b = 0
         while b < t.size:
-            n = min(<int64_t>FO_QBLOCK, t.size - b)
-            fo_compact_decode(t.gfmt, <const char *>t.grad + 2 * b, buf, b, n)
+            n = min(<int64_t>FO_CHUNK, t.size - b)
+            g32 = <const float *>fo_values(t, 0, b, n, buf)
             for j in range(n):
-                a32[b + j] = (buf[j] + a32[b + j]) / k32
+                a32[b + j] = (g32[j] + a32[b + j]) / k32
             b += n
-    elif t.dtype == FO_FLOAT32:
-        a32 = <float *>acc
-        for j in range(t.size):
-            a32[j] = ((<const float *>t.grad)[j] + a32[j]) / k32
     else:
         a64 = <double *>acc
         for j in range(t.size):

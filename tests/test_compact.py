@@ -299,6 +299,20 @@ def test_float32_params_take_16bit_grads():
     assert w.tobytes() == w2.tobytes()
 
 
+def test_16bit_grads_accumulate_as_their_float32_values():
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal(9000).astype(np.float32)
+    w2 = w.copy()
+    a = fo.Adam([w], learning_rate=0.01, gradient_accumulation_steps=3)
+    b = fo.Adam([w2], learning_rate=0.01, gradient_accumulation_steps=3)
+    for k, g in enumerate(_grads(rng, (9000,), 7, bf16)):
+        g = g if k % 2 else g.astype(np.float32).astype(np.float16)
+        a.step([g])
+        b.step([g.astype(np.float32)])
+        assert w.tobytes() == w2.tobytes()
+    assert a.iterations == 2
+
+
 def test_master_weights_follow_the_float32_run_and_round_to_nearest():
     rng = np.random.default_rng(10)
     w = rng.standard_normal(2000).astype(bf16)
