@@ -5,6 +5,7 @@ faults; and an optimizer whose state does not fit in memory.
 The short soak runs in the default suite (seconds); ``pytest --soak`` runs
 the long one (``--soak-steps`` steps per optimizer, default 100000) and
 prints its figures."""
+import functools
 import gc
 import os
 import subprocess
@@ -12,50 +13,109 @@ import sys
 import textwrap
 import threading
 
+from typing import Any, NamedTuple
+
 import numpy as np
 import pytest
 
 import fastopt as fo
 
-# kind -> (class, kwargs): several kernels and every option path
-KINDS = {
-    "adam_clipnorm": (fo.Adam, dict(learning_rate=1e-3, clipnorm=1.0)),
-    "sgd_torch_nesterov": (fo.SGD, dict(convention="torch", learning_rate=1e-2, momentum=0.9,
-                                        nesterov=True, weight_decay=1e-4)),
-    "lamb_global": (fo.Lamb, dict(learning_rate=1e-3, global_clipnorm=2.0)),
-    "nadam_ema": (fo.Nadam, dict(learning_rate=1e-3, use_ema=True, ema_overwrite_frequency=7)),
-    "adagrad_accum_skip": (fo.Adagrad, dict(learning_rate=1e-2, gradient_accumulation_steps=3,
-                                            skip_nonfinite=True)),
-    "rmsprop_torch": (fo.RMSprop, dict(convention="torch", learning_rate=1e-3, momentum=0.5,
-                                       centered=True)),
-}
+try:
+    from ml_dtypes import bfloat16
+except ImportError:          # the fastopt[bf16] extra: its kinds are left out
+    bfloat16 = None
+
 SHAPES = [(33, 17), (130,), (5000,)]
 
 
-def _grads(kind_index, t):
+class Kind(NamedTuple):
+    cls: type
+    kwargs: dict
+    shapes: list = SHAPES
+    dtype: Any = np.float64
+    rows: bool = False          # params[0] gets a RowGrad of a few repeated rows
+
+
+# several kernels and every option path, the optimizers added since the first
+# version, compact state, 16-bit params (stochastic rounding, master weights) and
+# row gradients
+KINDS = {
+    "adam_clipnorm": Kind(fo.Adam, dict(learning_rate=1e-3, clipnorm=1.0)),
+    "sgd_torch_nesterov": Kind(fo.SGD, dict(convention="torch", learning_rate=1e-2, momentum=0.9,
+                                            nesterov=True, weight_decay=1e-4)),
+    "lamb_global": Kind(fo.Lamb, dict(learning_rate=1e-3, global_clipnorm=2.0)),
+    "nadam_ema": Kind(fo.Nadam, dict(learning_rate=1e-3, use_ema=True, ema_overwrite_frequency=7)),
+    "adagrad_accum_skip": Kind(fo.Adagrad, dict(learning_rate=1e-2, gradient_accumulation_steps=3,
+                                                skip_nonfinite=True)),
+    "rmsprop_torch": Kind(fo.RMSprop, dict(convention="torch", learning_rate=1e-3, momentum=0.5,
+                                           centered=True)),
+    "adafactor_torch": Kind(fo.Adafactor, dict(convention="torch", learning_rate=1e-2,
+                                               weight_decay=1e-3)),
+    "muon_keras": Kind(fo.Muon, dict(learning_rate=1e-2), shapes=[(33, 17), (13, 10), (40, 125)]),
+    "schedule_free_adamw": Kind(fo.ScheduleFreeAdamW, dict(learning_rate=1e-2, warmup_steps=20)),
+    "adam_int8_state": Kind(fo.Adam, dict(learning_rate=1e-3, state_dtype="int8", min_8bit_size=0,
+                                          seed=5), dtype=np.float32),
+    "adam_rows": Kind(fo.Adam, dict(convention="torch", learning_rate=1e-3, weight_decay=1e-2),
+                      rows=True),
+}
+if bfloat16 is not None:
+    KINDS.update({
+        "adamw_bf16_stochastic": Kind(fo.AdamW, dict(learning_rate=1e-3, state_dtype="bfloat16",
+                                                     seed=11), dtype=bfloat16),
+        "sgd_bf16_master": Kind(fo.SGD, dict(learning_rate=1e-2, momentum=0.9,
+                                             master_weights=True), dtype=bfloat16),
+    })
+
+
+# the gradients repeat with this period (a multiple of the NaN and None
+# periods below): drawing fresh ones each step would cost more than the step
+PERIOD = 110
+
+
+@functools.lru_cache(maxsize=None)
+def _grad_bank(kind_index, kind):
+    """The gradients of steps 0..PERIOD-1, read-only (one set serves every
+    thread): a NaN every 11th step (skipped by skip_nonfinite, else a zero, as
+    a NaN would end the comparison), a None every 5th."""
+    k = KINDS[kind]
+    bank = []
+    for t in range(PERIOD):
+        rng = np.random.default_rng([kind_index, t])
+        out = [(rng.standard_normal(s) * 0.1).astype(k.dtype) for s in k.shapes]
+        if t % 11 == 5:
+            out[2].flat[7] = np.nan if k.kwargs.get("skip_nonfinite") else 0.0
+        if t % 5 == 2:
+            out[1] = None
+        if k.rows:
+            rows, width = k.shapes[0]
+            out[0] = fo.RowGrad(rng.integers(0, rows, 6),
+                                (rng.standard_normal((6, width)) * 0.1).astype(k.dtype))
+        for g in out:
+            for a in ((g.indices, g.values) if isinstance(g, fo.RowGrad) else
+                      () if g is None else (g,)):
+                a.flags.writeable = False
+        bank.append(out)
+    return bank
+
+
+def _grads(kind_index, kind, t):
     """The gradients of step ``t``: a function of the step alone, so a restored
-    optimizer that replays steps sees the same ones; every 11th step has a NaN
-    (skipped by skip_nonfinite, else a NaN would end the comparison)."""
-    rng = np.random.default_rng([kind_index, t])
-    out = [rng.standard_normal(s) * 0.1 for s in SHAPES]
-    if t % 11 == 5:
-        out[2][7] = np.nan if kind_index == 4 else 0.0
-    if t % 5 == 2:
-        out[1] = None
-    return out
+    optimizer that replays steps sees the same ones."""
+    return list(_grad_bank(kind_index, kind)[t % PERIOD])
 
 
 def _build(kind):
-    cls, kwargs = KINDS[kind]
+    k = KINDS[kind]
     rng = np.random.default_rng(7)
-    params = [rng.standard_normal(s) for s in SHAPES]
-    return params, cls(params, **kwargs)
+    params = [rng.standard_normal(s).astype(k.dtype) for s in k.shapes]
+    return params, k.cls(params, **k.kwargs)
 
 
 def _image(params, opt):
     """Every byte the optimizer and its parameters hold, and its counters."""
     out = [p.tobytes() for p in params]
     out += [a.tobytes() for s in opt.state_arrays() for a in s]
+    out += [m.tobytes() for m in opt.master_params if m is not None]
     if opt._ema is not None:
         out += [a.tobytes() for a in opt.averages]
     if opt._accum is not None:
@@ -63,22 +123,27 @@ def _image(params, opt):
     return out + [opt.iterations, opt.micro_steps, opt.skipped_steps]
 
 
+# a dtype each param dtype refuses as its grad's
+OTHER_DTYPE = {np.dtype(np.float64): np.float32, np.dtype(np.float32): np.float64}
+
+
 def _bad_step(rng, params):
     """A step the optimizer must refuse, changing nothing."""
     g = [np.zeros_like(p) for p in params]
     choice = rng.integers(6)
     if choice == 0:
-        g[0] = np.zeros((2, 2))
+        g[0] = np.zeros((2, 2), params[0].dtype)
     elif choice == 1:
-        g[1] = g[1].astype(np.float32)
+        g[1] = g[1].astype(OTHER_DTYPE.get(g[1].dtype, np.float16))
     elif choice == 2:
         g = g[:-1]
     elif choice == 3:
         g[2] = params[2]                      # aliases the parameter
     elif choice == 4:
-        g[0] = np.asfortranarray(np.zeros(SHAPES[0]))[:, ::2]
+        g[0] = np.asfortranarray(np.zeros(params[0].shape, params[0].dtype))[:, ::2]
     else:
-        g[2] = g[2].astype(">f8")
+        native = g[2].dtype if g[2].dtype in OTHER_DTYPE else np.dtype(np.float32)
+        g[2] = g[2].astype(native.newbyteorder(">"))
     return g
 
 
@@ -124,9 +189,21 @@ def _faulty(kind_index, kind, steps, directory, seed, counts):
                 for p, q in zip(params, payload[0]):
                     p[...] = q
                 opt.load_state_dict(payload[1])
+            if not getattr(opt, "training", True):
+                opt.train()                   # a checkpoint taken in eval mode
             counts["restores"] += 1
             continue
-        opt.step(_grads(kind_index, t))
+        elif r < 0.16 and "eval" in type(opt).param_methods:
+            # schedule-free's evaluation point and back: train() restores the
+            # weights it stepped bit for bit
+            opt.eval()
+            if rng.random() < 0.5:
+                fo.save(path, opt)            # a checkpoint taken in eval mode
+                saved = (t, "file", path)
+                counts["checkpoints"] += 1
+            opt.train()
+            counts["mode_switches"] += 1
+        opt.step(_grads(kind_index, kind, t))
         t += 1
     return _image(params, opt)
 
@@ -134,7 +211,7 @@ def _faulty(kind_index, kind, steps, directory, seed, counts):
 def _twin(kind_index, kind, steps):
     params, opt = _build(kind)
     for t in range(steps):
-        opt.step(_grads(kind_index, t))
+        opt.step(_grads(kind_index, kind, t))
     return _image(params, opt)
 
 
@@ -147,7 +224,8 @@ def soak(directory, steps, threads=4, rounds=2):
     """Each of ``threads`` threads runs every kind (its own optimizers) through
     ``steps`` faulty steps, ``rounds`` times over; returns the figures, with
     the RSS after each round.  Raises on any difference from the twin."""
-    counts = [dict(checkpoints=0, refused_steps=0, refused_loads=0, restores=0)
+    counts = [dict(checkpoints=0, refused_steps=0, refused_loads=0, restores=0,
+                   mode_switches=0)
               for _ in range(threads)]
     results, errors = {}, []
 
