@@ -36,6 +36,21 @@ def half_name(dtype):
     return _HALF.get(_core.storage_format(dtype))
 
 
+def grad_dtype_ok(g, p):
+    """Whether the kernels read a grad of dtype ``g`` for a param of dtype
+    ``p``: its own; bfloat16 or float16 for float32; float32 for 16-bit."""
+    g, p = np.dtype(g), np.dtype(p)
+    return g == p or (p == np.float32 and half_name(g) is not None) or (
+        half_name(p) is not None and g == np.float32)
+
+
+def param_dtype(s):
+    """The dtype of a param recorded as its ``dtype.str`` (in a state dict or a
+    sharded checkpoint's layout): ``'<V2'`` is bfloat16, the only 2-byte
+    structured dtype a param may have."""
+    return bfloat16() if s == "<V2" else np.dtype(s)
+
+
 def check_state_dtype(value, where):
     if value is None or value in STATE_DTYPES:
         if value == "bfloat16":
@@ -114,11 +129,7 @@ class Storage:
 
     def check_all(self, cls, params):
         """After every group is made: the param options must act on some param."""
-        if (self.master_weights or self.rounding is not None) and not any(
-                half_name(p.dtype) for p in params):
-            opt_name = "master_weights" if self.master_weights else "rounding"
-            raise ValueError(f"{cls.__name__}: {opt_name} is for bfloat16 or float16 params, "
-                             f"and every param is float32/float64, so it would do nothing")
+        check_param_options(cls, self.master_weights, self.rounding, params)
 
     def check_names(self, cls, names, group_dtype, where):
         sd = self.state_dtype if group_dtype is None else group_dtype
@@ -148,6 +159,15 @@ class Storage:
             else:
                 out.append(_core.FMT_BF16 if sd == "bfloat16" else _core.FMT_F16)
         return out
+
+
+def check_param_options(cls, master_weights, rounding, params):
+    """Refuse ``master_weights`` or ``rounding`` when no param is 16-bit."""
+    if (master_weights or rounding is not None) and not any(
+            half_name(p.dtype) for p in params):
+        opt_name = "master_weights" if master_weights else "rounding"
+        raise ValueError(f"{cls.__name__}: {opt_name} is for bfloat16 or float16 params, "
+                         f"and every param is float32/float64, so it would do nothing")
 
 
 def compute_dtype(p):

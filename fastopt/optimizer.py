@@ -463,7 +463,8 @@ class Optimizer(Options):
             start += len(plist)
         all_groups = self.param_groups + [g for g, _, _, _ in made]
         cls, conv, storage = type(self), self._conv, self._storage
-        storage.check_all(cls, self._params + [p for g, _, _, _ in made for p in g["params"]])
+        if self._layout is None:     # a shard's pieces: checked over the whole model
+            storage.check_all(cls, self._params + [p for g, _, _, _ in made for p in g["params"]])
 
         def allocate():
             params, names = list(self._params), list(self._param_names)

@@ -496,18 +496,34 @@ def test_bad_grads_refused_and_nothing_changes():
     assert opt.iterations == 0
 
 
-def test_sharded_optimizer_takes_compact_state_not_16bit_params():
-    """(tests/test_distributed.py runs compact state on 2 and 3 ranks.)"""
+def test_sharded_optimizer_takes_compact_state_and_16bit_params():
+    """(tests/test_distributed.py runs both on 1, 2 and 3 ranks.)"""
     MPI = pytest.importorskip("mpi4py.MPI")
     from fastopt.distributed import ShardedOptimizer
     w = np.zeros(5000, np.float32)
     opt = ShardedOptimizer(fo.Adam, [w], MPI.COMM_SELF, state_dtype="int8")
     assert [a.dtype for a in opt.optimizer.state_arrays()[0]] == [_core.Q8_DTYPE] * 2
-    with pytest.raises(TypeError, match="ShardedOptimizer takes float32 or float64"):
-        ShardedOptimizer(fo.Adam, [np.zeros(9, bf16)], MPI.COMM_SELF)
+    # 16-bit params: their grads are summed in float32, the rank's pieces rounded
+    # as the whole params are
+    h, x = np.full(700, 0.5, bf16), np.full(300, 0.25, np.float32)
+    twin_h, twin_x = h.copy(), x.copy()
+    sharded = ShardedOptimizer(fo.SGD, [h, x], MPI.COMM_SELF, momentum=0.9,
+                               master_weights=True)
+    plain = fo.SGD([twin_h, twin_x], momentum=0.9, master_weights=True)
+    for t in range(3):
+        g = [np.full(700, 0.1 * t, bf16), np.full(300, 0.2, np.float32)]
+        sharded.step(g)
+        plain.step([g[0].astype(np.float32), g[1]])
+    assert h.tobytes() == twin_h.tobytes() and x.tobytes() == twin_x.tobytes()
+    assert sharded.optimizer.master_params[0].tobytes() == plain.master_params[0].tobytes()
+    with pytest.raises(ValueError, match="grads\\[0\\]: expected dtype bfloat16 \\(or float32\\)"):
+        sharded.step([np.zeros(700, np.float16), None])
     with pytest.raises(ValueError, match="master_weights"):
         ShardedOptimizer(fo.Adam, [np.zeros(9, np.float32)], MPI.COMM_SELF,
                          master_weights=True)
+    with pytest.raises(ValueError, match=r"row_params: params\[0\] has compact storage"):
+        ShardedOptimizer(fo.Adam, [np.zeros((5000, 2), np.float32)], MPI.COMM_SELF,
+                         row_params=[0], state_dtype="int8")
     assert not w.any()
 
 

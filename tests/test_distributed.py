@@ -934,10 +934,11 @@ def _every_check_true(world, results, name):
 
 
 COMPACT_CASES = ["Adam int8", "AdamW bfloat16 amsgrad", "RMSprop float16 centered",
-                 "Adam groups"]
+                 "Adam groups", "AdamW bfloat16 params", "SGD bfloat16 master weights",
+                 "Adam float16 params int8 state"]
 
 
-@pytest.fixture(scope="module", params=[2, 3])
+@pytest.fixture(scope="module", params=[1, 2, 3])
 def compact_run(request, tmp_path_factory):
     return _world_run(request, tmp_path_factory, "run_compact.py")
 
@@ -945,10 +946,12 @@ def compact_run(request, tmp_path_factory):
 @needs_mpi
 @pytest.mark.parametrize("name", COMPACT_CASES)
 def test_compact_state_sharded_equals_one_process(compact_run, name):
-    """int8, bfloat16 and float16 state on 2 and 3 ranks (tensors cut by the
-    shards at multiples of 4096 elements, one under min_8bit_size, groups of
-    different state_dtype): params after every step, the consolidated state
-    (its dtypes and bytes), and steps after load_consolidated equal one
+    """int8, bfloat16 and float16 state and 16-bit params (stochastic and
+    nearest rounding, master copies, float32 and 16-bit grads, a mix of 16-bit
+    and float32 params) on 1, 2 and 3 ranks (tensors cut by the shards at
+    multiples of 4096 elements, one under min_8bit_size, groups of different
+    state_dtype): params after every step, the consolidated state and master
+    copies (dtypes and bytes), and steps after load_consolidated equal one
     process's bit for bit."""
     _every_check_true(*compact_run, name)
 

@@ -24,7 +24,10 @@ def mpi():
 
 
 def mpi_type(MPI, dtype):
-    """The MPI datatype of a float32 or float64 dtype."""
+    """The MPI datatype of a float32 or float64 dtype, or of uint16 (16-bit
+    float params travel as their bits, never summed)."""
+    if dtype == np.uint16:
+        return MPI.UINT16_T
     return MPI.DOUBLE if dtype == np.float64 else MPI.FLOAT
 
 

@@ -14,6 +14,8 @@ from typing import Any, Iterable, NamedTuple, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from .._compact import param_dtype  # noqa: F401 - the dtype of a bucket's str
+
 #: Byte alignment of flat buffers (one cache line).
 ALIGN = 64
 
@@ -75,6 +77,13 @@ def flat_arrays(shapes: Iterable[Any],
         out.append(flat[at:at + n].reshape(shape))
         at += n
     return out
+
+
+def sum_dtype(dtype):
+    """The dtype gradients of params of ``dtype`` are summed over ranks in:
+    float32 for 16-bit floats (MPI has no 16-bit float sum, and a sum of
+    16-bit values would round at every addition), else their own."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
 
 
 def _root(a):

@@ -20,7 +20,8 @@ from .. import _core
 from .. import checkpoint as _checkpoint
 from .._statedict import COUNTER_MAX, check_counter
 from ._agree import describe
-from ._layout import make_buckets, piece_entries
+from .._compact import half_name
+from ._layout import make_buckets, param_dtype, piece_entries
 
 MANIFEST_FORMAT = "fastopt-sharded-checkpoint"
 #: Version 2 names a new set of rank files per save and records each file's
@@ -28,7 +29,8 @@ MANIFEST_FORMAT = "fastopt-sharded-checkpoint"
 MANIFEST_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 
-_DTYPES = (np.dtype(np.float32).str, np.dtype(np.float64).str)
+#: float32, float64, float16 and bfloat16 (whose ``str`` is ``'<V2'``)
+_DTYPES = tuple(np.dtype(t).str for t in (np.float32, np.float64, np.float16)) + ("<V2",)
 
 
 def write_json_atomic(path, obj):
@@ -49,7 +51,7 @@ def is_layout(shapes, dtypes):
 
 def layout_str(shapes, dtypes):
     """``"float64 (3, 2), float32 (4,)"``."""
-    return ", ".join(f"{np.dtype(d)} {tuple(s)}" for s, d in zip(shapes, dtypes))
+    return ", ".join(f"{param_dtype(d)} {tuple(s)}" for s, d in zip(shapes, dtypes))
 
 
 def rank_file(prefix, manifest, rank):
@@ -131,8 +133,24 @@ def read_manifest(path):
 
 #: The entries of a state dict's ``extra`` that hold one array of the
 #: parameter's shape per parameter (a rank file: one per piece): the moving
-#: averages, accumulated grads, SWA's averages, schedule-free's kept y.
-PIECE_EXTRAS = ("ema", "accumulators", "swa", "train_params")
+#: averages, accumulated grads, SWA's averages, schedule-free's kept y; and
+#: the float32 master copies, one per 16-bit parameter (:func:`holders`).
+PIECE_EXTRAS = ("ema", "accumulators", "swa", "train_params", "masters")
+
+
+def holders(key, items, dtypes):
+    """Those of ``items`` (pieces, or tensor indices) whose parameter has an
+    array in ``extra[key]``, in order: every one, or for ``masters`` those of
+    16-bit parameters (``dtypes``: every parameter's dtype str)."""
+    if key != "masters":
+        return list(items)
+    return [x for x in items
+            if half_name(param_dtype(dtypes[getattr(x, "tensor", x)])) is not None]
+
+
+def extra_dtype(key, dtype):
+    """The dtype of ``extra[key]``'s array for a parameter of ``dtype``."""
+    return np.dtype(np.float32) if key == "masters" else param_dtype(dtype)
 
 
 def file_digest(path):
@@ -201,15 +219,16 @@ def full_state_like(b, shape):
 
 def _piece_state_ok(b, dtype, length):
     """A piece's state array: of the param's dtype and the piece's length, or
-    compact (bfloat16, float16 or int8 blocks) of a float32 param."""
+    compact (bfloat16, float16 or int8 blocks) or float32 of a float32 or
+    16-bit param."""
     if describe(b) == f"{dtype} {(length,)}":
         return True
-    if dtype != np.float32 or not isinstance(b, np.ndarray):
+    if not isinstance(b, np.ndarray) or (dtype != np.float32 and half_name(dtype) is None):
         return False
     if b.dtype == _core.Q8_DTYPE:
         return b.shape == (-(-length // _core.QBLOCK),)
-    return _core.storage_format(b.dtype) in (_core.FMT_BF16, _core.FMT_F16) and \
-        b.shape == (length,)
+    return (_core.storage_format(b.dtype) in (_core.FMT_BF16, _core.FMT_F16)
+            or b.dtype == np.float32) and b.shape == (length,)
 
 
 def check_rank_file(file, sd, manifest, rank, pieces):
@@ -232,7 +251,7 @@ def check_rank_file(file, sd, manifest, rank, pieces):
     whole = manifest.get("whole_tensors", False)
     for piece, q, states in zip(pieces, params, state):
         i = piece.tensor
-        dtype = np.dtype(manifest['dtypes'][i])
+        dtype = param_dtype(manifest['dtypes'][i])
         want = f"{dtype} {(piece.length,)}"
         if describe(q) != want:
             raise ValueError(f"{file}: piece of params[{i}] is {describe(q)}; expected {want}")
@@ -247,9 +266,11 @@ def check_rank_file(file, sd, manifest, rank, pieces):
     if not isinstance(extra, dict):
         raise ValueError(f"{file}: its extra entry is not a dict")
     for key in PIECE_EXTRAS:
-        arrays = extra.get(key)
-        if arrays is not None and not (isinstance(arrays, list) and len(arrays) == n and all(
-                describe(a) == f"{np.dtype(manifest['dtypes'][p.tensor])} {(p.length,)}"
-                for p, a in zip(pieces, arrays))):
+        arrays, mine = extra.get(key), holders(key, pieces, manifest["dtypes"])
+        if arrays is not None and not (isinstance(arrays, list) and len(arrays) == len(mine)
+                                       and all(describe(a) == f"{extra_dtype(key, d)} "
+                                                              f"{(p.length,)}"
+                                               for p, a in zip(mine, arrays)
+                                               for d in [manifest["dtypes"][p.tensor]])):
             raise ValueError(f"{file}: extra.{key} does not hold one array per piece of the "
                              f"piece's dtype and length")

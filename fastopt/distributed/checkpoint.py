@@ -17,11 +17,11 @@ import numpy as np
 
 from .. import checkpoint as _checkpoint
 from ._agree import agree, describe
-from ._layout import make_buckets, piece_entries, piece_shape, pieces_of
+from ._layout import make_buckets, param_dtype, piece_entries, piece_shape, pieces_of
 from ._manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, PIECE_EXTRAS, check_rank_file,
-                        check_shard_meta, file_digest, full_state_like, is_layout, layout_str,
-                        rank_file, read_manifest, state_span, verify_rank_file,
-                        write_json_atomic)
+                        check_shard_meta, extra_dtype, file_digest, full_state_like, holders,
+                        is_layout, layout_str, rank_file, read_manifest, state_span,
+                        verify_rank_file, write_json_atomic)
 
 
 # ---- save ------------------------------------------------------------------------
@@ -119,10 +119,10 @@ def _flat_pieces(sd, whole):
     return sd
 
 
-def _shaped_pieces(sd, shapes, state_shapes):
+def _shaped_pieces(sd, shapes, dtypes, state_shapes):
     """The inverse of :func:`_flat_pieces` for the inner optimizer's pieces of
-    ``shapes`` and state arrays of ``state_shapes`` (arrays already checked to
-    be of the right sizes)."""
+    ``shapes`` and ``dtypes`` and state arrays of ``state_shapes`` (arrays
+    already checked to be of the right sizes)."""
     sd = dict(sd)
     sd["state"] = [[a.reshape(s) for a, s in zip(arrays, ss)]
                    for arrays, ss in zip(sd["state"], state_shapes)]
@@ -131,11 +131,12 @@ def _shaped_pieces(sd, shapes, state_shapes):
     if isinstance(extra, dict):
         sd["extra"] = dict(extra)
         for key in PIECE_EXTRAS:
-            arrays = extra.get(key)
-            if isinstance(arrays, list) and len(arrays) == len(shapes) and all(
+            arrays, mine = extra.get(key), [shapes[j] for j in holders(key, range(len(shapes)),
+                                                                        dtypes)]
+            if isinstance(arrays, list) and len(arrays) == len(mine) and all(
                     isinstance(a, np.ndarray) and a.size == math.prod(s)
-                    for a, s in zip(arrays, shapes)):
-                sd["extra"][key] = [a.reshape(s) for a, s in zip(arrays, shapes)]
+                    for a, s in zip(arrays, mine)):
+                sd["extra"][key] = [a.reshape(s) for a, s in zip(arrays, mine)]
     return sd
 
 
@@ -259,7 +260,8 @@ def _check_pieces_state(sharded, file, manifest, sd):
             raise ValueError(f"{file}: piece {j} params are {describe(v)}; expected "
                              f"{describe(q.reshape(-1))}")
     shapes = [q.shape for q in inner.params]
-    sd = _shaped_pieces(sd, shapes, [[a.shape for a in arrays] for arrays in mine])
+    sd = _shaped_pieces(sd, shapes, [q.dtype.str for q in inner.params],
+                        [[a.shape for a in arrays] for arrays in mine])
     try:
         return inner.check_state_dict(sd), [v.reshape(s) for v, s in zip(params, shapes)]
     except ValueError as e:
@@ -298,7 +300,7 @@ def _split_full_state(sharded, file, sd):
     pieces_state, pieces_params = [], []
     for piece, mine in zip(sharded._pieces, inner.state_arrays()):
         i, start, n = piece.tensor, piece.start, piece.length
-        want = f"{np.dtype(sharded._dtypes[i])} {shapes[i]}"
+        want = f"{param_dtype(sharded._dtypes[i])} {shapes[i]}"
         if not isinstance(state[i], list) or len(state[i]) != len(mine):
             raise ValueError(f"{file}: params[{i}] does not have the {len(mine)} state "
                              f"arrays this optimizer keeps (were the optimizer options "
@@ -319,8 +321,8 @@ def _split_full_state(sharded, file, sd):
             raise ValueError(f"{file}: params[{i}] is {describe(p)}; expected {want}")
         pieces_params.append(p.reshape(-1)[start:start + n].reshape(shape))
     sd["state"] = pieces_state
-    sd["extra"] = _split_extra(inner, sharded._pieces, sd.get("extra", {}), shapes, file,
-                               sharded._tables, sharded._whole)
+    sd["extra"] = _split_extra(inner, sharded._pieces, sd.get("extra", {}), shapes,
+                               sharded._dtypes, file, sharded._tables, sharded._whole)
     sd["steps"] = steps[[piece.tensor for piece in sharded._pieces]]
     sd["shapes"] = [list(piece_shape(piece, shapes, sharded._tables, sharded._whole))
                     for piece in sharded._pieces]
@@ -344,7 +346,7 @@ def _aux_per_param(class_name, config):
     return cls.aux_state, conv.per_param_steps and not cls.shared_clock
 
 
-def _split_extra(inner, pieces, extra, shapes, file, tables, whole):
+def _split_extra(inner, pieces, extra, shapes, dtypes, file, tables, whole):
     """A single-process checkpoint's ``extra`` cut to this rank's pieces:
     per-parameter arrays (moving averages, accumulators) and per-parameter host
     values; counters and per-group values as they are."""
@@ -352,14 +354,18 @@ def _split_extra(inner, pieces, extra, shapes, file, tables, whole):
         return extra            # refused by the inner optimizer's check, naming it
     extra = dict(extra)
     for key in PIECE_EXTRAS:
-        arrays = extra.get(key)
-        if isinstance(arrays, list) and len(arrays) == len(shapes):
-            for i, a in enumerate(arrays):
+        arrays, tensors = extra.get(key), holders(key, range(len(shapes)), dtypes)
+        if isinstance(arrays, list) and len(arrays) == len(tensors):
+            for k, (i, a) in enumerate(zip(tensors, arrays)):
                 if not isinstance(a, np.ndarray) or a.shape != tuple(shapes[i]):
-                    raise ValueError(f"{file}: extra.{key}[{i}] is {describe(a)}; expected "
+                    raise ValueError(f"{file}: extra.{key}[{k}] is {describe(a)}; expected "
                                      f"an array of shape {tuple(shapes[i])}")
-            extra[key] = [arrays[p.tensor].reshape(-1)[p.start:p.start + p.length]
-                          .reshape(piece_shape(p, shapes, tables, whole)) for p in pieces]
+            of = dict(zip(tensors, arrays))
+            extra[key] = [of[p.tensor].reshape(-1)[p.start:p.start + p.length]
+                          .reshape(piece_shape(p, shapes, tables, whole))
+                          for p in holders(key, pieces, dtypes)]
+            if key == "masters" and not extra[key]:
+                del extra[key]          # this rank holds no 16-bit piece: no master copy
     key, per_param = _aux_per_param(type(inner).__name__, inner.get_config())
     if key is not None and per_param and key in extra:
         values = extra[key]
@@ -413,12 +419,12 @@ def consolidate(path, out):
                                  f"params[{i}]; another rank file holds {nstate[i]}")
     n = len(shapes)
     aux_key, aux_per_param = _aux_per_param(manifest["class"], manifest["config"])
-    full_params = [np.empty(s, dtype=d) for s, d in zip(shapes, dtypes)]
+    full_params = [np.empty(s, dtype=param_dtype(d)) for s, d in zip(shapes, dtypes)]
     full_state = [None] * n
     steps = [None] * n
     filled = [0] * n
     first = None
-    extra, aux = {}, [None] * n
+    extra, aux, present = {}, [None] * n, {}
     for rank, file in enumerate(files):
         sd = _checkpoint.read(file, expect=lambda sd: check_rank_file(
             file, sd, manifest, rank, pieces[rank]))
@@ -426,9 +432,6 @@ def consolidate(path, out):
         if first is None:
             first = sd
             extra = {k: v for k, v in sd.get("extra", {}).items() if k not in PIECE_EXTRAS}
-            for key in PIECE_EXTRAS:
-                if sd.get("extra", {}).get(key) is not None:
-                    extra[key] = [np.zeros(s, dtype=d) for s, d in zip(shapes, dtypes)]
         elif sd["iterations"] != first["iterations"]:
             raise ValueError(f"{file}: at iteration {sd['iterations']}; rank 0 is at "
                              f"{first['iterations']}")
@@ -438,9 +441,19 @@ def consolidate(path, out):
                 raise ValueError(f"{file}: extra.{key} is {theirs.get(key)!r}; rank 0's is "
                                  f"{first.get('extra', {}).get(key)!r}")
         for key in PIECE_EXTRAS:
-            if (theirs.get(key) is None) != (key not in extra):
-                raise ValueError(f"{file}: {'lacks' if key in extra else 'has'} extra.{key}, "
-                                 f"unlike rank 0's file")
+            # a file whose pieces hold no such array (no piece at all, or no
+            # 16-bit piece for master copies) says nothing about the others
+            has = theirs.get(key) is not None
+            if not holders(key, pieces[rank], dtypes):
+                continue
+            if key not in present:
+                present[key] = (has, file)
+                if has:
+                    extra[key] = {i: np.zeros(shapes[i], dtype=extra_dtype(key, dtypes[i]))
+                                  for i in holders(key, range(n), dtypes)}
+            elif present[key][0] != has:
+                raise ValueError(f"{file}: {'has' if has else 'lacks'} extra.{key}, unlike "
+                                 f"{present[key][1]}")
         if aux_per_param and aux_key in theirs:
             values = np.asarray(theirs[aux_key], dtype=np.float64).reshape(-1)
             if values.shape != (len(pieces[rank]),):
@@ -466,11 +479,14 @@ def consolidate(path, out):
             filled[i] += m
         for key in PIECE_EXTRAS:
             if key in extra:
-                for piece, b in zip(pieces[rank], theirs[key]):
+                for piece, b in zip(holders(key, pieces[rank], dtypes), theirs[key]):
                     extra[key][piece.tensor].reshape(-1)[piece.start:piece.start + piece.length] = b
     for i in range(n):
         if filled[i] != math.prod(shapes[i]) or full_state[i] is None:
             raise ValueError(f"{prefix}: params[{i}] is not fully covered by the rank files")
+    for key in PIECE_EXTRAS:
+        if key in extra:
+            extra[key] = list(extra[key].values())
     sd = {
         "format_version": 1,
         "class": manifest["class"],

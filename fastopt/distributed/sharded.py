@@ -5,14 +5,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Tuple
 
 import numpy as np
 
-from .. import _core
+from .. import _compact, _core
 from .._core import RowGrad
 from .._hyper import split_param_groups
 from . import checkpoint as _checkpoint
 from ._agree import agree, first_difference, hash64, hash_arrays, mismatch, mpi, mpi_type
 from ._inputs import (check_disjoint, check_grads, check_row_params, pairs_to_grads,
                       shardable_class, whole_tensors)
-from ._layout import aligned_empty, flat_view, make_buckets, piece_shape, pieces_of
+from ._layout import (aligned_empty, flat_view, make_buckets, param_dtype, piece_shape,
+                      pieces_of, sum_dtype)
 from ._reduce import ShardReducer, reduce_scatter_ordered
 from .allreduce import gather_every_rows
 
@@ -140,6 +141,18 @@ class ShardedOptimizer:
     (``clipnorm``, ``global_clipnorm``, ``skip_nonfinite``) are refused for a
     step with RowGrads.
 
+    **Compact storage.**  ``state_dtype`` (bfloat16, float16, int8 blocks)
+    and 16-bit params (bfloat16, float16; ``rounding``, ``master_weights``,
+    ``seed``) are taken: each piece is blocked, sized and rounded as its
+    whole param is by one process (the rounding draws follow each element's
+    index in its whole param).  The grads of a 16-bit param (its dtype or
+    float32) are widened to float32 and summed in float32, the params travel
+    in the all-gather as their 16 bits, and each rank keeps the float32
+    master copies of its pieces (in its rank file; :func:`consolidate`
+    joins them).  The step is, bit for bit, that of one process given the
+    float32 mean of the ranks' grads.  A table of ``row_params`` must keep
+    full-precision storage (RowGrads update float32/float64 rows).
+
     Attributes
     ----------
     optimizer : Optimizer
@@ -196,7 +209,7 @@ class ShardedOptimizer:
         """What must be equal on every rank: class, parameter layout, options
         (threads may differ)."""
         cfg = {k: v for k, v in self.get_config().items() if k != "num_threads"}
-        params = [f"params[{i}] {np.dtype(d)} {s}" for i, (s, d) in
+        params = [f"params[{i}] {param_dtype(d)} {s}" for i, (s, d) in
                   enumerate(zip(self._shapes, self._dtypes))]
         return [f"class {type(self.optimizer).__name__}", f"{len(params)} params",
                 *params, f"group sizes {self._group_sizes}", f"row_params {self._tables}",
@@ -209,7 +222,7 @@ class ShardedOptimizer:
         flat = [p for plist, _ in groups for p in plist]
         for i, p in enumerate(flat):
             _core.check_param(p, i)
-        self._refuse_compact(flat, kwargs)
+        self._check_param_options(opt_class, flat, kwargs)
         check_disjoint(flat)
         self._params = flat
         self._shapes = [tuple(int(d) for d in p.shape) for p in flat]
@@ -240,26 +253,25 @@ class ShardedOptimizer:
         layout = ([p.tensor for p in self._pieces], [p.start for p in self._pieces],
                   [int(np.prod(self._shapes[p.tensor])) for p in self._pieces])
         self.optimizer = opt_class(inner_params, _layout=layout, **kwargs)
+        for piece, formats in zip(self._pieces, self.optimizer._formats):
+            i = piece.tensor
+            if i in self._tables and (_compact.half_name(flat[i].dtype) or
+                                      any(f != _core.FMT_NATIVE for f in formats)):
+                raise ValueError(f"row_params: params[{i}] has compact storage (16-bit, or "
+                                 f"state_dtype), and RowGrads update rows of float32/float64 "
+                                 f"params with full-precision state; leave it out of "
+                                 f"row_params, or keep its state in full precision")
         self._reducer = ShardReducer(self._MPI, self.comm, self._buckets, self._shapes)
         self._reduces = self._needs_reducer(kwargs)
         if self._reduces:
             self.optimizer._stepper.set_reducer(self._reducer)
 
     @staticmethod
-    def _refuse_compact(flat, kwargs):
-        """16-bit params are refused: their grads would be summed over ranks in
-        16 bits (MPI has no bfloat16 sum).  Compact state is taken: each piece
-        holds it blocked, rounded and sized as the whole param would be."""
-        for i, p in enumerate(flat):
-            if _core.storage_format(p.dtype) not in (_core.FMT_NATIVE, -1):
-                raise TypeError(f"params[{i}] is {p.dtype}: ShardedOptimizer takes float32 or "
-                                f"float64 params (its gradients are summed over ranks); keep "
-                                f"float32 weights for the sharded step, and state_dtype for "
-                                f"compact state")
-        for key in ("master_weights", "rounding"):
-            if kwargs.get(key) not in (None, False):
-                raise ValueError(f"{key}: is for bfloat16/float16 params, which "
-                                 f"ShardedOptimizer does not take")
+    def _check_param_options(opt_class, flat, kwargs):
+        """``master_weights`` and ``rounding`` act on the 16-bit params of the
+        whole model: a rank whose pieces are all float32 takes them too."""
+        _compact.check_param_options(opt_class, kwargs.get("master_weights", False),
+                                     kwargs.get("rounding"), flat)
 
     def _needs_reducer(self, kwargs):
         """Whether a step reduces over whole tensors (a norm, a finite check)."""
@@ -273,16 +285,17 @@ class ShardedOptimizer:
         (allocated on first need) and the received gradient shard."""
         self._flat, self._master, self._send, self._recv = [], [], [], []
         for b in self._buckets:
-            view = flat_view([self._params[i] for i in b.tensors], np.dtype(b.dtype))
+            dtype = param_dtype(b.dtype)
+            view = flat_view([self._params[i] for i in b.tensors], dtype)
             self._master.append(view is None)
             if view is None:
-                view = aligned_empty(b.total, b.dtype)
+                view = aligned_empty(b.total, dtype)
                 for i, off, n in b.spans(self._shapes):
                     view[off:off + n] = self._params[i].reshape(-1)
             self._flat.append(view)
             self._send.append(None)
             lo, hi = b.shard(self.rank)
-            self._recv.append(aligned_empty(hi - lo, b.dtype))
+            self._recv.append(aligned_empty(hi - lo, sum_dtype(dtype)))
 
     def _piece_views(self):
         """Views of every piece in the flat parameters and in the received
@@ -459,7 +472,7 @@ class ShardedOptimizer:
         and divided by their number, into the received gradient shard (the
         inner optimizer's grads)."""
         MPI, b, recv = self._MPI, self._buckets[bi], self._recv[bi]
-        mpitype = mpi_type(MPI, np.dtype(b.dtype))
+        mpitype = mpi_type(MPI, recv.dtype)
         send = self._send_buffer(bi, grads)
         if self.world_size <= 2:
             # one addition per element: the same in any order
@@ -472,17 +485,18 @@ class ShardedOptimizer:
             self._pull_shard(bi)
 
     def _send_buffer(self, bi, grads):
-        """Bucket ``bi``'s gradients as one flat array: a view of them if they
-        are consecutive views of one buffer, else packed into the send buffer
-        (a ``None`` gradient or a RowGrad as zeros)."""
-        b = self._buckets[bi]
+        """Bucket ``bi``'s gradients as one flat array of the dtype they are
+        summed in: a view of them if they are consecutive views of one buffer,
+        else packed into the send buffer (a ``None`` gradient or a RowGrad as
+        zeros; 16-bit gradients widened to float32)."""
+        b, dtype = self._buckets[bi], self._recv[bi].dtype
         tensors = [g if isinstance(g, np.ndarray) else None for g in (grads[i] for i in b.tensors)]
         if not any(g is None for g in tensors):
-            send = flat_view(tensors, np.dtype(b.dtype))
+            send = flat_view(tensors, dtype)
             if send is not None:
                 return send
         if self._send[bi] is None:
-            self._send[bi] = aligned_empty(b.total, b.dtype)
+            self._send[bi] = aligned_empty(b.total, dtype)
         send = self._send[bi]
         for (_, off, n), g in zip(b.spans(self._shapes), tensors):
             if g is None:
@@ -507,8 +521,9 @@ class ShardedOptimizer:
         master copy into your arrays)."""
         MPI = self._MPI
         for b, flat, master in zip(self._buckets, self._flat, self._master):
-            self.comm.Allgatherv(MPI.IN_PLACE, [flat, (b.counts(), list(b.bounds[:-1])),
-                                                mpi_type(MPI, flat.dtype)])
+            bits = flat.view(np.uint16) if flat.dtype.itemsize == 2 else flat
+            self.comm.Allgatherv(MPI.IN_PLACE, [bits, (b.counts(), list(b.bounds[:-1])),
+                                                mpi_type(MPI, bits.dtype)])
             if master:
                 for i, off, n in b.spans(self._shapes):
                     self._params[i].reshape(-1)[...] = flat[off:off + n]
