@@ -62,22 +62,23 @@ def _encode(obj, arrays, prefix):
     return obj
 
 
-def _decode(obj, lookup):
-    """obj with every array reference ``{"__array__": name}`` replaced by ``lookup(name)``."""
+def _decode(obj, lookup, path=""):
+    """obj with every array reference ``{"__array__": name}`` replaced by
+    ``lookup(name)`` (of the checkpoint at ``path``, for messages)."""
     if isinstance(obj, dict):
         if set(obj) in ({"__array__"}, {"__array__", "__view__"}):
             name = obj["__array__"]
             if not isinstance(name, str):
                 raise ValueError(f"an array reference must name a member (a string); got "
                                  f"{name!r:.80}")
-            return _view(lookup(name), obj.get("__view__"), name)
-        return {k: _decode(v, lookup) for k, v in obj.items()}
+            return _view(lookup(name), obj.get("__view__"), name, path)
+        return {k: _decode(v, lookup, path) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_decode(v, lookup) for v in obj]
+        return [_decode(v, lookup, path) for v in obj]
     return obj
 
 
-def _view(a, kind, name):
+def _view(a, kind, name, path):
     """A member read back as the compact array it was saved from (see _encode);
     a stand-in (no memory) stays one, of the compact dtype and shape."""
     if kind is None or a is None:
@@ -89,8 +90,8 @@ def _view(a, kind, name):
           and a.shape[1] == _core.Q8_DTYPE.itemsize):
         dtype, shape = _core.Q8_DTYPE, a.shape[:1]
     else:
-        raise ValueError(f"member {name!r}: corrupt checkpoint: a {a.dtype} array of shape "
-                         f"{a.shape} said to hold {kind!r:.40}")
+        raise ValueError(f"{path}: member {name!r}: corrupt checkpoint: a {a.dtype} array of "
+                         f"shape {a.shape} said to hold {kind!r:.40}")
     if stand_in:
         return np.broadcast_to(np.zeros((), dtype=dtype), shape)
     return np.ascontiguousarray(a).view(dtype).reshape(shape)
@@ -338,13 +339,13 @@ def _read(path, expect, data):
     try:
         with zipfile.ZipFile(path) as z:
             meta, headers = _index(path, z)
-            stand_ins = _decode(meta, lambda n: _stand_in(*headers[n][1:]))
+            stand_ins = _decode(meta, lambda n: _stand_in(*headers[n][1:]), path)
             if not data:
                 return stand_ins
             if expect is not None:
                 expect(stand_ins)
             arrays = {n: _data(path, z, *h) for n, h in headers.items()}
-            return _decode(meta, arrays.__getitem__)
+            return _decode(meta, arrays.__getitem__, path)
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError) as e:
         if isinstance(e, FileNotFoundError):
             raise

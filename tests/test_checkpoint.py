@@ -782,3 +782,79 @@ def test_crafted_file_battery_refused(tmp_path, cid, craft, pattern):
     good, opt, params = _good(tmp_path)
     path = craft(good, tmp_path / f"{cid}.npz")
     _refuse_small(path, opt, params, f"({pattern})")
+
+
+# ---- crafted checkpoints of compact storage: int8 blocks, bfloat16 words, master copies ----
+
+def _good_compact(tmp_path):
+    """A checkpoint of Adam with int8 state (a float32 param of 3 blocks and a
+    bfloat16 param of 2 with its float32 master copy), and a further trained
+    twin to load it into."""
+    bf16 = pytest.importorskip("ml_dtypes").bfloat16
+
+    def trained(extra_steps):
+        params = [np.linspace(-1, 1, 600, dtype=np.float32),
+                  np.linspace(-1, 1, 300).astype(bf16)]
+        opt = fo.Adam(params, state_dtype="int8", min_8bit_size=0, master_weights=True)
+        for k in range(3 + extra_steps):
+            opt.step([np.full(600, 0.1 * (k + 1), np.float32),
+                      np.full(300, 0.1 * (k + 1), np.float32)])
+        return opt, params
+    src, _ = trained(0)
+    fo.save(tmp_path / "good.npz", src)
+    opt, params = trained(1)
+    return tmp_path / "good.npz", opt, params
+
+
+def _edit_view(path_in_meta, edit):
+    """Craft: ``edit`` applied to the metadata's array reference at ``path_in_meta``."""
+    def craft(good, dst):
+        def change(meta):
+            node = meta
+            for k in path_in_meta.split("."):
+                node = node[int(k)] if isinstance(node, list) else node[k]
+            edit(node)
+        return _with_meta_bytes_json(good, dst, change)
+    return craft
+
+
+def _drop_masters(good, dst):
+    return _with_meta_bytes_json(good, dst, lambda meta: meta["extra"].pop("masters"),
+                                 drop={_member(good, "extra/masters/0")})
+
+
+CRAFTED_COMPACT = [
+    ("q8-blocks-short", _replace("/state/0/0", _npy((2, 260), np.uint8)),
+     r"params\[0\] state.*int8 blocks"),
+    ("q8-row-width", _replace("/state/0/1", _npy((3, 259), np.uint8)),
+     "said to hold 'int8_blocks'"),
+    ("q8-as-float32", _replace("/state/1/1", _npy((2, 65), np.float32)),
+     "said to hold 'int8_blocks'"),
+    ("q8-oversized", _replace("/state/1/0", _npy((1 << 17, 260), np.uint8)),
+     r"params\[1\] state.*int8 blocks"),
+    ("bf16-as-float32", _replace("params/1", _npy((300,), np.float32)),
+     "said to hold 'bfloat16'"),
+    ("bf16-short", _replace("params/1", _npy((299,), np.uint16)), r"params\[1\]"),
+    ("view-unknown", _edit_view("state.0.0", lambda r: r.update(__view__="float8")),
+     "said to hold 'float8'"),
+    ("view-dropped", _edit_view("state.1.0", lambda r: r.pop("__view__")),
+     r"params\[1\] state.*uint8"),
+    ("view-on-float32", _edit_view("params.0", lambda r: r.update(__view__="bfloat16")),
+     "said to hold 'bfloat16'"),
+    ("masters-short", _replace("extra/masters/0", _npy((299,), np.float32)), "masters"),
+    ("masters-dropped", _drop_masters, "masters"),
+]
+
+
+@pytest.mark.parametrize("cid,craft,pattern", CRAFTED_COMPACT,
+                         ids=[c[0] for c in CRAFTED_COMPACT])
+def test_crafted_compact_checkpoint_refused(tmp_path, cid, craft, pattern):
+    """int8 blocks, bfloat16 words and master copies crafted wrong: each file is
+    refused with a ValueError naming it, changes nothing (params, compact
+    state, master copies) and allocates no more than SIZE_BOUND meanwhile."""
+    good, opt, params = _good_compact(tmp_path)
+    path = craft(good, tmp_path / f"{cid}.npz")
+    masters = [m.tobytes() for m in opt.master_params if m is not None]
+    _refuse_small(path, opt, params, f"({pattern})")
+    assert [m.tobytes() for m in opt.master_params if m is not None] == masters
+    fo.load(good, opt)          # the good file still loads
