@@ -571,14 +571,15 @@ def test_load_with_another_world_size_refused(checkpoint_run, tmp_path):
 TINY_SHAPES = [(4, 3), (5,)]
 
 
-def _tiny_sharded(directory, prefix="ck", save_id="s1"):
+def _tiny_sharded(directory, prefix="ck", save_id="s1", dtype=np.float64, **kwargs):
     """A sharded checkpoint of world size 1 written as ShardedOptimizer.save
     writes one (without MPI): <prefix>.rank0.npz and <prefix>.manifest.json.
     Returns the prefix and the params it holds."""
-    shapes, dtypes = TINY_SHAPES, ["<f8", "<f8"]
-    params = [np.linspace(-1, 1, int(np.prod(s))).reshape(s) for s in shapes]
-    opt = fo.Adam([p.reshape(-1) for p in params], learning_rate=0.1)
-    opt.step([np.ones(p.size) for p in params])
+    shapes = TINY_SHAPES
+    params = [np.linspace(-1, 1, int(np.prod(s))).reshape(s).astype(dtype) for s in shapes]
+    dtypes = [p.dtype.str for p in params]
+    opt = fo.Adam([p.reshape(-1) for p in params], learning_rate=0.1, **kwargs)
+    opt.step([np.ones(p.size, p.dtype) for p in params])
     buckets = _layout.make_buckets(shapes, dtypes, 1)
     sd = opt.state_dict()
     sd["shard"] = {"save_id": save_id, "rank": 0, "world_size": 1,
@@ -781,7 +782,7 @@ def _edit_rank_meta(prefix, edit):
     meta = json.loads(arrays.pop(fo.checkpoint._META).tobytes())
     edit(meta)
     text = json.dumps(meta)
-    arrays = {k: a for k, a in arrays.items() if json.dumps({"__array__": k}) in text}
+    arrays = {k: a for k, a in arrays.items() if f'"__array__": {json.dumps(k)}' in text}
     arrays[fo.checkpoint._META] = np.frombuffer(text.encode(), dtype=np.uint8)
     np.savez(file, **arrays)
     _record_rank_file(prefix)
@@ -801,6 +802,32 @@ def _edit_rank_meta(prefix, edit):
 def test_consolidate_cli_refuses_crafted_rank_files_with_one_line(tmp_path, capsys, cid, edit,
                                                                   pattern):
     prefix, _ = _tiny_sharded(tmp_path)
+    _edit_rank_meta(prefix, edit)
+    _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
+
+
+def _set_masters(value):
+    def edit(meta):
+        if value is None:
+            meta["extra"].pop("masters")
+        else:
+            meta["extra"]["masters"] = value
+    return edit
+
+
+@pytest.mark.parametrize("cid,edit,pattern", [
+    ("masters-dropped", _set_masters(None), "lacks extra.masters, the float32 master copies"),
+    ("masters-none-listed", _set_masters([]), "extra.masters does not hold one array per piece"),
+    ("masters-two", _set_masters([{"__array__": "a/params/0"}, {"__array__": "a/params/1"}]),
+     "extra.masters does not hold one array per piece|more than once"),
+])
+def test_consolidate_refuses_rank_files_without_their_master_copies(tmp_path, capsys, cid, edit,
+                                                                     pattern):
+    """16-bit params with master_weights: a rank file must hold the float32
+    master copy of each of its 16-bit pieces, or consolidate refuses it."""
+    bf16 = pytest.importorskip("ml_dtypes").bfloat16
+    prefix, _ = _tiny_sharded(tmp_path, dtype=bf16, master_weights=True)
+    dist.consolidate(prefix, str(tmp_path / "good.npz"))     # as written, it consolidates
     _edit_rank_meta(prefix, edit)
     _refuse_consolidate(prefix, tmp_path / "out.npz", pattern, capsys)
 

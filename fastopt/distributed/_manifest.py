@@ -265,6 +265,11 @@ def check_rank_file(file, sd, manifest, rank, pieces):
     extra = sd.get("extra", {})
     if not isinstance(extra, dict):
         raise ValueError(f"{file}: its extra entry is not a dict")
+    config = manifest.get("config")
+    if (isinstance(config, dict) and config.get("master_weights") is True
+            and holders("masters", pieces, manifest["dtypes"]) and extra.get("masters") is None):
+        raise ValueError(f"{file}: lacks extra.masters, the float32 master copies of its 16-bit "
+                         f"pieces (the optimizer keeps them: master_weights=True)")
     for key in PIECE_EXTRAS:
         arrays, mine = extra.get(key), holders(key, pieces, manifest["dtypes"])
         if arrays is not None and not (isinstance(arrays, list) and len(arrays) == len(mine)
