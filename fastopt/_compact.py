@@ -52,7 +52,8 @@ def param_dtype(s):
 
 
 def check_state_dtype(value, where):
-    if value is None or value in STATE_DTYPES:
+    # a str: np.dtype("int8") == "int8" holds, but would not be a name in the config
+    if value is None or (isinstance(value, str) and value in STATE_DTYPES):
         if value == "bfloat16":
             bfloat16()
         return value

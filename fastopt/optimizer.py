@@ -9,6 +9,7 @@ called by the engine, at the step the convention says.
 """
 from __future__ import annotations
 
+import operator
 import os
 import re
 import threading
@@ -383,7 +384,7 @@ class Optimizer(Options):
             (only,) = cls.conventions
             raise ValueError(f"{cls.__name__} exists in {CONVENTIONS[only].library} only, so it "
                              f"has no {convention!r} convention; use convention={only!r}")
-        self.convention = convention
+        self._convention = convention
         self._conv = conv = CONVENTIONS[convention]
         self.name = name or cls.__name__.lower()
         defaults = cls.defaults(convention)
@@ -646,6 +647,10 @@ class Optimizer(Options):
                                  f"optimizer keeps state for the arrays it was built over). "
                                  f"Use add_param_group for new arrays, or build a new "
                                  f"optimizer; nothing was changed")
+            if key == "state_dtype":    # a group's own: popped where the group is made
+                raise ValueError(f"{where}state_dtype is set when the group is made (it decides "
+                                 f"how the group's state is stored); build a new optimizer "
+                                 f"with it in the group's dict; nothing was changed")
             if key in self.tuple_aliases:
                 names, form = self.tuple_aliases[key]
                 pairs = zip(names, _tuple_parts(key, value, names, form, where))
@@ -840,6 +845,29 @@ class Optimizer(Options):
                 names = [n for n, _ in self.state_layout(group, p)]
                 out.append(dict(zip(names, self._state[len(out)])))
         return out
+
+    def _construction_only(name, read, decides):    # noqa: N805 - a property factory
+        """A setting read as an attribute and set at construction only (an
+        assignment would otherwise make an attribute that does nothing)."""
+        def refuse(opt, value):
+            raise AttributeError(f"{name} is set at construction only ({decides}): build a "
+                                 f"new optimizer with {name}={value!r}")
+        return property(read, refuse, doc=f"The {name} given at construction ({decides}).")
+
+    convention = _construction_only("convention", operator.attrgetter("_convention"),
+                                    "it decides the formulas and defaults")
+    state_dtype = _construction_only("state_dtype", lambda opt: opt._storage.state_dtype,
+                                     "it decides how the state is stored")
+    min_8bit_size = _construction_only("min_8bit_size", lambda opt: opt._storage.min_8bit_size,
+                                       "it decides how the state is stored")
+    seed = _construction_only("seed", lambda opt: opt._storage.seed,
+                              "it keys the stochastic roundings of every step")
+    rounding = _construction_only("rounding", lambda opt: opt._storage.rounding,
+                                  "it decides how 16-bit params are rounded")
+    master_weights = _construction_only("master_weights",
+                                        lambda opt: opt._storage.master_weights,
+                                        "it decides whether float32 copies are kept")
+    del _construction_only
 
     @property
     def master_params(self) -> "list[Optional[Array]]":
