@@ -106,20 +106,31 @@ def _engine_state(opt):
     return (s.iterations, s.micro, s.skipped, s.get_steps().tolist(), s.get_aux())
 
 
+def _masters(opt):
+    """The float32 master copies of 16-bit params (``master_weights=True``),
+    None for the others; through the public accessor, whatever attribute
+    holds them."""
+    return [None if m is None else (m.dtype.str, m.shape, m.tobytes())
+            for m in getattr(opt, "master_params", None) or []]
+
+
 def snapshot(opt, params=None):
     """Everything the optimizer owns and everything it may write, bit for bit:
     its parameters (and any extra arrays given), its state dict (state arrays,
-    counters, schedule state, config) and the public counters."""
+    counters, schedule state, config), the public counters and the master
+    copies of 16-bit params."""
     arrays = [p.tobytes() for p in opt.params] + [p.tobytes() for p in (params or [])]
     extra = {k: getattr(opt, k) for k in ("iterations", "skipped_steps") if hasattr(opt, k)}
     # every attribute, so state that later versions keep (EMA copies, accumulators)
     # is covered without naming it; plain-callable schedules make state_dict() refuse
     owned = {k: v for k, v in vars(opt).items() if k not in _NOT_STATE}
-    return arrays, _freeze(owned), repr(extra), _freeze(_engine_state(opt))
+    return arrays, _freeze(owned), repr(extra), _freeze(_engine_state(opt)), _masters(opt)
 
 
 def snapshot_bytes(opt):
-    return sum(p.nbytes for p in opt.params) + sum(a.nbytes for s in opt.state_arrays() for a in s)
+    return (sum(p.nbytes for p in opt.params)
+            + sum(a.nbytes for s in opt.state_arrays() for a in s)
+            + sum(m.nbytes for m in getattr(opt, "master_params", None) or [] if m is not None))
 
 
 def assert_unchanged(before, opt, params=None, what=""):
@@ -129,6 +140,8 @@ def assert_unchanged(before, opt, params=None, what=""):
     assert before[1] == after[1], f"{what}: optimizer state changed by a refused call"
     assert before[2] == after[2], f"{what}: counters changed: {before[2]} -> {after[2]}"
     assert before[3] == after[3], f"{what}: per-parameter step counts changed"
+    for k, (a, b) in enumerate(zip(before[4], after[4])):
+        assert a == b, f"{what}: master_params[{k}] changed by a refused call"
     TALLY["bytes_checked"] += snapshot_bytes(opt)
 
 
@@ -136,6 +149,8 @@ def assert_same_optimizer(a, b, what=""):
     """Two optimizers hold bit-identical parameters and state."""
     for k, (p, q) in enumerate(zip(a.params, b.params)):
         assert p.dtype == q.dtype and p.tobytes() == q.tobytes(), f"{what}: params[{k}] differ"
+    for k, (p, q) in enumerate(zip(_masters(a), _masters(b))):
+        assert p == q, f"{what}: master_params[{k}] differ"
     sa = {k: v for k, v in vars(a).items() if k not in _NOT_STATE | {"param_groups"}}
     sb = {k: v for k, v in vars(b).items() if k not in _NOT_STATE | {"param_groups"}}
     for k in sa:

@@ -7,12 +7,19 @@ optimizer takes a good step and must land exactly where a twin that never saw
 the bad input lands: a refusal leaves nothing half-done behind.
 """
 import math
+import re
 
 import numpy as np
 import pytest
 
 import fastopt as fo
 from fastopt.optimizers import REGISTRY
+
+try:
+    import ml_dtypes
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:         # the optional bf16 extra: its storage rows are skipped
+    BF16 = None
 
 import optim_db
 from robust_util import (NAMES, TALLY, accepts, assert_same_optimizer, assert_unchanged,
@@ -25,14 +32,77 @@ from robust_util import (NAMES, TALLY, accepts, assert_same_optimizer, assert_un
 
 SHAPES = [(3, 4), (5,), (2, 3)]
 
+# ---- the storage axis: compact state, 16-bit params -----------------------------------
+# One table drives it: the dtype of params[0] and params[2] (the views of one
+# buffer) and the storage options the optimizer is built with.  params[1] stays
+# float64, in a param group of its own with full-precision state (compact state
+# is for float32 and 16-bit params), so every case runs beside a group whose
+# state_dtype differs.  tiny params need min_8bit_size=0 to get int8 blocks.
+STORAGES = {
+    "int8-state": (np.float32, dict(state_dtype="int8", min_8bit_size=0)),
+    "bf16-state": (np.float32, dict(state_dtype="bfloat16")),
+    "bf16-master": (BF16, dict(master_weights=True, state_dtype="int8", min_8bit_size=0)),
+    # no state_dtype: the state is bfloat16 like the params
+    "bf16-stochastic": (BF16, dict(rounding="stochastic", seed=7)),
+}
 
-def make_params(name=None):
+
+def _half(dtype):
+    return dtype == np.float16 or dtype.name == "bfloat16"
+
+
+def takes_storage(cls, storage):
+    """The optimizer class declares compact state, and 16-bit params if the
+    storage has them."""
+    dtype = STORAGES[storage][0]
+    return bool(cls.compact_state) and (dtype == np.float32 or cls.compact_params)
+
+
+def _battery_axis(names=NAMES, storages=tuple(STORAGES)):
+    """``(name, storage)`` for each optimizer as it is (ids unchanged) and in
+    each storage of ``storages`` it takes."""
+    out = [pytest.param(name, None, id=name) for name in names]
+    for storage in storages:
+        dtype, options = STORAGES[storage]
+        skip = pytest.mark.skipif(BF16 is None and (dtype is None or options.get(
+            "state_dtype") == "bfloat16"), reason="bfloat16 needs ml_dtypes")
+        out += [pytest.param(name, storage, id=f"{name}-{storage}", marks=skip)
+                for name in names if takes_storage(REGISTRY[name], storage)]
+    return out
+
+
+BATTERY = _battery_axis()
+
+
+class _StoredParams(list):
+    """The battery's params in a storage row: good steps there mix grad widths
+    (a bfloat16 grad for a float32 param, a float32 grad for a 16-bit one)."""
+    storage = None
+
+
+def make_params(name=None, storage=None):
     """Two float32 views of one buffer and a float64 param of 5 elements (1-D,
-    or the shape optimizer ``name`` takes: optim_db.param_shape)."""
+    or the shape optimizer ``name`` takes: optim_db.param_shape); in a storage
+    row, the views are of the storage's dtype."""
     buf32 = np.arange(40, dtype=np.float32) / 40 - 0.5
     buf64 = np.linspace(-1.0, 1.0, 5).reshape(optim_db.param_shape(name, 5))
+    if storage is not None:
+        buf32 = buf32.astype(STORAGES[storage][0])
     params = [buf32[0:12].reshape(3, 4), buf64, buf32[16:22].reshape(2, 3)]
+    if storage is not None:
+        params = _StoredParams(params)
+        params.storage = storage
     return params, buf32
+
+
+def build_stored(name, params, storage, **kwargs):
+    """``build`` with the storage's options, params[1] in a group of its own
+    with float32 (full-precision) state."""
+    if storage is None:
+        return build(name, params, **kwargs)
+    groups = [{"params": [params[0]]}, {"params": [params[1]], "state_dtype": "float32"},
+              {"params": [params[2]]}]
+    return build(name, groups, **STORAGES[storage][1], **kwargs)
 
 
 def _shape(name, n):
@@ -42,7 +112,15 @@ def _shape(name, n):
 
 
 def good_grads(rng, params):
-    return rng_grads(rng, params)
+    grads = rng_grads(rng, params)
+    if getattr(params, "storage", None) is not None:
+        # the widths a compact tensor takes besides its own: the bad grads of
+        # params[0] are then made from a bfloat16 one
+        if params[0].dtype == np.float32 and BF16 is not None:
+            grads[0] = grads[0].astype(BF16)
+        if _half(params[2].dtype):
+            grads[2] = (rng.standard_normal(params[2].shape) * 0.3).astype(np.float32)
+    return grads
 
 
 def _misaligned(shape, dtype):
@@ -84,7 +162,23 @@ def _replace(i, value):
     return f
 
 
-def grad_cases(i):
+def _compact_state(o, owner):
+    """The last state array of params[owner] stored compactly (int8 blocks or
+    16-bit floats)."""
+    return [a for a in o.state_arrays()[owner] if a.dtype not in (np.float32, np.float64)][-1]
+
+
+def _in_memory_of(a, p):
+    """A grad of ``p``'s shape, of a dtype ``p`` takes, laid over the first
+    bytes of ``a`` (an int8 block array has no dtype a grad may have)."""
+    for dt in (p.dtype, np.dtype(np.float32), BF16 or np.dtype(np.float16)):
+        n = p.size * dt.itemsize
+        if n <= a.nbytes:
+            return a.view(np.uint8).reshape(-1)[:n].view(dt).reshape(p.shape)
+    raise AssertionError(f"{a.nbytes} bytes hold no grad of shape {p.shape}")
+
+
+def grad_cases(i, storage=None):
     idx = rf"grads\[{i}\]"
     dt_fix = r"astype"
     cases = [
@@ -95,9 +189,10 @@ def grad_cases(i):
         ("numpy-scalar", _replace(i, lambda g, p, b, o: p.dtype.type(1)), TypeError,
          [idx, r"np\.asarray"]),
         ("string", _replace(i, "grad"), TypeError, [idx, r"np\.asarray"]),
-        # float32 params take native float16 and bfloat16 grads (tests/test_compact.py)
+        # float32 params take native float16 and bfloat16 grads, 16-bit params float32
+        # and their own dtype (so bfloat16 ones not float16: tests/test_compact.py)
         ("float16", _replace(i, lambda g, p, b, o: g.astype(
-            np.float16 if p.dtype == np.float64 else ">f2")), TypeError,
+            ">f2" if p.dtype in (np.float32, np.float16) else np.float16)), TypeError,
          [idx, "float16", dt_fix]),
         ("int32", _replace(i, lambda g, p, b, o: g.astype(np.int32)), TypeError, [idx, dt_fix]),
         ("int64", _replace(i, lambda g, p, b, o: g.astype(np.int64)), TypeError, [idx, dt_fix]),
@@ -106,7 +201,7 @@ def grad_cases(i):
          [idx, "complex", dt_fix]),
         ("object", _replace(i, lambda g, p, b, o: g.astype(object)), TypeError, [idx, dt_fix]),
         ("other-float", _replace(i, lambda g, p, b, o: g.astype(
-            np.float64 if p.dtype == np.float32 else np.float32)), TypeError, [idx, dt_fix]),
+            np.float32 if p.dtype == np.float64 else np.float64)), TypeError, [idx, dt_fix]),
         ("byte-swapped", _replace(i, lambda g, p, b, o: _swapped(g)), TypeError, [idx, dt_fix]),
         ("extra-element", _replace(i, lambda g, p, b, o: np.zeros(p.size + 1, p.dtype)),
          ValueError, [idx, r"expected shape", r"order of the parameters"]),
@@ -141,6 +236,23 @@ def grad_cases(i):
             ("is-another-param", _replace(i, lambda g, p, b, o: b[0:6].reshape(2, 3)),
              ValueError, [idx, r"params\[0\]", "separate gradient array"]),
         ]
+    if storage is not None:
+        # the arrays a compact tensor adds: a grad in their memory would be
+        # overwritten while it is read, in a dtype the param takes
+        alias = [idx, "shares memory", "separate gradient array"]
+        cases.append(("in-compact-state", _replace(
+            i, lambda g, p, b, o: _in_memory_of(_compact_state(o, i), p)), ValueError, alias))
+        if i == 2:
+            cases.append(("in-compact-state-of-another-param", _replace(
+                i, lambda g, p, b, o: _in_memory_of(_compact_state(o, 0), p)), ValueError,
+                [idx, r"params\[0\]", "separate gradient array"]))
+        if STORAGES[storage][1].get("master_weights"):
+            cases.append(("is-the-master-param", _replace(
+                i, lambda g, p, b, o: o.master_params[i]), ValueError, alias))
+            if i == 2:
+                cases.append(("in-another-master-param", _replace(
+                    i, lambda g, p, b, o: _in_memory_of(o.master_params[0], p)), ValueError,
+                    [idx, r"params\[0\]", "separate gradient array"]))
     return cases
 
 
@@ -164,11 +276,11 @@ def _check_message(exc, patterns, what):
         assert re.search(pat, msg), f"{what}: message {msg!r} lacks {pat!r}"
 
 
-def _battery_opt(name, rng):
-    params, buf = make_params(name)
-    opt = build(name, params)
+def _battery_opt(name, rng, storage=None):
+    params, buf = make_params(name, storage)
+    opt = build_stored(name, params, storage)
     twin_params = [p.copy() for p in params]
-    twin = build(name, twin_params)
+    twin = build_stored(name, twin_params, storage)
     # a couple of good steps first so state is non-trivial
     for _ in range(2):
         g = good_grads(rng, params)
@@ -192,14 +304,14 @@ def _refused(opt, twin, params, buf, call, exc_type, patterns, what, rng):
     assert_same_optimizer(opt, twin, what)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,storage", BATTERY)
 @pytest.mark.parametrize("bad_index", [0, 2])
-def test_bad_grads_refused_and_nothing_changes(name, bad_index):
+def test_bad_grads_refused_and_nothing_changes(name, storage, bad_index):
     rng = np.random.default_rng(11)
-    opt, twin, params, buf = _battery_opt(name, rng)
-    for case_id, make_bad, exc_type, patterns in grad_cases(bad_index):
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
+    for case_id, make_bad, exc_type, patterns in grad_cases(bad_index, storage):
         grads = make_bad(good_grads(rng, params), params, buf, opt)
-        what = f"{name} grads[{bad_index}] {case_id}"
+        what = f"{name} {storage or ''} grads[{bad_index}] {case_id}"
         _refused(opt, twin, params, buf, lambda: opt.step(grads), exc_type, patterns, what, rng)
         # the same through the Keras-style entry point
         pairs = list(zip(grads, params))
@@ -284,11 +396,19 @@ def rowgrad_cases(i):
     return cases
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,storage", BATTERY)
 @pytest.mark.parametrize("bad_index", [0, 2])
-def test_bad_rowgrads_refused_and_nothing_changes(name, bad_index):
+def test_bad_rowgrads_refused_and_nothing_changes(name, storage, bad_index):
     rng = np.random.default_rng(12)
-    opt, twin, params, buf = _battery_opt(name, rng)
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
+    if storage is not None:
+        # a compact tensor is updated in whole blocks, so it has no row update
+        grads = good_grads(rng, params)
+        grads[bad_index] = _rows(params[bad_index])
+        _refused(opt, twin, params, buf, lambda: opt.step(grads), ValueError,
+                 [rf"grads\[{bad_index}\]: a RowGrad", rf"params\[{bad_index}\] has compact "
+                  "storage", "dense gradient"], f"{name} {storage} RowGrad", rng)
+        return
     if not REGISTRY[name].elementwise:
         grads = [_rows(params[0]), None, None]
         _refused(opt, twin, params, buf, lambda: opt.step(grads), ValueError,
@@ -312,20 +432,20 @@ def test_bad_rowgrads_refused_and_nothing_changes(name, bad_index):
              f"{name} RowGrad of a 1-D param", rng)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bad_grad_lists_refused_and_nothing_changes(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_bad_grad_lists_refused_and_nothing_changes(name, storage):
     rng = np.random.default_rng(12)
-    opt, twin, params, buf = _battery_opt(name, rng)
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
     for case_id, make_bad, exc_type, patterns in LIST_CASES:
         grads = make_bad(good_grads(rng, params))
         _refused(opt, twin, params, buf, lambda: opt.step(grads), exc_type, patterns,
                  f"{name} {case_id}", rng)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_apply_gradients_pairing_errors(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_apply_gradients_pairing_errors(name, storage):
     rng = np.random.default_rng(13)
-    opt, twin, params, buf = _battery_opt(name, rng)
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
     g = good_grads(rng, params)
     stranger = np.zeros_like(params[1])
     cases = [
@@ -341,11 +461,11 @@ def test_apply_gradients_pairing_errors(name):
                  patterns, f"{name} {case_id}", rng)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_read_only_grads_are_fine(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_read_only_grads_are_fine(name, storage):
     # a grad is only read: read-only and byte-identical copies are legitimate
     rng = np.random.default_rng(14)
-    opt, twin, params, _ = _battery_opt(name, rng)
+    opt, twin, params, _ = _battery_opt(name, rng, storage)
     g = good_grads(rng, params)
     ro = [x.copy() for x in g]
     for x in ro:
@@ -444,6 +564,130 @@ def test_zero_d_and_empty_params_are_allowed(name):
         TALLY["inputs_tried"] += 4
 
 
+# ---- storage settings (construction) ------------------------------------------------
+
+def storage_setting_cases(name):
+    """``(id, params, options, exception, [patterns])``: storage settings that
+    optimizer ``name`` refuses, by README "Compact storage" and the class's
+    ``compact_state``, ``compact_params`` and ``compact_reason``."""
+    cls = REGISTRY[name]
+    reason = re.escape(cls.compact_reason or "")
+
+    def ones(dtype=np.float32, n=4):
+        return [np.ones(_shape(name, n), dtype)]
+
+    cases = [
+        ("state_dtype-unknown", ones(), dict(state_dtype="int4"), ValueError,
+         ["state_dtype must be", "'int4'", "'bfloat16'"]),
+        ("state_dtype-float64", ones(), dict(state_dtype="float64"), ValueError,
+         ["state_dtype must be", "'float64'"]),
+        ("state_dtype-a-type", ones(), dict(state_dtype=np.float16), ValueError,
+         ["state_dtype must be"]),
+        ("group-state_dtype-unknown", [{"params": ones()}, {"params": ones(),
+                                                          "state_dtype": "int9"}],
+         {}, ValueError, [r"param group 1: state_dtype must be", "'int9'"]),
+        ("min_8bit_size-negative", ones(), dict(min_8bit_size=-1), ValueError,
+         ["min_8bit_size", "-1"]),
+        ("min_8bit_size-float", ones(), dict(min_8bit_size=1.5), ValueError, ["min_8bit_size"]),
+        ("min_8bit_size-bool", ones(), dict(min_8bit_size=True), ValueError, ["min_8bit_size"]),
+        ("seed-negative", ones(), dict(seed=-1), ValueError, [r"seed must be", r"2\*\*64"]),
+        ("seed-too-big", ones(), dict(seed=2 ** 64), ValueError, [r"seed must be"]),
+        ("seed-float", ones(), dict(seed=1.5), ValueError, [r"seed must be"]),
+        ("seed-bool", ones(), dict(seed=True), ValueError, [r"seed must be"]),
+        ("rounding-unknown", ones(), dict(rounding="up"), ValueError,
+         ["rounding must be", "'up'"]),
+        ("master_weights-string", ones(), dict(master_weights="yes"), ValueError,
+         ["master_weights must be", "'yes'"]),
+        ("master_weights-int", ones(), dict(master_weights=1), ValueError,
+         ["master_weights must be"]),
+    ]
+    if cls.compact_params:
+        cases += [
+            ("master_weights-without-16-bit-params", ones(), dict(master_weights=True),
+             ValueError, ["master_weights", "would do nothing"]),
+            ("rounding-without-16-bit-params", ones(), dict(rounding="nearest"), ValueError,
+             ["rounding", "would do nothing"]),
+            ("compact-state-of-a-float64-param", ones(np.float32) + ones(np.float64),
+             dict(state_dtype="int8"), TypeError, [r"params\[1\] is float64",
+                                                   "state_dtype='int8'"]),
+            ("16-bit-param-with-gradient_accumulation_steps", ones(np.float16),
+             dict(gradient_accumulation_steps=2), ValueError,
+             [r"params\[0\] is float16", "gradient_accumulation_steps"]),
+        ]
+        if BF16 is not None:
+            cases.append(("16-bit-param-with-use_ema", ones() + ones(BF16), dict(use_ema=True),
+                          ValueError, [r"params\[1\] is bfloat16", "use_ema"]))
+    else:
+        cases += [
+            ("16-bit-param", ones() + ones(np.float16), {}, TypeError,
+             [r"params\[1\] is float16", f"{name} takes float32 or float64", reason]),
+            ("master_weights", ones(), dict(master_weights=True), ValueError,
+             [f"{name} takes float32/float64 params only", "master_weights would do nothing"]),
+            ("rounding", ones(), dict(rounding="stochastic"), ValueError,
+             ["rounding would do nothing"]),
+        ]
+    if not cls.compact_state:
+        cases += [(f"compact-state-{sd}", ones(), dict(state_dtype=sd), ValueError,
+                   [f"state_dtype='{sd}'", reason, "Leave state_dtype unset"])
+                  for sd in ("bfloat16", "float16", "int8")
+                  if BF16 is not None or sd != "bfloat16"]
+    elif not optim_db.info(name).initial_state(cls.defaults(default_convention(cls)),
+                                               np.zeros(1)):
+        # no state with its defaults (SGD without momentum): nothing could be compact
+        cases.append(("compact-state-of-no-state", ones(), dict(state_dtype="int8"), ValueError,
+                      ["state_dtype='int8'", "no state with these settings"]))
+    return cases
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_storage_settings_refused(name):
+    cls = REGISTRY[name]
+    for case_id, params, options, exc_type, patterns in storage_setting_cases(name):
+        arrays = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        before = [(a.dtype.str, a.shape, a.tobytes()) for a in arrays]
+        with pytest.raises(exc_type) as exc:
+            cls(params, **options)
+        _check_message(exc, patterns, f"{name} {case_id}")
+        assert before == [(a.dtype.str, a.shape, a.tobytes()) for a in arrays]
+        TALLY["inputs_tried"] += 1
+        TALLY["failures_survived"] += 1
+
+
+STORAGE_SETTINGS = [("state_dtype", "int8"), ("min_8bit_size", 0), ("seed", 3),
+                    ("rounding", "nearest"), ("master_weights", True)]
+
+
+def test_storage_settings_cannot_change_after_construction():
+    """The storage settings decide the arrays made at construction and how they
+    are rounded, as use_ema does, and the convention the formulas: assigning
+    one later is refused like ``opt.use_ema = True``, not stored where nothing
+    reads it; each reads back as given."""
+    w = np.zeros(300, np.float16)
+    opt = fo.Adam([w], state_dtype="float32")
+    assert (opt.state_dtype, opt.min_8bit_size, opt.seed, opt.rounding, opt.master_weights,
+            opt.convention) == ("float32", 4096, 0, None, False, "keras")
+    before = snapshot(opt, [])
+    for key, value in STORAGE_SETTINGS + [("convention", "torch")]:
+        with pytest.raises((AttributeError, ValueError)) as exc:
+            setattr(opt, key, value)
+        _check_message(exc, [key, "construction"], f"opt.{key} = {value!r}")
+        assert_unchanged(before, opt, [], f"opt.{key} = {value!r}")
+
+
+def test_state_dtype_given_as_a_numpy_dtype(tmp_path):
+    """The documented values are None and four names.  A NumPy dtype that
+    compares equal to one is either refused naming state_dtype, or taken as
+    that name: the config holds the name, and the optimizer saves."""
+    w = np.zeros(300, np.float32)
+    try:
+        opt = fo.Adam([w], state_dtype=np.dtype("int8"), min_8bit_size=0)
+    except (TypeError, ValueError) as exc:
+        assert "state_dtype" in str(exc)
+        return
+    assert isinstance(opt.get_config()["state_dtype"], str)
+    fo.save(tmp_path / "c.npz", opt)
+
+
 # ---- hyper-parameters ----------------------------------------------------------------
 
 BAD_FLOATS = [float("nan"), float("inf"), float("-inf"), np.float32("nan"), 10 ** 400]
@@ -509,10 +753,10 @@ def test_negative_and_zero_learning_rates(name):
         TALLY["inputs_tried"] += 1
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_learning_rate_setter_refusals_change_nothing(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_learning_rate_setter_refusals_change_nothing(name, storage):
     rng = np.random.default_rng(16)
-    opt, twin, params, buf = _battery_opt(name, rng)
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
 
     def setter(v):
         def f():
@@ -549,20 +793,22 @@ def _aliases(cls, conv):
     return out
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_group_edits_refused_at_the_assignment(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_group_edits_refused_at_the_assignment(name, storage):
     """A param-group edit is checked when it is made: a bad value, an unknown or
     misspelt key, a tuple alias of the wrong length, a removed key or new
     params raise at once and change nothing (the group keeps its value)."""
     rng = np.random.default_rng(17)
-    opt, twin, params, buf = _battery_opt(name, rng)
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
     cls, conv = type(opt), opt.convention
     group = opt.param_groups[0]
     cases = [("no_such_key", 1.0, TypeError, ["param group 0", "unknown hyper-parameter",
                                                "'no_such_key'", "valid keys", "learning_rate"]),
              ("learning_rte", 0.1, TypeError, ["learning_rte", "valid keys"]),
              ("params", [np.zeros(_shape(name, 3))], ValueError, ["'params' cannot change",
-                                                    "add_param_group"])]
+                                                    "add_param_group"]),
+             ("state_dtype", "bfloat16", ValueError, ["param group 0", "state_dtype is set "
+                                                      "when the group is made"])]
     for key in float_hyper(cls, conv):
         cases.append((key, float("nan"), ValueError, ["param group 0", key, "finite"]))
         cases.append((key, "0.1", TypeError, ["param group 0", key, "float or a schedule"]))
@@ -593,14 +839,14 @@ def test_group_edits_refused_at_the_assignment(name):
                  f"{name} group removal", rng)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_hyperparameter_attribute_refusals_change_nothing(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_hyperparameter_attribute_refusals_change_nothing(name, storage):
     """``opt.<hyper-parameter> = value`` is checked like the keyword; the name of a
     hyper-parameter this optimizer lacks (``opt.momentum`` on Adam) is refused
     rather than stored where nothing reads it."""
     from fastopt.optimizer import _known_names
     rng = np.random.default_rng(19)
-    opt, twin, params, buf = _battery_opt(name, rng)
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
     cls, conv = type(opt), opt.convention
 
     def setter(key, v):
@@ -857,36 +1103,49 @@ def test_every_error_category_is_covered():
     """The battery covers every promise of DESIGN.md §3 (guards against a case
     list shrinking silently)."""
     ids = {c[0] for c in grad_cases(2)} | {c[0] for c in LIST_CASES} | \
-        {c[0] for c in param_cases()}
+        {c[0] for c in param_cases()} | {c[0] for c in grad_cases(2, "bf16-master")}
     for needed in ("list", "float16", "int32", "complex", "object", "byte-swapped",
                    "extra-element", "too-few", "0-d", "sliced", "transposed", "fortran",
                    "read-only", "is-the-param", "overlaps-param", "is-optimizer-state",
-                   "same-twice", "misaligned", "bare-ndarray"):
+                   "same-twice", "misaligned", "bare-ndarray", "in-compact-state",
+                   "is-the-master-param"):
         assert needed in ids, needed
+    # every optimizer with compact state runs the battery in every storage it takes
+    axis = {tuple(p.values) for p in BATTERY}
+    for name in NAMES:
+        for storage in STORAGES:
+            if takes_storage(REGISTRY[name], storage):
+                assert (name, storage) in axis, (name, storage)
+    assert any(REGISTRY[n].compact_params for n in NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_skip_nonfinite_skips_whole_step(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_skip_nonfinite_skips_whole_step(name, storage):
     """With ``skip_nonfinite=True`` (where the optimizer has it) a step whose grads
-    hold NaN/Inf changes nothing but the skip counter."""
+    hold NaN/Inf changes nothing but the skip counter (16-bit grads are read in
+    place: in a storage row the bad value is also in a bfloat16 grad)."""
     cls = REGISTRY[name]
     conv = default_convention(cls)
     if not accepts(cls, conv, skip_nonfinite=True):
         pytest.skip(f"{name} has no skip_nonfinite option in this version")
     rng = np.random.default_rng(19)
-    params, buf = make_params(name)
-    opt = build(name, params, skip_nonfinite=True)
-    opt.step(rng_grads(rng, params))
-    for bad in (np.nan, np.inf, -np.inf):
-        g = rng_grads(rng, params)
-        g[2][1, 1] = bad
-        arrays_before = [p.tobytes() for p in params] + \
-            [a.tobytes() for s in opt.state_arrays() for a in s]
+    params, buf = make_params(name, storage)
+    opt = build_stored(name, params, storage, skip_nonfinite=True)
+    opt.step(good_grads(rng, params))
+
+    def arrays():
+        return [p.tobytes() for p in params] + \
+            [a.tobytes() for s in opt.state_arrays() for a in s] + \
+            [m.tobytes() for m in opt.master_params if m is not None]
+
+    for j, bad in zip((2, 0, 2), (np.nan, np.inf, -np.inf)):
+        g = good_grads(rng, params)
+        g[j].reshape(-1)[4] = bad
+        arrays_before = arrays()
         skipped = opt.skipped_steps
         opt.step(g)
         assert opt.skipped_steps == skipped + 1
-        assert arrays_before == [p.tobytes() for p in params] + \
-            [a.tobytes() for s in opt.state_arrays() for a in s]
+        assert arrays_before == arrays()
         TALLY["inputs_tried"] += 1
         TALLY["failures_survived"] += 1
 
@@ -917,10 +1176,10 @@ ARRAY_CHANGES = [
 ]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_arrays_changed_after_construction_refuse_the_step(name):
+@pytest.mark.parametrize("name,storage", BATTERY)
+def test_arrays_changed_after_construction_refuse_the_step(name, storage):
     rng = np.random.default_rng(31)
-    opt, twin, params, buf = _battery_opt(name, rng)
+    opt, twin, params, buf = _battery_opt(name, rng, storage)
     for what, change, undo, pattern in ARRAY_CHANGES:
         if "state" in what and not opt.state_arrays()[2]:
             continue

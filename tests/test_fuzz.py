@@ -1,5 +1,6 @@
 """Hypothesis-driven fuzzing of the public API: random optimizers, conventions,
-shapes, dtypes, strides, aliasing, hyper-parameters and options.
+shapes, dtypes, strides, aliasing, hyper-parameters, options and storage
+settings (compact state, 16-bit params, master weights, rounding, seed).
 
 Every call either applies a correct update or raises a clean ``TypeError`` /
 ``ValueError`` with nothing changed.  "Correct" is checked two ways: bit for
@@ -21,6 +22,12 @@ from hypothesis import strategies as st
 import fastopt as fo
 from fastopt import _core
 from fastopt.optimizers import REGISTRY
+
+try:
+    import ml_dtypes
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:         # the optional bf16 extra: then float16 is the only 16-bit dtype
+    BF16 = None
 
 import optim_db
 import reference
@@ -49,7 +56,10 @@ GRAD_DEFECTS = (["none"] * 60 + ["skip", "readonly", "view-in-buffer"] * 3 + ["r
                 ["rowgrad-out-of-range", "rowgrad-values-dtype", "rowgrad-values-sliced",
                  "rowgrad-indices-float"] +
                 ["float16", "int32", "other-float", "byteswap", "shape", "0-d", "sliced",
-                 "fortran", "misaligned", "alias-param", "alias-state", "list"])
+                 "fortran", "misaligned", "alias-param", "alias-state", "list"] +
+                # compact storage: a 16-bit grad (float32 params take them), a grad
+                # in the bytes of a compact state array, the float32 master copy
+                ["half-grad"] * 3 + ["alias-state-bytes", "alias-master"])
 LIST_DEFECTS = ["none"] * 30 + ["short", "long", "ndarray", "tuple", "generator"]
 
 
@@ -88,9 +98,20 @@ def make_param(data, shape, dtype, defect, earlier):
     return p
 
 
-def make_grad(data, p, state, defect):
+def _in_memory_of(a, p):
+    """A grad of ``p``'s shape and of a dtype ``p`` takes, laid over the first
+    bytes of ``a`` (int8 blocks have no dtype a grad may have), or ``a``
+    itself where no such grad fits."""
+    for dt in (p.dtype, np.dtype(np.float32), BF16):
+        if dt is not None and _grad_dtype_ok(dt, p.dtype) and p.size * dt.itemsize <= a.nbytes:
+            return a.reshape(-1).view(np.uint8)[:p.size * dt.itemsize].view(dt).reshape(p.shape)
+    return a
+
+
+def make_grad(data, p, state, defect, master=None):
     """A grad for param ``p`` with a possible defect; the 'clean' counterpart
-    (what the optimizer must have used when it accepts it) is returned too."""
+    (what the optimizer must have used when it accepts it) is returned too.
+    ``state`` and ``master`` are the param's state arrays and master copy."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="grad seed"))
     scale = data.draw(st.sampled_from([0.3, 1e-3, 50.0]), label="grad scale")
     g = np.asarray(rng.standard_normal(p.shape) * scale, dtype=p.dtype)
@@ -132,6 +153,13 @@ def make_grad(data, p, state, defect):
         g = p
     elif defect == "alias-state":
         g = state[-1] if state else p
+    elif defect == "alias-state-bytes":
+        compact = [a for a in state if a.dtype not in (np.float32, np.float64)]
+        g = _in_memory_of((compact or state or [p])[-1], p)
+    elif defect == "alias-master":
+        g = p if master is None else master
+    elif defect == "half-grad":
+        g = g.astype(BF16 if BF16 is not None else np.float16)
     elif defect == "list":
         g = g.tolist()
     if isinstance(g, np.ndarray) and g.dtype != p.dtype and _grad_dtype_ok(g.dtype, p.dtype):
@@ -171,9 +199,10 @@ def make_rowgrad(data, rng, p, scale, defect):
     return fo.RowGrad(idx, vals), clean
 
 
-def draw_optimizer(data):
-    """A registered optimizer: its name, class and one of its conventions."""
-    name = data.draw(st.sampled_from(NAMES), label="optimizer")
+def draw_optimizer(data, names=NAMES):
+    """A registered optimizer (of ``names``, repeats weigh more): its name,
+    class and one of its conventions."""
+    name = data.draw(st.sampled_from(names), label="optimizer")
     return name, REGISTRY[name], data.draw(st.sampled_from(CONVENTIONS[name]), label="convention")
 
 
@@ -211,12 +240,13 @@ def param_problem(i, p, earlier, cls):
     return None
 
 
-def rowgrad_problem(i, g, p, opt):
+def rowgrad_problem(i, g, p, opt, compact=False):
     """``None`` when the RowGrad ``g`` is a valid grads[i] for param ``p`` of
-    ``opt``, else ``(error type, pattern)``."""
+    ``opt`` (``compact``: its state is stored compactly), else ``(error type,
+    pattern)``."""
     if p.ndim != 2:
         return ValueError, rf"grads\[{i}\]: a RowGrad updates rows of a 2-D parameter"
-    if _half(p.dtype):
+    if _half(p.dtype) or compact:
         return ValueError, rf"grads\[{i}\]: a RowGrad, but params\[{i}\] has compact storage"
     if _core.kernel_reduces(type(opt).kernel):
         return ValueError, rf"grads\[{i}\]: a RowGrad, but the update of kernel"
@@ -237,13 +267,14 @@ def rowgrad_problem(i, g, p, opt):
     return None
 
 
-def grad_problem(i, g, p, owned, opt):
+def grad_problem(i, g, p, owned, opt, compact=False):
     """``None`` when ``g`` is a valid grads[i] for param ``p`` of ``opt`` (whose
-    own and state arrays are ``owned``), else ``(error type, pattern)``."""
+    own, state and master arrays are ``owned``; ``compact``: its state is
+    stored compactly), else ``(error type, pattern)``."""
     if g is None:
         return None
     if isinstance(g, fo.RowGrad):
-        return rowgrad_problem(i, g, p, opt)
+        return rowgrad_problem(i, g, p, opt, compact)
     if not isinstance(g, np.ndarray):
         return TypeError, rf"grads\[{i}\]: expected a numpy.ndarray"
     if not (_grad_dtype_ok(g.dtype, p.dtype) and g.dtype.isnative):
@@ -266,6 +297,140 @@ def value_ok(spec, value):
     if not math.isfinite(value):
         return False
     return (value > lo or lo_closed and value == lo) and (value < hi or hi_closed and value == hi)
+
+
+# ---- compact storage (README "Compact storage") ----------------------------------------
+# (value, valid) pairs; None leaves the setting out.  Leaving it out is drawn
+# most, so that most examples reach a step.
+STORAGE_DRAWS = {
+    "state_dtype": [("float32", True), ("float16", True), ("int8", True), ("int4", False),
+                    ("float64", False), ("BF16", False), (8, False)] +
+                   ([("bfloat16", True)] if BF16 is not None else []),
+    "min_8bit_size": [(0, True), (100, True), (-1, False), (1.5, False), (True, False)],
+    "master_weights": [(False, True), (True, True), ("yes", False), (1, False)],
+    "rounding": [("stochastic", True), ("nearest", True), ("up", False), ("Nearest", False)],
+    "seed": [(0, True), (12345, True), (2 ** 64 - 1, True), (-1, False), (2 ** 64, False),
+             (True, False)],
+}
+COMPACT_STATE_DTYPES = ("bfloat16", "float16", "int8")
+STORAGE_NAMES = ("float32",) + COMPACT_STATE_DTYPES
+# the param-group twins give every schedulable value as a schedule, which keeps
+# a buffer where a constant 0 keeps none (RMSprop's momentum): float16 state
+# overflows to inf there (1/epsilon is beyond its range) and 0 * inf differs
+# from no buffer, so the group fuzz draws the state dtypes (and 16-bit params)
+# of float32's range
+GROUP_STATE_DTYPES = ("float32", "int8") + (("bfloat16",) if BF16 is not None else ()) + (
+    "int4",)
+COMPACT_WEIGHTED = NAMES + [n for n in NAMES if REGISTRY[n].compact_state] * 2
+PARAM_DTYPES = [np.float32, np.float64]
+HALF_DTYPES = [np.float16] + ([BF16] if BF16 is not None else [])
+
+
+def draw_storage(data, cls):
+    """The storage settings and the names of the invalid ones; one example in
+    five makes one of them invalid.  The param settings (master_weights,
+    rounding) are drawn rarely for a class without 16-bit params, where they
+    are refused."""
+    keys = list(STORAGE_DRAWS)
+    poisoned = data.draw(st.sampled_from([None] * len(keys) * 4 + keys),
+                         label="invalid storage setting")
+    kw, bad = {}, []
+    for key, draws in STORAGE_DRAWS.items():
+        if key == poisoned:
+            kw[key] = data.draw(st.sampled_from([v for v, ok in draws if not ok]),
+                                label=f"{key} invalid value")
+            bad.append(key)
+            continue
+        unset = (12 if key in ("master_weights", "rounding") and not cls.compact_params
+                 else 2 if key == "state_dtype" else 4)
+        pick = data.draw(st.sampled_from([None] * unset + [v for v, ok in draws if ok]),
+                         label=key)
+        if pick is not None:
+            kw[key] = pick
+    return kw, bad
+
+
+def _native_half(p):
+    return isinstance(p, np.ndarray) and _half(p.dtype) and p.dtype.isnative
+
+
+def _keeps_state(name, cls, conv, kw):
+    """Whether optimizer ``name`` keeps state arrays with the drawn values
+    (optim_db's initial state: SGD without momentum keeps none)."""
+    hp = dict(cls.defaults(conv))
+    hp.update({k: v for k, v in kw.items() if k in hp})
+    return any(isinstance(v, np.ndarray) for v in
+               optim_db.info(name).initial_state(hp, np.zeros(1)).values())
+
+
+def storage_problems(params, problems, name, cls, conv, kw, bad):
+    """The refusals the valid storage settings in ``kw`` must meet with these
+    params (``problems``: each param's own): ``(error type, pattern)`` each."""
+    sd, out = kw.get("state_dtype"), []
+    mw, rounding = kw.get("master_weights", False), kw.get("rounding")
+    param_opts = [k for k, on in (("master_weights", mw is True),
+                                  ("rounding", rounding is not None)) if on]
+    for key in param_opts:
+        if key in bad:
+            continue
+        if not cls.compact_params:
+            out.append((ValueError, rf"{cls.__name__} takes float32/float64 params only, so "
+                                    rf"(master_weights|rounding) would do nothing"))
+        elif not any(_native_half(p) for p in params):
+            out.append((ValueError, r"(master_weights|rounding) is for bfloat16 or float16 "
+                                    r"params"))
+    for i, p in enumerate(params):
+        if problems[i] is not None and "share memory" not in problems[i][1]:
+            continue
+        if _native_half(p) and cls.compact_params:
+            if kw.get("use_ema") is True:
+                out.append((ValueError, rf"params\[{i}\] is \w+: use_ema and use_swa"))
+            if "gradient_accumulation_steps" not in bad and kw.get(
+                    "gradient_accumulation_steps") is not None:
+                out.append((ValueError, rf"params\[{i}\] is \w+: gradient_accumulation_steps"))
+        if (sd in COMPACT_STATE_DTYPES and isinstance(p, np.ndarray)
+                and p.dtype == np.float64):
+            out.append((TypeError, rf"params\[{i}\] is float64: state_dtype={sd!r}"))
+    if sd in COMPACT_STATE_DTYPES and (not cls.compact_state
+                                       or not _keeps_state(name, cls, conv, kw)):
+        out.append((ValueError, rf"state_dtype={sd!r}: {cls.__name__} has .* Leave state_dtype "
+                                rf"unset"))
+    return out
+
+
+def compact_tensors(params, cls, kw):
+    """Per param, whether it is stored compactly (a 16-bit param, or state in
+    16 bits or int8 blocks: min_8bit_size elements or more), by the documented
+    rules."""
+    sd = kw.get("state_dtype")
+    least = kw.get("min_8bit_size", 4096)
+    return [_half(p.dtype) or sd in ("bfloat16", "float16")
+            or sd == "int8" and p.size >= least for p in params]
+
+
+def check_storage(opt, params, cls, kw):
+    """The arrays an accepted optimizer made are in the dtypes the settings
+    say: compact state in its format, the rest in float32 (16-bit params) or
+    the param's dtype, and a float32 master copy of each 16-bit param with
+    master_weights."""
+    sd, least = kw.get("state_dtype"), kw.get("min_8bit_size", 4096)
+    for i, (p, state) in enumerate(zip(params, opt.state)):
+        full = np.dtype(np.float32) if _half(p.dtype) else p.dtype
+        for key, a in state.items():
+            want = full
+            if key in cls.compact_state:
+                eff = sd if sd is not None else (p.dtype.name if _half(p.dtype) else None)
+                if eff in ("bfloat16", "float16"):
+                    want = np.dtype(BF16 if eff == "bfloat16" else np.float16)
+                elif eff == "int8" and p.size >= least:
+                    want = _core.Q8_DTYPE
+            assert a.dtype == want, f"params[{i}] state {key}: {a.dtype}, expected {want} ({kw})"
+        master = opt.master_params[i]
+        if kw.get("master_weights") is True and _half(p.dtype):
+            assert master is not None and master.dtype == np.float32 and master.shape == p.shape
+            assert np.array_equal(master, p.astype(np.float32)), f"params[{i}] master"
+        else:
+            assert master is None, f"params[{i}] has a master copy ({kw})"
 
 
 # Options: (value, valid) pairs; None leaves the option out.
@@ -364,16 +529,33 @@ def test_fuzz_public_api(data):
     accepted and then match a twin fed clean copies (bit for bit) and, for tame
     values, the float64 reference with the anchors' defaults; an invalid one
     must be refused with the error that names it, and change nothing."""
-    name, cls, conv = draw_optimizer(data)
+    # half the examples draw storage settings and 16-bit params (for the classes
+    # that take them; the others meet float16 as a param defect), mostly for the
+    # classes with compact state; the others stay comparable with the float64
+    # reference
+    compact_mode = data.draw(st.booleans(), label="storage settings")
+    name, cls, conv = draw_optimizer(data, COMPACT_WEIGHTED if compact_mode else NAMES)
     n = data.draw(st.integers(0, 4), label="nparams")
+    dtypes = (PARAM_DTYPES if not compact_mode else
+              [np.float32] * 3 + [np.float64] + (HALF_DTYPES if cls.compact_params else []))
     params = []
     for i in range(n):
         shape = data.draw(shapes, label=f"shape{i}")
-        dtype = data.draw(st.sampled_from([np.float32, np.float64]), label=f"dtype{i}")
+        dtype = data.draw(st.sampled_from(dtypes), label=f"dtype{i}")
         defect = data.draw(st.sampled_from(PARAM_DEFECTS), label=f"param defect{i}")
         params.append(make_param(data, shape, dtype, defect, params))
     kw, bad, tame, hp = draw_hyper(data, name, cls, conv)
+    storage, storage_bad = draw_storage(data, cls) if compact_mode else ({}, [])
+    if compact_mode:
+        # 16-bit params refuse these options: kept in one example in four, so
+        # that most reach a step
+        for key in ("use_ema", "gradient_accumulation_steps"):
+            if key in kw and key not in bad and data.draw(st.integers(0, 3), label=f"keep {key}"):
+                del kw[key]
+    kw.update(storage)
+    bad += storage_bad
     problems = [param_problem(i, p, params[:i], cls) for i, p in enumerate(params)]
+    stored = storage_problems(params, problems, name, cls, conv, kw, bad)
     first_bad_param = next((pr for pr in problems if pr is not None), None)
     # a shape the class refuses: checked with each param's format, before overlaps
     shape_problems = [pr for i, p in enumerate(params) if problems[i] is None or
@@ -394,10 +576,12 @@ def test_fuzz_public_api(data):
             [first_bad_param] if first_bad_param else []) + shape_problems + (
             [(ValueError, "only one of clipnorm, global_clipnorm and clipvalue")]
             if _clip_count(kw) > 1 else []) + (
-            [(ValueError, "got an empty parameter list")] if not params else [])
+            [(ValueError, "got an empty parameter list")] if not params else []) + stored
         # a rule across valid values (torch's nesterov needs momentum, Adafactor's
-        # relative_step): it names them, and may come before the other checks
-        across = [(ValueError, rf"\b{k}\b") for k in kw if kw[k] is not None]
+        # relative_step): it names them, and may come before the other checks;
+        # the storage rules are all foreseen by storage_problems
+        across = [(ValueError, rf"\b{k}\b") for k in kw
+                  if kw[k] is not None and k not in STORAGE_DRAWS]
         if not expected:
             TALLY["refused_across_values"] += 1
         expected += across
@@ -408,16 +592,22 @@ def test_fuzz_public_api(data):
     assert first_bad_param is None, f"{name}/{conv}: accepted params {first_bad_param}"
     assert params, f"{name}/{conv}: an empty parameter list accepted"
     assert _clip_count(kw) <= 1, f"{name}/{conv}: two clip options accepted"
+    assert not stored, f"{name}/{conv}: accepted {kw}, expected one of {stored}"
+    check_storage(opt, params, cls, kw)
+    compact = compact_tensors(params, cls, kw)
     TALLY["optimizers_built"] += 1
+    if any(compact):
+        TALLY["compact_optimizers_built"] += 1
     twin_params = [p.copy() for p in params]
     twin = cls(twin_params, convention=conv, **kw)
     ref = None
-    # 16-bit params round every step (their bits are checked against the twin here
-    # and with the rounding modelled in tests/test_compact.py), and the rules take
+    # compact tensors (16-bit params, compact state) round every step (their bits
+    # are checked against the twin here and with the rounding modelled in
+    # tests/test_compact.py), and the rules take
     # params of the entry's shape (Keras's Muon gives the others its AdamW step:
     # tests/test_muon.py checks that route)
     if (tame and conv in optim_db.info(name).rules
-            and not any(_half(p.dtype) for p in params)
+            and not any(compact)
             and all(optim_db.param_shape(name, p.shape) == p.shape for p in params
                     if isinstance(p, np.ndarray))):
         options = {k: kw[k] for k in reference.OPTIONS if k in kw}
@@ -427,7 +617,7 @@ def test_fuzz_public_api(data):
         grads, clean = [], []
         for i, p in enumerate(params):
             defect = data.draw(st.sampled_from(GRAD_DEFECTS), label=f"step{s} grad defect{i}")
-            g, c = make_grad(data, p, opt.state_arrays()[i], defect)
+            g, c = make_grad(data, p, opt.state_arrays()[i], defect, opt.master_params[i])
             grads.append(g)
             clean.append(c)
         ldefect = data.draw(st.sampled_from(LIST_DEFECTS), label=f"step{s} list defect")
@@ -449,8 +639,11 @@ def test_fuzz_public_api(data):
         if expected is None:
             # every grad's problem: the step may report any of them first (format
             # checks of all grads come before a RowGrad's index range)
+            owned = [[p] + list(opt.state_arrays()[i]) +
+                     [m for m in opt.master_params[i:i + 1] if m is not None]
+                     for i, p in enumerate(params)]
             expected = [pr for i, (g, p) in enumerate(zip(grads, params))
-                        if (pr := grad_problem(i, g, p, [p] + list(opt.state_arrays()[i]), opt))
+                        if (pr := grad_problem(i, g, p, owned[i], opt, compact[i]))
                         is not None] or None
             # Keras 3 refuses a step in which every grad is None
             if expected is None and conv == "keras" and n and all(g is None for g in grads):
@@ -469,6 +662,7 @@ def test_fuzz_public_api(data):
         twin.step(clean)
         assert_same_optimizer(opt, twin, f"{name}/{conv} step {s}")
         TALLY["updates_verified"] += 1
+        TALLY["compact_updates_verified"] += any(compact)
         if ref is not None:
             ref.step(clean)     # a RowGrad: the reference's lazy rule on its rows
     if ref is not None and opt.micro_steps > 0:
@@ -509,16 +703,30 @@ class _Current:
 def test_fuzz_param_groups_and_setters(data):
     """Param groups with random overrides, learning-rate edits (the setter) and
     group edits between steps.  Invalid values are refused (at construction or
-    at the assignment) with a message naming the value, and nothing changes; valid ones must be accepted and match a twin: one
-    optimizer per group whose schedulable values are schedules reporting the
-    values this test expects (another path than the setter and group sync)."""
+    at the assignment) with a message naming the value, and nothing changes;
+    valid ones must be accepted and match a twin: one optimizer per group whose
+    schedulable values are schedules reporting the values this test expects
+    (another path than the setter and group sync).  Groups may set their own
+    state_dtype and hold 16-bit params; each twin is then built with the
+    group's storage over copies of the params up to the group's, so that its
+    stochastic roundings (keyed by the param's index) are those of the group."""
     name, cls, conv = draw_optimizer(data)
     keys = [k for k in float_hyper(cls, conv) if cls.hyper[k].schedulable]
     ngroups = data.draw(st.integers(1, 3), label="groups")
-    groups, overrides = [], []
+    # the optimizer's storage: tiny params need min_8bit_size=0 for int8 blocks
+    storage = {k: v for k, v in (
+        ("state_dtype", data.draw(st.sampled_from([None] * 4 + list(GROUP_STATE_DTYPES)),
+                                  label="state_dtype")),
+        ("min_8bit_size", data.draw(st.sampled_from([None, 0, 0]), label="min_8bit_size")),
+        ("seed", data.draw(st.sampled_from([None, 9]), label="storage seed"))) if v is not None}
+    groups, overrides, gdtypes = [], [], []
     for gi in range(ngroups):
         size = data.draw(st.integers(1, 2), label=f"group{gi} size")
-        plist = [np.linspace(-1, 1, 3 + k + gi).astype(np.float32).reshape(
+        # (bfloat16 only: float16 params keep float16 state, see GROUP_STATE_DTYPES)
+        dtype = data.draw(st.sampled_from([np.float32] * 3 + ([BF16] if cls.compact_params and
+                                                              BF16 is not None else [])),
+                          label=f"group{gi} dtype")
+        plist = [np.linspace(-1, 1, 3 + k + gi).astype(dtype).reshape(
             optim_db.param_shape(name, 3 + k + gi)) for k in range(size)]
         over = {}
         for key in data.draw(st.lists(st.sampled_from(keys), max_size=2, unique=True),
@@ -526,25 +734,47 @@ def test_fuzz_param_groups_and_setters(data):
             default = cls.hyper[key].default(conv)
             over[key] = data.draw(st.sampled_from([default, 0.5 * default] + WILD[:4]),
                                   label=f"group{gi} {key}")
-        groups.append(dict(over, params=plist))
+        gdtype = data.draw(st.sampled_from([None] * 4 + list(GROUP_STATE_DTYPES)),
+                           label=f"group{gi} state_dtype")
+        groups.append(dict(over, params=plist, **({} if gdtype is None
+                                                   else {"state_dtype": gdtype})))
         overrides.append(over)
+        gdtypes.append(gdtype)
     bad = [k for over in overrides for k, v in over.items() if not value_ok(cls.hyper[k], v)]
+    # the storage rules: a name among the state dtypes, and compact state only
+    # where the class and the group's values keep state that may be compact
+    effective = [gd if gd is not None else storage.get("state_dtype") for gd in gdtypes]
+    bad_storage = [sd for sd in gdtypes + [storage.get("state_dtype")]
+                   if sd is not None and sd not in STORAGE_NAMES]
+    bad_storage += [sd for gi, sd in enumerate(effective) if sd in COMPACT_STATE_DTYPES
+                    and (not cls.compact_state or not _keeps_state(name, cls, conv,
+                                                                   overrides[gi]))]
     TALLY["inputs_tried"] += 1
     try:
-        opt = cls(groups, convention=conv)
+        opt = cls(groups, convention=conv, **storage)
     except CLEAN_ERRORS as err:
         # a value out of its declared range, or one a class rule refuses (Adafactor's
-        # epsilon_1 >= 0 but for torch's -1): the message names one of those drawn
+        # epsilon_1 >= 0 but for torch's -1): the message names one of those drawn;
+        # the storage rules are all foreseen here
         drawn = bad + [k for over in overrides for k in over if k not in bad]
-        _refused_with(err, drawn, f"{name}/{conv} groups {overrides}")
+        if bad_storage:
+            drawn.append("state_dtype")
+        else:
+            assert "state_dtype" not in str(err), f"{name}/{conv} {storage} {gdtypes}: {err}"
+        _refused_with(err, drawn, f"{name}/{conv} groups {overrides} {storage} {gdtypes}")
         TALLY["failures_survived"] += 1
         return
     assert not bad, f"{name}/{conv}: accepted {bad} in {overrides}"
+    assert not bad_storage, f"{name}/{conv}: accepted {storage} {gdtypes} ({bad_storage})"
     # what each group's values are now, by this test's account
     lr_default = cls.hyper["learning_rate"].default(conv)
     current = [{k: _Current(over.get(k, cls.hyper[k].default(conv))) for k in keys}
                for over in overrides]
-    twins = [cls([p.copy() for p in g["params"]], convention=conv, **current[gi])
+    firsts = np.cumsum([0] + [len(g["params"]) for g in groups])
+    TALLY["compact_group_optimizers_built"] += any(
+        sd in COMPACT_STATE_DTYPES for sd in effective) or any(_half(p.dtype) for p in opt.params)
+    twins = [cls([p.copy() for g in groups[:gi + 1] for p in g["params"]], convention=conv,
+                 **dict(storage, state_dtype=effective[gi]), **current[gi])
              for gi, g in enumerate(groups)]
     built = [set(_layout(name, conv, current[gi])) for gi in range(ngroups)]
     params = opt.params
@@ -613,12 +843,10 @@ def test_fuzz_param_groups_and_setters(data):
             opt.step(grads)
         else:
             assert pending_bad is None, f"{name}/{conv} step {s}: accepted {pending_bad}"
-        k = 0
-        for gi, twin in enumerate(twins):
-            twin.step(grads[k:k + len(twin.params)])
-            k += len(twin.params)
+        for twin in twins:
+            twin.step(grads[:len(twin.params)])
         mine = [p.tobytes() for p in params]
-        theirs = [p.tobytes() for t in twins for p in t.params]
+        theirs = [p.tobytes() for gi, t in enumerate(twins) for p in t.params[firsts[gi]:]]
         assert mine == theirs, f"{name}/{conv} step {s}: differs from the per-group twins"
         TALLY["updates_verified"] += 1
     TALLY["group_edits_verified"] += edits
