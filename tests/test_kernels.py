@@ -177,3 +177,21 @@ def test_multidimensional_and_zero_d_params(rng):
         opt_flat.step([g.ravel().copy() for g in grads])
     for a, b in zip(params, flat):
         assert np.array_equal(a.ravel(), b)
+
+
+def test_keras_rmsprop_follows_keras_operation_order():
+    """Keras's centered RMSprop averages with ``rho*mg + (1-rho)*g`` (torch's
+    lerps) and divides ``lr*g`` by the root: with rho = 0 its variance
+    v - mg^2 is exactly 0, so every step is ``lr*g / sqrt(eps)`` in float32,
+    as the same operations in NumPy give it (a lerp leaves a rounding
+    residue that sqrt(eps) amplifies)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(257).astype(np.float32)
+    want = w.copy()
+    opt = fo.RMSprop([w], learning_rate=0.01, rho=0.0, centered=True)
+    lr, eps = np.float32(0.01), np.float32(1e-7)
+    for _ in range(4):
+        g = rng.standard_normal(257).astype(np.float32)
+        opt.step([g])
+        want = want - (lr * g) / np.sqrt(eps)
+    assert w.tobytes() == want.tobytes()
