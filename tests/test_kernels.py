@@ -195,3 +195,21 @@ def test_keras_rmsprop_follows_keras_operation_order():
         opt.step([g])
         want = want - (lr * g) / np.sqrt(eps)
     assert w.tobytes() == want.tobytes()
+
+
+def test_keras_lamb_follows_keras_operation_order():
+    """Keras's Lamb moves v as ``v + (g^2 - v)*(1-b2)``: with beta_2 = 0 and
+    grads shrinking 10x a step, v drops 100x a step and the rounding of that
+    form (not of ``b2*v + (1-b2)*g^2``) is what Keras's trajectory carries;
+    float64 follows the reference to a few ulps."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(300)
+    want = w.copy()
+    opt = fo.Lamb([w], learning_rate=0.01, beta_2=0.0)
+    hp = dict(learning_rate=0.01, beta_1=opt.beta_1, beta_2=0.0, epsilon=opt.epsilon)
+    st = {"m": np.zeros(300), "v": np.zeros(300)}
+    for t in range(1, 9):
+        g = rng.standard_normal(300) * 10.0 ** -t
+        opt.step([g])
+        want = reference.lamb_keras(want, g, st, hp, t)
+    np.testing.assert_allclose(w, want, rtol=1e-13, atol=0)

@@ -1,7 +1,7 @@
 /*
  * Lamb (Keras 3): Adam's direction scaled per tensor by a trust ratio.
  *
- *   m <- m + (1-b1)*(g - m);   v <- b2*v + (1-b2)*g^2
+ *   m <- m + (1-b1)*(g - m);   v <- v + (1-b2)*(g^2 - v)     (Keras's forms)
  *   r  = (m/(1 - b1^t)) / (sqrt(v/(1 - b2^t)) + eps)
  *   phi = ||w||_2 / ||r||_2 over the whole tensor if both are > 0, else 1
  *   w <- w - lr*phi*r
@@ -20,7 +20,7 @@
 #define FO_KERNEL_NSTATE 2
 #define FO_KERNEL_REDUCE 1
 #define FO_KERNEL_HP(X) X(learning_rate) X(beta_1) X(beta_2) X(epsilon)
-#define FO_KERNEL_SCALARS(X) X(a1) X(c) X(eps) X(omb1) X(b2) X(omb2) X(step)
+#define FO_KERNEL_SCALARS(X) X(a1) X(c) X(eps) X(omb1) X(omb2) X(step)
 #include "declare.h"
 
 static double lamb_scalars(const fo_ctx *c, double *s)
@@ -31,7 +31,6 @@ static double lamb_scalars(const fo_ctx *c, double *s)
     s[S_c] = 1.0 / sqrt(1.0 - pow(b2, (double)c->t));
     s[S_eps] = h[HP_epsilon];
     s[S_omb1] = 1.0 - b1;
-    s[S_b2] = b2;
     s[S_omb2] = 1.0 - b2;
     s[S_step] = h[HP_learning_rate];
     return c->aux;
@@ -64,7 +63,7 @@ static void lamb_trust(const fo_tensor *t, const double *sums, double *s)
     {                                                                        \
         FO_PREP(gi, wi, ii);                                                 \
         FO_T mi = m[ii] + omb1 * (gi - m[ii]);                               \
-        FO_T vi = b2 * v[ii] + omb2 * (gi * gi);                             \
+        FO_T vi = v[ii] + omb2 * (gi * gi - v[ii]);                          \
         FO_T ri = mi * a1 / (FO_SQRT(vi) * c + eps);                         \
         m[ii] = mi; v[ii] = vi; w[ii] = wi;                                  \
         aw[j] += (double)wi * (double)wi;                                    \
@@ -77,7 +76,6 @@ static void FO_RFN(lamb)(const fo_tensor *t, int64_t begin, int64_t end, const d
     FO_KERNEL_BEGIN;
     LAMB_SCALARS;
     const FO_T omb1 = (FO_T)s[S_omb1];
-    const FO_T b2 = (FO_T)s[S_b2];
     const FO_T omb2 = (FO_T)s[S_omb2];
     double aw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     double ar[8] = {0, 0, 0, 0, 0, 0, 0, 0};
