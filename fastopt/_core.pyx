@@ -768,10 +768,13 @@ cdef class Engine:
                         f"astype), the optimizer still updates the old arrays: build a new "
                         f"optimizer over the new parameters. Otherwise compute the grad in "
                         f"the param's dtype (or cast it: g.astype(p.dtype))")
+                # (ml_dtypes' repr does not show a byte order)
+                swapped = "" if g.dtype.isnative else ", byte-swapped"
                 raise TypeError(f"grads[{i}]: expected dtype "
                                 f"{' or '.join(self.grad_dtypes(i))} (params[{i}] is "
-                                f"{self.params[i].dtype}); got {g.dtype!r}. Cast it with "
-                                f"g.astype(p.dtype) or compute the grad in the param's dtype")
+                                f"{self.params[i].dtype}); got {g.dtype!r}{swapped}. Cast it "
+                                f"with g.astype(p.dtype) or compute the grad in the param's "
+                                f"dtype")
             nd = cnp.PyArray_NDIM(a)
             bad_shape = nd != self.ndims[i]
             for k in range(nd if not bad_shape else 0):

@@ -487,6 +487,8 @@ def test_bad_grads_refused_and_nothing_changes():
         ([np.ones(5000, np.float16), None], "bfloat16 or float32"),
         ([np.ones(5000, np.float64), None], "bfloat16 or float32"),
         ([None, fo.RowGrad([1], np.ones((1, 100), np.float32))], "compact storage"),
+        # ml_dtypes' repr of a byte-swapped bfloat16 looks like the native one
+        ([np.ones(5000, bf16).astype(np.dtype(bf16).newbyteorder()), None], "byte-swapped"),
     ]:
         with pytest.raises((TypeError, ValueError), match=match):
             opt.step(grads)
