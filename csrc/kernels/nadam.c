@@ -2,7 +2,7 @@
  * Nadam (Adam with Nesterov momentum and a momentum schedule).
  *
  *   m <- m + (1-b1)*(g - m)
- *   v <- b2*v + (1-b2)*g^2
+ *   v <- v + (1-b2)*(g^2 - v)     (Keras's form; torch's: b2*v + (1-b2)*g^2)
  *   w <- w - (cm*m + cg*g) / (sqrt(v)*c + eps)
  *
  * with, computed on the host in double from the momentum schedule
@@ -18,7 +18,7 @@
 #define FO_KERNEL_NAME nadam
 #define FO_KERNEL_NSTATE 2
 #define FO_KERNEL_HP(X) X(learning_rate) X(beta_1) X(beta_2) X(epsilon) X(momentum_decay)
-#define FO_KERNEL_SCALARS(X) X(cm) X(cg) X(c) X(eps) X(omb1) X(b2) X(omb2)
+#define FO_KERNEL_SCALARS(X) X(cm) X(cg) X(c) X(eps) X(omb1) X(b2) X(omb2) X(lerp)
 #define FO_KERNEL_AUX 1
 #include "declare.h"
 
@@ -41,6 +41,7 @@ static double nadam_scalars(const fo_ctx *c, double *s)
     s[S_omb1] = 1.0 - b1;
     s[S_b2] = b2;
     s[S_omb2] = 1.0 - b2;
+    s[S_lerp] = c->convention == FO_KERAS ? 1.0 : 0.0;
     return prod;
 }
 #define FO_KERNEL_SCALARS_FN nadam_scalars
@@ -60,11 +61,19 @@ static void FO_FN(nadam)(const fo_tensor *t, int64_t begin, int64_t end, const d
     FO_T *restrict m = FO_STATE(0);
     FO_T *restrict v = FO_STATE(1);
 
-    FO_LOOP(
-        FO_T mi = m[i] + omb1 * (gi - m[i]);
-        FO_T vi = b2 * v[i] + omb2 * (gi * gi);
-        m[i] = mi; v[i] = vi;
-        w[i] = wi - (cm * mi + cg * gi) / (FO_SQRT(vi) * c + eps);)
+    if (s[S_lerp] != 0.0) {
+        FO_LOOP(
+            FO_T mi = m[i] + omb1 * (gi - m[i]);
+            FO_T vi = v[i] + omb2 * (gi * gi - v[i]);
+            m[i] = mi; v[i] = vi;
+            w[i] = wi - (cm * mi + cg * gi) / (FO_SQRT(vi) * c + eps);)
+    } else {
+        FO_LOOP(
+            FO_T mi = m[i] + omb1 * (gi - m[i]);
+            FO_T vi = b2 * v[i] + omb2 * (gi * gi);
+            m[i] = mi; v[i] = vi;
+            w[i] = wi - (cm * mi + cg * gi) / (FO_SQRT(vi) * c + eps);)
+    }
 }
 
 #endif
