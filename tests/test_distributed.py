@@ -961,7 +961,8 @@ def _every_check_true(world, results, name):
 
 
 COMPACT_CASES = ["Adam int8", "AdamW bfloat16 amsgrad", "RMSprop float16 centered",
-                 "Adam groups", "AdamW bfloat16 params", "SGD bfloat16 master weights",
+                 "Adam groups", "AdamW bfloat16 params", "Adam bfloat16 params global_clipnorm",
+                 "SGD bfloat16 master weights",
                  "Adam float16 params int8 state"]
 
 

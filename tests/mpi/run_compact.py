@@ -57,6 +57,9 @@ CASES = [
     ("Adam groups", fo.Adam, {"groups": True}),
     # 16-bit params: params[i] in dtypes[i], the grads of the ranks in gdtypes[i]
     ("AdamW bfloat16 params", fo.AdamW, {"seed": 7, "dtypes": [bfloat16] * 4}),
+    # norms over whole tensors from the shards' float32 grads (one Allgatherv of chunk sums)
+    ("Adam bfloat16 params global_clipnorm", fo.Adam, {
+        "global_clipnorm": 50.0, "skip_nonfinite": True, "dtypes": [bfloat16] * 4}),
     ("SGD bfloat16 master weights", fo.SGD, {"momentum": 0.9, "master_weights": True,
                                              "dtypes": [bfloat16, np.float32, bfloat16,
                                                         np.float32]}),
