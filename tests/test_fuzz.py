@@ -895,7 +895,7 @@ def _mutate(data, opt, s):
         ["none"] * 4 + ["param readonly", "param writeable", "param resize", "param setstate",
                         "param dtype", "state readonly", "state resize", "group set",
                         "group ior", "group del", "group popitem", "group clear",
-                        "group params", "option", "fork"]), label=f"step{s} mutation")
+                        "group params", "option", "fork", "mode"]), label=f"step{s} mutation")
     i = data.draw(st.integers(0, len(params) - 1), label=f"step{s} index")
     p = params[i]
     try:
@@ -933,6 +933,13 @@ def _mutate(data, opt, s):
                 group.clear()
             else:
                 group["params"] = list(group.get("params", ()))[::-1] + [np.zeros(2)]
+        elif what == "mode":
+            # the methods that rewrite the params from the state (schedule-free's
+            # eval/train, swap_averages, ASGD's averaged params), called in any order:
+            # a step they make invalid is refused and changes nothing
+            methods = [m for m in type(opt).param_methods if hasattr(opt, m)]
+            if methods:
+                getattr(opt, data.draw(st.sampled_from(methods), label=f"step{s} method"))()
         elif what == "option":
             key = data.draw(st.sampled_from(sorted(OPTION_VALUES)), label=f"step{s} option")
             value = data.draw(st.sampled_from(OPTION_VALUES[key]), label=f"step{s} {key}")
