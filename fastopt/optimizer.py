@@ -133,6 +133,16 @@ def pairs_to_grads(grads_and_vars: Iterable[Tuple[Optional[Array], Array]],
     return grads, pairs
 
 
+
+def _construction_only(name: str, read: Callable[[Any], Any], decides: str) -> property:
+    """A setting read as an attribute and set at construction only (an
+    assignment would otherwise make an attribute that does nothing)."""
+    def refuse(opt: Any, value: Any) -> None:
+        raise AttributeError(f"{name} is set at construction only ({decides}): build a "
+                             f"new optimizer with {name}={value!r}")
+    return property(read, refuse, doc=f"The {name} given at construction ({decides}).")
+
+
 class Optimizer(Options):
     """Base class: parameter groups, conventions, schedules, state, checkpoints.
 
@@ -846,14 +856,6 @@ class Optimizer(Options):
                 out.append(dict(zip(names, self._state[len(out)])))
         return out
 
-    def _construction_only(name, read, decides):    # noqa: N805 - a property factory
-        """A setting read as an attribute and set at construction only (an
-        assignment would otherwise make an attribute that does nothing)."""
-        def refuse(opt, value):
-            raise AttributeError(f"{name} is set at construction only ({decides}): build a "
-                                 f"new optimizer with {name}={value!r}")
-        return property(read, refuse, doc=f"The {name} given at construction ({decides}).")
-
     convention = _construction_only("convention", operator.attrgetter("_convention"),
                                     "it decides the formulas and defaults")
     state_dtype = _construction_only("state_dtype", lambda opt: opt._storage.state_dtype,
@@ -867,7 +869,6 @@ class Optimizer(Options):
     master_weights = _construction_only("master_weights",
                                         lambda opt: opt._storage.master_weights,
                                         "it decides whether float32 copies are kept")
-    del _construction_only
 
     @property
     def master_params(self) -> "list[Optional[Array]]":
