@@ -4,7 +4,7 @@ ShardedOptimizer against one process stepped with the ranks' gradients summed
 in rank order (in float32): params, state and master copies bit for bit after
 each step (the shards' blocks, rounding draws and min_8bit_size follow the
 whole params), through a save, consolidate and load into a plain optimizer,
-and through load_consolidated and more steps.  Each rank writes
+and through load_consolidated (and the rank files' own load) and more steps.  Each rank writes
 <argv[1]>/result.rank<k>.json."""
 import os
 import sys
@@ -109,11 +109,18 @@ for name, cls, kw in CASES:
     again_params = [p.copy() for p in init]
     again = ShardedOptimizer(cls, arg(again_params), comm, learning_rate=0.01, **opts)
     again.load_consolidated(prefix + ".npz")
+    # and one resumed from the rank files themselves
+    resumed_params = [p.copy() for p in init]
+    resumed = ShardedOptimizer(cls, arg(resumed_params), comm, learning_rate=0.01, **opts)
+    resumed.load(prefix)
     for t in range(4, 7):
         g = grads(t, rank, gdtypes)
         sharded.step(g)
         again.step(g)
+        resumed.step(g)
         ref.step(mean(t, gdtypes))
     report["stepped_on"] = same(params, ref_params) and same(again_params, ref_params)
+    report["resumed"] = same(resumed_params, ref_params) and same(
+        states(resumed.optimizer), states(sharded.optimizer))
     results[name] = report
 common.report(sys.argv[1], rank, results)
