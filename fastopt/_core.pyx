@@ -342,6 +342,7 @@ cdef class Engine:
     cdef double *work           # factored tensors' work arrays, one block
     cdef double *rcscratch      # the row/column pass's column sums per block of rows
     cdef bint factored          # the kernel keeps factored state (a row/column pass)
+    cdef bint multipass         # more than one pass over a tensor (a reduction or rows/columns)
     cdef list held
     # row gradients: per tensor, the distinct rows, their gradients and the
     # sums of repeated rows of the RowGrad bound now (grown, never shrunk)
@@ -427,7 +428,7 @@ cdef class Engine:
                 raise ValueError(f"expected {n} {name}; got {len(given)}")
         if len(self.masters) != n:
             raise ValueError(f"expected {n} masters; got {len(self.masters)}")
-        multipass = self.factored or self.info.reduce[0][0] != NULL
+        multipass = self.multipass = self.factored or self.info.reduce[0][0] != NULL
 
         cdef cnp.ndarray p, s
         cdef int64_t at = 0, nwork = 0
@@ -770,6 +771,9 @@ cdef class Engine:
                         f"the param's dtype (or cast it: g.astype(p.dtype))")
                 # (ml_dtypes' repr does not show a byte order)
                 swapped = "" if g.dtype.isnative else ", byte-swapped"
+                if self.multipass and _half(g.dtype):
+                    swapped += (f"; this optimizer makes more than one pass over a tensor, "
+                                f"so it reads float32 grads")
                 raise TypeError(f"grads[{i}]: expected dtype "
                                 f"{' or '.join(self.grad_dtypes(i))} (params[{i}] is "
                                 f"{self.params[i].dtype}); got {g.dtype!r}{swapped}. Cast it "
@@ -816,13 +820,15 @@ cdef class Engine:
     cdef int _grad_format(self, Py_ssize_t i, cnp.ndarray a):
         """How a grad of a's dtype is read for params[i] (FO_FMT_*), or -1
         if it is not allowed: the param's dtype; bfloat16 or float16 grads of
-        float32 params; float32 grads of 16-bit params."""
+        float32 params (for a kernel with one pass over a tensor); float32
+        grads of 16-bit params."""
         if not cnp.PyArray_ISNOTSWAPPED(a):
             return -1
         if cnp.PyArray_TYPE(a) == self.typenums[i]:
             return self.tensors[i].pfmt
         cdef int half = _half((<object>a).dtype)
-        if self.typenums[i] == cnp.NPY_FLOAT and half:
+        # the passes before the elementwise one read the grad as the param's dtype
+        if self.typenums[i] == cnp.NPY_FLOAT and half and not self.multipass:
             return half
         if self.tensors[i].pfmt and cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT:
             return FO_FMT_NATIVE
@@ -832,7 +838,7 @@ cdef class Engine:
         """The grad dtypes params[i] takes (names), for messages."""
         p = self.params[i].dtype
         if p == np.float32:
-            return ["float32", "bfloat16", "float16"]
+            return ["float32"] + ([] if self.multipass else ["bfloat16", "float16"])
         return [str(p)] + (["float32"] if self.tensors[i].pfmt else [])
 
     cdef int64_t _overlap_owner(self, uintptr_t lo, uintptr_t hi) noexcept:

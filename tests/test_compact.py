@@ -299,6 +299,25 @@ def test_float32_params_take_16bit_grads():
     assert w.tobytes() == w2.tobytes()
 
 
+@pytest.mark.parametrize("cls", [fo.Lamb, fo.Adafactor, fo.Muon])
+@pytest.mark.parametrize("gdtype", ["bfloat16", "float16"])
+def test_kernels_of_more_than_one_pass_refuse_16bit_grads(cls, gdtype):
+    """Lamb's and Muon's reductions and Adafactor's row/column pass read the grad
+    as the param's dtype: a 16-bit grad of a float32 param is refused, naming
+    why, and nothing changes (a float32 grad steps)."""
+    w = np.linspace(-1, 1, 40 * 30).astype(np.float32).reshape(40, 30)
+    opt = cls([w])
+    before = [w.tobytes()] + [a.tobytes() for st in opt.state_arrays() for a in st]
+    g = np.full(w.shape, 0.25, bf16 if gdtype == "bfloat16" else np.float16)
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected dtype float32 .*more than one "
+                                        r"pass over a tensor"):
+        opt.step([g])
+    assert [w.tobytes()] + [a.tobytes() for st in opt.state_arrays() for a in st] == before
+    assert opt.iterations == 0
+    opt.step([g.astype(np.float32)])
+    assert opt.iterations == 1 and np.isfinite(w).all()
+
+
 def test_16bit_grads_accumulate_as_their_float32_values():
     rng = np.random.default_rng(13)
     w = rng.standard_normal(9000).astype(np.float32)

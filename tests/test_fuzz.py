@@ -171,10 +171,17 @@ def _half(dtype):
     return dtype == np.float16 or dtype.name == "bfloat16"
 
 
-def _grad_dtype_ok(g, p):
-    """The grad dtypes a param takes: its own; 16-bit floats for float32 params;
+def _grad_dtype_ok(g, p, multipass=False):
+    """The grad dtypes a param takes: its own; 16-bit floats for float32 params
+    (unless the kernel makes more than one pass over a tensor: ``multipass``);
     float32 for 16-bit params."""
-    return g == p or (p == np.float32 and _half(g)) or (_half(p) and g == np.float32)
+    return g == p or (p == np.float32 and _half(g) and not multipass) or (
+        _half(p) and g == np.float32)
+
+
+def _multipass(cls):
+    """The kernel reads a tensor more than once (a reduction or rows/columns pass)."""
+    return _core.kernel_reduces(cls.kernel) or _core.kernel_factored(cls.kernel)
 
 
 def make_rowgrad(data, rng, p, scale, defect):
@@ -277,7 +284,7 @@ def grad_problem(i, g, p, owned, opt, compact=False):
         return rowgrad_problem(i, g, p, opt, compact)
     if not isinstance(g, np.ndarray):
         return TypeError, rf"grads\[{i}\]: expected a numpy.ndarray"
-    if not (_grad_dtype_ok(g.dtype, p.dtype) and g.dtype.isnative):
+    if not (_grad_dtype_ok(g.dtype, p.dtype, _multipass(type(opt))) and g.dtype.isnative):
         return TypeError, rf"grads\[{i}\]: expected dtype {p.dtype.name}"
     if g.shape != p.shape:
         return ValueError, rf"grads\[{i}\]: expected shape"
