@@ -584,6 +584,10 @@ def test_fuzz_public_api(data):
             [(ValueError, "only one of clipnorm, global_clipnorm and clipvalue")]
             if _clip_count(kw) > 1 else []) + (
             [(ValueError, "got an empty parameter list")] if not params else []) + stored
+        # every param's own format (a 16-bit param a class refuses) is checked before
+        # the params are compared for overlaps
+        if first_bad_param is not None and "share memory" in first_bad_param[1]:
+            expected += [pr for pr in problems if pr is not None and "share memory" not in pr[1]]
         # a rule across valid values (torch's nesterov needs momentum, Adafactor's
         # relative_step): it names them, and may come before the other checks;
         # the storage rules are all foreseen by storage_problems
@@ -709,6 +713,15 @@ class _Current:
 
     def __call__(self, step):
         return self.value
+
+
+def _nonfinite_alike(p, q):
+    """Equal but where both are inf or NaN: a twin's value given as a schedule
+    that returns 0 keeps its state (a momentum buffer) and multiplies it, and
+    0 * inf is NaN where the optimizer without the buffer has inf."""
+    p, q = p.astype(np.float64), q.astype(np.float64)
+    differ = (p != q) & ~(np.isnan(p) & np.isnan(q))
+    return bool((~np.isfinite(p[differ])).all() and (~np.isfinite(q[differ])).all())
 
 
 @FUZZ
@@ -858,9 +871,10 @@ def test_fuzz_param_groups_and_setters(data):
             assert pending_bad is None, f"{name}/{conv} step {s}: accepted {pending_bad}"
         for twin in twins:
             twin.step(grads[:len(twin.params)])
-        mine = [p.tobytes() for p in params]
-        theirs = [p.tobytes() for gi, t in enumerate(twins) for p in t.params[firsts[gi]:]]
-        assert mine == theirs, f"{name}/{conv} step {s}: differs from the per-group twins"
+        theirs = [p for gi, t in enumerate(twins) for p in t.params[firsts[gi]:]]
+        for i, (p, q) in enumerate(zip(params, theirs)):
+            assert p.tobytes() == q.tobytes() or _nonfinite_alike(p, q), (
+                f"{name}/{conv} step {s}: params[{i}] differs from the per-group twins")
         TALLY["updates_verified"] += 1
     TALLY["group_edits_verified"] += edits
 
