@@ -36,12 +36,19 @@ def half_name(dtype):
     return _HALF.get(_core.storage_format(dtype))
 
 
+def grad_dtype_names(p):
+    """The grad dtypes an elementwise kernel reads for a param of dtype ``p``:
+    its own; bfloat16 and float16 for float32; float32 for 16-bit."""
+    p = np.dtype(p)
+    if p == np.float32:
+        return ["float32", "bfloat16", "float16"]
+    return [p.name] + (["float32"] if half_name(p) else [])
+
+
 def grad_dtype_ok(g, p):
-    """Whether the kernels read a grad of dtype ``g`` for a param of dtype
-    ``p``: its own; bfloat16 or float16 for float32; float32 for 16-bit."""
-    g, p = np.dtype(g), np.dtype(p)
-    return g == p or (p == np.float32 and half_name(g) is not None) or (
-        half_name(p) is not None and g == np.float32)
+    """Whether a grad of dtype ``g`` is read for a param of dtype ``p``."""
+    g = np.dtype(g)
+    return g.isnative and g.name in grad_dtype_names(p)
 
 
 def param_dtype(s):

@@ -58,22 +58,15 @@ static void FO_FN(nadam)(const fo_tensor *t, int64_t begin, int64_t end, const d
     const FO_T omb1 = (FO_T)s[S_omb1];
     const FO_T b2 = (FO_T)s[S_b2];
     const FO_T omb2 = (FO_T)s[S_omb2];
+    const int lerp = s[S_lerp] != 0.0;     /* Keras's form of v */
     FO_T *restrict m = FO_STATE(0);
     FO_T *restrict v = FO_STATE(1);
 
-    if (s[S_lerp] != 0.0) {
-        FO_LOOP(
-            FO_T mi = m[i] + omb1 * (gi - m[i]);
-            FO_T vi = v[i] + omb2 * (gi * gi - v[i]);
-            m[i] = mi; v[i] = vi;
-            w[i] = wi - (cm * mi + cg * gi) / (FO_SQRT(vi) * c + eps);)
-    } else {
-        FO_LOOP(
-            FO_T mi = m[i] + omb1 * (gi - m[i]);
-            FO_T vi = b2 * v[i] + omb2 * (gi * gi);
-            m[i] = mi; v[i] = vi;
-            w[i] = wi - (cm * mi + cg * gi) / (FO_SQRT(vi) * c + eps);)
-    }
+    FO_LOOP(
+        FO_T mi = m[i] + omb1 * (gi - m[i]);
+        FO_T vi = lerp ? v[i] + omb2 * (gi * gi - v[i]) : b2 * v[i] + omb2 * (gi * gi);
+        m[i] = mi; v[i] = vi;
+        w[i] = wi - (cm * mi + cg * gi) / (FO_SQRT(vi) * c + eps);)
 }
 
 #endif

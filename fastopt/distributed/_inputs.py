@@ -5,7 +5,7 @@ protocol."""
 import numpy as np
 
 from .. import _core
-from .._compact import grad_dtype_ok, half_name
+from .._compact import grad_dtype_names, grad_dtype_ok
 from .._core import RowGrad
 from ..optimizers import REGISTRY, Optimizer
 from ._agree import describe
@@ -117,10 +117,9 @@ def check_grads(grads, params, tables=(), reduces=False):
             return i + 1, (f"grads[{i}]: expected a numpy.ndarray of dtype {p.dtype} and "
                            f"shape {p.shape}; got {type(g).__name__}")
         if not grad_dtype_ok(g.dtype, p.dtype):
-            other = {"float32": " (or bfloat16, float16)"}.get(p.dtype.name, (
-                " (or float32)" if half_name(p.dtype) else ""))
-            return i + 1, (f"grads[{i}]: expected dtype {p.dtype}{other} (the dtype of "
-                           f"params[{i}]); got {g.dtype}. Cast it with g.astype(p.dtype)")
+            return i + 1, (f"grads[{i}]: expected dtype {' or '.join(grad_dtype_names(p.dtype))} "
+                           f"(params[{i}] is {p.dtype}); got {g.dtype}. Cast it with "
+                           f"g.astype(p.dtype)")
         if g.shape != p.shape:
             return i + 1, (f"grads[{i}]: expected shape {p.shape} (the shape of "
                            f"params[{i}]); got {g.shape}")

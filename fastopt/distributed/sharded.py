@@ -222,7 +222,10 @@ class ShardedOptimizer:
         flat = [p for plist, _ in groups for p in plist]
         for i, p in enumerate(flat):
             _core.check_param(p, i)
-        self._check_param_options(opt_class, flat, kwargs)
+        # master_weights and rounding act on the 16-bit params of the whole model:
+        # a rank whose pieces are all float32 takes them too
+        _compact.check_param_options(opt_class, kwargs.get("master_weights", False),
+                                     kwargs.get("rounding"), flat)
         check_disjoint(flat)
         self._params = flat
         self._shapes = [tuple(int(d) for d in p.shape) for p in flat]
@@ -265,13 +268,6 @@ class ShardedOptimizer:
         self._reduces = self._needs_reducer(kwargs)
         if self._reduces:
             self.optimizer._stepper.set_reducer(self._reducer)
-
-    @staticmethod
-    def _check_param_options(opt_class, flat, kwargs):
-        """``master_weights`` and ``rounding`` act on the 16-bit params of the
-        whole model: a rank whose pieces are all float32 takes them too."""
-        _compact.check_param_options(opt_class, kwargs.get("master_weights", False),
-                                     kwargs.get("rounding"), flat)
 
     def _needs_reducer(self, kwargs):
         """Whether a step reduces over whole tensors (a norm, a finite check)."""
