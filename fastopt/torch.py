@@ -54,13 +54,16 @@ Adding an optimizer: a fastopt class with ``convention="torch"`` and one line
 in ``_TABLE`` (its torch name, the fastopt class, the names torch gives its
 state arrays and any keyword torch names differently).
 """
+import functools
 import inspect
+import itertools
 import operator
 
 import numpy as np
 
 try:
     import torch  # type: ignore[import-not-found, unused-ignore]
+    from torch.optim import optimizer as _torch_optimizer  # type: ignore[import-not-found, unused-ignore]
     from torch.optim.optimizer import (  # type: ignore[import-not-found, unused-ignore]
         _get_scalar_dtype)
 except ImportError as exc:     # pragma: no cover - exercised without torch only
@@ -110,6 +113,49 @@ def _bump_versions(tensors):
     else:                  # pragma: no cover
         for t in tensors:
             torch.autograd.graph.increment_version(t)
+
+
+def _hook_step(func):
+    """``func`` wrapped as :meth:`torch.optim.Optimizer.profile_hook_step`
+    wraps a step: the global and the optimizer's own step pre-hooks (one may
+    return new ``(args, kwargs)``), the step, then the post-hooks, in torch's
+    order.  torch's wrapper also enters a ``record_function`` label on every
+    step, which costs about 30 us even when no profiler is on (7% of a step of
+    404 tensors); here the label is entered only while a profiler runs, under
+    torch's name.  With a torch that lacks the pieces used here, ``func`` is
+    returned as it is and torch's own wrapper applies."""
+    pre = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+    post = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+    enabled = getattr(getattr(torch._C, "_autograd", None), "_profiler_enabled", None)
+    if not (isinstance(pre, dict) and isinstance(post, dict) and callable(enabled)):
+        return func     # pragma: no cover - torch before 2.0
+
+    def hooked(self, args, kwargs):
+        for hook in itertools.chain(pre.values(), self._optimizer_step_pre_hooks.values()):
+            result = hook(self, args, kwargs)
+            if result is not None:
+                if isinstance(result, tuple) and len(result) == 2:
+                    args, kwargs = result
+                else:
+                    raise RuntimeError(f"{func} must return None or a tuple of (new_args, "
+                                       f"new_kwargs), but got {result}.")
+        out = func(*args, **kwargs)
+        self._optimizer_step_code()
+        for hook in itertools.chain(self._optimizer_step_post_hooks.values(), post.values()):
+            hook(self, args, kwargs)
+        return out
+
+    @functools.wraps(func)
+    def step(*args, **kwargs):
+        self = args[0]
+        if enabled():
+            with torch.autograd.profiler.record_function(
+                    f"Optimizer.step#{type(self).__name__}.step"):
+                return hooked(self, args, kwargs)
+        return hooked(self, args, kwargs)
+
+    step.hooked = True      # type: ignore[attr-defined]  # torch's mark: not wrapped again
+    return step
 
 
 class _Spec:
@@ -444,6 +490,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             values = values.contiguous()
         return _RowGrad(g._indices()[0].numpy(), values.numpy())
 
+    @_hook_step
     def step(self, closure=None):
         """One update of every parameter that has a ``.grad`` (the others and
         their state are left as they are).  ``closure`` re-evaluates the model

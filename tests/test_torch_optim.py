@@ -381,6 +381,91 @@ def test_set_to_none_false_and_closure_and_hooks():
     assert opt.state[m.weight]["momentum_buffer"].shape == m.weight.shape
 
 
+def _hook_log(make):
+    """The calls of global and per-optimizer step hooks around a step of the
+    optimizer ``make`` builds, as (hook, optimizer class, args, kwargs)."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 1)
+    opt = make(m.parameters())
+    log = []
+
+    def rec(tag):
+        return lambda o, a, k: log.append((tag, type(o).__name__, len(a), sorted(k)))
+
+    handles = [register_optimizer_step_pre_hook(rec("global pre")),
+               opt.register_step_pre_hook(rec("pre")),
+               opt.register_step_post_hook(rec("post")),
+               register_optimizer_step_post_hook(rec("global post"))]
+    try:
+        m(torch.ones(2, 3)).sum().backward()
+        opt.step(closure=None)
+        opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    return log, m.weight.detach().clone()
+
+
+def test_step_hooks_run_as_torch_runs_them():
+    """Global and per-optimizer pre/post hooks see the same calls, in the same
+    order and with the same arguments, as around torch.optim's step."""
+    ours, w_ours = _hook_log(lambda ps: ft.SGD(ps, lr=0.1))
+    theirs, w_theirs = _hook_log(lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert [c[0] for c in ours] == ["global pre", "pre", "post", "global post"] * 2
+    assert ours == theirs
+    torch.testing.assert_close(w_ours, w_theirs, rtol=0, atol=0)
+
+
+def test_step_pre_hook_may_replace_the_arguments():
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 1)
+    opt = ft.Adam(m.parameters(), lr=0.1)
+    before = m.weight.detach().clone()
+    losses = []
+
+    def closure():
+        opt.zero_grad()
+        loss = m(torch.ones(2, 3)).sum()
+        loss.backward()
+        losses.append(loss)
+        return loss
+
+    opt.register_step_pre_hook(lambda o, a, k: (a, {"closure": closure}))
+    loss = opt.step()
+    assert len(losses) == 1 and loss is losses[0]
+    assert not torch.equal(m.weight.detach(), before)
+
+
+def test_step_pre_hook_bad_return_is_refused_and_changes_nothing():
+    m = torch.nn.Linear(3, 1)
+    opt = ft.Adam(m.parameters(), lr=0.1)
+    m(torch.ones(2, 3)).sum().backward()
+    before = [p.detach().clone() for p in m.parameters()]
+    opt.register_step_pre_hook(lambda o, a, k: "no")
+    with pytest.raises(RuntimeError, match="must return None or a tuple of"):
+        opt.step()
+    for p, b in zip(m.parameters(), before):
+        assert torch.equal(p.detach(), b)
+    assert not opt.state
+
+
+def test_step_is_labelled_for_the_profiler_as_torch_labels_it():
+    """Under the profiler, the step records torch's label for it; torch's own
+    wrapper does not wrap the class again (its mark is set)."""
+    m = torch.nn.Linear(3, 1)
+    opt = ft.AdamW(m.parameters(), lr=0.1)
+    m(torch.ones(2, 3)).sum().backward()
+    assert getattr(type(opt).step, "hooked", False)
+    assert not hasattr(type(opt).step.__wrapped__, "__wrapped__")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    names = [e.name for e in prof.events()]
+    assert names.count("Optimizer.step#AdamW.step") == 1
+    opt.step()      # the profiler is off again: the step runs without the label
+
+
 def test_add_param_group_and_per_group_options(float64_default):
     torch.manual_seed(0)
     a, b = (torch.nn.Linear(5, 5) for _ in range(2))
