@@ -2,10 +2,14 @@
  * The one driver: work split, the single parallel region, SIMD choice,
  * deterministic reductions.
  */
+#if !defined(_POSIX_C_SOURCE) && !defined(_WIN32)
+#define _POSIX_C_SOURCE 200809L     /* clock_gettime under -std=c99 */
+#endif
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fastopt.h"
 
@@ -147,6 +151,19 @@ int fo_max_threads(void)
     return omp_get_max_threads();
 #else
     return 1;
+#endif
+}
+
+int64_t fo_now_ns(void)
+{
+#if defined(CLOCK_MONOTONIC)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#elif defined(_OPENMP)
+    return (int64_t)(omp_get_wtime() * 1e9);
+#else
+    return (int64_t)((double)clock() * (1e9 / CLOCKS_PER_SEC));
 #endif
 }
 

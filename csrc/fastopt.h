@@ -281,6 +281,7 @@ int fo_max_team(void);                   /* most threads a step uses: 4 per proc
 int fo_team_seen(void);                  /* most threads a driver call ran with since the last call */
 int64_t fo_parallel_threshold(void);
 void fo_set_parallel_threshold(int64_t n);
+int64_t fo_now_ns(void);                 /* a monotonic clock, in nanoseconds */
 
 #ifdef __cplusplus
 }

@@ -128,3 +128,4 @@ cdef extern from "fastopt.h" nogil:
     int fo_team_seen()
     int64_t fo_parallel_threshold()
     void fo_set_parallel_threshold(int64_t n)
+    int64_t fo_now_ns()

@@ -158,6 +158,125 @@ def set_default_threads(n):
     _default_threads = 0 if n is None else n
 
 
+# The measured team (TeamTuner).  Each team runs in runs of RUN steps: the
+# first period of a run is dropped (it pays the switch: workers that slept
+# while one thread ran must be woken), the others are samples.  A team's first
+# run gives its shortest period (a new optimizer's first steps still fault in
+# pages and fill caches); later samples move its estimate by ALPHA, one above
+# twice the estimate counting as twice (a pause between steps, a collection).
+# After a run of each, the better team runs and the other gets a run after
+# FIRST steps, then after GROW times as many each time the run confirms the
+# choice, up to LAST steps: a retry costs RUN steps of the slower team and one
+# switch back (a wake-up), so retries are rare.
+cdef double _TUNE_ALPHA = 0.25
+cdef int _TUNE_RUN = 3
+cdef int64_t _TUNE_FIRST = 16, _TUNE_GROW = 4, _TUNE_LAST = 1024
+
+
+cdef class TeamTuner:
+    """The team of a step at the default thread count: one thread or OpenMP's
+    whole default team, whichever has been giving the shorter period from one
+    step's start to the next.  The period holds the step and what its waiting
+    workers cost the work between steps: beside BLAS or torch threads, in a
+    second process on the same cores, or where waking a sleeping worker takes
+    longer than the split saves (a small step after a forward and backward
+    pass), one thread wins; on a quiet machine, large steps take the team.
+    The team size never changes a result (every kernel and reduction is
+    bit-identical at any thread count), so the choice is free to follow
+    timing."""
+    cdef readonly int most           # the team the estimates are for (0: none yet)
+    cdef double ema[2]               # estimated period, ns: [one thread, the team]
+    cdef int64_t count[2]
+    cdef int64_t last                # start of the previous step (0: none)
+    cdef readonly int arm            # what the previous step ran: 0 one thread, 1 the team
+    cdef int run                     # steps of the current run of `arm`, the previous included
+    cdef int64_t since, interval     # steps since the other team's last run; the gap before the next
+    cdef bint exploring              # the current run tries the other team
+    cdef int best_before
+
+    def __cinit__(self):
+        self._reset(0)
+
+    cdef void _reset(self, int most) noexcept:
+        self.most = most
+        self.ema[0] = self.ema[1] = 0.0
+        self.count[0] = self.count[1] = 0
+        self.last = 0
+        self.arm = -1
+        self.run = 0
+        self.since = 0
+        self.interval = _TUNE_FIRST
+        self.exploring = False
+        self.best_before = 1
+
+    cdef inline int _best(self) noexcept:
+        return 0 if self.ema[0] < self.ema[1] else 1
+
+    cdef int pick(self, int most, int64_t now) noexcept:
+        """Threads for a step starting at ``now`` (ns) when ``most`` is the
+        default team; the period since the previous start is its sample."""
+        cdef int a = self.arm
+        cdef double x, e
+        if most <= 1:
+            self._reset(0)
+            return 1
+        if most != self.most:
+            self._reset(most)
+            a = -1
+        if a >= 0 and self.run >= 2 and now > self.last:
+            x = <double>(now - self.last)
+            e = self.ema[a]
+            if self.count[a] == 0:
+                self.ema[a] = x
+            elif self.count[a] < _TUNE_RUN - 1:
+                self.ema[a] = x if x < self.ema[a] else self.ema[a]    # the first run: its best
+            else:
+                self.ema[a] = e + _TUNE_ALPHA * ((x if x < 2.0 * e else 2.0 * e) - e)
+            self.count[a] += 1
+        self.last = now
+        if a < 0:
+            a = 1                                   # the first run: the team
+        elif self.run < _TUNE_RUN:
+            pass                                    # a run goes on
+        elif self.count[0] == 0 or self.count[1] == 0:
+            a = 1 - a                               # each team's first run
+            self.run = 0
+        elif self.exploring:
+            self.exploring = False                  # the other team's run is over
+            a = self._best()
+            self.interval = (_TUNE_FIRST if a != self.best_before
+                             else min(_TUNE_GROW * self.interval, _TUNE_LAST))
+            self.since = 0
+            self.run = 0
+        else:
+            a = self._best()
+            self.since += 1
+            if a != self.arm:                       # the running team got slower
+                self.interval = _TUNE_FIRST
+                self.since = 0
+            elif self.since >= self.interval:
+                self.exploring = True
+                self.best_before = a
+                a = 1 - a
+                self.run = 0
+        if a != self.arm:
+            self.run = 0
+        self.run += 1
+        self.arm = a
+        return most if a else 1
+
+    def pick_at(self, int most, int64_t now_ns):
+        """:meth:`pick` with the clock given (for tests)."""
+        return self.pick(most, now_ns)
+
+    def estimates(self):
+        """The estimated periods (s) of one thread and of the team (None
+        before a second sample), and the steps until the other is tried."""
+        return {"one thread": self.ema[0] * 1e-9 if self.count[0] > 1 else None,
+                "team": self.ema[1] * 1e-9 if self.count[1] > 1 else None,
+                "team size": self.most, "retry interval": self.interval}
+
+
 cdef str _describe(obj):
     if isinstance(obj, np.ndarray):
         return f"a {obj.dtype} array of shape {obj.shape}"
@@ -1268,6 +1387,7 @@ cdef class Stepper:
     cdef int64_t swa_start, swa_freq, _n_averaged
     cdef double swa_decay        # < 0: uniform average
     cdef int own_threads
+    cdef readonly TeamTuner tuner     # the team of a step at the default thread count
     # counters
     cdef int64_t _iterations, _micro, _skipped
     # this step's rows: key of each row, the host value it hands on
@@ -1383,6 +1503,7 @@ cdef class Stepper:
         self.ema_freq = 0
         self.ema_momentum = 0.0
         self.own_threads = 0
+        self.tuner = TeamTuner()
 
     def __dealloc__(self):
         free(self.ghp)
@@ -1540,6 +1661,14 @@ cdef class Stepper:
         if self.own_threads:
             return self.own_threads
         return _default_threads if _default_threads else fo_max_threads()
+
+    cdef int _step_threads(self):
+        """A step's threads: as set, or at the default the measured team."""
+        if self.own_threads:
+            return self.own_threads
+        if _default_threads:
+            return _default_threads
+        return self.tuner.pick(fo_max_threads(), fo_now_ns())
 
     cdef int _schedules(self, int64_t step) except -1:
         cdef Py_ssize_t gi
@@ -1793,7 +1922,7 @@ cdef class Stepper:
             # a process whose part of every stepped tensor is empty still takes
             # part in the step's collectives
             active = bool(self.reducer.active)
-        cdef int nthreads = self._threads()
+        cdef int nthreads = self._step_threads()
         cdef int64_t k = self.accum_k, updates_before = self._iterations, step, t_shared
         cdef int32_t nrows = 0, g
         cdef double ema_hp[3]

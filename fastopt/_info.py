@@ -14,6 +14,7 @@ def config() -> dict[str, Any]:
         "simd": _core.get_simd(),
         "simd_supported": _core.simd_supported(),
         "threads": _threads.get_num_threads(),
+        "threads_measured": _threads.measured(),
         "omp_max_threads": _core.max_threads(),
         "max_team": _core.max_team(),
         "parallel_threshold": _core.parallel_threshold(),
@@ -32,6 +33,10 @@ def show_config() -> None:
     print(f"  SIMD variant       : {c['simd']} (this CPU supports: {', '.join(c['simd_supported'])})")
     print(f"  threads            : {c['threads']} (OpenMP default {c['omp_max_threads']}, "
           f"{c['cpu_count']} CPUs; a step uses at most {c['max_team']})")
+    if c["threads_measured"] and c["threads"] > 1:
+        print(f"  team of a step     : measured per optimizer: 1 or {c['threads']} threads, "
+              f"whichever gives the shorter period between steps (fo.set_num_threads(n) or "
+              f"num_threads=n fixes it)")
     print(f"  OpenMP wait        : {c['omp_wait']}")
     print(f"  parallel threshold : {c['parallel_threshold']} elements for SGD, "
           f"{c['parallel_threshold'] // 2} for Adam-like kernels")

@@ -204,7 +204,9 @@ class Optimizer(Options):
         A step whose grads hold NaN or Inf changes nothing (parameters, state,
         counters) and is counted in ``skipped_steps``.
     num_threads : int
-        Threads for this optimizer (default: :func:`fastopt.get_num_threads`).
+        Threads for this optimizer.  Default: as :func:`fastopt.set_num_threads`
+        set, or else one thread or :func:`fastopt.get_num_threads`, whichever
+        has been giving the shorter period between this optimizer's steps.
 
     Every option is an attribute of the same name.  Assigning one between
     steps is validated like the keyword and applies from the next step;

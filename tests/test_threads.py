@@ -276,6 +276,104 @@ def test_omp_num_threads_is_the_default(n):
     assert out.stdout.strip() == expect
 
 
+# ---- the measured team at the default thread count ----------------------------------------
+
+def _simulate(tuner, periods, steps, most=2, start=0):
+    """Step ``tuner`` on a clock where a step with one thread lasts
+    ``periods(i)[0]`` ns and one with the team ``periods(i)[1]``; the teams
+    it picked, in order."""
+    now, picks = start, []
+    for i in range(steps):
+        k = tuner.pick_at(most, now)
+        picks.append(k)
+        now += periods(i)[0 if k == 1 else 1]
+    return picks, now
+
+
+@pytest.mark.parametrize("one, team, winner", [(100_000, 60_000, 4), (100_000, 150_000, 1),
+                                                (3_050_000, 3_200_000, 1)])
+def test_measured_team_runs_the_shorter_period(one, team, winner):
+    """After a run of each, the team with the shorter period runs; the other is
+    tried again at growing intervals, so it costs a small share of steps."""
+    tuner = _core.TeamTuner()
+    picks, _ = _simulate(tuner, lambda i: (one, team), 3000, most=4)
+    assert picks[:3] == [4] * 3 and picks[3:6] == [1] * 3     # a run of each to start
+    assert picks[6:21] == [winner] * 15        # then the better one, 16 steps before a retry
+    loser = 5 - winner
+    # its first run, then runs of 3 after 16, 64, 256, 1024, 1024 ... steps
+    assert picks.count(loser) <= 3 + 3 * 5, picks.count(loser)
+    assert picks[-1000:].count(loser) <= 3
+    est = tuner.estimates()
+    assert est["one thread"] == pytest.approx(one * 1e-9)
+    assert est["team"] == pytest.approx(team * 1e-9)
+
+
+def test_measured_team_follows_a_change_and_ignores_a_pause():
+    tuner = _core.TeamTuner()
+    # the team is faster, then another process takes a core: one thread is
+    picks, now = _simulate(tuner, lambda i: (100_000, 50_000), 2000)
+    assert picks[-100:].count(2) >= 96
+    picks, now = _simulate(tuner, lambda i: (100_000, 400_000), 1200, start=now)
+    assert picks[:12].count(1) >= 6         # the team's own periods show it at once
+    assert picks[-100:].count(1) >= 96
+    # a single long pause (an evaluation, a collection) does not flip a clear choice
+    picks, _ = _simulate(tuner, lambda i: (10**9 if i == 50 else 100_000, 400_000), 100,
+                         start=now)
+    assert picks[40:100].count(1) >= 56
+
+
+def test_measured_team_is_not_misled_by_a_new_optimizers_first_steps():
+    """The first steps of a new optimizer fault in its state and fill caches:
+    the team's first run is slow for a step or two, which must not hand the
+    choice to one thread (a 1e6-element Adam here: 16.7 ms, 605 us, then
+    285 us a step on two threads, 560-650 us on one, less on a quiet core)."""
+    tuner = _core.TeamTuner()
+    first = {0: 16_700_000, 1: 605_000}
+    picks, _ = _simulate(tuner, lambda i: (500_000, first.get(i, 285_000)), 40)
+    assert picks[6:24].count(2) == 18, picks
+
+
+def test_measured_team_with_one_thread_and_a_new_team_size():
+    tuner = _core.TeamTuner()
+    assert [tuner.pick_at(1, t) for t in range(0, 10**7, 10**5)] == [1] * 100
+    assert tuner.most == 0
+    picks, now = _simulate(tuner, lambda i: (100_000, 60_000), 50, most=2)
+    assert picks[-5:] == [2] * 5
+    # a new default team size (threadpoolctl, OMP_NUM_THREADS): the estimates start anew
+    picks, _ = _simulate(tuner, lambda i: (100_000, 60_000), 6, most=3, start=now)
+    assert picks == [3] * 3 + [1] * 3 and tuner.most == 3
+
+
+def test_default_threads_use_the_measured_team_and_keep_the_bits():
+    """At the default thread count a step runs the measured team (both teams
+    run while it measures), with the bits of a one-thread run; an explicit
+    count bypasses it."""
+    if not _core.openmp() or fo.get_num_threads() < 2:
+        pytest.skip("needs an OpenMP build and at least 2 threads")
+    _core.set_parallel_threshold(0)
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal(50_000)
+    grads = [rng.standard_normal(50_000) for _ in range(24)]
+    runs = {}
+    for threads in (1, None):
+        w = w0.copy()
+        opt = fo.Adam([w], learning_rate=1e-2, clipnorm=1.0, num_threads=threads)
+        teams = set()
+        _core.team_seen()
+        for g in grads:
+            opt.step([g])
+            teams.add(_core.team_seen())
+        runs[threads] = (w.tobytes(), [a.tobytes() for a in opt.state_arrays()[0]], teams)
+        assert opt._stepper.tuner.most == (0 if threads else fo.get_num_threads())
+    assert runs[None][:2] == runs[1][:2]
+    assert runs[1][2] == {1}
+    assert runs[None][2] == {1, expected_team(fo.get_num_threads())}
+    fo.set_num_threads(1)
+    opt = fo.Adam([w0.copy()])
+    opt.step([grads[0]])
+    assert opt._stepper.tuner.most == 0
+
+
 # ---- fork ------------------------------------------------------------------------------
 
 def _child_trajectory(seed):
