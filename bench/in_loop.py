@@ -5,16 +5,19 @@ this machine's cores:
 
 * a NumPy MLP 784-1024-1024-10 (1.86M float32 params, batch 128, Adam),
   forward and backward through NumPy's BLAS, with BLAS at 1 and 2 threads and
-  fastopt at its defaults, at 1 thread, with ``OMP_WAIT_POLICY=passive`` and
-  with libgomp's stock spin (``GOMP_SPINCOUNT=300000``: fastopt's behaviour
-  before it bounded the spin), and torch's fused AdamW through the same loop
-  when torch is installed;
+  fastopt at its defaults (libgomp's own wait, the team measured per
+  optimizer), at 1 thread, with ``OMP_WAIT_POLICY=passive``, with a bounded
+  spin (``FASTOPT_SPINCOUNT=10000``, fastopt's previous default) and with
+  every step on OpenMP's whole team (``fixed team``: fastopt before it
+  measured its team), and torch's fused AdamW through the same loop when
+  torch is installed;
 * the same MLP in torch (forward and backward on torch's intra-op threads),
   stepped by fastopt through zero-copy views, or by torch's fused AdamW;
-* two processes running the NumPy loop at once on the same cores, at the
-  defaults and with every library at 1 thread;
+* two processes running the NumPy loop at once on the same cores: at the
+  defaults, with fastopt at 1 thread (BLAS at its default), and with every
+  library at 1 thread;
 * the step alone (float32 Adam at 1e5, 1e6 and 1.6e7 elements, back to back)
-  for the same fastopt configurations.
+  at the default, with the fixed team, the bounded spin and passive.
 
 Each configuration runs in a fresh process (libgomp reads its wait policy
 once, when it loads), in rounds whose order rotates; figures are medians of
@@ -32,14 +35,19 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# name -> (environment, fastopt threads or None for the default)
+# name -> (environment, fastopt threads: None for the default, "all" for OpenMP's
+# whole default team on every step)
 FASTOPT_CONFIGS = {
     "default": ({}, None),
     "1 thread": ({}, 1),
     "passive": ({"OMP_WAIT_POLICY": "passive"}, None),
-    "stock spin": ({"GOMP_SPINCOUNT": "300000"}, None),
+    "bounded spin": ({"FASTOPT_SPINCOUNT": "10000"}, None),
+    "fixed team": ({}, "all"),
 }
+#: the configuration that was fastopt's behaviour before the measured team
+BEFORE = "fixed team"
 STEP_SIZES = (100_000, 1_000_000, 16_000_000)
+STEP_CONFIGS = ("default", BEFORE, "bounded spin", "passive")
 SMOKE_STEP_SIZES = (10_000,)
 
 
@@ -122,7 +130,9 @@ def worker(cfg):
     import numpy as np
 
     import fastopt as fo
-    if cfg.get("fastopt_threads"):
+    if cfg.get("fastopt_threads") == "all":
+        fo.set_num_threads(fo.get_num_threads())
+    elif cfg.get("fastopt_threads"):
         fo.set_num_threads(cfg["fastopt_threads"])
     dims, batch = tuple(cfg["dims"]), cfg["batch"]
     out = {"wait": fo.config()["omp_wait"]}
@@ -237,13 +247,13 @@ def run(smoke=False, rounds=None, log=print, torch=True):
             extra, threads = FASTOPT_CONFIGS.get(name, ({}, None))
             cfg = dict(base, kind="torch-mlp", impl=name, fastopt_threads=threads)
             jobs[("torch", None, name)] = (cfg, _env(extra, None), 1)
-    for name, (extra, threads) in (("default", ({}, None)),
-                                   ("1 thread", ({"OMP_NUM_THREADS": "1"}, 1))):
+    for name, (extra, threads, blas) in (("default", ({}, None, None)),
+                                         ("fastopt 1 thread", ({}, 1, None)),
+                                         ("1 thread", ({"OMP_NUM_THREADS": "1"}, 1, 1))):
         cfg = dict(base, kind="numpy-mlp", impl=name, fastopt_threads=threads)
-        jobs[("two processes", 1 if threads else None, name)] = (cfg, _env(extra, 1 if threads
-                                                                           else None), 2)
+        jobs[("two processes", blas, name)] = (cfg, _env(extra, blas), 2)
     for n in (SMOKE_STEP_SIZES if smoke else STEP_SIZES):
-        for name in ("default", "stock spin", "passive"):
+        for name in STEP_CONFIGS:
             extra, threads = FASTOPT_CONFIGS[name]
             cfg = {"kind": "step", "size": n, "dims": dims, "batch": 1, "fastopt_threads": threads,
                    "iters": 5 if smoke else 15, "warmup": 1 if smoke else 3}
@@ -268,7 +278,7 @@ def report(results, jobs, torch_ok, smoke):
         lines.append(f"\nNumPy MLP {jobs[keys[0]][0]['dims']}, BLAS {blas} thread(s): "
                      f"ms per iteration (ms in step)")
         for k in keys:
-            lines.append(f"  {k[2]:<12} {med(k, 'iter_s') * 1e3:8.2f} ({med(k, 'step_s') * 1e3:.2f})")
+            lines.append(f"  {k[2]:<16} {med(k, 'iter_s') * 1e3:8.2f} ({med(k, 'step_s') * 1e3:.2f})")
         within(f"NumPy loop, BLAS {blas}: default vs best", ("numpy", blas, "default"),
                [k for k in keys if k[2] != "torch fused"])
     if torch_ok:
@@ -276,27 +286,25 @@ def report(results, jobs, torch_ok, smoke):
         lines.append("\ntorch MLP (torch's intra-op threads), step by fastopt through views or "
                      "torch fused: ms per iteration (ms in step)")
         for k in keys:
-            lines.append(f"  {k[2]:<12} {med(k, 'iter_s') * 1e3:8.2f} ({med(k, 'step_s') * 1e3:.2f})")
+            lines.append(f"  {k[2]:<16} {med(k, 'iter_s') * 1e3:8.2f} ({med(k, 'step_s') * 1e3:.2f})")
         within("torch loop: fastopt default vs best fastopt configuration", ("torch", None, "default"),
                [k for k in keys if k[2] != "torch fused"])
     keys = [k for k in jobs if k[0] == "two processes"]
     lines.append("\nTwo processes, NumPy MLP loop each, at once: ms per iteration (ms in step), "
                  "mean of both")
     for k in keys:
-        lines.append(f"  {k[2]:<12} {med(k, 'iter_s') * 1e3:8.2f} ({med(k, 'step_s') * 1e3:.2f})")
+        lines.append(f"  {k[2]:<16} {med(k, 'iter_s') * 1e3:8.2f} ({med(k, 'step_s') * 1e3:.2f})")
     ratio = med(("two processes", None, "default"), "iter_s") / \
         med(("two processes", 1, "1 thread"), "iter_s")
     targets.append(("two processes: defaults vs every library at 1 thread", ratio, ratio <= 1.05))
     sizes = sorted({k[1] for k in jobs if k[0] == "step"})
     lines.append("\nStep alone, float32 Adam, back to back: us per step")
-    lines.append("  " + f"{'elements':>10}" + "".join(f"{n:>14}" for n in
-                                                      ("default", "stock spin", "passive")))
+    lines.append("  " + f"{'elements':>10}" + "".join(f"{n:>14}" for n in STEP_CONFIGS))
     for n in sizes:
-        row = "".join(f"{med(('step', n, c), 'step_s') * 1e6:14.1f}"
-                      for c in ("default", "stock spin", "passive"))
+        row = "".join(f"{med(('step', n, c), 'step_s') * 1e6:14.1f}" for c in STEP_CONFIGS)
         lines.append(f"  {n:>10}{row}")
-        ratio = med(("step", n, "default"), "step_s") / med(("step", n, "stock spin"), "step_s")
-        targets.append((f"step alone at {n}: default vs stock spin", ratio, ratio <= 1.05))
+        ratio = med(("step", n, "default"), "step_s") / med(("step", n, BEFORE), "step_s")
+        targets.append((f"step alone at {n}: default vs {BEFORE}", ratio, ratio <= 1.05))
     waits = sorted({r["wait"] for rs in results.values() for r in rs})
     lines.append("\nOpenMP wait seen by the workers: " + " | ".join(waits))
     lines.append("\nTargets (ratio, limit 1.05):")

@@ -1,35 +1,36 @@
 """How fastopt's OpenMP threads wait between steps.
 
 After a parallel region, libgomp's worker threads spin for ``GOMP_SPINCOUNT``
-``pause`` instructions before they sleep: 300 000 by default, 3-6 ms on a
-current x86 core.  In a training loop that spin takes a core from the BLAS
-threads of the next matmul (OpenBLAS's own waiting threads yield the core;
-libgomp's do not), and the whole iteration gets up to 1.75x slower
-(``python bench/run.py --in-loop``).  Sleeping at once (``OMP_WAIT_POLICY=
-passive``) fixes that but makes back-to-back small steps 2-4x slower, since
-every step then pays a futex wake-up.
+``pause`` instructions before they sleep: 300 000 by default, milliseconds.
+In a training loop that spin can take a core from the BLAS threads of the
+next matmul or from another process; sleeping at once instead
+(``OMP_WAIT_POLICY=passive``), or after a short spin, makes every step that
+follows a pause pay for waking its workers, which on a virtual machine can
+cost more than the split saves (``python bench/run.py --in-loop``).  No
+single spin count is right beside BLAS, beside torch and back to back.
 
-fastopt loads its OpenMP runtime with a bounded spin instead: :data:`SPINCOUNT`
-``pause`` instructions (0.1-0.5 ms on x86 cores of the last decade), enough to
-bridge the gaps between the regions of one step and between back-to-back
-steps, short next to a matmul.  libgomp reads the setting once, when it is
-loaded, so :func:`import_core` puts it in the environment only while
-``_core`` (and so libgomp) loads, and removes it at once: processes started
-later and OpenMP runtimes loaded later (torch's own libgomp, LLVM's libomp)
-do not see it.  It reaches another library only when that library links the
-very libgomp copy fastopt loaded: the repaired wheel vendors a private copy
-(``fastopt.libs/``), a build from source links the system's ``libgomp.so.1``;
-:func:`describe` (in ``fo.show_config()``) says which.
+So fastopt leaves libgomp's own wait as it is and sizes the team instead: at
+the default thread count each optimizer measures whether its loop runs faster
+with its steps on one thread or on the whole team (``TeamTuner`` in
+``_core.pyx``); the spin then only runs where the team pays for it.
 
-Knobs, in order of precedence: ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set
-by the user apply to every libgomp and fastopt leaves them alone;
-``FASTOPT_SPINCOUNT=N`` sets fastopt's spin count (0 sleeps at once, like
-``passive``).  The wait policy changes only timing, never results.
+Knobs: ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set by the user apply to
+every libgomp in the process, and fastopt leaves them alone;
+``FASTOPT_SPINCOUNT=N`` sets a spin count for fastopt's libgomp alone: it is
+put in the environment only while ``_core`` (and so libgomp) loads, and
+removed at once, so processes started later and OpenMP runtimes loaded later
+(torch's own libgomp, LLVM's libomp) do not see it.  It reaches another
+library only when that library links the very libgomp copy fastopt loaded:
+the repaired wheel vendors a private copy (``fastopt.libs/``), a build from
+source links the system's ``libgomp.so.1``; :func:`describe` (in
+``fo.show_config()``) says which.  The wait policy changes only timing,
+never results.
 """
 import os
 
-#: fastopt's default spin count, in libgomp's units (``pause`` instructions).
-SPINCOUNT = 10_000
+#: fastopt's default spin count, in libgomp's units (``pause`` instructions):
+#: None leaves libgomp's own.
+SPINCOUNT = None
 _USER_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 #: What :func:`import_core` did: filled once, read by :func:`describe`.
@@ -60,11 +61,11 @@ def spincount_setting():
         return None, "user: " + ", ".join(f"{k}={os.environ[k].strip()}" for k in user)
     text = os.environ.get("FASTOPT_SPINCOUNT", "").strip()
     if not text:
-        return SPINCOUNT, "fastopt default"
+        return SPINCOUNT, "fastopt default: libgomp's own wait, the team measured"
     if not text.isdigit():
         raise ImportError(f"FASTOPT_SPINCOUNT must be a non-negative integer (pause instructions "
                           f"a waiting OpenMP thread spins before it sleeps; 0 sleeps at once); "
-                          f"got {text!r}. Unset it for fastopt's default ({SPINCOUNT}).")
+                          f"got {text!r}. Unset it to leave libgomp's own wait.")
     return int(text), "FASTOPT_SPINCOUNT"
 
 
@@ -106,9 +107,11 @@ def describe():
     if s["source"] == "serial build":
         return "no threads (serial build)"
     if s["spincount"] is None:
-        return f"libgomp's own settings ({s['source']})"
-    wait = "sleep at once" if s["spincount"] == 0 else f"spin {s['spincount']} pauses, then sleep"
-    if s["library"] is None:
+        wait = "libgomp's own settings"
+    else:
+        wait = ("sleep at once" if s["spincount"] == 0
+                else f"spin {s['spincount']} pauses, then sleep")
+    if s["library"] is None or s["source"].startswith("already loaded"):
         return f"{wait} [{s['source']}]"
     scope = ("private to fastopt" if s["private"] else
              "shared with any library that links the same libgomp")

@@ -107,10 +107,12 @@ def test_in_loop_smoke():
     out = r.stdout
     for part in ("BLAS 1 thread", "BLAS 2 thread", "Two processes", "Step alone", "Targets"):
         assert part in out, out
-    for config in ("default", "1 thread", "passive", "stock spin"):
+    for config in ("default", "1 thread", "passive", "bounded spin", "fixed team",
+                   "fastopt 1 thread"):
         assert f"  {config} " in out, out
     # each configuration's process reports the wait policy it ran with
-    assert "user: OMP_WAIT_POLICY=passive" in out and "user: GOMP_SPINCOUNT=300000" in out
+    assert "user: OMP_WAIT_POLICY=passive" in out and "spin 10000 pauses" in out
+    assert "fastopt default: libgomp's own wait, the team measured" in out
 
 
 def test_rows_comparison_runs(tmp_path):

@@ -6,8 +6,7 @@ sleeps after a step, the process's CPU time is what the team's worker burns
 spinning, a count of ``pause`` instructions that does not depend on how
 busy the machine is (a busy machine only lowers it: a spin that gets no
 core in the window burns less).  A long reference spin (``LONG``, about 0.1-1 s
-of ``pause``) shows that libgomp took a setting; the bounded default burns at
-most a millisecond.
+of ``pause``) shows that libgomp took a setting.
 """
 import json
 import os
@@ -54,16 +53,15 @@ def _probe(**env):
 
 
 @needs_openmp
-def test_default_spin_is_bounded_and_left_out_of_the_environment():
+def test_default_leaves_libgomps_own_wait_and_the_environment():
+    """fastopt sizes the team instead of setting a wait: libgomp keeps its own
+    (300 000 pauses; how much CPU time that is varies too much between
+    machines and hypervisors to be asserted), and nothing is put in the
+    environment, here or for a child."""
     mine = _probe()
-    long = _probe(GOMP_SPINCOUNT=LONG)
     cfg = mine["config"]
-    assert cfg["omp_spincount"] == fo._openmp.SPINCOUNT
-    assert "fastopt default" in cfg["omp_wait"]
-    # libgomp took the setting: the worker stops spinning within a millisecond
-    assert mine["spin_s"] < 1e-3, mine["spin_s"]
-    assert long["spin_s"] > 10 * mine["spin_s"], (mine["spin_s"], long["spin_s"])
-    # ... and nothing else sees it: not this process's environment, not a child
+    assert cfg["omp_spincount"] is None and fo._openmp.SPINCOUNT is None
+    assert "libgomp's own settings [fastopt default" in cfg["omp_wait"]
     assert mine["env_after"] is None and mine["child_env"] == "None"
 
 
