@@ -11,7 +11,8 @@
    is the kernels alone: the difference is what the torch layer costs per
    step (hooks, reading ``p.grad``, checking and binding it).
 2. Training end to end, the same initial weights and batches for each
-   optimizer: a digits-like MLP (64-256-256-10, 85k parameters, 1797 8x8
+   optimizer, with fastopt's threads as a ported loop has them (its default,
+   the measured team, when ``--threads`` is the whole machine; else that many): a digits-like MLP (64-256-256-10, 85k parameters, 1797 8x8
    images synthesized from ten noisy templates: no download) and a small CNN
    (two 3x3 convolutions on 16x16 images synthesized the same way).  Wall time
    per epoch (forward, backward, step), and the largest difference between
@@ -192,8 +193,14 @@ def main(argv=None):
     print("|---|---:|---:|")
     for name, t in step.items():
         print(f"| {name} | {t * 1e6:.0f} | {base / t:.1f}x |")
+    # training as a ported loop runs it: fastopt at its default (the measured
+    # team) when N is the whole machine, else a fixed count of N
+    fo.set_num_threads(None)
+    measured = args.threads >= fo.get_num_threads()
+    fo.set_num_threads(None if measured else args.threads)
     train_res = bench_train(args.epochs, 32, args.repeats, args.smoke)
-    print("\n## Training end to end (AdamW, batch 32, median epoch wall time)\n")
+    print(f"\n## Training end to end (AdamW, batch 32, median epoch wall time; fastopt's "
+          f"threads: {f'default, a measured team of up to {fo.get_num_threads()}' if measured else args.threads})\n")
     print("| model | fastopt.torch (ms/epoch) | torch fused (ms/epoch) | speed-up | "
           "max rel. loss difference |")
     print("|---|---:|---:|---:|---:|")

@@ -161,15 +161,16 @@ def set_default_threads(n):
 # The measured team (TeamTuner).  Each team runs in runs of RUN steps: the
 # first period of a run is dropped (it pays the switch: workers that slept
 # while one thread ran must be woken), the others are samples.  A team's first
-# run gives its shortest period (a new optimizer's first steps still fault in
-# pages and fill caches); later samples move its estimate by ALPHA, one above
-# twice the estimate counting as twice (a pause between steps, a collection).
-# After a run of each, the better team runs and the other gets a run after
-# FIRST steps, then after GROW times as many each time the run confirms the
-# choice, up to LAST steps: a retry costs RUN steps of the slower team and one
-# switch back (a wake-up), so retries are rare.
+# run is RUN_FIRST steps and gives its shortest period (a new optimizer's first
+# steps still fault in pages, start threads and fill caches); later samples
+# move its estimate by ALPHA, one above twice the estimate counting as twice (a
+# pause between steps, a collection).  After a run of each, the better team
+# runs and the other gets a run after FIRST steps, then after GROW times as
+# many each time the run confirms the choice, up to LAST steps: a retry costs
+# RUN steps of the slower team and one switch back (a wake-up), so retries are
+# rare.
 cdef double _TUNE_ALPHA = 0.25
-cdef int _TUNE_RUN = 3
+cdef int _TUNE_RUN = 3, _TUNE_RUN_FIRST = 5
 cdef int64_t _TUNE_FIRST = 16, _TUNE_GROW = 4, _TUNE_LAST = 1024
 
 
@@ -228,7 +229,7 @@ cdef class TeamTuner:
             e = self.ema[a]
             if self.count[a] == 0:
                 self.ema[a] = x
-            elif self.count[a] < _TUNE_RUN - 1:
+            elif self.count[a] < _TUNE_RUN_FIRST - 1:
                 self.ema[a] = x if x < self.ema[a] else self.ema[a]    # the first run: its best
             else:
                 self.ema[a] = e + _TUNE_ALPHA * ((x if x < 2.0 * e else 2.0 * e) - e)
@@ -236,7 +237,7 @@ cdef class TeamTuner:
         self.last = now
         if a < 0:
             a = 1                                   # the first run: the team
-        elif self.run < _TUNE_RUN:
+        elif self.run < (_TUNE_RUN if self.count[a] >= _TUNE_RUN_FIRST - 1 else _TUNE_RUN_FIRST):
             pass                                    # a run goes on
         elif self.count[0] == 0 or self.count[1] == 0:
             a = 1 - a                               # each team's first run
@@ -261,7 +262,8 @@ cdef class TeamTuner:
                 self.run = 0
         if a != self.arm:
             self.run = 0
-        self.run += 1
+        if self.run < _TUNE_RUN_FIRST:
+            self.run += 1
         self.arm = a
         return most if a else 1
 
