@@ -12,7 +12,8 @@
    step (hooks, reading ``p.grad``, checking and binding it).
 2. Training end to end, the same initial weights and batches for each
    optimizer, with fastopt's threads as a ported loop has them (its default,
-   the measured team, when ``--threads`` is the whole machine; else that many): a digits-like MLP (64-256-256-10, 85k parameters, 1797 8x8
+   the measured team, when ``--threads`` is the whole machine; else that
+   many): a digits-like MLP (64-256-256-10, 85k parameters, 1797 8x8
    images synthesized from ten noisy templates: no download) and a small CNN
    (two 3x3 convolutions on 16x16 images synthesized the same way).  Wall time
    per epoch (forward, backward, step), and the largest difference between
@@ -199,8 +200,10 @@ def main(argv=None):
     measured = args.threads >= fo.get_num_threads()
     fo.set_num_threads(None if measured else args.threads)
     train_res = bench_train(args.epochs, 32, args.repeats, args.smoke)
+    threads = (f"default, a measured team of up to {fo.get_num_threads()}" if measured
+               else args.threads)
     print(f"\n## Training end to end (AdamW, batch 32, median epoch wall time; fastopt's "
-          f"threads: {f'default, a measured team of up to {fo.get_num_threads()}' if measured else args.threads})\n")
+          f"threads: {threads})\n")
     print("| model | fastopt.torch (ms/epoch) | torch fused (ms/epoch) | speed-up | "
           "max rel. loss difference |")
     print("|---|---:|---:|---:|---:|")

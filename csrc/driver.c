@@ -163,7 +163,7 @@ int64_t fo_now_ns(void)
 #elif defined(_OPENMP)
     return (int64_t)(omp_get_wtime() * 1e9);
 #else
-    return (int64_t)((double)clock() * (1e9 / CLOCKS_PER_SEC));
+    return 0;       /* a serial build has no team to measure */
 #endif
 }
 

@@ -191,7 +191,7 @@ cdef class TeamTuner:
     cdef int64_t last                # start of the previous step (0: none)
     cdef readonly int arm            # what the previous step ran: 0 one thread, 1 the team
     cdef int run                     # steps of the current run of `arm`, the previous included
-    cdef int64_t since, interval     # steps since the other team's last run; the gap before the next
+    cdef int64_t since, interval     # steps since the other team's last run; the gap to its next
     cdef bint exploring              # the current run tries the other team
     cdef int best_before
 
@@ -1666,11 +1666,10 @@ cdef class Stepper:
 
     cdef int _step_threads(self):
         """A step's threads: as set, or at the default the measured team."""
-        if self.own_threads:
-            return self.own_threads
-        if _default_threads:
-            return _default_threads
-        return self.tuner.pick(fo_max_threads(), fo_now_ns())
+        cdef int n = self._threads()
+        if self.own_threads or _default_threads:
+            return n
+        return self.tuner.pick(n, fo_now_ns())
 
     cdef int _schedules(self, int64_t step) except -1:
         cdef Py_ssize_t gi

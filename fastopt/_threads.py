@@ -20,9 +20,10 @@ def set_num_threads(n: Optional[int]) -> None:
 
     ``None`` restores the default: each optimizer steps on one thread or on
     OpenMP's current team (which follows ``OMP_NUM_THREADS`` and threadpoolctl's
-    limits), whichever has been giving the shorter period between its steps.  A step never runs more
-    than 4 threads per available processor, nor more than ``OMP_THREAD_LIMIT``:
-    libgomp ends the process when it cannot start a team's threads.
+    limits), whichever has been giving the shorter period between its steps.
+    A step never runs more than 4 threads per available processor, nor more
+    than ``OMP_THREAD_LIMIT``: libgomp ends the process when it cannot start a
+    team's threads.
     """
     global _num_threads
     _num_threads = check_num_threads(n)

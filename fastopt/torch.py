@@ -63,7 +63,8 @@ import numpy as np
 
 try:
     import torch  # type: ignore[import-not-found, unused-ignore]
-    from torch.optim import optimizer as _torch_optimizer  # type: ignore[import-not-found, unused-ignore]
+    from torch.optim import (  # type: ignore[import-not-found, unused-ignore]
+        optimizer as _torch_optimizer)
     from torch.optim.optimizer import (  # type: ignore[import-not-found, unused-ignore]
         _get_scalar_dtype)
 except ImportError as exc:     # pragma: no cover - exercised without torch only
