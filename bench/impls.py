@@ -252,6 +252,11 @@ class FloorProbe:
                                          ctypes.c_int64, ctypes.c_int, ctypes.c_int,
                                          ctypes.c_int]
         self.openmp = bool(self.lib.floor_openmp())
+        self.lib.floor_rows_probe.restype = ctypes.c_double
+        self.lib.floor_rows_probe.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+                                              ctypes.POINTER(ctypes.c_void_p), ctypes.c_int,
+                                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                              ctypes.c_int, ctypes.c_int]
 
     def close(self):
         shutil.rmtree(self.tmp, ignore_errors=True)

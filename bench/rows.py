@@ -11,6 +11,11 @@ gives).  Timed side by side in one process, in rotating rounds, medians:
   state read and written), the dense array built beforehand;
 * ``torch.optim.SparseAdam`` with the same rows as an uncoalesced sparse
   gradient (as ``nn.Embedding(sparse=True)`` gives), when torch is installed.
+* the floor of any lazy row update (bench/floor.c): the distinct rows of each
+  step, their gradients already summed, read and written with trivial
+  arithmetic in a table and two state arrays of their own, split between the
+  threads as fastopt splits its rows.  No coalescing, no checks: what the
+  cache misses of the rows alone cost on this machine.
 
     python bench/run.py --rows [--rows-table 1000000x64] [--threads 2]
 
@@ -105,7 +110,35 @@ class TorchSparseAdam(_Timed):
         self.opt.step()
 
 
-def run(rows, dim, threads, measure, reps, batch_s, pause_s, torch_ok, log):
+class RowFloor(_Timed):
+    """The floor probe over each step's distinct rows (Adam's two state arrays)."""
+
+    def __init__(self, probe, table, grads, threads):
+        import ctypes
+        self.lib, self.threads = probe.lib, threads
+        self.p = table.copy()
+        self.states = [np.zeros_like(table) for _ in range(2)]
+        self.arr = (ctypes.c_void_p * 2)(*[a.ctypes.data for a in self.states])
+        self.sets = []
+        for idx, vals in grads:
+            rows, inverse = np.unique(idx, return_inverse=True)
+            summed = np.zeros((len(rows), table.shape[1]), table.dtype)
+            np.add.at(summed, inverse, vals)
+            self.sets.append((rows.astype(np.int64), summed))
+        self.i = 0
+
+    def run(self, k):
+        t = 0.0
+        for _ in range(k):
+            rows, g = self.sets[self.i % NGRADS]
+            t += self.lib.floor_rows_probe(self.p.ctypes.data, g.ctypes.data, self.arr, 2,
+                                           rows.ctypes.data, len(rows), g.shape[1], 0,
+                                           self.threads)
+            self.i += 1
+        return t * 1e-9 / k
+
+
+def run(rows, dim, threads, measure, reps, batch_s, pause_s, torch_ok, log, floor=None):
     """Medians per density; returns result rows for the table."""
     table = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
     results = []
@@ -118,6 +151,8 @@ def run(rows, dim, threads, measure, reps, batch_s, pause_s, torch_ok, log):
         }
         if torch_ok:
             built["torch.optim.SparseAdam"] = TorchSparseAdam(table, grads, threads)
+        if floor is not None:
+            built["row-update floor (bench/floor.c)"] = RowFloor(floor, table, grads, threads)
         res = measure(built, reps, batch_s, pause_s)
         del built
         n = len(grads[0][0])

@@ -19,7 +19,8 @@ figures and the machine) and, when matplotlib is installed, NAME.png
 and torch threads and a second process (bench/in_loop.py).
 ``--rows`` prints only the embedding-table comparison (bench/rows.py): a
 1e6 x 64 float32 table, 1% and 0.1% of its rows per step, fastopt with row
-gradients against its dense step and torch.optim.SparseAdam.
+gradients against its dense step, torch.optim.SparseAdam and the floor of a
+row update on the machine (bench/floor.c).
 """
 import argparse
 import datetime
@@ -494,8 +495,13 @@ def main(argv=None):
         nrows, dim = (int(float(x)) for x in spec.lower().split("x"))
         threads = max(args.threads)
         torch_ok = not args.no_torch and I.torch_available()
-        results = rows_bench.run(nrows, dim, threads, measure, args.reps, args.batch_ms * 1e-3,
-                                 args.pause_ms * 1e-3, torch_ok, log)
+        floor = I.FloorProbe()
+        try:
+            results = rows_bench.run(nrows, dim, threads, measure, args.reps,
+                                     args.batch_ms * 1e-3, args.pause_ms * 1e-3, torch_ok, log,
+                                     floor)
+        finally:
+            floor.close()
         log("")
         log(rows_bench.markdown(results, nrows, dim, threads))
         log(f"load average after: {loadavg()}")

@@ -116,15 +116,15 @@ def test_in_loop_smoke():
 
 
 def test_rows_comparison_runs(tmp_path):
-    """bench/run.py --rows on a small table: every fastopt implementation at both
-    densities, in the printed table."""
+    """bench/run.py --rows on a small table: every fastopt implementation and the
+    row-update floor at both densities, in the printed table."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
     r = subprocess.run([sys.executable, str(RUN), "--rows", "--smoke", "--no-torch",
                         "--rows-table", "4000x16", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for impl in ("fastopt SparseAdam (RowGrad)", "fastopt Adam (RowGrad)",
-                 "fastopt Adam (dense step)"):
+                 "fastopt Adam (dense step)", "row-update floor (bench/floor.c)"):
         for density in ("1.0% (40 indices", "0.1% (4 indices"):
             assert any(impl in line and density in line for line in r.stdout.splitlines()), \
                 (impl, density, r.stdout)
