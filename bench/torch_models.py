@@ -7,9 +7,12 @@
    torch.optim.AdamW with fused=True and foreach=True.  Each step gets new
    gradient tensors (as after ``zero_grad()`` and ``backward()``), assigned
    outside the timed call; figures are medians of single steps over rounds
-   whose order rotates.  A last row, fastopt's NumPy API over views made once,
-   is the kernels alone: the difference is what the torch layer costs per
-   step (hooks, reading ``p.grad``, checking and binding it).
+   whose order rotates.  fastopt.torch binds each step's grads in its C++
+   binder (when it built; the header line says) and, in a second row, in
+   Python (``FASTOPT_TORCH_BINDER=0``'s path).  A last row, fastopt's NumPy
+   API over views made once, is the kernels alone: the difference is what the
+   torch layer costs per step (hooks, reading ``p.grad``, checking and binding
+   it).
 2. Training end to end, the same initial weights and batches for each
    optimizer, with fastopt's threads as a ported loop has them (its default,
    the measured team, when ``--threads`` is the whole machine; else that
@@ -57,8 +60,17 @@ class NumpyBridge:
         self.opt.step(self.views)
 
 
+def python_bound(params):
+    """fastopt.torch.AdamW with its grads bound in Python, as without the binder."""
+    opt = ft.AdamW(params, lr=1e-3)
+    for b in opt._bound:
+        b.binder = None
+    return opt
+
+
 MAKERS = {
     "fastopt.torch.AdamW": lambda ps: ft.AdamW(ps, lr=1e-3),
+    "fastopt.torch.AdamW, binding in Python": python_bound,
     "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
     "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
     "fastopt NumPy API, grads bound once": NumpyBridge,
@@ -186,7 +198,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     fo.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, fastopt {fo.__version__}, {args.threads} threads "
-          f"(torch and fastopt), python {sys.version.split()[0]}")
+          f"(torch and fastopt), python {sys.version.split()[0]}, fastopt.torch's binder: "
+          f"{ft.binder()}")
     ntensors, step = bench_step(args.rounds, 3 if args.smoke else 20)
     base = step["torch AdamW fused"]
     print(f"\n## Optimizer step, {ntensors}-tensor MLP (median of single steps)\n")

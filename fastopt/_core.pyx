@@ -464,7 +464,7 @@ cdef class Engine:
     cdef double *rcscratch      # the row/column pass's column sums per block of rows
     cdef bint factored          # the kernel keeps factored state (a row/column pass)
     cdef bint multipass         # more than one pass over a tensor (a reduction or rows/columns)
-    cdef list held
+    cdef object held
     # row gradients: per tensor, the distinct rows, their gradients and the
     # sums of repeated rows of the RowGrad bound now (grown, never shrunk)
     cdef int64_t **rg_rows
@@ -1097,12 +1097,23 @@ cdef class Engine:
 
     def set_grad_addresses(self, addresses):
         """Bind grads given as memory addresses (``int``, or ``None`` to skip a
-        param): for a caller that has already checked, per grad, that it is a
-        C-contiguous array of its param's dtype and size that stays alive
-        until the step returns (:mod:`fastopt.torch` binds ``p.grad`` this way
-        without a NumPy view per tensor and step).  Only the aliasing with
-        params and state is checked here.  Returns the number bound."""
-        cdef list addrs = list(addresses)
+        param; or a 1-D C-contiguous int64 array, 0 to skip): for a caller
+        that has already checked, per grad, that it is a C-contiguous array of
+        its param's dtype and size that stays alive until the step returns
+        (:mod:`fastopt.torch` binds ``p.grad`` this way without a NumPy view
+        per tensor and step).  Only the aliasing with params and state is
+        checked here.  Returns the number bound."""
+        cdef object addrs
+        cdef const int64_t *table = NULL
+        if isinstance(addresses, np.ndarray):
+            if (addresses.dtype != np.int64 or addresses.ndim != 1
+                    or not addresses.flags.c_contiguous):
+                raise TypeError(f"grad addresses as an array must be 1-D C-contiguous int64; "
+                                f"got {addresses.dtype}, shape {addresses.shape}")
+            addrs = addresses
+            table = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>addresses)
+        else:
+            addrs = list(addresses)
         self._check_arrays()
         cdef Py_ssize_t i
         cdef int64_t k
@@ -1111,13 +1122,19 @@ cdef class Engine:
         if len(addrs) != self.n:
             raise ValueError(f"expected {self.n} grad addresses; got {len(addrs)}")
         for i in range(self.n):
-            a = addrs[i]
-            if a is None:
-                self.pending[i] = NULL
-                continue
-            lo = <uintptr_t>a
-            if lo == 0 and self.tensors[i].size > 0:
-                raise ValueError(f"grads[{i}]: a null address")
+            if table != NULL:
+                lo = <uintptr_t>table[i]
+                if lo == 0:
+                    self.pending[i] = NULL
+                    continue
+            else:
+                a = addrs[i]
+                if a is None:
+                    self.pending[i] = NULL
+                    continue
+                lo = <uintptr_t>a
+                if lo == 0 and self.tensors[i].size > 0:
+                    raise ValueError(f"grads[{i}]: a null address")
             hi = lo + <uintptr_t>(self.tensors[i].size *
                                   (2 if self.tensors[i].pfmt else
                                    4 if self.tensors[i].dtype == FO_FLOAT32 else 8))
@@ -1143,7 +1160,8 @@ cdef class Engine:
 
     @property
     def bound(self):
-        """The grads bound by the last set_grads (the Engine's own list), or None."""
+        """The grads bound by the last set_grads or set_grad_addresses (the
+        Engine's own list, or the array of addresses), or None."""
         return self.held
 
     cdef inline void _unbind(self):

@@ -642,3 +642,130 @@ def test_autograd_sees_the_in_place_update(make):
     assert w._version > v
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+# ---- the C++ binder (fastopt/_torch_binder.cpp) ------------------------------------
+
+def _require_binder():
+    """The compiled binder, or a skip (a failure where CI installs it)."""
+    import os
+    how = ft.binder()
+    if how != "C++":
+        assert os.environ.get("FASTOPT_REQUIRE_TORCH_BINDER") != "1", how
+        pytest.skip(f"no compiled binder here ({how})")
+
+
+def _python_binding(opt):
+    for b in opt._bound:
+        b.binder = None
+
+
+def test_binder_steps_bit_for_bit_as_the_python_path():
+    _require_binder()
+    runs = []
+    for python in (False, True):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+        extra = torch.nn.Parameter(torch.randn(3))
+        opt = ft.AdamW([{"params": list(m.parameters())},
+                        {"params": [extra], "lr": 0.01, "weight_decay": 0.0}],
+                       lr=0.05, weight_decay=0.1)
+        if python:
+            _python_binding(opt)
+        assert all((b.binder is None) == python for b in opt._bound)
+        x = torch.randn(16, 5)
+        for k in range(6):
+            opt.zero_grad()
+            (m(x).pow(2).sum() + (extra * m(x)).sum()).backward()
+            if k == 2:
+                m[0].bias.grad = None            # a param without a grad: left as it is
+            if k == 4:
+                extra.grad = None                # a group without any grad
+            opt.step()
+        params = [p.detach().clone() for p in list(m.parameters()) + [extra]]
+        versions = [p._version for p in list(m.parameters()) + [extra]]
+        runs.append((params, versions, opt.state_dict()))
+    (pa, va, sa), (pb, vb, sb) = runs
+    assert all(torch.equal(a, b) for a, b in zip(pa, pb))
+    assert va == vb
+    for i, st in sa["state"].items():
+        assert st.keys() == sb["state"][i].keys()
+        for key, v in st.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb["state"][i][key])), (i, key)
+
+
+def test_binder_lets_the_grads_go_after_a_step_and_after_a_refusal():
+    import gc
+    import weakref
+    _require_binder()
+    a, c = torch.nn.Parameter(torch.ones(6)), torch.nn.Parameter(torch.ones(2, 3))
+    opt = ft.SGD([{"params": [a]}, {"params": [c]}], lr=0.1)
+    ga = torch.full((6,), 0.5)
+    a.grad, ref = ga, weakref.ref(ga)
+    opt.step()
+    assert torch.allclose(a.detach(), torch.full((6,), 0.95))
+    a.grad = None
+    del ga
+    gc.collect()
+    assert ref() is None
+    # group 0 is gathered by the binder, then group 1's grad is refused
+    ga = torch.full((6,), 0.5)
+    a.grad, ref = ga, weakref.ref(ga)
+    c.grad = torch.zeros(3, 2).t()
+    before, version = a.detach().clone(), a._version
+    with pytest.raises(ValueError, match=r"param group 1, params\[0\].*not contiguous"):
+        opt.step()
+    assert torch.equal(a.detach(), before) and a._version == version
+    a.grad = None
+    del ga
+    gc.collect()
+    assert ref() is None
+
+
+def test_binder_hands_what_it_does_not_take_to_the_checked_path():
+    _require_binder()
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)
+    opt = ft.Adam(lin.parameters(), lr=0.1)
+    lin(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    b = opt._bound[0]
+    assert b.binder is not None
+    # a grad resized in place (torch checks the size only when a grad is set):
+    # refused by name, nothing changed
+    w = lin.weight.detach().clone()
+    lin.weight.grad = torch.ones(2, 3)
+    lin.weight.grad.resize_(5)
+    with pytest.raises(ValueError, match=r"params\[0\] \(shape \(2, 3\).*shape \(5,\)"):
+        opt.step()
+    assert torch.equal(lin.weight.detach(), w)
+    # a param re-pointed in place (p.data = ...), then one replaced in the group
+    lin.weight.grad = torch.ones(2, 3)
+    lin.weight.data = torch.zeros(2, 3)
+    opt.step()
+    assert opt._bound[0] is not b and not torch.equal(lin.weight.detach(), torch.zeros(2, 3))
+    new = torch.nn.Parameter(torch.zeros(2))
+    new.grad = torch.ones(2)
+    opt.param_groups[0]["params"][1] = new
+    opt.step()
+    assert (new.detach() < 0).all()
+
+
+def test_binder_setting_and_a_failed_build_leave_the_python_path(monkeypatch):
+    monkeypatch.setattr(ft, "_binder_state", {})
+    monkeypatch.setenv("FASTOPT_TORCH_BINDER", "0")
+    assert ft.binder() == "Python"
+    monkeypatch.setattr(ft, "_binder_state", {})
+    monkeypatch.setenv("FASTOPT_TORCH_BINDER", "yes")
+    with pytest.warns(RuntimeWarning, match="FASTOPT_TORCH_BINDER='yes' is neither 0 nor 1"):
+        assert ft.binder().startswith("Python: FASTOPT_TORCH_BINDER")
+    monkeypatch.setattr(ft, "_binder_state", {})
+    monkeypatch.setenv("FASTOPT_TORCH_BINDER", "1")
+    monkeypatch.setattr(ft, "_BINDER_SOURCE", "/nonexistent/_torch_binder.cpp")
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        opt = ft.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.5)
+    assert ft.binder().startswith("Python: the C++ step binder could not be built")
+    assert opt._bound[0].binder is None
+    opt.param_groups[0]["params"][0].grad = torch.ones(2)
+    opt.step()
+    assert torch.equal(opt.param_groups[0]["params"][0].detach(), torch.full((2,), 0.5))
