@@ -67,6 +67,7 @@ import itertools
 import operator
 import os
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -128,8 +129,13 @@ def _build_binder():
         return None, None
     if setting != "1":
         return None, f"FASTOPT_TORCH_BINDER={setting!r} is neither 0 nor 1"
+    path = os.environ.get("PATH")
     try:
         from torch.utils import cpp_extension  # type: ignore[import-not-found, unused-ignore]
+        if shutil.which("ninja") is None:
+            # the ninja of `pip install ninja` in an environment not activated
+            import ninja  # type: ignore[import-not-found, unused-ignore]
+            os.environ["PATH"] = os.pathsep.join(p for p in (ninja.BIN_DIR, path) if p)
         # one build per torch version: the cache is keyed by name only
         name = "fastopt_torch_binder_" + re.sub(r"\W", "_", torch.__version__)
         return cpp_extension.load(name=name, sources=[_BINDER_SOURCE],
@@ -138,6 +144,11 @@ def _build_binder():
         lines = str(exc).strip().splitlines()
         return None, (f"the C++ step binder could not be built ({type(exc).__name__}: "
                       f"{lines[0] if lines else ''})")
+    finally:
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
 
 
 def binder():
