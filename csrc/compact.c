@@ -207,9 +207,9 @@ void fo_compact_decode(int fmt, const void *in, float *x, int64_t first, int64_t
  * kept out of line: inlined into fo_compact_run, gcc unrolls them fully (n is
  * at most FO_QBLOCK there) and spills their vectors to the stack, which made
  * a bfloat16-state Adam step about 6% slower in cache. */
-static __attribute__((noinline)) void FO_CV(fo_h_encode)(int fmt, int rounding, const float *restrict x,
-                               uint16_t *restrict out, int64_t n, const uint32_t *restrict r,
-                               int sh)
+static __attribute__((noinline)) void
+FO_CV(fo_h_encode)(int fmt, int rounding, const float *restrict x, uint16_t *restrict out,
+                   int64_t n, const uint32_t *restrict r, int sh)
 {
     if (fmt == FO_FMT_BF16 && rounding == FO_ROUND_STOCHASTIC) {
         for (int64_t i = 0; i < n; i++) {
@@ -263,8 +263,9 @@ static void FO_CV(fo_h_decode)(int fmt, const uint16_t *restrict in, float *rest
 /* One int8 block: absmax, then n codes (the rest of the block's codes 0),
  * rounded stochastically with 16 bits of r[i] (the high half, or the low
  * one when sh is 16). */
-static __attribute__((noinline)) void FO_CV(fo_q8_encode)(const float *restrict x, unsigned char *restrict blk, int64_t n,
-                                int sign, const uint32_t *restrict r, int sh)
+static __attribute__((noinline)) void
+FO_CV(fo_q8_encode)(const float *restrict x, unsigned char *restrict blk, int64_t n, int sign,
+                    const uint32_t *restrict r, int sh)
 {
     uint32_t top = 0;          /* the largest |x| as bits: inf and NaN above any finite */
     for (int64_t i = 0; i < n; i++) {

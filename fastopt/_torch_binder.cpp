@@ -10,8 +10,8 @@
 // Built on first use with torch.utils.cpp_extension (fastopt/torch.py); any
 // failure leaves the Python path, which gives the same results.  A Binder
 // keeps only what the bind fixed; each step's addresses and grads live in its
-// own Step, so steps of one optimizer from two threads share nothing here.  Anything the
-// fast check does not accept (a param replaced or re-pointed, a grad of
+// own Step, so steps of one optimizer from two threads share nothing here.
+// Anything the fast check does not accept (a param replaced or re-pointed, a grad of
 // another layout, dtype, size or stride, an empty grad) is handed back to the
 // Python path by index, which rebinds the group or raises its own message.
 #include <torch/extension.h>
@@ -60,26 +60,27 @@ struct Binder {
         st->addrs = pybind11::array_t<int64_t>(static_cast<pybind11::ssize_t>(n));
         int64_t *out = st->addrs.mutable_data();
         st->held.reserve(n);
+        auto checked_path = [&st](size_t i) {
+            st->status = static_cast<int64_t>(i);
+            st->held.clear();
+            return std::move(st);
+        };
         int64_t present = 0;
         for (size_t i = 0; i < n; i++) {
             const at::Tensor &p = params[i];
-            st->status = static_cast<int64_t>(i);
             if (PyList_GET_ITEM(ps.ptr(), i) != objects[i] || p.data_ptr() != ptrs[i] ||
-                static_cast<int64_t>(p.nbytes()) != nbytes[i]) {
-                st->held.clear();
-                return st;
-            }
+                static_cast<int64_t>(p.nbytes()) != nbytes[i])
+                return checked_path(i);
             const at::Tensor &g = p.grad();
             if (!g.defined()) {
                 out[i] = 0;
                 continue;
             }
             if (g.layout() != c10::kStrided || !g.device().is_cpu() ||
-                g.scalar_type() != p.scalar_type() || static_cast<int64_t>(g.nbytes()) != nbytes[i] ||
-                nbytes[i] == 0 || !g.is_contiguous() || g.data_ptr() == nullptr) {
-                st->held.clear();
-                return st;
-            }
+                g.scalar_type() != p.scalar_type() ||
+                static_cast<int64_t>(g.nbytes()) != nbytes[i] || nbytes[i] == 0 ||
+                !g.is_contiguous() || g.data_ptr() == nullptr)
+                return checked_path(i);
             out[i] = reinterpret_cast<int64_t>(g.data_ptr());
             st->held.push_back(g);
             present++;

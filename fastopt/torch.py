@@ -24,8 +24,8 @@ version; it needs a C++ compiler and ``ninja``, ``pip install
 same work runs in Python, with the same results, at about 0.4 us more per
 tensor and step; :func:`binder` says which.  A group is bound again when a
 parameter's ``data_ptr`` changes (a parameter re-assigned in the group,
-``model.double()``, ``p.data = ...``) or its state layout changes (``amsgrad`` switched on); the
-state is carried over, cast to the new dtype.  A change of dtype or device
+``model.double()``, ``p.data = ...``) or its state layout changes
+(``amsgrad`` switched on); the state is carried over, cast to the new dtype.  A change of dtype or device
 always moves the memory; a reshape in place (``p.data = p.data.view(...)``,
 same memory and size) keeps the binding, which is right for these
 element-wise updates.  Each grad's layout and size are checked every step,
@@ -616,20 +616,19 @@ class _TorchOptimizer(torch.optim.Optimizer):
                 b.stepper.step(addrs, not self._spec.sparse)
         except (TypeError, ValueError) as exc:
             raise _in_group(exc, gi) from None
-        listed = type(grads) is list
+        listed = type(grads) is list        # else the binder's step, which holds them
+        stepped = (None if full else [i for i, a in enumerate(addrs) if a is not None] if listed
+                   else np.flatnonzero(addrs).tolist())
         if not listed:
             b.binder.bump(grads)            # the versions of the params stepped
-        if full:
-            if listed:
-                _bump_versions(b.params)
-            if b.steps_np is not None:
-                b.steps_np += 1
+        elif full:
+            _bump_versions(b.params)
         else:
-            stepped = ([i for i, a in enumerate(addrs) if a is not None] if listed
-                       else np.flatnonzero(addrs).tolist())
-            if listed:
-                _bump_versions([b.params[i] for i in stepped])
-            if b.steps_np is not None:
+            _bump_versions([b.params[i] for i in stepped])
+        if b.steps_np is not None:
+            if full:
+                b.steps_np += 1
+            else:
                 b.steps_np[stepped] += 1
                 if b.steps is None:
                     self._int_steps(b, stepped)
@@ -637,8 +636,7 @@ class _TorchOptimizer(torch.optim.Optimizer):
             b.aux_np[:] = b.stepper.get_aux()
         self._derive(b)
         if b.unstarted:
-            for i in [i for i in b.unstarted
-                      if (addrs[i] is not None if listed else addrs[i] != 0)]:
+            for i in sorted(b.unstarted if full else b.unstarted.intersection(stepped)):
                 self._publish(b, i)
 
     # ---- state ---------------------------------------------------------------------
