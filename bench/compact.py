@@ -12,7 +12,10 @@ side by side in one process, in rotating rounds, medians:
 * torch.optim.AdamW(fused=True) in float32 (weight_decay 0), when torch is
   installed;
 * bitsandbytes' ``AdamW8bit`` on CPU tensors (its 8-bit blockwise state),
-  when bitsandbytes is installed.
+  when bitsandbytes is installed;
+* torchao's ``AdamW8bit`` (``torchao.optim``: blocks of 256, built by
+  torch.compile; its first step compiles, before the timing), when torchao
+  is installed and runs on the CPU.
 
     python bench/run.py --compact [--compact-size 1.6e7] [--threads 2]
 
@@ -107,6 +110,25 @@ class BnbAdamW8bit(_Timed):
                    and v.numel() > 1)
 
 
+class TorchaoAdamW8bit(BnbAdamW8bit):
+    def __init__(self, w0, grads, threads):
+        import torch
+        from torchao.optim import AdamW8bit
+        torch.set_num_threads(threads)
+        self.p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+        self.grads = [torch.from_numpy(g) for g in grads]
+        self.opt = AdamW8bit([self.p], lr=1e-3, weight_decay=0.0)
+        self.i = 0
+        self.step()         # torch.compile builds the step here
+
+    def state_bytes(self):
+        # 8-bit state is a tensor subclass of codes and scales; a param whose
+        # size is not a multiple of the block keeps float32 state
+        st = self.opt.state[self.p]
+        return sum(t.numel() * t.element_size() for k in ("exp_avg", "exp_avg_sq")
+                   for t in ((st[k].codes, st[k].scale) if hasattr(st[k], "codes") else (st[k],)))
+
+
 def _available(module):
     try:
         __import__(module)
@@ -126,13 +148,18 @@ def run(n, threads, measure, reps, batch_s, pause_s, floor, torch_ok, log):
         built["torch AdamW fused (float32)"] = TorchFused(w0, grads, threads)
     if torch_ok and _available("bitsandbytes"):
         built["bitsandbytes AdamW8bit (CPU)"] = BnbAdamW8bit(w0, grads, threads)
+    if torch_ok and _available("torchao"):
+        try:
+            built["torchao AdamW8bit (CPU)"] = TorchaoAdamW8bit(w0, grads, threads)
+        except Exception as e:      # torchao without a working CPU build of its step
+            log(f"torchao AdamW8bit left out: {type(e).__name__}: {e}")
     res = measure(built, reps, batch_s, pause_s)
     out = []
     for label, r in res.items():
         b = built[label]
         r.update(impl=label, n=n, threads=threads,
                  bytes_per_element=MODES[label][3] if label in MODES else
-                 28.0 if label != "bitsandbytes AdamW8bit (CPU)" else None,
+                 None if "AdamW8bit" in label else 28.0,
                  state_bytes_per_param=(b.state_bytes() / n
                                         if hasattr(b, "state_bytes") else
                                         8.0 if "float32" in label else None))

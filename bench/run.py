@@ -430,7 +430,7 @@ def parse(argv):
     ap.add_argument("--matrix-cols", type=int, default=2048, help="columns of the --matrix case")
     ap.add_argument("--compact", action="store_true",
                     help="Adam with bfloat16/int8 state and bfloat16 params beside float32, "
-                         "torch fused and bitsandbytes' AdamW8bit (bench/compact.py)")
+                         "torch fused and the AdamW8bit of bitsandbytes and torchao (bench/compact.py)")
     ap.add_argument("--compact-size", type=float, default=None,
                     help="elements of the --compact problem (1.6e7; smoke 1e5)")
     args = ap.parse_args(argv)
